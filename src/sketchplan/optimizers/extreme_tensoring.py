@@ -1,0 +1,73 @@
+"""Extreme tensoring (Chen, Agarwal, Hazan, Zhang & Zhang 2020, "Extreme Tensoring for Low-Memory
+Preconditioning").
+
+The parameter is reshaped (row-major) into an order-p tensor with dims (d_1..d_p), ∏ d_i = numel. Per mode i a
+vector a_i ∈ R^{d_i} accumulates the squared gradient summed over every slice whose i-th index is j:
+    a_i[j] ← β2 a_i[j] + Σ_{slice i=j} G²       (β2 = 1: a running sum, as in the paper's Algorithm 1)
+    D[j_1..j_p] = G[j_1..j_p] / ∏_i (ε + a_i[j_i])^(1/(2p))
+p = 1 is diagonal AdaGrad. Memory Σ_i d_i floats.
+
+``tensor_dims``: every natural axis (size-1 axes dropped) is split into the fewest near-equal factors that are
+each ≤ ``et_max_dim`` (a prime larger than that stays whole); ``et_max_dim = 0`` keeps one mode of numel
+(p = 1). State: ``et_acc{i}`` (d_i,) in the state dtype, optional ``momentum``, the skip counter.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .common import momentum_layout
+from .layout import SKIP_COUNTER, MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
+
+
+def _prime_factors(n: int) -> list[int]:
+    out, p = [], 2
+    while p * p <= n:
+        while n % p == 0:
+            out.append(p)
+            n //= p
+        p += 1
+    if n > 1:
+        out.append(n)
+    return out
+
+
+def split_axis(d: int, max_dim: int) -> list[int]:
+    """Fewest near-equal factors of ``d`` each ≤ ``max_dim`` (primes above ``max_dim`` stay whole)."""
+    if d <= max_dim:
+        return [d]
+    primes = sorted(_prime_factors(d), reverse=True)
+    m = max(2, math.ceil(math.log(d) / math.log(max_dim)))
+    while True:
+        bins = [1] * m
+        for p in primes:  # largest prime into the bin with the smallest product
+            j = min(range(m), key=lambda i: bins[i])
+            bins[j] *= p
+        bins = [b for b in bins if b > 1]
+        if all(b <= max_dim or b in primes for b in bins) or m >= len(primes):
+            return sorted(bins, reverse=True)
+        m += 1
+
+
+def tensor_dims(shape: tuple[int, ...], max_dim: int) -> tuple[int, ...]:
+    """Mode sizes (d_1..d_p) of the reshaped parameter; ∏ d_i = numel."""
+    numel = math.prod(shape)
+    if max_dim == 0 or numel <= 1:
+        return (numel,)
+    dims: list[int] = []
+    for d in shape:
+        if d != 1:
+            dims.extend(split_axis(int(d), max_dim))
+    return tuple(dims) or (1,)
+
+
+def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
+    """Exact state tensors extreme tensoring allocates for one parameter."""
+    dims = tensor_dims(tuple(shape), opts.et_max_dim)
+    out = [StateTensor(f"et_acc{i}", (d,), opts.state_dtype) for i, d in enumerate(dims)]
+    return out + momentum_layout(shape, cfg.momentum) + [SKIP_COUNTER]
+
+
+def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
+    """Largest step temporary: G² (for the slice sums) and the broadcast denominator, param-shaped each."""
+    return 2 * math.prod(shape) * dtype_bytes(opts.state_dtype)

@@ -1,0 +1,160 @@
+"""State layouts: the one description of what an optimizer allocates.
+
+Every method module (``adam``, ``shampoo``, ``blocked_shampoo``, ``sketchy``, ``extreme_tensoring``,
+``kradagrad``) exposes ``layout(shape, options) -> list[StateTensor]``: the exact state tensors (name, shape,
+dtype) that the torch optimizer allocates for one parameter of that shape. The planner counts bytes from these
+lists and the optimizers allocate from them (``allocate``), so the two cannot drift apart. This module holds
+the framework-neutral pieces they share: the dtype table, ``StateTensor``, the per-tensor options
+(``MethodConfig``) and the optimizer-wide options (``OptimizerDefaults``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Bytes per element of every dtype a plan may name.
+DTYPE_BYTES: dict[str, int] = {
+    "float64": 8,
+    "float32": 4,
+    "bfloat16": 2,
+    "float16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+}
+
+METHODS = ("adam", "shampoo", "blocked_shampoo", "sketchy", "extreme_tensoring", "kradagrad")
+Method = Literal["adam", "shampoo", "blocked_shampoo", "sketchy", "extreme_tensoring", "kradagrad"]
+GRAFTS = ("adam", "rmsprop", "adafactor", "sgd")
+Graft = Literal["adam", "rmsprop", "adafactor", "sgd"]
+MOMENTA = ("none", "float32", "bfloat16")
+Momentum = Literal["none", "float32", "bfloat16"]
+#: Methods that precondition with Kronecker-factored matrices (they take grafting and momentum options).
+MATRIX_METHODS = ("shampoo", "blocked_shampoo", "sketchy", "kradagrad")
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per element of ``dtype`` (a name such as ``"float32"``)."""
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_BYTES)}") from None
+
+
+@dataclass(frozen=True)
+class StateTensor:
+    """One tensor an optimizer allocates for one parameter: its state-dict key, shape and dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * dtype_bytes(self.dtype)
+
+
+def total_bytes(tensors: list[StateTensor]) -> int:
+    return sum(t.nbytes for t in tensors)
+
+
+class MethodConfig(BaseModel):
+    """What one parameter tensor gets: the method and its per-tensor options (one planner candidate).
+
+    ``rank`` is Sketchy's sketch rank k; ``block_size`` is the block size B of blocked Shampoo (and optionally
+    Sketchy); ``graft`` is the diagonal method whose step size the matrix direction adopts (and the fallback
+    direction for tensors a matrix method cannot precondition); ``momentum`` is the dtype of the momentum
+    buffer or ``none``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Method
+    rank: int | None = Field(default=None, gt=0)
+    block_size: int | None = Field(default=None, gt=0)
+    graft: Graft = "adam"
+    momentum: Momentum = "float32"
+
+    @model_validator(mode="after")
+    def _check(self) -> "MethodConfig":
+        if self.method == "sketchy" and self.rank is None:
+            raise ValueError("method sketchy needs a rank")
+        if self.method != "sketchy" and self.rank is not None:
+            raise ValueError(f"method {self.method} takes no rank")
+        if self.method == "blocked_shampoo" and self.block_size is None:
+            raise ValueError("method blocked_shampoo needs a block_size")
+        if self.method in ("adam", "shampoo", "extreme_tensoring") and self.block_size is not None:
+            raise ValueError(f"method {self.method} takes no block_size")
+        return self
+
+    def label(self) -> str:
+        """Short human label, e.g. ``sketchy(k=256) +adafactor/bf16``."""
+        inner = []
+        if self.rank is not None:
+            inner.append(f"k={self.rank}")
+        if self.block_size is not None:
+            inner.append(f"B={self.block_size}")
+        text = self.method + (f"({', '.join(inner)})" if inner else "")
+        if self.method in MATRIX_METHODS:
+            mom = {"none": "nomom", "float32": "fp32", "bfloat16": "bf16"}[self.momentum]
+            text += f" +{self.graft}/{mom}"
+        elif self.method == "extreme_tensoring" and self.momentum != "none":
+            text += f" +{ {'float32': 'fp32', 'bfloat16': 'bf16'}[self.momentum] }"
+        return text
+
+
+class OptimizerDefaults(BaseModel):
+    """Options shared by every tensor of a plan (hyper-parameters and the shape rules of ALGORITHMS.md §0).
+
+    - ``lr``, ``betas`` (β1 for momentum, β2 for second moments; β2 = 1 means a running sum), ``eps``,
+      ``weight_decay`` (decoupled, AdamW-style).
+    - ``state_dtype``: dtype of statistics, roots, sketches and graft moments (momentum has its own option).
+    - ``merge_dims``: adjacent dimensions are merged while their product stays ≤ this (ALGORITHMS.md §0.1).
+    - ``max_precond_dim``: a merged dimension above this is not preconditioned by a full (unblocked) factor;
+      the tensor falls back to its graft method.
+    - ``precondition_frequency``: inverse roots are recomputed every this many steps.
+    - ``start_preconditioning_step``: before this step the graft direction is used as is.
+    - ``et_max_dim``: extreme tensoring splits each natural axis into near-equal factors ≤ this
+      (0 means no tensoring: one mode over the flattened tensor, i.e. diagonal AdaGrad).
+    - ``kradagrad_variant``: ``star`` (both modes each step) or ``mm`` (one mode per step).
+    - ``skip_nonfinite``: every method keeps an int32 counter of skipped non-finite gradients.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: float = Field(default=1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    state_dtype: Literal["float32", "float64", "bfloat16"] = "float32"
+    merge_dims: int = Field(default=1024, ge=1)
+    max_precond_dim: int = Field(default=8192, ge=1)
+    precondition_frequency: int = Field(default=10, ge=1)
+    start_preconditioning_step: int = Field(default=1, ge=0)
+    shampoo_eps: float = Field(default=1e-12, ge=0)
+    et_max_dim: int = Field(default=64, ge=0)
+    kradagrad_variant: Literal["star", "mm"] = "star"
+    nesterov: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "OptimizerDefaults":
+        b1, b2 = self.betas
+        if not (0 <= b1 < 1 and 0 < b2 <= 1):
+            raise ValueError("betas must satisfy 0 <= beta1 < 1 and 0 < beta2 <= 1")
+        return self
+
+
+#: Name of the per-tensor counter of skipped non-finite gradients (int32 scalar, every method).
+SKIP_COUNTER = StateTensor("nonfinite_skips", (), "int32")

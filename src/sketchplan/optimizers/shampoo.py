@@ -1,0 +1,62 @@
+"""Shampoo (Gupta, Koren & Singer 2018; Anil et al. 2020, "Scalable second order optimization").
+
+Per block with dims d_1..d_k (after ALGORITHMS.md §0 merging/blocking) and per axis i:
+    S_i ← β2 S_i + (1−β2) G_(i) G_(i)ᵀ            (β2 = 1: a running sum)
+    P_i = (S_i + ε I)^(−1/(2k))                    every ``precondition_frequency`` steps (eigh, fp64 retry)
+    D = G ×_1 P_1 ×_2 … ×_k P_k                      (matrix: P_L G P_R)
+then grafting, momentum, decoupled weight decay and the step.
+
+State per block group (blocks of one shape are stacked so batched kernels can process them together):
+``blocks{g}.stat{i}`` and ``blocks{g}.root{i}``, each (count, d_i, d_i) in the state dtype — full squares, no
+triangular packing — plus the graft, the momentum buffer and the skip counter (``common.diagonal_tail``).
+A scalar, or a tensor with a dimension above ``max_precond_dim``, falls back to its graft's direction.
+Full Shampoo is blocked Shampoo with B = ∞.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .blocking import MatrixPlan, matrix_plan
+from .common import diagonal_tail
+from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
+
+
+def plan_for(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> MatrixPlan:
+    return matrix_plan(shape, cfg.block_size, opts.merge_dims, opts.max_precond_dim)
+
+
+def factor_layout(mp: MatrixPlan, names: tuple[str, str], dtype: str) -> list[StateTensor]:
+    """Two d×d matrices per block and axis (Shampoo: statistic and root; KrADagrad: inverse and root)."""
+    out = []
+    for g, (bshape, count) in enumerate(mp.groups):
+        for i, d in enumerate(bshape):
+            for what in names:
+                out.append(StateTensor(f"blocks{g}.{what}{i}", (count, d, d), dtype))
+    return out
+
+
+def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
+    """Exact state tensors Shampoo (or blocked Shampoo, when ``cfg.block_size`` is set) allocates."""
+    mp = plan_for(shape, cfg, opts)
+    return factor_layout(mp, ("stat", "root"), opts.state_dtype) + diagonal_tail(shape, cfg, opts)
+
+
+def factor_workspace(mp: MatrixPlan, shape: tuple[int, ...], dtype: str) -> int:
+    """Largest temporary of a factored step, in bytes.
+
+    The root recomputation of one block group holds the eigenvectors and their scaled copy, 2·count·d²
+    for its largest axis; the direction of a group holds two block-stacked copies of G (before and after
+    each axis product). The graft's direction is one param-shaped tensor. The peak is the largest of these.
+    """
+    sb = dtype_bytes(dtype)
+    numel = math.prod(shape)
+    peak = numel * sb
+    for bshape, count in mp.groups:
+        dmax = max(bshape)
+        peak = max(peak, 2 * count * dmax * dmax * sb, 2 * count * math.prod(bshape) * sb)
+    return peak
+
+
+def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
+    return factor_workspace(plan_for(shape, cfg, opts), shape, opts.state_dtype)

@@ -1,0 +1,67 @@
+"""Sketchy (Feinberg, Chen, Sun, Anil & Hazan 2023): Shampoo with Frequent-Directions-sketched statistics.
+
+Each Shampoo statistic S_i is replaced by an FD sketch (Liberty 2013; Ghashami et al. 2016) of rank
+k_i = min(k, d_i): Ŝ_i = U_i diag(σ_i²) U_iᵀ + ρ_i I, where ρ_i is the escaped mass (ALGORITHMS.md §3). One FD
+update with new columns X (d × N): Y = [√β2 U diag(σ), X]; thin SVD Y = u s vᵀ; c = s_{k+1}²;
+σ² ← s_{1..k}² − c; U ← u[:, :k]; ρ ← β2 ρ + c. The inverse root needs no d×d matrix (ALGORITHMS.md §4):
+    Ŝ^α g = U diag((σ² + ρ + ε)^α) Uᵀ g + (ρ + ε)^α (g − U Uᵀ g),   α = −1/(2·order).
+
+State per block group and axis i: ``blocks{g}.U{i}`` (count, d_i, k_i), ``blocks{g}.sig2_{i}`` (count, k_i),
+``blocks{g}.rho{i}`` (count,) in the state dtype — Σ_i (d_i·k_i + k_i + 1) floats per block — plus graft,
+momentum and the skip counter. ``block_size`` is optional (None: one block, subject to ``max_precond_dim``).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .blocking import MatrixPlan, matrix_plan
+from .common import diagonal_tail
+from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
+
+
+def plan_for(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> MatrixPlan:
+    return matrix_plan(shape, cfg.block_size, opts.merge_dims, opts.max_precond_dim)
+
+
+def sketch_rank(rank: int, dim: int) -> int:
+    """Rank actually kept on an axis of size ``dim``: k_i = min(k, d_i)."""
+    return min(rank, dim)
+
+
+def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
+    """Exact state tensors Sketchy allocates for one parameter at rank ``cfg.rank``."""
+    mp = plan_for(shape, cfg, opts)
+    dt = opts.state_dtype
+    out = []
+    for g, (bshape, count) in enumerate(mp.groups):
+        for i, d in enumerate(bshape):
+            k = sketch_rank(cfg.rank, d)
+            out.append(StateTensor(f"blocks{g}.U{i}", (count, d, k), dt))
+            out.append(StateTensor(f"blocks{g}.sig2_{i}", (count, k), dt))
+            out.append(StateTensor(f"blocks{g}.rho{i}", (count,), dt))
+    return out + diagonal_tail(shape, cfg, opts)
+
+
+def fd_workspace_elems(d: int, k: int, n_cols: int) -> int:
+    """Elements of the largest FD-update temporary for one block axis.
+
+    Y is d × (k+N). When k+N ≥ d the update takes eigh of the d × d Gram matrix Y Yᵀ (Gram + eigenvectors,
+    2·d²); otherwise the thin SVD of Y holds Y and its left factor (2·d·(k+N)).
+    """
+    w = k + n_cols
+    return 2 * d * d if w >= d else 2 * d * w
+
+
+def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
+    """Largest step temporary: a group's FD update over its largest axis, or two stacked copies of G."""
+    mp = plan_for(shape, cfg, opts)
+    sb = dtype_bytes(opts.state_dtype)
+    peak = math.prod(shape) * sb
+    for bshape, count in mp.groups:
+        bnumel = math.prod(bshape)
+        for d in bshape:
+            k = sketch_rank(cfg.rank, d)
+            peak = max(peak, count * fd_workspace_elems(d, k, bnumel // d) * sb)
+        peak = max(peak, 2 * count * bnumel * sb)
+    return peak

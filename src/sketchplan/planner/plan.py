@@ -1,0 +1,184 @@
+"""The plan file: a versioned, strictly validated pydantic schema, stored as YAML (safe loading only).
+
+A plan names the model (source, fingerprint, parameter counts), the hardware profile used, the budget, the
+optimizer defaults, one entry per parameter tensor (method and options, predicted state and workspace bytes),
+the totals and the what-if totals of single-method alternatives. Unknown fields and wrong types are rejected
+with a message naming the field. Files are written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import UserError
+from ..optimizers.layout import Graft, Method, MethodConfig, Momentum, OptimizerDefaults
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelInfo(_Strict):
+    source: str
+    fingerprint: str = Field(description="sha256 over (name, shape, dtype, trainable) of every parameter")
+    n_params: int
+    n_trainable: int
+    n_tensors: int
+    buffers_bytes: int = 0
+
+
+class Budget(_Strict):
+    memory_bytes: int | None = Field(default=None, ge=0)
+    reserve_bytes: int = Field(default=0, ge=0)
+    time_budget_ms: float | None = None
+
+
+class Settings(_Strict):
+    """How memory is counted: dtypes of parameters/gradients, master weights, optimizer-state sharding."""
+
+    param_dtype: str | None = Field(default=None, description="override of every parameter's dtype")
+    grad_dtype: str | None = Field(default=None, description="gradient dtype; default: the parameter's")
+    master_weights: bool = False
+    world_size: int = Field(default=1, ge=1)
+    shard_optimizer_state: bool = False
+
+
+class TensorEntry(_Strict):
+    """One parameter tensor and what the plan gives it (method fields are null for frozen tensors)."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+    trainable: bool = True
+    tied: list[str] = Field(default_factory=list, description="other names of this same tensor")
+    method: Method | None = None
+    rank: int | None = None
+    block_size: int | None = None
+    graft: Graft | None = None
+    momentum: Momentum | None = None
+    state_bytes: int = 0
+    workspace_bytes: int = 0
+    score: float | None = None
+    step_ms: float | None = None
+    variant: dict[str, str] | None = None
+
+    def config(self) -> MethodConfig | None:
+        if self.method is None:
+            return None
+        return MethodConfig(method=self.method, rank=self.rank, block_size=self.block_size,
+                            graft=self.graft or "adam", momentum=self.momentum or "float32")
+
+
+class Totals(_Strict):
+    params_bytes: int
+    grads_bytes: int
+    master_bytes: int = 0
+    state_bytes: int
+    state_bytes_per_rank: int | None = Field(default=None, description="largest rank's share when sharded")
+    workspace_bytes: int = Field(description="peak transient workspace of one step (largest tensor's)")
+    peak_bytes: int = Field(description="params + grads + master + state (largest rank) + workspace")
+    state_bytes_by_method: dict[str, int] = Field(default_factory=dict)
+    step_ms: float | None = None
+    score: float = Field(description="parameter-weighted preconditioning score in [0, 1]")
+
+
+class WhatIf(_Strict):
+    label: str
+    state_bytes: int
+    peak_bytes: int
+    fits: bool
+    score: float
+
+
+class SolverInfo(_Strict):
+    status: Literal["exact", "near-exact"]
+    gap: float = Field(ge=0, description="proven bound on (best possible score − this plan's score)")
+    binding: str | None = None
+    seconds: float | None = None
+
+
+class Plan(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    created_by: str
+    model: ModelInfo
+    hardware: str | None = None
+    budget: Budget
+    settings: Settings = Field(default_factory=Settings)
+    defaults: OptimizerDefaults = Field(default_factory=OptimizerDefaults)
+    tensors: list[TensorEntry]
+    totals: Totals
+    what_if: list[WhatIf] = Field(default_factory=list)
+    solver: SolverInfo | None = None
+
+    def entry(self, name: str) -> TensorEntry:
+        for e in self.tensors:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    # ---- files ----
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json")
+        return yaml.safe_dump(data, sort_keys=False, width=120)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_atomic(path, self.to_yaml())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plan":
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"plan file {str(p)!r} does not exist; write one with `sketchplan plan --out {p}`.")
+        try:
+            data = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"plan file {str(p)!r} is not valid YAML ({_first_line(exc)}); regenerate it with "
+                            "`sketchplan plan`.") from None
+        return cls.from_data(data, str(p))
+
+    @classmethod
+    def from_data(cls, data: object, where: str = "plan") -> "Plan":
+        if not isinstance(data, dict):
+            raise UserError(f"{where} does not hold a plan (expected a mapping at the top level); regenerate it "
+                            "with `sketchplan plan`.")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            raise UserError(f"{where}: field {loc!r} is invalid ({msg}); fix that field or regenerate the plan "
+                            "with `sketchplan plan`.") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; a missing parent directory is a user error."""
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"cannot write {str(p)!r}: directory {str(parent)!r} does not exist; create it or choose "
+                        "another --out path.")
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p

@@ -1,0 +1,43 @@
+"""Parsing and printing byte sizes: ``24GiB``, ``80GB``, ``512MiB``, ``1.5TiB`` or a plain byte count."""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import UserError
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+}
+_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str | int | float, what: str = "size") -> int:
+    """Bytes in ``text``; decimal units (GB) are powers of 10, binary units (GiB, or a bare G) powers of 2."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    else:
+        s = str(text).strip()
+        if s.startswith("-"):
+            raise UserError(f"{what} {text!r} is negative; give a positive size such as 24GiB.")
+        m = _RE.match(s)
+        if not m or m.group(2).lower() not in _UNITS:
+            raise UserError(f"cannot read {what} {text!r}; write it like 24GiB, 80GB, 512MiB or a byte count.")
+        value, unit = float(m.group(1)), m.group(2).lower()
+    if value < 0:
+        raise UserError(f"{what} {text!r} is negative; give a positive size such as 24GiB.")
+    return int(round(value * _UNITS[unit]))
+
+
+def fmt_bytes(n: float | int) -> str:
+    """Human-readable binary size: 1.50 GiB, 768.0 MiB, 12 B."""
+    n = float(n)
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{sign}{n / scale:.2f} {unit}"
+    return f"{sign}{int(n)} B"

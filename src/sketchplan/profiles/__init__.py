@@ -1,0 +1,1 @@
+"""Hardware profiles: device fingerprint, measured kernel timings and the fitted cost model."""
