@@ -17,7 +17,7 @@ from ..optimizers.layout import MethodConfig, OptimizerDefaults
 from . import candidates as cand
 from .analysis import ModelSpec, ParamSpec, analyze
 from .memory import FixedBytes, Precision, fixed_bytes, largest_rank, shard_units
-from .plan import Budget, ModelInfo, Plan, Settings, SolverInfo, TensorEntry, Totals, WhatIf
+from .plan import Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry, Totals, WhatIf
 from .sizes import fmt_bytes, parse_size
 from .solve import Infeasible, Item, solve
 
@@ -96,7 +96,8 @@ def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes) -> lis
     return out
 
 
-def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ranks, block_sizes, hardware) -> Plan:
+def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ranks, block_sizes, hardware,
+              grid: CandidateGrid | None = None) -> Plan:
     c = _costs(spec, choice, opts, world, shard)
     avail = None if budget.memory_bytes is None else budget.memory_bytes - budget.reserve_bytes
     totals = Totals(
@@ -114,6 +115,7 @@ def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ran
         settings=Settings(param_dtype=prec.param_dtype, grad_dtype=prec.grad_dtype,
                           master_weights=prec.master_weights, world_size=world, shard_optimizer_state=shard),
         defaults=opts,
+        grid=grid,
         tensors=_entries(spec, choice),
         totals=totals,
         what_if=_what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes),
@@ -175,7 +177,10 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     binding = "memory" if unconstrained.value > sol.value + 1e-9 else None
     gap = sol.gap / max(1, spec.n_trainable)
     info = SolverInfo(status=sol.status, gap=gap, binding=binding, seconds=round(time.perf_counter() - t0, 4))
-    return _assemble(spec, choice, opts, fixed, budget, prec, world_size, shard, info, ranks, block_sizes, hardware)
+    grid = CandidateGrid(methods=list(methods), ranks=list(ranks), block_sizes=list(block_sizes),
+                         grafts=list(grafts), momenta=list(momenta))
+    return _assemble(spec, choice, opts, fixed, budget, prec, world_size, shard, info, ranks, block_sizes, hardware,
+                     grid)
 
 
 def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = None, *, source: str = "",

@@ -54,6 +54,16 @@ class Settings(_Strict):
     shard_optimizer_state: bool = False
 
 
+class CandidateGrid(_Strict):
+    """The candidates the plan chose from (so ``sketchplan plan --update`` can re-plan the same way)."""
+
+    methods: list[Method]
+    ranks: list[int]
+    block_sizes: list[int]
+    grafts: list[Graft]
+    momenta: list[Momentum]
+
+
 class TensorEntry(_Strict):
     """One parameter tensor and what the plan gives it (method fields are null for frozen tensors)."""
 
@@ -116,6 +126,7 @@ class Plan(_Strict):
     budget: Budget
     settings: Settings = Field(default_factory=Settings)
     defaults: OptimizerDefaults = Field(default_factory=OptimizerDefaults)
+    grid: CandidateGrid | None = None
     tensors: list[TensorEntry]
     totals: Totals
     what_if: list[WhatIf] = Field(default_factory=list)
