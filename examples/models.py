@@ -27,3 +27,15 @@ def frozen_backbone() -> nn.Module:
 
 def not_a_module():
     return {"weights": [1, 2, 3]}
+
+
+def mlp_wide() -> nn.Module:
+    """``mlp`` with its middle layer widened (256 → 512): a memory regression for ``sketchplan check``."""
+    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+def mlp_reshuffled() -> nn.Module:
+    """``mlp`` with the last layer removed and a new one added under another name."""
+    m = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU())
+    m.add_module("head", nn.Linear(256, 10))
+    return m

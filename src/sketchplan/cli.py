@@ -38,8 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     pl = sub.add_parser("plan", help="choose per-tensor optimizers under a memory budget and write a plan")
-    pl.add_argument("--model", required=True, help="preset name, package.module:factory, shapes .yaml/.json, "
-                    "or hf:PATH/config.json")
+    pl.add_argument("--model", help="preset name, package.module:factory, shapes .yaml/.json, "
+                    "or hf:PATH/config.json (with --update: default the plan's own model)")
+    pl.add_argument("--update", metavar="PLAN", help="re-plan an existing plan with its own budget, settings and "
+                    "candidates, and write it back (the reviewed way to accept a change)")
     pl.add_argument("--memory-budget", help="device memory for params, grads, optimizer state and step workspace, "
                     "e.g. 24GiB, 80GB, 512MiB (default: no limit)")
     pl.add_argument("--reserve", default="0", help="memory kept free for activations (default 0)")
@@ -63,6 +65,18 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", help="write the plan YAML here")
     _view_flags(pl)
 
+    ck = sub.add_parser("check", help="CI memory-regression check of a committed plan against today's model")
+    ck.add_argument("plan")
+    ck.add_argument("--model", help="the model today (default: the plan's model source)")
+    ck.add_argument("--tolerance", type=float, default=0.0, metavar="PCT",
+                    help="allowed growth of optimizer state, in percent (default 0)")
+    ck.add_argument("--budget", help="memory budget to enforce (default: the plan's budget minus its reserve)")
+    ck.add_argument("--measure", action="store_true", help="instantiate the optimizer, step it, and compare the "
+                    "state it allocates with the prediction")
+    ck.add_argument("--device", default="cpu", help="device for --measure: cpu or cuda[:i]")
+    ck.add_argument("--json", metavar="FILE", help="write the report as JSON (schema: docs/check-report.schema.json)")
+    ck.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (one test case per check)")
+
     sh = sub.add_parser("show", help="render an existing plan")
     sh.add_argument("plan")
     _view_flags(sh)
@@ -80,6 +94,64 @@ def _mode(args) -> str:
     return "module" if args.by_module else "tensor" if args.per_tensor else "class"
 
 
+def _cmd_update(args, console) -> int:
+    from .planner import make_plan
+    from .planner.plan import Plan, write_atomic
+    from .planner.sizes import fmt_bytes
+    from .planner.sources import load_spec
+    from .report import render_plan
+
+    old = Plan.load(args.update)
+    out = args.out or args.update
+    write_atomic_check(out)
+    source = args.model or old.model.source
+    if not source:
+        raise UserError(f"plan {args.update!r} does not record its model; pass --model.")
+    spec = load_spec(source)
+    g, s, b = old.grid, old.settings, old.budget
+    grid = dict(methods=g.methods, ranks=g.ranks, block_sizes=g.block_sizes, grafts=g.grafts,
+                momenta=g.momenta) if g else {}
+    new = make_plan(spec, b.memory_bytes, source=source, defaults=old.defaults, reserve=b.reserve_bytes,
+                    world_size=s.world_size, shard_optimizer_state=s.shard_optimizer_state,
+                    param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights,
+                    hardware=old.hardware, **grid)
+    render_plan(new, console, _mode(args), None if args.all else 60)
+    write_atomic(out, new.to_yaml())
+    delta = new.totals.state_bytes - old.totals.state_bytes
+    console.print(f"plan updated: optimizer state {fmt_bytes(old.totals.state_bytes)} → "
+                  f"{fmt_bytes(new.totals.state_bytes)} ({'+' if delta >= 0 else '-'}{fmt_bytes(abs(delta))}), "
+                  f"peak {fmt_bytes(old.totals.peak_bytes)} → {fmt_bytes(new.totals.peak_bytes)}; written to "
+                  f"[bold]{out}[/]")
+    return 0
+
+
+def _cmd_check(args, console) -> int:
+    from .planner.check import check, junit_xml
+    from .planner.plan import Plan, write_atomic
+    from .planner.sizes import parse_size
+    from .planner.sources import load_model
+    from .report import render_check
+
+    for path in (args.json, args.junit):
+        if path:
+            write_atomic_check(path)
+    if args.tolerance < 0:
+        raise UserError(f"--tolerance {args.tolerance:g} is negative; give a percentage ≥ 0.")
+    plan = Plan.load(args.plan)
+    source = args.model or plan.model.source
+    if not source:
+        raise UserError(f"plan {args.plan!r} does not record its model; pass --model.")
+    budget = parse_size(args.budget, "budget") if args.budget else None
+    report = check(plan, load_model(source), plan_path=args.plan, tolerance_pct=args.tolerance, budget=budget,
+                   measure=args.measure, device=args.device)
+    render_check(report, console)
+    if args.json:
+        write_atomic(args.json, report.model_dump_json(indent=2) + "\n")
+    if args.junit:
+        write_atomic(args.junit, junit_xml(report) + "\n")
+    return report.exit_code
+
+
 def _cmd_plan(args, console) -> int:
     from .optimizers.layout import OptimizerDefaults
     from .planner import make_plan
@@ -87,6 +159,10 @@ def _cmd_plan(args, console) -> int:
     from .planner.sources import load_spec
     from .report import render_plan
 
+    if args.update:
+        return _cmd_update(args, console)
+    if not args.model:
+        raise UserError("sketchplan plan needs --model (or --update PLAN to refresh an existing plan).")
     if args.out:  # fail before the work when the output cannot be written
         write_atomic_check(args.out)
     try:
@@ -147,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_plan(args, console)
         if args.cmd == "show":
             return _cmd_show(args, console)
+        if args.cmd == "check":
+            return _cmd_check(args, console)
     except UserError as exc:
         err.print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
         return 2

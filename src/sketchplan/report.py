@@ -135,3 +135,48 @@ def render_plan(plan: Plan, console: Console, mode: str = "class", max_rows: int
     console.print(f"[bold]{m.source or 'model'}[/]: {m.n_params:,} parameters in {m.n_tensors} tensors "
                   f"({m.n_trainable:,} trainable)" + (f", hardware: {plan.hardware}" if plan.hardware else ""))
     console.print(Group(tensor_table(plan, mode, max_rows), totals_table(plan), what_if_table(plan)))
+
+
+def render_check(report, console: Console, max_rows: int | None = 40) -> None:
+    """The check's verdicts, the tensors that changed (old → new bytes and delta), and measurements."""
+    verdict = Text("PASS", style="bold green") if report.ok else Text("REGRESSION", style="bold red")
+    console.print(Text.assemble("sketchplan check ", (report.plan, "bold"), " against ", (report.model, "bold"),
+                                ": ", verdict))
+    t = Table(box=box.SIMPLE_HEAD, title="Checks", title_justify="left")
+    t.add_column("check")
+    t.add_column("result", justify="center")
+    t.add_column("details", overflow="fold")
+    for c in report.checks:
+        t.add_row(c.name, Text("ok", style="green") if c.ok else Text("FAIL", style="red"), c.message)
+    console.print(t)
+    if report.tensors:
+        d = Table(box=box.SIMPLE_HEAD, title="Tensors that changed", title_justify="left")
+        for col, j in (("tensor", "left"), ("status", "left"), ("shape", "left"), ("old state", "right"),
+                       ("new state", "right"), ("delta", "right")):
+            d.add_column(col, justify=j, overflow="fold")
+        rows = sorted(report.tensors, key=lambda x: (not x.offending, -abs(x.delta)))
+        for x in rows if max_rows is None else rows[:max_rows]:
+            shape = "×".join(map(str, x.old_shape or [])) or "—"
+            if x.new_shape is not None and x.new_shape != x.old_shape:
+                shape += " → " + ("×".join(map(str, x.new_shape)) or "scalar")
+            style = "red" if x.offending else ""
+            d.add_row(Text(x.name, style=style), x.status, shape, f"{x.old_bytes:,}", f"{x.new_bytes:,}",
+                      Text(f"{x.delta:+,}", style=style))
+        console.print(d)
+    m = report.measured
+    if m is not None:
+        mt = Table(box=box.SIMPLE_HEAD, title=f"Measured on {m.device} ({m.note})", title_justify="left")
+        for col in ("method", "tensors", "predicted bytes", "measured bytes", "difference"):
+            mt.add_column(col, justify="left" if col == "method" else "right")
+        by: dict[str, list[int]] = {}
+        for r in m.tensors:
+            acc = by.setdefault(r.method, [0, 0, 0])
+            acc[0] += 1
+            acc[1] += r.predicted_bytes
+            acc[2] += r.measured_bytes
+        for method, (n, pred, meas) in sorted(by.items()):
+            mt.add_row(method, str(n), f"{pred:,}", f"{meas:,}",
+                       Text(f"{meas - pred:+,}", style="green" if meas == pred else "red"))
+        mt.add_row(Text("total", style="bold"), str(len(m.tensors)), f"{m.predicted_state_bytes:,}",
+                   f"{m.measured_state_bytes:,}", f"{m.measured_state_bytes - m.predicted_state_bytes:+,}")
+        console.print(mt)
