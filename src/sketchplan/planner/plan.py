@@ -187,7 +187,10 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
         raise UserError(f"cannot write {str(p)!r}: directory {str(parent)!r} does not exist; create it or choose "
                         "another --out path.")
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, p)
