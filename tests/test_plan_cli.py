@@ -103,7 +103,7 @@ def test_mixed_precision_counts():
 BAD = [
     (["--model", "gpt5", "--memory-budget", "1GiB"], "unknown model"),
     (["--model", "nopkg.mod:f", "--memory-budget", "1GiB"], "cannot import"),
-    (["--model", "examples.models:not_a_module", "--memory-budget", "1GiB"], "not a torch.nn.Module"),
+    (["--model", "examples.models:not_a_module", "--memory-budget", "1GiB"], "not a torch.nn.Module or a JAX pytree"),
     (["--model", "gpt2", "--memory-budget", "lots"], "cannot read memory budget"),
     (["--model", "gpt2", "--memory-budget=-4GiB"], "negative"),
     (["--model", "gpt2", "--memory-budget", "600MiB"], "alone need"),

@@ -147,7 +147,11 @@ def load_shapes_file(path: str) -> ModelSpec:
 
 
 def build_factory(spec: str):
-    """Import ``package.module:factory`` and call it on the meta device; it must return an ``nn.Module``."""
+    """Import ``package.module:factory`` and call it on the meta device.
+
+    It must return an ``nn.Module`` or a JAX pytree of arrays / ``jax.ShapeDtypeStruct`` (for a Flax module,
+    ``jax.eval_shape(model.init, key, x)``: nothing is allocated); pytree names are key paths.
+    """
     mod_name, _, attr = spec.partition(":")
     if not mod_name or not attr:
         raise UserError(f"model {spec!r} is not of the form package.module:factory.")
@@ -168,8 +172,11 @@ def build_factory(spec: str):
                         "make it build the model from configuration without loading weights.") from None
     import torch.nn as nn
 
-    if not isinstance(model, nn.Module):
-        raise UserError(f"factory {spec!r} returned a {type(model).__name__}, not a torch.nn.Module.")
+    from .analysis import is_pytree_of_arrays
+
+    if not isinstance(model, nn.Module) and not is_pytree_of_arrays(model):
+        raise UserError(f"factory {spec!r} returned a {type(model).__name__}, not a torch.nn.Module or a JAX "
+                        "pytree of arrays.")
     return model
 
 
