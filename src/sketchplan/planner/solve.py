@@ -35,6 +35,7 @@ class Item:
     bytes: list[int]
     ws: list[int]
     value: list[float]
+    time: list[float] | None = None  # amortised step time per copy (ms), for the time budget (solve_time.py)
 
 
 @dataclass
