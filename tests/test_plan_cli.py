@@ -133,3 +133,24 @@ def test_infeasible_names_minimum_and_method(capsys):
     code, _, err = run(capsys, "plan", "--model", "gpt2", "--memory-budget", "1000MiB")
     text = " ".join(err.split())
     assert re.search(r"needs, [\d.]+ [GM]iB", text) and "mostly" in text
+
+
+def test_explain_lists_candidates_and_price(capsys):
+    code, out, _ = run(capsys, "plan", "--model", "gpt2", "--memory-budget", "4GiB", "--explain",
+                       "transformer.h.3.mlp.c_fc.weight")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "Why transformer.h.3.mlp.c_fc.weight (768×3072) got" in text and "shadow price" in text
+    assert "chosen" in text
+    from sketchplan.planner.explain import explain
+
+    spec = load_spec("gpt2")
+    plan = make_plan(spec, "4GiB")
+    ex = explain(plan, spec, "lm_head.weight")  # a tied alias resolves to the canonical tensor
+    assert ex.name == "transformer.wte.weight"
+    chosen = next(r for r in ex.rows if r.chosen)
+    assert chosen.label == ex.chosen
+    # nothing cheaper scores higher (the chosen candidate is on the efficient frontier)
+    assert all(r.score <= chosen.score + 1e-12 for r in ex.rows if r.state_bytes < chosen.state_bytes)
+    with pytest.raises(UserError, match="did you mean"):
+        explain(plan, spec, "transformer.h.3.mlp.c_fc.weights")

@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--lr", type=float, default=1e-3)
     pl.add_argument("--weight-decay", type=float, default=0.0)
     pl.add_argument("--out", help="write the plan YAML here")
+    pl.add_argument("--explain", metavar="TENSOR", action="append", default=[],
+                    help="explain why TENSOR got its choice (repeatable)")
     _view_flags(pl)
 
     ck = sub.add_parser("check", help="CI memory-regression check of a committed plan against today's model")
@@ -184,6 +186,12 @@ def _cmd_plan(args, console) -> int:
                            shard_optimizer_state=args.shard_optimizer_state, param_dtype=args.param_dtype,
                            grad_dtype=args.grad_dtype, master_weights=args.master_weights)
     render_plan(plan, console, _mode(args), None if args.all else 60)
+    if args.explain:
+        from .planner.explain import explain
+        from .report import render_explain
+
+        for name in args.explain:
+            render_explain(explain(plan, spec, name), console)
     if args.out:
         write_atomic(args.out, plan.to_yaml())
         console.print(f"plan written to [bold]{args.out}[/]")

@@ -115,6 +115,10 @@ class SolverInfo(_Strict):
     status: Literal["exact", "near-exact"]
     gap: float = Field(ge=0, description="proven bound on (best possible score − this plan's score)")
     binding: str | None = None
+    price_per_gib: float | None = Field(default=None, description="shadow price of memory at the optimum: score "
+                                        "(parameter-weighted) gained per extra GiB")
+    relax: dict[str, dict[str, float]] | None = Field(default=None, description="per binding budget: the score, "
+                                                      "bytes and ms of the plan with that budget relaxed")
     seconds: float | None = None
 
 
