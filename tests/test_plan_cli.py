@@ -154,3 +154,16 @@ def test_explain_lists_candidates_and_price(capsys):
     assert all(r.score <= chosen.score + 1e-12 for r in ex.rows if r.state_bytes < chosen.state_bytes)
     with pytest.raises(UserError, match="did you mean"):
         explain(plan, spec, "transformer.h.3.mlp.c_fc.weights")
+
+
+def test_show_plot_writes_png_and_frontier_is_monotone(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    plan_path, png = tmp_path / "p.yaml", tmp_path / "p.png"
+    assert main(["plan", "--model", "examples.models:mlp", "--memory-budget", "8MiB", "--out", str(plan_path)]) == 0
+    code, out, _ = run(capsys, "show", str(plan_path), "--plot", str(png))
+    assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from sketchplan.plot import frontier
+
+    pts = frontier(Plan.load(plan_path), load_spec("examples.models:mlp"), points=8)
+    pts.sort()
+    assert len(pts) >= 3 and all(b[1] >= a[1] - 1e-9 for a, b in zip(pts, pts[1:]))

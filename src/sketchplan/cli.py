@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sh = sub.add_parser("show", help="render an existing plan")
     sh.add_argument("plan")
+    sh.add_argument("--plot", metavar="FILE.png", help="draw per-layer memory by method and the memory-vs-score "
+                    "frontier (needs matplotlib)")
     _view_flags(sh)
     return p
 
@@ -211,7 +213,19 @@ def _cmd_show(args, console) -> int:
     from .planner.plan import Plan
     from .report import render_plan
 
-    render_plan(Plan.load(args.plan), console, _mode(args), None if args.all else 60)
+    plan = Plan.load(args.plan)
+    render_plan(plan, console, _mode(args), None if args.all else 60)
+    if args.plot:
+        from .planner.sources import load_spec
+        from .plot import plot_plan
+
+        try:
+            spec = load_spec(plan.model.source) if plan.model.source else None
+        except UserError:
+            spec = None  # the frontier needs the model; the per-layer chart does not
+        plot_plan(plan, args.plot, spec)
+        console.print(f"plot written to [bold]{args.plot}[/]"
+                      + ("" if spec else " (without the frontier: the plan's model could not be loaded)"))
     return 0
 
 
