@@ -96,7 +96,8 @@ class ExtremeTensoringRule(MethodRule):
             denom = None
             for i, d in enumerate(dims):
                 acc = state[f"et_acc{i}"]
-                acc.mul_(decay).add_(sq.sum(dim=[j for j in range(order) if j != i]), alpha=weight)
+                others = [j for j in range(order) if j != i]
+                acc.mul_(decay).add_(sq.sum(dim=others) if others else sq, alpha=weight)
                 factor = (acc + opts.eps).pow_(1.0 / (2 * order)).reshape([d if j == i else 1 for j in range(order)])
                 denom = factor if denom is None else denom * factor
             update = apply_momentum(state, (g / denom).reshape(p.shape), opts.betas[0], opts.nesterov)
