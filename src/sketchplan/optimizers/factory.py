@@ -33,7 +33,8 @@ def _fingerprint(model: torch.nn.Module) -> str | None:
 def _problem(allow: bool, message: str) -> None:
     if not allow:
         raise UserError(message)
-    warnings.warn(f"sketchplan: {message}", RuntimeWarning, stacklevel=3)
+    warnings.warn(f"sketchplan (allow_mismatch: unplanned tensors get Adam): {message}", RuntimeWarning,
+                  stacklevel=3)
 
 
 def build_optimizer(plan: Plan, model: torch.nn.Module, allow_mismatch: bool = False) -> SketchplanOptimizer:
