@@ -1,0 +1,132 @@
+"""Model analysis: one ``ParamSpec`` per parameter tensor, without allocating anything.
+
+``analyze`` accepts an ``nn.Module`` (typically built on the meta device) or an existing ``ModelSpec`` (from a
+shapes file). Tied weights — one tensor reachable under several names — are counted once, under the first
+name ``named_parameters`` yields, and list their other names in ``tied``. Frozen parameters
+(``requires_grad=False``) get no optimizer state but count as parameter memory. Buffers are reported apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+from ..optimizers.layout import dtype_bytes
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter tensor: its canonical name, shape, dtype, whether it trains, its module and aliases."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    trainable: bool = True
+    module: str = ""
+    tied: tuple[str, ...] = ()
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * dtype_bytes(self.dtype)
+
+
+@dataclass(frozen=True)
+class BufferSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * dtype_bytes(self.dtype)
+
+
+@dataclass
+class ModelSpec:
+    """All parameter tensors of a model (tied ones once) and its buffers."""
+
+    params: list[ParamSpec]
+    buffers: list[BufferSpec] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def trainable(self) -> list[ParamSpec]:
+        return [p for p in self.params if p.trainable]
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel for p in self.params)
+
+    @property
+    def n_trainable(self) -> int:
+        return sum(p.numel for p in self.params if p.trainable)
+
+    @property
+    def params_bytes(self) -> int:
+        return sum(p.nbytes for p in self.params)
+
+    @property
+    def buffers_bytes(self) -> int:
+        return sum(b.nbytes for b in self.buffers)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.params)
+
+
+def fingerprint_of(params: list[ParamSpec]) -> str:
+    """sha256 over (name, shape, dtype, trainable) of every parameter, in order."""
+    rows = [[p.name, list(p.shape), p.dtype, bool(p.trainable)] for p in params]
+    return "sha256:" + hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+
+
+def torch_dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def analyze(model, source: str = "") -> ModelSpec:
+    """Parameter specs of ``model`` (an ``nn.Module`` or a ``ModelSpec``, returned as is)."""
+    if isinstance(model, ModelSpec):
+        if source and not model.source:
+            model.source = source
+        return model
+    import torch.nn as nn
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"cannot analyse a {type(model).__name__}; pass a torch.nn.Module or a ModelSpec")
+    first_name: dict[int, str] = {}
+    aliases: dict[int, list[str]] = {}
+    tensors: dict[int, object] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        key = id(p)
+        if key in first_name:
+            aliases[key].append(name)
+        else:
+            first_name[key] = name
+            aliases[key] = []
+            tensors[key] = p
+    params = []
+    for key, name in first_name.items():
+        p = tensors[key]
+        params.append(ParamSpec(
+            name=name,
+            shape=tuple(int(d) for d in p.shape),
+            dtype=torch_dtype_name(p.dtype),
+            trainable=bool(p.requires_grad),
+            module=name.rsplit(".", 1)[0] if "." in name else "",
+            tied=tuple(aliases[key]),
+        ))
+    buffers = [BufferSpec(n, tuple(int(d) for d in b.shape), torch_dtype_name(b.dtype))
+               for n, b in model.named_buffers()]
+    return ModelSpec(params=params, buffers=buffers, source=source)
+
+
+def model_fingerprint(model) -> str:
+    """Fingerprint of a module's (or spec's) parameters, as stored in a plan."""
+    return analyze(model).fingerprint

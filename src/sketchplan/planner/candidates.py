@@ -1,0 +1,104 @@
+"""Candidate configurations per tensor and their exact costs (from the optimizers' layouts).
+
+A candidate is a ``MethodConfig``: method, rank or block size, graft and momentum (grafting and momentum are
+part of a candidate because they dominate memory once the preconditioner is sublinear). For each distinct
+(shape, dtype) the planner evaluates every candidate once — bytes from ``optimizers.state_layout``, workspace
+from ``optimizers.workspace_bytes``, score from ``planner.quality`` — and drops candidates that another beats
+or ties on all three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UserError
+from ..optimizers import METHOD_MODULES, state_layout, total_bytes, workspace_bytes
+from ..optimizers.layout import GRAFTS, MATRIX_METHODS, MOMENTA, MethodConfig, OptimizerDefaults
+from . import quality
+
+DEFAULT_METHODS = ("adam", "shampoo", "blocked_shampoo", "sketchy")
+DEFAULT_RANKS = (16, 32, 64, 128, 256, 512)
+DEFAULT_BLOCK_SIZES = (256, 512, 1024, 2048, 4096)
+DEFAULT_GRAFTS = GRAFTS
+DEFAULT_MOMENTA = MOMENTA
+
+
+@dataclass(frozen=True)
+class Candidate:
+    cfg: MethodConfig
+    state_bytes: int
+    workspace_bytes: int
+    score: float
+
+
+def check_grid(methods, ranks, block_sizes, grafts, momenta) -> None:
+    """Reject unknown methods, grafts, momenta and non-positive ranks or block sizes with one sentence."""
+    for m in methods:
+        if m not in METHOD_MODULES:
+            raise UserError(f"unknown method {m!r}; choose from {', '.join(METHOD_MODULES)}.")
+    for r in ranks:
+        if not isinstance(r, int) or r <= 0:
+            raise UserError(f"rank {r!r} is not a positive integer; give ranks like --ranks 64,128,256.")
+    for b in block_sizes:
+        if not isinstance(b, int) or b <= 0:
+            raise UserError(f"block size {b!r} is not a positive integer; give sizes like --block-sizes 512,1024.")
+    for g in grafts:
+        if g not in GRAFTS:
+            raise UserError(f"unknown graft {g!r}; choose from {', '.join(GRAFTS)}.")
+    for m in momenta:
+        if m not in MOMENTA:
+            raise UserError(f"unknown momentum {m!r}; choose from {', '.join(MOMENTA)}.")
+    if not methods:
+        raise UserError("no methods to choose from; give at least one with --methods.")
+    if "sketchy" in methods and not ranks:
+        raise UserError("method sketchy needs at least one rank; give --ranks.")
+    if "blocked_shampoo" in methods and not block_sizes:
+        raise UserError("method blocked_shampoo needs at least one block size; give --block-sizes.")
+
+
+def candidate_configs(methods=DEFAULT_METHODS, ranks=DEFAULT_RANKS, block_sizes=DEFAULT_BLOCK_SIZES,
+                      grafts=DEFAULT_GRAFTS, momenta=DEFAULT_MOMENTA) -> list[MethodConfig]:
+    """Every configuration of the grid. Sketchy runs unblocked and inside every block size larger than k."""
+    check_grid(methods, ranks, block_sizes, grafts, momenta)
+    out: list[MethodConfig] = []
+    for m in methods:
+        if m in ("adam", "extreme_tensoring"):
+            out += [MethodConfig(method=m, momentum=mo) for mo in momenta]
+            continue
+        shapes: list[dict] = []
+        if m == "shampoo":
+            shapes = [{}]
+        elif m == "blocked_shampoo":
+            shapes = [{"block_size": b} for b in block_sizes]
+        elif m == "sketchy":
+            shapes = [{"rank": k} for k in ranks]
+            shapes += [{"rank": k, "block_size": b} for k in ranks for b in block_sizes if b > k]
+        elif m == "kradagrad":
+            shapes = [{}] + [{"block_size": b} for b in block_sizes]
+        assert m in MATRIX_METHODS
+        out += [MethodConfig(method=m, graft=g, momentum=mo, **s) for s in shapes for g in grafts for mo in momenta]
+    return out
+
+
+def evaluate(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> Candidate:
+    """Exact bytes, workspace and score of one candidate on one shape."""
+    return Candidate(cfg, total_bytes(state_layout(shape, cfg, opts)), workspace_bytes(shape, cfg, opts),
+                     quality.score(shape, cfg, opts))
+
+
+def candidates_for(shape: tuple[int, ...], configs: list[MethodConfig], opts: OptimizerDefaults) -> list[Candidate]:
+    """Evaluated candidates for ``shape``, without duplicates and without dominated ones, sorted by bytes."""
+    seen: dict[tuple[int, int, float], Candidate] = {}
+    for cfg in configs:
+        c = evaluate(shape, cfg, opts)
+        key = (c.state_bytes, c.workspace_bytes, round(c.score, 12))
+        if key not in seen:  # the first config in grid order wins a tie (simplest: lower rank/block first)
+            seen[key] = c
+    cands = sorted(seen.values(), key=lambda c: (c.state_bytes, c.workspace_bytes, -c.score))
+    kept: list[Candidate] = []
+    for c in cands:
+        if any(o.state_bytes <= c.state_bytes and o.workspace_bytes <= c.workspace_bytes and o.score >= c.score
+               for o in kept):
+            continue
+        kept.append(c)
+    return kept

@@ -1,0 +1,231 @@
+"""``check``: is a committed plan still true of today's model and today's sketchplan? (the CI memory check)
+
+The model is re-analysed and every tensor is priced again with the plan's own settings (the entry's method
+config and the plan's defaults, through the optimizers' layouts):
+
+- structure: tensors added to the model, removed from it, reshaped, or frozen/unfrozen since the plan — the plan
+  no longer describes the model (``build_optimizer`` would refuse it), so each is a failure; an added tensor is
+  priced as Adam, what ``build_optimizer(..., allow_mismatch=True)`` would give it;
+- state bytes: per tensor and in total, today's bytes against the plan's; growth above ``tolerance_pct`` fails
+  (for an unchanged shape that means sketchplan's own accounting changed);
+- budget: today's predicted peak against ``budget`` (default: the plan's budget minus its reserve);
+- measure (optional): the planned optimizer is instantiated on a device, takes real steps, and the bytes of the
+  state it actually allocated are compared with the plan, tensor by tensor — any difference fails; on CUDA
+  the peak allocated memory of the step is reported next to the predicted peak.
+
+Exit codes of the CLI: 0 all checks pass, 1 a regression, 2 bad input.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..optimizers import state_layout, total_bytes, workspace_bytes
+from ..optimizers.layout import MethodConfig
+from .analysis import ModelSpec, analyze
+from .memory import Precision, fixed_bytes, largest_rank, shard_units
+from .plan import Plan
+
+REPORT_SCHEMA_VERSION = 1
+Status = Literal["same", "grown", "shrunk", "reshaped", "added", "removed", "now-frozen", "now-trainable"]
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TensorDiff(_M):
+    name: str
+    status: Status
+    old_shape: list[int] | None = None
+    new_shape: list[int] | None = None
+    old_bytes: int = 0
+    new_bytes: int = 0
+    delta: int = 0
+    offending: bool = False
+
+
+class CheckResult(_M):
+    name: str = Field(description="structure | state-bytes | budget | measured-state-bytes | measured-peak")
+    ok: bool
+    message: str
+
+
+class MeasuredTensor(_M):
+    name: str
+    predicted_bytes: int
+    measured_bytes: int
+    method: str
+
+
+class Measurement(_M):
+    device: str
+    mode: Literal["materialised", "sampled"]
+    note: str
+    tensors: list[MeasuredTensor]
+    predicted_state_bytes: int
+    measured_state_bytes: int
+    peak_allocated_bytes: int | None = None
+    predicted_peak_bytes: int | None = None
+
+
+class CheckReport(_M):
+    """The machine-readable result of ``sketchplan check`` (``--json``); ``schema_version`` names this layout."""
+
+    schema_version: Literal[1] = REPORT_SCHEMA_VERSION
+    plan: str
+    model: str
+    ok: bool
+    exit_code: int
+    tolerance_pct: float
+    budget_bytes: int | None
+    old_state_bytes: int
+    new_state_bytes: int
+    new_peak_bytes: int
+    checks: list[CheckResult]
+    tensors: list[TensorDiff] = Field(description="every tensor whose status is not 'same', plus offending ones")
+    measured: Measurement | None = None
+
+
+def _grew(old: int, new: int, tol_pct: float) -> bool:
+    return new > old * (1 + tol_pct / 100.0)
+
+
+def diff_tensors(plan: Plan, spec: ModelSpec, tol_pct: float) -> tuple[list[TensorDiff], dict[str, MethodConfig]]:
+    """Per-tensor comparison and the config every trainable tensor of today's model would get."""
+    opts = plan.defaults
+    planned = {e.name: e for e in plan.tensors}
+    adam = MethodConfig(method="adam")
+    diffs: list[TensorDiff] = []
+    configs: dict[str, MethodConfig] = {}
+    for p in spec.params:
+        e = planned.pop(p.name, None)
+        if e is None:
+            cfg = adam if p.trainable else None
+            new = total_bytes(state_layout(p.shape, cfg, opts)) if cfg else 0
+            diffs.append(TensorDiff(name=p.name, status="added", new_shape=list(p.shape), new_bytes=new, delta=new,
+                                    offending=True))
+            if cfg:
+                configs[p.name] = cfg
+            continue
+        cfg = e.config() if p.trainable else None
+        if p.trainable and cfg is None:  # frozen in the plan, trainable today: priced as Adam
+            cfg = adam
+        new = total_bytes(state_layout(p.shape, cfg, opts)) if cfg else 0
+        if cfg:
+            configs[p.name] = cfg
+        if tuple(e.shape) != p.shape:
+            status = "reshaped"
+        elif e.trainable and not p.trainable:
+            status = "now-frozen"
+        elif not e.trainable and p.trainable:
+            status = "now-trainable"
+        else:
+            status = "same" if new == e.state_bytes else ("grown" if new > e.state_bytes else "shrunk")
+        offending = status in ("reshaped", "now-frozen", "now-trainable") or _grew(e.state_bytes, new, tol_pct)
+        diffs.append(TensorDiff(name=p.name, status=status, old_shape=list(e.shape), new_shape=list(p.shape),
+                                old_bytes=e.state_bytes, new_bytes=new, delta=new - e.state_bytes,
+                                offending=offending))
+    for e in planned.values():
+        diffs.append(TensorDiff(name=e.name, status="removed", old_shape=list(e.shape), old_bytes=e.state_bytes,
+                                delta=-e.state_bytes, offending=True))
+    return diffs, configs
+
+
+def predicted_peak(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig]) -> int:
+    """Today's predicted peak with the plan's settings (same memory model as ``make_plan``)."""
+    s = plan.settings
+    fixed = fixed_bytes(spec, Precision(s.param_dtype, s.grad_dtype, s.master_weights)).total
+    shapes = {p.name: p.shape for p in spec.params}
+    state = sum(total_bytes(state_layout(shapes[n], c, plan.defaults)) for n, c in configs.items())
+    if s.shard_optimizer_state and s.world_size > 1:
+        units = [u for n, c in configs.items()
+                 for u in shard_units(state_layout(shapes[n], c, plan.defaults), s.world_size)]
+        state = largest_rank(units, s.world_size)
+    ws = max((workspace_bytes(shapes[n], c, plan.defaults) for n, c in configs.items()), default=0)
+    return fixed + state + ws
+
+
+def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 0.0, budget: int | None = None,
+          measure: bool = False, device: str = "cpu", measure_limit: int | None = None) -> CheckReport:
+    """Compare ``plan`` with today's ``model`` (see module docstring); never raises for a regression."""
+    spec = analyze(model, source=plan.model.source)
+    diffs, configs = diff_tensors(plan, spec, tolerance_pct)
+    checks: list[CheckResult] = []
+
+    structural = [d for d in diffs if d.status in ("added", "removed", "reshaped", "now-frozen", "now-trainable")]
+    checks.append(CheckResult(
+        name="structure", ok=not structural,
+        message="the model has the plan's tensors" if not structural else
+        f"{len(structural)} tensor(s) changed since the plan: " +
+        ", ".join(f"{d.name} ({d.status})" for d in structural[:5]) + (" …" if len(structural) > 5 else "") +
+        "; refresh it with `sketchplan plan --update`"))
+
+    old_state = plan.totals.state_bytes
+    new_state = sum(d.new_bytes for d in diffs)
+    grown = [d for d in diffs if d.status in ("grown", "shrunk", "same") and d.offending]
+    total_grew = _grew(old_state, new_state, tolerance_pct)
+    ok = not grown and not total_grew
+    pct = 100.0 * (new_state - old_state) / old_state if old_state else 0.0
+    checks.append(CheckResult(
+        name="state-bytes", ok=ok,
+        message=f"optimizer state {old_state:,} → {new_state:,} bytes ({pct:+.2f}%, tolerance {tolerance_pct:g}%)"
+        + (f"; {len(grown)} tensor(s) grew beyond tolerance" if grown else "")))
+
+    peak = predicted_peak(plan, spec, configs)
+    if budget is None and plan.budget.memory_bytes is not None:
+        budget = plan.budget.memory_bytes - plan.budget.reserve_bytes
+    if budget is not None:
+        checks.append(CheckResult(name="budget", ok=peak <= budget,
+                                  message=f"predicted peak {peak:,} bytes vs budget {budget:,} bytes"))
+
+    measured = None
+    if measure and structural:
+        checks.append(CheckResult(name="measured-state-bytes", ok=False,
+                                  message="not measured: the model no longer matches the plan"))
+    elif measure:
+        from .measure import measure_plan
+
+        measured = measure_plan(plan, model, spec, configs, device=device, limit=measure_limit)
+        bad = [t for t in measured.tensors if t.measured_bytes != t.predicted_bytes]
+        checks.append(CheckResult(
+            name="measured-state-bytes", ok=not bad,
+            message=(f"allocated state equals the prediction for all {len(measured.tensors)} measured tensors "
+                     f"({measured.measured_state_bytes:,} bytes, {measured.mode})") if not bad else
+            f"{len(bad)} tensor(s) allocate other bytes than predicted: " +
+            ", ".join(f"{t.name} {t.predicted_bytes:,} → {t.measured_bytes:,}" for t in bad[:5])))
+        if measured.peak_allocated_bytes is not None:
+            checks.append(CheckResult(
+                name="measured-peak", ok=True,
+                message=f"peak allocated during the step {measured.peak_allocated_bytes:,} bytes; predicted peak "
+                        f"{measured.predicted_peak_bytes:,} bytes (reported, not enforced)"))
+
+    all_ok = all(c.ok for c in checks)
+    shown = [d for d in diffs if d.status != "same" or d.offending]
+    return CheckReport(plan=plan_path, model=plan.model.source or "", ok=all_ok, exit_code=0 if all_ok else 1,
+                       tolerance_pct=tolerance_pct, budget_bytes=budget, old_state_bytes=old_state,
+                       new_state_bytes=new_state, new_peak_bytes=peak, checks=checks, tensors=shown,
+                       measured=measured)
+
+
+def junit_xml(report: CheckReport) -> str:
+    """The report as JUnit XML: one ``testcase`` per check, failures carry the message."""
+    import xml.etree.ElementTree as ET
+
+    failures = sum(not c.ok for c in report.checks)
+    suite = ET.Element("testsuite", name="sketchplan check", tests=str(len(report.checks)),
+                       failures=str(failures), errors="0", skipped="0")
+    for c in report.checks:
+        case = ET.SubElement(suite, "testcase", classname=f"sketchplan.check.{report.plan}", name=c.name)
+        if not c.ok:
+            fail = ET.SubElement(case, "failure", message=c.message, type="regression")
+            lines = [f"{d.name}: {d.status} {d.old_bytes:,} -> {d.new_bytes:,} ({d.delta:+,})"
+                     for d in report.tensors if d.offending]
+            fail.text = "\n".join(lines)
+        else:
+            ET.SubElement(case, "system-out").text = c.message
+    root = ET.Element("testsuites", tests=suite.get("tests"), failures=suite.get("failures"))
+    root.append(suite)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True)

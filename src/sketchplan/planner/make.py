@@ -1,0 +1,236 @@
+"""``make_plan``: from a model and a budget to a ``Plan`` (the planner's whole pipeline, no I/O).
+
+analyse → group identical trainable shapes → evaluate candidates per distinct shape (exact bytes from the
+optimizers' layouts) → solve the knapsack → one entry per tensor, totals, what-if alternatives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .. import __version__
+from ..errors import UserError
+from ..optimizers import state_layout
+from ..optimizers.layout import MethodConfig, OptimizerDefaults
+from . import candidates as cand
+from .analysis import ModelSpec, ParamSpec, analyze
+from .memory import FixedBytes, Precision, fixed_bytes, largest_rank, shard_units
+from .plan import Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry, Totals, WhatIf
+from .sizes import fmt_bytes, parse_size
+from .solve import Infeasible, Item, solve
+
+
+@dataclass
+class _Group:
+    shape: tuple[int, ...]
+    params: list[ParamSpec]
+    cands: list[cand.Candidate]
+
+
+def _groups(spec: ModelSpec, configs: list[MethodConfig], opts: OptimizerDefaults) -> list[_Group]:
+    by_shape: OrderedDict[tuple[int, ...], list[ParamSpec]] = OrderedDict()
+    for p in spec.trainable:
+        by_shape.setdefault(p.shape, []).append(p)
+    return [_Group(shape, ps, cand.candidates_for(shape, configs, opts)) for shape, ps in by_shape.items()]
+
+
+def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate]) -> list[TensorEntry]:
+    out = []
+    for p in spec.params:
+        c = choice.get(p.name)
+        e = TensorEntry(name=p.name, shape=list(p.shape), dtype=p.dtype, trainable=p.trainable, tied=list(p.tied))
+        if c is not None:
+            e.method, e.rank, e.block_size = c.cfg.method, c.cfg.rank, c.cfg.block_size
+            e.graft, e.momentum = c.cfg.graft, c.cfg.momentum
+            e.state_bytes, e.workspace_bytes, e.score = c.state_bytes, c.workspace_bytes, round(c.score, 6)
+        out.append(e)
+    return out
+
+
+@dataclass
+class _Costs:
+    state: int
+    per_rank: int
+    workspace: int
+    score: float
+    by_method: dict[str, int]
+
+
+def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDefaults, world: int,
+           shard: bool) -> _Costs:
+    state = sum(c.state_bytes for c in choice.values())
+    ws = max((c.workspace_bytes for c in choice.values()), default=0)
+    w = sum(p.numel for p in spec.trainable)
+    score = sum(choice[p.name].score * p.numel for p in spec.trainable) / w if w else 1.0
+    by_method: dict[str, int] = {}
+    for c in choice.values():
+        by_method[c.cfg.method] = by_method.get(c.cfg.method, 0) + c.state_bytes
+    per_rank = state
+    if shard and world > 1:
+        units: list[int] = []
+        for p in spec.trainable:
+            units += shard_units(state_layout(p.shape, choice[p.name].cfg, opts), world)
+        per_rank = largest_rank(units, world)
+    return _Costs(state, per_rank, ws, score, by_method)
+
+
+def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes) -> list[WhatIf]:
+    alts = [MethodConfig(method="adam"), MethodConfig(method="shampoo")]
+    alts += [MethodConfig(method="blocked_shampoo", block_size=b) for b in block_sizes]
+    alts += [MethodConfig(method="sketchy", rank=k, graft="adafactor", momentum="bfloat16") for k in ranks]
+    out = []
+    cache: dict[tuple, cand.Candidate] = {}
+    for cfg in alts:
+        choice = {}
+        for p in spec.trainable:
+            key = (p.shape, cfg)
+            if key not in cache:
+                cache[key] = cand.evaluate(p.shape, cfg, opts)
+            choice[p.name] = cache[key]
+        c = _costs(spec, choice, opts, world, shard)
+        peak = fixed.total + c.per_rank + c.workspace
+        out.append(WhatIf(label="all " + cfg.label(), state_bytes=c.state, peak_bytes=peak,
+                          fits=avail is None or peak <= avail, score=round(c.score, 6)))
+    return out
+
+
+def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ranks, block_sizes, hardware,
+              grid: CandidateGrid | None = None) -> Plan:
+    c = _costs(spec, choice, opts, world, shard)
+    avail = None if budget.memory_bytes is None else budget.memory_bytes - budget.reserve_bytes
+    totals = Totals(
+        params_bytes=fixed.params, grads_bytes=fixed.grads, master_bytes=fixed.master, state_bytes=c.state,
+        state_bytes_per_rank=c.per_rank if (shard and world > 1) else None, workspace_bytes=c.workspace,
+        peak_bytes=fixed.total + c.per_rank + c.workspace, state_bytes_by_method=c.by_method,
+        score=round(c.score, 6),
+    )
+    return Plan(
+        created_by=f"sketchplan {__version__}",
+        model=ModelInfo(source=spec.source, fingerprint=spec.fingerprint, n_params=spec.n_params,
+                        n_trainable=spec.n_trainable, n_tensors=len(spec.params), buffers_bytes=spec.buffers_bytes),
+        hardware=hardware,
+        budget=budget,
+        settings=Settings(param_dtype=prec.param_dtype, grad_dtype=prec.grad_dtype,
+                          master_weights=prec.master_weights, world_size=world, shard_optimizer_state=shard),
+        defaults=opts,
+        grid=grid,
+        tensors=_entries(spec, choice),
+        totals=totals,
+        what_if=_what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes),
+        solver=solver,
+    )
+
+
+def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAULT_METHODS,
+              ranks=cand.DEFAULT_RANKS, block_sizes=cand.DEFAULT_BLOCK_SIZES, grafts=cand.DEFAULT_GRAFTS,
+              momenta=cand.DEFAULT_MOMENTA, defaults: OptimizerDefaults | None = None, reserve=0,
+              world_size: int = 1, shard_optimizer_state: bool = False, param_dtype: str | None = None,
+              grad_dtype: str | None = None, master_weights: bool = False, hardware: str | None = None) -> Plan:
+    """Choose one candidate per trainable tensor maximising the parameter-weighted score within the budget.
+
+    ``model``: an ``nn.Module`` (meta device is fine) or a ``ModelSpec``. ``memory_budget``: bytes or a size
+    string (``"24GiB"``); None plans without a memory limit (each tensor's best candidate). ``reserve``:
+    bytes kept free for activations. Raises ``UserError`` when no plan fits, naming the minimum.
+    """
+    t0 = time.perf_counter()
+    opts = defaults or OptimizerDefaults()
+    spec = analyze(model, source=source)
+    prec = Precision(param_dtype, grad_dtype, master_weights)
+    if world_size < 1:
+        raise UserError(f"world size {world_size} must be at least 1.")
+    budget_bytes = None if memory_budget is None else parse_size(memory_budget, "memory budget")
+    reserve_bytes = parse_size(reserve, "reserve")
+    budget = Budget(memory_bytes=budget_bytes, reserve_bytes=reserve_bytes)
+    configs = cand.candidate_configs(tuple(methods), tuple(ranks), tuple(block_sizes), tuple(grafts), tuple(momenta))
+    groups = _groups(spec, configs, opts)
+    fixed = fixed_bytes(spec, prec)
+    items = [Item(len(g.params), [c.state_bytes for c in g.cands], [c.workspace_bytes for c in g.cands],
+                  [c.score * _numel(g.shape) for c in g.cands]) for g in groups]
+    shard = shard_optimizer_state and world_size > 1
+    avail = None if budget_bytes is None else budget_bytes - reserve_bytes
+    if avail is not None and fixed.total > avail:
+        raise UserError(_fixed_too_big(fixed, budget_bytes, reserve_bytes))
+    state_budget = None if avail is None else (avail - fixed.total) * (world_size if shard else 1)
+    unconstrained = solve(items, None)
+    for _ in range(50):
+        try:
+            sol = solve(items, state_budget)
+        except Infeasible as inf:
+            if shard and state_budget < (avail - fixed.total) * world_size:
+                raise UserError(f"with --world-size {world_size} no plan fits {fmt_bytes(avail)} per rank because "
+                                "preconditioner blocks cannot be split across ranks; raise --memory-budget or use "
+                                "smaller --block-sizes.") from None
+            raise UserError(_infeasible(inf, groups, fixed, budget_bytes, reserve_bytes, world_size if shard else 1)) \
+                from None
+        choice = _choice(groups, sol.assign)
+        if avail is None:
+            break
+        c = _costs(spec, choice, opts, world_size, shard)
+        over = fixed.total + c.per_rank + c.workspace - avail
+        if over <= 0:
+            break
+        state_budget -= max(over, state_budget // 200, 1)
+    else:  # pragma: no cover - the loop shrinks the budget each round
+        raise UserError("could not fit the sharded optimizer state; raise --memory-budget.")
+    binding = "memory" if unconstrained.value > sol.value + 1e-9 else None
+    gap = sol.gap / max(1, spec.n_trainable)
+    info = SolverInfo(status=sol.status, gap=gap, binding=binding, seconds=round(time.perf_counter() - t0, 4))
+    grid = CandidateGrid(methods=list(methods), ranks=list(ranks), block_sizes=list(block_sizes),
+                         grafts=list(grafts), momenta=list(momenta))
+    return _assemble(spec, choice, opts, fixed, budget, prec, world_size, shard, info, ranks, block_sizes, hardware,
+                     grid)
+
+
+def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = None, *, source: str = "",
+                 memory_budget=None) -> Plan:
+    """A plan that gives every trainable tensor the same configuration (tests, what-ifs, baselines)."""
+    opts = defaults or OptimizerDefaults()
+    spec = analyze(model, source=source)
+    choice = {p.name: cand.evaluate(p.shape, cfg, opts) for p in spec.trainable}
+    budget = Budget(memory_bytes=None if memory_budget is None else parse_size(memory_budget, "memory budget"))
+    info = SolverInfo(status="exact", gap=0.0, binding=None)
+    ranks = (cfg.rank,) if cfg.rank else ()
+    blocks = (cfg.block_size,) if cfg.block_size else ()
+    return _assemble(spec, choice, opts, fixed_bytes(spec, Precision()), budget, Precision(), 1, False, info,
+                     ranks, blocks, None)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _choice(groups: list[_Group], assign: list[dict[int, int]]) -> dict[str, cand.Candidate]:
+    """Spread each group's counts over its tensors: better-scoring candidates to the tensors listed first."""
+    choice = {}
+    for g, a in zip(groups, assign):
+        order = sorted(a.items(), key=lambda kv: -g.cands[kv[0]].score)
+        names = iter(p.name for p in g.params)
+        for ci, n in order:
+            for _ in range(n):
+                choice[next(names)] = g.cands[ci]
+    return choice
+
+
+def _fixed_too_big(fixed: FixedBytes, budget: int, reserve: int) -> str:
+    what = f"parameters ({fmt_bytes(fixed.params)}) and gradients ({fmt_bytes(fixed.grads)})"
+    if fixed.master:
+        what += f" and master weights ({fmt_bytes(fixed.master)})"
+    return (f"memory budget {fmt_bytes(budget)}{f' minus reserve {fmt_bytes(reserve)}' if reserve else ''} is below "
+            f"what {what} alone need ({fmt_bytes(fixed.total)}); raise --memory-budget to at least "
+            f"{fmt_bytes(fixed.total + reserve)} plus optimizer state, or use a lower --param-dtype.")
+
+
+def _infeasible(inf: Infeasible, groups: list[_Group], fixed: FixedBytes, budget: int, reserve: int,
+                world: int) -> str:
+    need = fixed.total + reserve + -(-inf.min_bytes // world)
+    big = max(range(len(groups)), key=lambda g: sum(groups[g].cands[c].state_bytes * n
+                                                    for c, n in inf.assign[g].items()))
+    label = groups[big].cands[next(iter(inf.assign[big]))].cfg.label()
+    return (f"memory budget {fmt_bytes(budget)} is below the minimum any plan needs, {fmt_bytes(need)} "
+            f"(reached with mostly {label}); raise --memory-budget to at least {fmt_bytes(need)}"
+            f"{' or lower --reserve' if reserve else ''}.")

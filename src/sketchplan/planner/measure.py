@@ -1,0 +1,138 @@
+"""Measuring what the planned optimizer really allocates (``sketchplan check --measure``).
+
+When the whole model fits in ``limit`` bytes on the device (parameters, gradients, predicted state and
+workspace), the meta-built model is materialised with random weights, ``build_optimizer(plan, model)`` is
+called, every trainable tensor gets a random gradient and the optimizer takes two steps; the bytes of every
+state tensor it holds are then summed per parameter. Otherwise a sample is measured instead, and the report
+says so: one parameter of each distinct (shape, dtype, configuration), largest first while they fit, each
+stepped by its own optimizer with the plan's options. Random data, never zeros.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import UserError
+from ..optimizers import state_layout, total_bytes, workspace_bytes
+from ..optimizers.layout import MethodConfig
+from .analysis import ModelSpec
+from .check import Measurement, MeasuredTensor
+from .plan import Plan
+
+
+def _device_limit(device) -> int:
+    import torch
+
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        avail = 8 * 2**30
+    return int(avail * 0.5)
+
+
+def _state_bytes(opt, p) -> int:
+    import torch
+
+    return sum(v.numel() * v.element_size() for v in opt.state[p].values() if isinstance(v, torch.Tensor))
+
+
+def _randomise(params, gen_device) -> None:
+    import torch
+
+    with torch.no_grad():
+        for p in params:
+            p.copy_(torch.randn(p.shape, device=gen_device, dtype=torch.float32).mul_(0.02).to(p.dtype))
+
+
+def _grads(params) -> None:
+    import torch
+
+    for p in params:
+        if p.requires_grad:
+            p.grad = torch.randn(p.shape, device=p.device, dtype=torch.float32).mul_(1e-2).to(p.dtype)
+
+
+def _peak_tracker(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return lambda: (torch.cuda.synchronize(device), torch.cuda.max_memory_allocated(device))[1]
+    return lambda: None
+
+
+def measure_plan(plan: Plan, model, spec: ModelSpec, configs: dict[str, MethodConfig], *, device: str = "cpu",
+                 limit: int | None = None, steps: int = 2) -> Measurement:
+    import torch
+    import torch.nn as nn
+
+    from ..optimizers import build_optimizer
+    from ..optimizers.base import SketchplanOptimizer, group_options
+
+    try:
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device {device} asked for CUDA but torch sees no CUDA device; use --device cpu.")
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a torch device; use cpu or cuda[:i].") from None
+    limit = limit if limit is not None else _device_limit(dev)
+    shapes = {p.name: p for p in spec.params}
+    opts = plan.defaults
+    need = sum(p.nbytes * (2 if p.trainable else 1) for p in spec.params)
+    need += sum(total_bytes(state_layout(shapes[n].shape, c, opts)) for n, c in configs.items())
+    need += max((workspace_bytes(shapes[n].shape, c, opts) for n, c in configs.items()), default=0)
+
+    def predicted(name: str, cfg: MethodConfig) -> int:
+        return total_bytes(state_layout(shapes[name].shape, cfg, opts))
+
+    if isinstance(model, nn.Module) and need <= limit:
+        model = model.to_empty(device=dev)
+        params = [p for p in model.parameters()]
+        _randomise(params, dev)
+        opt = build_optimizer(plan, model)
+        peak = _peak_tracker(dev)
+        for _ in range(steps):
+            _grads(params)
+            opt.step()
+        peak_bytes = peak()
+        named = dict(model.named_parameters())
+        rows = [MeasuredTensor(name=n, predicted_bytes=predicted(n, c), measured_bytes=_state_bytes(opt, named[n]),
+                               method=c.label()) for n, c in configs.items()]
+        note = f"whole model materialised on {dev} with random weights; {steps} steps"
+        mode = "materialised"
+    else:
+        seen: dict[tuple, str] = {}
+        for n, c in configs.items():
+            p = shapes[n]
+            seen.setdefault((p.shape, p.dtype, c), n)
+        order = sorted(seen.items(), key=lambda kv: -total_bytes(state_layout(kv[0][0], kv[0][2], opts)))
+        rows, used, skipped = [], 0, 0
+        peak_bytes = None
+        for (shape, dtype, cfg), name in order:
+            cost = shapes[name].nbytes * 2 + total_bytes(state_layout(shape, cfg, opts)) + \
+                workspace_bytes(shape, cfg, opts)
+            if used + cost > limit:
+                skipped += 1
+                continue
+            p = nn.Parameter(torch.empty(shape, device=dev, dtype=getattr(torch, dtype)))
+            _randomise([p], dev)
+            opt = SketchplanOptimizer([{"params": [p], **group_options(cfg, opts)}], cfg, opts)
+            for _ in range(steps):
+                _grads([p])
+                opt.step()
+            rows.append(MeasuredTensor(name=name, predicted_bytes=predicted(name, cfg),
+                                       measured_bytes=_state_bytes(opt, p), method=cfg.label()))
+            del opt, p
+        why = "the model is not a torch module" if not isinstance(model, nn.Module) else \
+            f"the model needs {need:,} bytes, above the {limit:,}-byte measuring limit"
+        note = (f"sampled: {len(rows)} of {len(seen)} distinct (shape, dtype, configuration) measured on {dev} "
+                f"because {why}" + (f"; {skipped} too large to measure" if skipped else ""))
+        mode = "sampled"
+    return Measurement(device=str(dev), mode=mode, note=note, tensors=rows,
+                       predicted_state_bytes=sum(r.predicted_bytes for r in rows),
+                       measured_state_bytes=sum(r.measured_bytes for r in rows),
+                       peak_allocated_bytes=peak_bytes, predicted_peak_bytes=plan.totals.peak_bytes)

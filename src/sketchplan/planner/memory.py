@@ -1,0 +1,89 @@
+"""The memory model of one training step: parameters, gradients, master weights, optimizer state, workspace.
+
+- parameters: every tensor once (tied weights once), frozen ones included, in its dtype (or ``param_dtype``);
+- gradients: trainable tensors, in ``grad_dtype`` or the parameter's dtype;
+- master weights: a float32 copy of every trainable tensor when ``master_weights`` (mixed precision);
+- optimizer state: the sum of the chosen layouts' bytes; with ``world_size`` N and ``shard_optimizer_state``
+  (ZeRO-1) the state is split across ranks by whole preconditioner blocks (element-wise state evenly) with
+  longest-processing-time assignment, and the largest rank's share is what must fit;
+- workspace: the largest transient of the step (tensors are stepped one after another, so the peak is the
+  largest single tensor's, not the sum).
+peak = parameters + gradients + master weights + state (largest rank) + workspace.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from ..optimizers.layout import StateTensor, dtype_bytes
+from .analysis import ModelSpec, ParamSpec
+
+
+@dataclass(frozen=True)
+class Precision:
+    param_dtype: str | None = None
+    grad_dtype: str | None = None
+    master_weights: bool = False
+
+    def param_bytes(self, p: ParamSpec) -> int:
+        return p.numel * dtype_bytes(self.param_dtype or p.dtype)
+
+    def grad_bytes(self, p: ParamSpec) -> int:
+        return p.numel * dtype_bytes(self.grad_dtype or self.param_dtype or p.dtype) if p.trainable else 0
+
+    def master_bytes(self, p: ParamSpec) -> int:
+        return p.numel * 4 if (self.master_weights and p.trainable) else 0
+
+    def param_dtype_of(self, p: ParamSpec) -> str:
+        return self.param_dtype or p.dtype
+
+
+@dataclass(frozen=True)
+class FixedBytes:
+    params: int
+    grads: int
+    master: int
+
+    @property
+    def total(self) -> int:
+        return self.params + self.grads + self.master
+
+
+def fixed_bytes(spec: ModelSpec, prec: Precision) -> FixedBytes:
+    """Bytes that do not depend on the optimizer choice."""
+    return FixedBytes(
+        params=sum(prec.param_bytes(p) for p in spec.params),
+        grads=sum(prec.grad_bytes(p) for p in spec.params),
+        master=sum(prec.master_bytes(p) for p in spec.params),
+    )
+
+
+def shard_units(layout: list[StateTensor], world_size: int) -> list[int]:
+    """Pieces of one tensor's state for ZeRO-1 assignment.
+
+    A preconditioner block (a slice of a stacked ``blocks*`` tensor) is indivisible: its statistics, root or
+    sketch must sit on one rank. Element-wise state (Adam moments, grafts, momentum, counters) is split evenly
+    over the ranks, as ZeRO-1 does with its flat buffers.
+    """
+    units: list[int] = []
+    flat = 0
+    for t in layout:
+        if t.name.startswith("blocks") and t.shape:
+            units.extend([t.nbytes // t.shape[0]] * t.shape[0])
+        else:
+            flat += t.nbytes
+    if flat:
+        units.extend([-(-flat // world_size)] * world_size)
+    return units
+
+
+def largest_rank(units: list[int], world_size: int) -> int:
+    """Largest per-rank total when ``units`` are assigned longest-first to the least-loaded rank."""
+    if world_size <= 1:
+        return sum(units)
+    loads = [0] * world_size
+    heapq.heapify(loads)
+    for u in sorted(units, reverse=True):
+        heapq.heappush(loads, heapq.heappop(loads) + u)
+    return max(loads)

@@ -1,0 +1,77 @@
+"""How much of full-matrix (Shampoo) preconditioning a candidate keeps: a score in [0, 1] per tensor.
+
+The default model is a documented prior, used until a measured spectrum replaces it:
+
+- Every Kronecker factor of a d-dimensional axis has eigenvalues λ_j ∝ j^(−α) (α = ``SPECTRUM_DECAY`` = 1), the
+  fast decay the Sketchy paper observed. m_d(k) = Σ_{j≤k} λ_j / Σ_{j≤d} λ_j is the top-k spectral mass.
+- An axis kept whole with rank k (Sketchy) captures m_d(k); Shampoo (k = d) captures 1.
+- Blocks of size b on an axis of size d keep the leading b directions' worth of mass plus the block-diagonal
+  share b/d of the rest: c_block = m_d(b) + (1 − m_d(b))·b/d. A rank-k sketch inside such blocks keeps
+  m_b(k) of each block: c = c_block · m_b(k).
+- A tensor's score is δ + (1 − δ)·mean_i c_i, with δ = ``DIAGONAL_SCORE`` = 0.5 what a diagonal method keeps;
+  Adam scores δ, extreme tensoring 0.9·δ (coarser than the diagonal), KrADagrad 0.97 of Shampoo's (its
+  statistic is a Loewner upper bound of the inverse, not the inverse).
+- Grafting and momentum scale the score: graft adam 1, rmsprop 0.99, adafactor 0.98, sgd 0.85; momentum
+  float32 1, bfloat16 0.995, none 0.92. A matrix method that falls back on a tensor (a scalar, a dimension
+  above ``max_precond_dim``) scores as its graft: δ, or 0.3 for sgd.
+
+The planner maximises the parameter-weighted mean of these scores; the ordering full > blocked > sketched >
+diagonal at growing memory is what matters, and measured spectra (``sketchplan probe``) refine it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ..optimizers.blocking import chunks, matrix_plan
+from ..optimizers.layout import MethodConfig, OptimizerDefaults
+
+DIAGONAL_SCORE = 0.5
+SPECTRUM_DECAY = 1.0
+GRAFT_FACTOR = {"adam": 1.0, "rmsprop": 0.99, "adafactor": 0.98, "sgd": 0.85}
+MOMENTUM_FACTOR = {"float32": 1.0, "bfloat16": 0.995, "none": 0.92}
+SGD_FALLBACK_SCORE = 0.3
+ET_FACTOR = 0.9
+KRADAGRAD_FACTOR = 0.97
+
+
+@lru_cache(maxsize=None)
+def _harmonic(n: int, alpha: float) -> float:
+    return sum(j ** -alpha for j in range(1, n + 1))
+
+
+def top_mass(d: int, k: int, alpha: float = SPECTRUM_DECAY) -> float:
+    """m_d(k): share of the spectral mass in the top k of d eigenvalues λ_j ∝ j^(−α)."""
+    if k >= d:
+        return 1.0
+    return _harmonic(k, alpha) / _harmonic(d, alpha)
+
+
+def axis_capture(d: int, block: int, rank: int) -> float:
+    """Captured share on an axis of size d cut into blocks of ≤ ``block`` with rank ``rank`` inside each."""
+    if block >= d:
+        return top_mass(d, rank)
+    c_block = top_mass(d, block) + (1 - top_mass(d, block)) * block / d
+    return c_block * top_mass(block, rank)
+
+
+def score(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> float:
+    """The candidate's score on a tensor of ``shape`` (see module docstring)."""
+    mom = MOMENTUM_FACTOR[cfg.momentum]
+    if cfg.method == "adam":
+        return DIAGONAL_SCORE * mom
+    if cfg.method == "extreme_tensoring":
+        return ET_FACTOR * DIAGONAL_SCORE * mom
+    mp = matrix_plan(tuple(shape), cfg.block_size, opts.merge_dims, opts.max_precond_dim)
+    graft = GRAFT_FACTOR[cfg.graft]
+    if mp.fallback is not None:
+        return (SGD_FALLBACK_SCORE if cfg.graft == "sgd" else DIAGONAL_SCORE * graft) * mom
+    caps = []
+    for d in mp.merged:
+        block = max(chunks(d, cfg.block_size))
+        rank = cfg.rank if cfg.method == "sketchy" else block
+        caps.append(axis_capture(d, block, min(rank, block)))
+    s = DIAGONAL_SCORE + (1 - DIAGONAL_SCORE) * sum(caps) / len(caps)
+    if cfg.method == "kradagrad":
+        s *= KRADAGRAD_FACTOR
+    return s * graft * mom

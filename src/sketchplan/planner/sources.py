@@ -1,0 +1,246 @@
+"""Where models come from (``--model``): presets, ``module:factory``, shapes files and ``hf:config.json``.
+
+Everything is built on the meta device: shapes and dtypes only, nothing allocated, nothing downloaded.
+
+- Presets: transformers configurations with the published hyper-parameters (GPT-2 small/medium/large/XL,
+  BERT base/large, ViT-B/16 and L/16, Llama 7B/13B/70B, ResNet-18/50). Needs the ``hf`` extra.
+- ``package.module:factory``: a callable returning an ``nn.Module``, called under ``torch.device("meta")``.
+- A shapes file (``.yaml``/``.yml``/``.json``): ``params:`` list of ``{name, shape, dtype?, trainable?}``.
+- ``hf:PATH/config.json``: a local transformers configuration file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from ..errors import UserError
+from .analysis import BufferSpec, ModelSpec, ParamSpec, analyze
+
+_LLAMA = dict(vocab_size=32000, max_position_embeddings=4096, tie_word_embeddings=False)
+
+#: name → (transformers config class, model class, config kwargs). Published sizes.
+PRESETS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {}),
+    "gpt2-medium": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=1024, n_layer=24, n_head=16)),
+    "gpt2-large": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=1280, n_layer=36, n_head=20)),
+    "gpt2-xl": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=1600, n_layer=48, n_head=25)),
+    "bert-base": ("BertConfig", "BertForMaskedLM", {}),
+    "bert-large": ("BertConfig", "BertForMaskedLM",
+                   dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)),
+    "vit-b16": ("ViTConfig", "ViTForImageClassification", dict(num_labels=1000)),
+    "vit-l16": ("ViTConfig", "ViTForImageClassification",
+                dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                     num_labels=1000)),
+    "llama-7b": ("LlamaConfig", "LlamaForCausalLM",
+                 dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, **_LLAMA)),
+    "llama-13b": ("LlamaConfig", "LlamaForCausalLM",
+                  dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                       num_key_value_heads=40, **_LLAMA)),
+    "llama-70b": ("LlamaConfig", "LlamaForCausalLM",
+                  dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                       num_key_value_heads=8, **_LLAMA)),
+    "resnet-18": ("ResNetConfig", "ResNetForImageClassification",
+                  dict(depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512], layer_type="basic", num_labels=1000)),
+    "resnet-50": ("ResNetConfig", "ResNetForImageClassification",
+                  dict(depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], layer_type="bottleneck",
+                       num_labels=1000)),
+}
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise UserError("model presets need the transformers package; install it with "
+                        "`pip install 'sketchplan[hf]'`.") from None
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def _on_meta(build: Callable[[], Any]) -> Any:
+    import torch
+
+    with torch.device("meta"):
+        return build()
+
+
+def build_preset(name: str):
+    """The preset's ``nn.Module`` on the meta device."""
+    cfg_cls, model_cls, kwargs = PRESETS[name]
+    tf = _transformers()
+    config = getattr(tf, cfg_cls)(**kwargs)
+    return _on_meta(lambda: getattr(tf, model_cls)(config))
+
+
+def build_hf_config(path: str):
+    """An ``nn.Module`` from a local transformers ``config.json`` (architecture from its ``architectures``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"configuration file {path!r} does not exist; give hf:PATH/config.json of a local file.")
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"configuration file {path!r} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
+                        "fix the file.") from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise UserError(f"configuration file {path!r} has no 'model_type'; use a transformers config.json.")
+    tf = _transformers()
+    try:
+        config = tf.AutoConfig.for_model(**data)
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"transformers cannot read {path!r} ({str(exc).splitlines()[0]}); check its model_type.") from None
+    archs = data.get("architectures") or []
+    model_cls = getattr(tf, archs[0], None) if archs else None
+    if model_cls is None:
+        return _on_meta(lambda: tf.AutoModel.from_config(config))
+    return _on_meta(lambda: model_cls(config))
+
+
+def load_shapes_file(path: str) -> ModelSpec:
+    """A framework-neutral shapes file: ``params: [{name, shape, dtype?, trainable?}, ...]``."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"shapes file {path!r} does not exist; check the path.")
+    try:
+        text = p.read_text()
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"shapes file {path!r} cannot be parsed ({first}); fix its syntax.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("params"), list) or not data["params"]:
+        raise UserError(f"shapes file {path!r} needs a top-level 'params:' list of {{name, shape}} entries.")
+    params, seen = [], set()
+    for i, e in enumerate(data["params"]):
+        where = f"shapes file {path!r}, entry {i}"
+        if not isinstance(e, dict) or "name" not in e or "shape" not in e:
+            raise UserError(f"{where} needs 'name' and 'shape'.")
+        unknown = set(e) - {"name", "shape", "dtype", "trainable"}
+        if unknown:
+            raise UserError(f"{where} has unknown field {sorted(unknown)[0]!r}; allowed: name, shape, dtype, trainable.")
+        shape = e["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise UserError(f"{where} ({e['name']!r}): 'shape' must be a list of non-negative integers.")
+        dtype = e.get("dtype", "float32")
+        from ..optimizers.layout import DTYPE_BYTES
+
+        if dtype not in DTYPE_BYTES:
+            raise UserError(f"{where} ({e['name']!r}): unknown dtype {dtype!r}; use e.g. float32 or bfloat16.")
+        trainable = e.get("trainable", True)
+        if not isinstance(trainable, bool):
+            raise UserError(f"{where} ({e['name']!r}): 'trainable' must be true or false.")
+        name = str(e["name"])
+        if name in seen:
+            raise UserError(f"{where}: name {name!r} appears twice; names must be unique.")
+        seen.add(name)
+        params.append(ParamSpec(name=name, shape=tuple(shape), dtype=dtype, trainable=trainable,
+                                module=name.rsplit(".", 1)[0] if "." in name else ""))
+    return ModelSpec(params=params, source=str(path))
+
+
+def build_factory(spec: str):
+    """Import ``package.module:factory`` and call it on the meta device; it must return an ``nn.Module``."""
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise UserError(f"model {spec!r} is not of the form package.module:factory.")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as exc:  # any import failure is the user's module
+        raise UserError(f"cannot import module {mod_name!r} for --model {spec!r} ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); check the module path and PYTHONPATH.") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise UserError(f"module {mod_name!r} has no callable {attr!r}; name a function that returns an nn.Module.")
+    try:
+        model = _on_meta(factory)
+    except Exception as exc:
+        raise UserError(f"factory {spec!r} raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+                        "make it build the model from configuration without loading weights.") from None
+    import torch.nn as nn
+
+    if not isinstance(model, nn.Module):
+        raise UserError(f"factory {spec!r} returned a {type(model).__name__}, not a torch.nn.Module.")
+    return model
+
+
+def _cache_path(name: str) -> Path | None:
+    """Where a preset's analysed spec is cached: keyed by preset, its settings and the transformers version."""
+    if os.environ.get("SKETCHPLAN_NO_CACHE"):
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tf_version = version("transformers")
+    except PackageNotFoundError:
+        return None
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([name, PRESETS[name], tf_version], sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("SKETCHPLAN_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or
+                                                           Path.home() / ".cache") / "sketchplan")
+    return root / "presets" / f"{name}-{key}.json"
+
+
+def preset_spec(name: str) -> ModelSpec:
+    """The preset's ``ModelSpec``; cached on disk after the first build (importing transformers costs seconds).
+
+    Set ``SKETCHPLAN_NO_CACHE=1`` to always rebuild, ``SKETCHPLAN_CACHE=DIR`` to move the cache.
+    """
+    path = _cache_path(name)
+    if path is not None and path.is_file():
+        try:
+            return spec_from_dict(json.loads(path.read_text()), source=name)
+        except (ValueError, KeyError, TypeError):
+            pass  # a corrupt cache entry is rebuilt below
+    spec = analyze(build_preset(name), source=name)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from .plan import write_atomic
+
+            write_atomic(path, json.dumps(spec_to_dict(spec)))
+        except (OSError, UserError):
+            pass  # caching is an optimisation only
+    return spec
+
+
+def spec_to_dict(spec: ModelSpec) -> dict:
+    return {"params": [dict(name=p.name, shape=list(p.shape), dtype=p.dtype, trainable=p.trainable,
+                            module=p.module, tied=list(p.tied)) for p in spec.params],
+            "buffers": [dict(name=b.name, shape=list(b.shape), dtype=b.dtype) for b in spec.buffers]}
+
+
+def spec_from_dict(data: dict, source: str = "") -> ModelSpec:
+    params = [ParamSpec(name=p["name"], shape=tuple(p["shape"]), dtype=p["dtype"], trainable=p["trainable"],
+                        module=p["module"], tied=tuple(p["tied"])) for p in data["params"]]
+    buffers = [BufferSpec(b["name"], tuple(b["shape"]), b["dtype"]) for b in data["buffers"]]
+    return ModelSpec(params=params, buffers=buffers, source=source)
+
+
+def load_model(spec: str):
+    """The model named by ``--model``: an ``nn.Module`` on the meta device, or a ``ModelSpec``."""
+    if spec in PRESETS:
+        return preset_spec(spec)
+    if spec.startswith("hf:"):
+        return build_hf_config(spec[3:])
+    if spec.lower().endswith((".yaml", ".yml", ".json")):
+        return load_shapes_file(spec)
+    if ":" in spec:
+        return build_factory(spec)
+    raise UserError(f"unknown model {spec!r}; use a preset ({', '.join(PRESETS)}), package.module:factory, "
+                    "a shapes file (.yaml/.json) or hf:PATH/config.json.")
+
+
+def load_spec(spec: str) -> ModelSpec:
+    """``load_model`` followed by ``analyze``, with the source recorded."""
+    return analyze(load_model(spec), source=spec)

@@ -1,0 +1,182 @@
+"""Rendering plans as rich tables: per tensor, per tensor class (layers folded), or per module."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from .planner.plan import Plan, TensorEntry
+from .planner.sizes import fmt_bytes
+
+_LAYER = re.compile(r"(?<=\.)\d+(?=\.)")
+
+
+def _choice(e: TensorEntry) -> str:
+    cfg = e.config()
+    return "frozen" if cfg is None else cfg.label()
+
+
+def fold_name(name: str) -> str:
+    """``model.layers.17.mlp.up_proj.weight`` → ``model.layers.*.mlp.up_proj.weight``."""
+    return _LAYER.sub("*", name)
+
+
+def tensor_rows(plan: Plan, mode: str) -> list[tuple[str, int, str, str, int, int, float | None]]:
+    """(name, count, shape, choice, state bytes, workspace, score) rows for ``mode`` tensor|class|module."""
+    rows: OrderedDict[tuple, list] = OrderedDict()
+    for e in plan.tensors:
+        shape = "×".join(map(str, e.shape)) or "scalar"
+        if mode == "tensor":
+            key = (e.name,)
+            label = e.name + (f" (tied: {', '.join(e.tied)})" if e.tied else "")
+            shown_shape, choice = shape, _choice(e)
+        elif mode == "module":
+            mod = fold_name(e.name.rsplit(".", 1)[0] if "." in e.name else e.name)
+            key = (mod,)
+            label, shown_shape, choice = mod, "", ""
+        else:
+            label = fold_name(e.name)
+            key = (label, shape, _choice(e))
+            shown_shape, choice = shape, _choice(e)
+        r = rows.setdefault(key, [label, 0, shown_shape, choice, 0, 0, 0.0, 0])
+        r[1] += 1
+        r[4] += e.state_bytes
+        r[5] = max(r[5], e.workspace_bytes)
+        numel = 1
+        for d in e.shape:
+            numel *= d
+        if e.score is not None:
+            r[6] += e.score * numel
+            r[7] += numel
+        if mode == "module":
+            methods = set(filter(None, r[3].split(", "))) | {_choice(e).split(" ")[0]}
+            r[3] = ", ".join(sorted(methods))
+    return [(r[0], r[1], r[2], r[3], r[4], r[5], (r[6] / r[7]) if r[7] else None) for r in rows.values()]
+
+
+def tensor_table(plan: Plan, mode: str = "class", max_rows: int | None = 60) -> Table:
+    title = {"tensor": "per tensor", "class": "per tensor class (layers folded: *)", "module": "per module"}[mode]
+    t = Table(title=f"Plan {title}", box=box.SIMPLE_HEAD, title_justify="left")
+    t.add_column("tensor" if mode != "module" else "module", overflow="fold")
+    t.add_column("×", justify="right")
+    if mode != "module":
+        t.add_column("shape")
+    t.add_column("choice" if mode != "module" else "methods")
+    t.add_column("state", justify="right")
+    t.add_column("workspace", justify="right")
+    t.add_column("score", justify="right")
+    rows = tensor_rows(plan, mode)
+    shown = rows if max_rows is None else rows[:max_rows]
+    for name, n, shape, choice, state, ws, score in shown:
+        cells = [name, str(n)] + ([shape] if mode != "module" else []) + [
+            choice, fmt_bytes(state), fmt_bytes(ws), "" if score is None else f"{score:.3f}"]
+        t.add_row(*cells)
+    if len(shown) < len(rows):
+        t.caption = f"… {len(rows) - len(shown)} more rows (--all shows every row)"
+    return t
+
+
+def totals_table(plan: Plan) -> Table:
+    tot, b = plan.totals, plan.budget
+    t = Table(title="Totals (predicted)", box=box.SIMPLE_HEAD, title_justify="left", show_header=False)
+    t.add_column("what")
+    t.add_column("bytes", justify="right")
+    t.add_row("parameters", fmt_bytes(tot.params_bytes))
+    t.add_row("gradients", fmt_bytes(tot.grads_bytes))
+    if tot.master_bytes:
+        t.add_row("master weights (fp32)", fmt_bytes(tot.master_bytes))
+    t.add_row("optimizer state", fmt_bytes(tot.state_bytes))
+    if tot.state_bytes_per_rank is not None:
+        t.add_row(f"  largest rank of {plan.settings.world_size}", fmt_bytes(tot.state_bytes_per_rank))
+    for m, v in sorted(tot.state_bytes_by_method.items(), key=lambda kv: -kv[1]):
+        t.add_row(f"  {m}", fmt_bytes(v))
+    t.add_row("step workspace (peak)", fmt_bytes(tot.workspace_bytes))
+    t.add_row(Text("peak", style="bold"), Text(fmt_bytes(tot.peak_bytes), style="bold"))
+    if b.memory_bytes is not None:
+        avail = b.memory_bytes - b.reserve_bytes
+        t.add_row("budget" + (f" (minus reserve {fmt_bytes(b.reserve_bytes)})" if b.reserve_bytes else ""),
+                  fmt_bytes(avail))
+        head = avail - tot.peak_bytes
+        t.add_row("headroom", Text(fmt_bytes(head), style="green" if head >= 0 else "red"))
+    t.add_row("score (parameter-weighted)", f"{tot.score:.4f}")
+    if tot.step_ms is not None:
+        t.add_row("optimizer step (predicted)", f"{tot.step_ms:.2f} ms")
+    if plan.solver is not None:
+        s = plan.solver
+        t.add_row("solver", f"{s.status}, gap ≤ {s.gap:.2e}" + (f", {s.binding} binds" if s.binding else ""))
+    return t
+
+
+def what_if_table(plan: Plan) -> Table:
+    t = Table(title="What if every tensor used one method", box=box.SIMPLE_HEAD, title_justify="left")
+    for col, j in (("alternative", "left"), ("state", "right"), ("peak", "right"), ("fits", "center"),
+                   ("score", "right")):
+        t.add_column(col, justify=j)
+    t.add_row(Text("this plan", style="bold"), fmt_bytes(plan.totals.state_bytes), fmt_bytes(plan.totals.peak_bytes),
+              "yes" if _fits(plan) else "no", f"{plan.totals.score:.4f}")
+    for w in plan.what_if:
+        t.add_row(w.label, fmt_bytes(w.state_bytes), fmt_bytes(w.peak_bytes),
+                  Text("yes", style="green") if w.fits else Text("no", style="red"), f"{w.score:.4f}")
+    return t
+
+
+def _fits(plan: Plan) -> bool:
+    b = plan.budget
+    return b.memory_bytes is None or plan.totals.peak_bytes <= b.memory_bytes - b.reserve_bytes
+
+
+def render_plan(plan: Plan, console: Console, mode: str = "class", max_rows: int | None = 60) -> None:
+    m = plan.model
+    console.print(f"[bold]{m.source or 'model'}[/]: {m.n_params:,} parameters in {m.n_tensors} tensors "
+                  f"({m.n_trainable:,} trainable)" + (f", hardware: {plan.hardware}" if plan.hardware else ""))
+    console.print(Group(tensor_table(plan, mode, max_rows), totals_table(plan), what_if_table(plan)))
+
+
+def render_check(report, console: Console, max_rows: int | None = 40) -> None:
+    """The check's verdicts, the tensors that changed (old → new bytes and delta), and measurements."""
+    verdict = Text("PASS", style="bold green") if report.ok else Text("REGRESSION", style="bold red")
+    console.print(Text.assemble("sketchplan check ", (report.plan, "bold"), " against ", (report.model, "bold"),
+                                ": ", verdict))
+    t = Table(box=box.SIMPLE_HEAD, title="Checks", title_justify="left")
+    t.add_column("check")
+    t.add_column("result", justify="center")
+    t.add_column("details", overflow="fold")
+    for c in report.checks:
+        t.add_row(c.name, Text("ok", style="green") if c.ok else Text("FAIL", style="red"), c.message)
+    console.print(t)
+    if report.tensors:
+        d = Table(box=box.SIMPLE_HEAD, title="Tensors that changed", title_justify="left")
+        for col, j in (("tensor", "left"), ("status", "left"), ("shape", "left"), ("old state", "right"),
+                       ("new state", "right"), ("delta", "right")):
+            d.add_column(col, justify=j, overflow="fold")
+        rows = sorted(report.tensors, key=lambda x: (not x.offending, -abs(x.delta)))
+        for x in rows if max_rows is None else rows[:max_rows]:
+            shape = "×".join(map(str, x.old_shape or [])) or "—"
+            if x.new_shape is not None and x.new_shape != x.old_shape:
+                shape += " → " + ("×".join(map(str, x.new_shape)) or "scalar")
+            style = "red" if x.offending else ""
+            d.add_row(Text(x.name, style=style), x.status, shape, f"{x.old_bytes:,}", f"{x.new_bytes:,}",
+                      Text(f"{x.delta:+,}", style=style))
+        console.print(d)
+    m = report.measured
+    if m is not None:
+        mt = Table(box=box.SIMPLE_HEAD, title=f"Measured on {m.device} ({m.note})", title_justify="left")
+        for col in ("method", "tensors", "predicted bytes", "measured bytes", "difference"):
+            mt.add_column(col, justify="left" if col == "method" else "right")
+        by: dict[str, list[int]] = {}
+        for r in m.tensors:
+            acc = by.setdefault(r.method, [0, 0, 0])
+            acc[0] += 1
+            acc[1] += r.predicted_bytes
+            acc[2] += r.measured_bytes
+        for method, (n, pred, meas) in sorted(by.items()):
+            mt.add_row(method, str(n), f"{pred:,}", f"{meas:,}",
+                       Text(f"{meas - pred:+,}", style="green" if meas == pred else "red"))
+        mt.add_row(Text("total", style="bold"), str(len(m.tensors)), f"{m.predicted_state_bytes:,}",
+                   f"{m.measured_state_bytes:,}", f"{m.measured_state_bytes - m.predicted_state_bytes:+,}")
+        console.print(mt)

@@ -1,0 +1,119 @@
+"""`sketchplan check`: regressions, reports, bad input; `plan --update`; the pytest helper."""
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from sketchplan.cli import main
+from sketchplan.planner.check import CheckReport
+from sketchplan.testing import assert_plan_holds
+
+MLP = "examples.models:mlp"
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, " ".join(out.split()), err
+
+
+@pytest.fixture
+def plan_file(tmp_path, capsys):
+    path = tmp_path / "plan.yaml"
+    assert main(["plan", "--model", MLP, "--memory-budget", "64MiB", "--out", str(path)]) == 0
+    capsys.readouterr()
+    return path
+
+
+def test_unchanged_model_passes(plan_file, capsys):
+    code, out, _ = run(capsys, "check", str(plan_file), "--model", MLP)
+    assert code == 0 and "PASS" in out
+
+
+def test_widened_layer_fails_naming_tensor_and_delta(plan_file, capsys):
+    code, out, _ = run(capsys, "check", str(plan_file), "--model", "examples.models:mlp_wide")
+    assert code == 1 and "REGRESSION" in out
+    assert "2.weight reshaped 256×256 → 512×256" in out
+    assert "4.weight reshaped 10×256 → 10×512" in out
+
+
+def test_removed_and_added_tensors_reported(plan_file, tmp_path, capsys):
+    j = tmp_path / "r.json"
+    code, out, _ = run(capsys, "check", str(plan_file), "--model", "examples.models:mlp_reshuffled", "--json", str(j))
+    assert code == 1
+    report = CheckReport.model_validate(json.loads(j.read_text()))
+    status = {t.name: t.status for t in report.tensors}
+    assert status["4.weight"] == "removed" and status["head.weight"] == "added"
+    removed = next(t for t in report.tensors if t.name == "4.weight")
+    assert removed.delta == -removed.old_bytes < 0
+
+
+def test_lowered_budget_fails(plan_file, capsys):
+    code, out, _ = run(capsys, "check", str(plan_file), "--budget", "1MiB")
+    assert code == 1 and "budget FAIL" in out
+
+
+def test_tolerance_applies_to_growth(plan_file, tmp_path, capsys):
+    import yaml
+
+    data = yaml.safe_load(plan_file.read_text())
+    target = next(t for t in data["tensors"] if t["state_bytes"] > 100_000)
+    target["state_bytes"] = int(target["state_bytes"] * 0.99)  # pretend the plan predicted 1% less
+    data["totals"]["state_bytes"] = sum(t["state_bytes"] for t in data["tensors"])
+    plan_file.write_text(yaml.safe_dump(data))
+    code, out, _ = run(capsys, "check", str(plan_file))
+    assert code == 1 and target["name"] in out
+    code, _, _ = run(capsys, "check", str(plan_file), "--tolerance", "2")
+    assert code == 0
+
+
+def test_reports_json_round_trip_and_junit(plan_file, tmp_path, capsys):
+    j, x = tmp_path / "r.json", tmp_path / "r.xml"
+    code, _, _ = run(capsys, "check", str(plan_file), "--model", "examples.models:mlp_wide", "--json", str(j),
+                     "--junit", str(x))
+    data = json.loads(j.read_text())
+    report = CheckReport.model_validate(data)
+    assert json.loads(report.model_dump_json()) == data and report.exit_code == code == 1
+    root = ET.parse(x).getroot()
+    cases = root.findall(".//testcase")
+    assert [c.get("name") for c in cases] == [c.name for c in report.checks]
+    failed = {c.get("name") for c in cases if c.find("failure") is not None}
+    assert failed == {c.name for c in report.checks if not c.ok} and "structure" in failed
+
+
+def test_documented_schema_is_current():
+    path = Path(__file__).parent.parent / "docs" / "check-report.schema.json"
+    assert json.loads(path.read_text()) == CheckReport.model_json_schema()
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda p: p.write_text("schema_version: 1\ntensors: [oops\n"), "not valid YAML"),
+    (lambda p: p.write_text("hello: 1\n"), "field"),
+    (lambda p: p.unlink(), "does not exist"),
+])
+def test_malformed_plan_exit_2(plan_file, capsys, mutate, needle):
+    mutate(plan_file)
+    code, _, err = run(capsys, "check", str(plan_file))
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_wrong_model_exit_2(plan_file, capsys):
+    code, _, err = run(capsys, "check", str(plan_file), "--model", "examples.models:nope")
+    assert code == 2 and "no callable" in err
+
+
+def test_plan_update_accepts_growth(plan_file, capsys):
+    code, _, _ = run(capsys, "plan", "--update", str(plan_file), "--model", "examples.models:mlp_wide")
+    assert code == 0
+    code, out, _ = run(capsys, "check", str(plan_file), "--model", "examples.models:mlp_wide")
+    assert code == 0
+
+
+def test_pytest_helper(plan_file):
+    from examples.models import mlp, mlp_wide
+
+    assert assert_plan_holds(str(plan_file), mlp()).ok
+    with pytest.raises(AssertionError, match="2.weight"):
+        assert_plan_holds(str(plan_file), mlp_wide())

@@ -1,0 +1,135 @@
+"""The plan file (strict schema, atomic writes) and the `plan`/`show` commands, including bad input."""
+
+import re
+
+import pytest
+import yaml
+
+from sketchplan.cli import main
+from sketchplan.errors import UserError
+from sketchplan.planner import make_plan
+from sketchplan.planner.plan import Plan
+from sketchplan.planner.sizes import parse_size
+from sketchplan.planner.sources import load_spec
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_parse_size():
+    assert parse_size("24GiB") == 24 * 2**30
+    assert parse_size("80GB") == 80 * 10**9
+    assert parse_size("512MiB") == 512 * 2**20
+    assert parse_size("1000") == 1000
+    assert parse_size("1.5G") == int(1.5 * 2**30)
+    for bad in ["-3GiB", "lots", "12 parsecs", ""]:
+        with pytest.raises(UserError):
+            parse_size(bad)
+
+
+def test_llama7b_plan_fits_where_adam_does_not(tmp_path, capsys):
+    out_path = tmp_path / "p.yaml"
+    code, out, _ = run(capsys, "plan", "--model", "llama-7b", "--memory-budget", "80GiB", "--out", str(out_path))
+    assert code == 0
+    plan = Plan.load(out_path)
+    t = plan.totals
+    assert t.peak_bytes <= 80 * 2**30
+    assert t.peak_bytes == t.params_bytes + t.grads_bytes + t.master_bytes + t.state_bytes + t.workspace_bytes
+    assert t.state_bytes == sum(e.state_bytes for e in plan.tensors)
+    adam = next(w for w in plan.what_if if w.label == "all adam")
+    assert not adam.fits and adam.peak_bytes > 100 * 2**30  # params + grads + 2 moments ≈ 108 GB
+    assert t.score > adam.score
+    # `show` prints the same totals
+    code, shown, _ = run(capsys, "show", str(out_path))
+    assert code == 0
+    for line in ("peak", "optimizer state"):
+        a = re.search(rf"{line}\s+([\d.]+ \w+)", out).group(1)
+        b = re.search(rf"{line}\s+([\d.]+ \w+)", shown).group(1)
+        assert a == b
+
+
+def test_plan_round_trip_and_strict_loading(tmp_path):
+    spec = load_spec("examples.models:mlp")
+    plan = make_plan(spec, "64MiB", source="examples.models:mlp")
+    path = tmp_path / "plan.yaml"
+    plan.save(path)
+    assert Plan.load(path) == plan
+    data = yaml.safe_load(path.read_text())
+    data["tensors"][0]["colour"] = "blue"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match=r"tensors\.0\.colour.*unknown field"):
+        Plan.load(path)
+    data["tensors"][0].pop("colour")
+    data["totals"]["state_bytes"] = "lots"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match=r"totals\.state_bytes"):
+        Plan.load(path)
+    path.write_text("!!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(UserError):
+        Plan.load(path)
+
+
+def test_budget_is_monotone_and_respected():
+    spec = load_spec("gpt2")
+    prev = 0.0
+    for gib in (1.5, 2, 3, 4, 6):
+        plan = make_plan(spec, f"{gib}GiB")
+        assert plan.totals.peak_bytes <= gib * 2**30
+        assert plan.totals.score >= prev - 1e-9
+        prev = plan.totals.score
+
+
+def test_sharding_reports_largest_rank():
+    spec = load_spec("gpt2")
+    plan = make_plan(spec, "2GiB", world_size=8, shard_optimizer_state=True, methods=["adam", "blocked_shampoo"])
+    t = plan.totals
+    assert t.state_bytes_per_rank is not None
+    assert t.state_bytes / 8 <= t.state_bytes_per_rank < t.state_bytes
+    assert t.peak_bytes == t.params_bytes + t.grads_bytes + t.state_bytes_per_rank + t.workspace_bytes
+    assert t.peak_bytes <= 2 * 2**30
+
+
+def test_mixed_precision_counts():
+    spec = load_spec("examples.models:mlp")
+    plan = make_plan(spec, None, methods=["adam"], param_dtype="bfloat16", master_weights=True)
+    n = spec.n_params
+    assert plan.totals.params_bytes == 2 * n and plan.totals.grads_bytes == 2 * n
+    assert plan.totals.master_bytes == 4 * n
+
+
+BAD = [
+    (["--model", "gpt5", "--memory-budget", "1GiB"], "unknown model"),
+    (["--model", "nopkg.mod:f", "--memory-budget", "1GiB"], "cannot import"),
+    (["--model", "examples.models:not_a_module", "--memory-budget", "1GiB"], "not a torch.nn.Module"),
+    (["--model", "gpt2", "--memory-budget", "lots"], "cannot read memory budget"),
+    (["--model", "gpt2", "--memory-budget=-4GiB"], "negative"),
+    (["--model", "gpt2", "--memory-budget", "600MiB"], "alone need"),
+    (["--model", "gpt2", "--memory-budget", "1000MiB"], "below the minimum any plan needs"),
+    (["--model", "gpt2", "--memory-budget", "4GiB", "--methods", "adam,lion"], "unknown method 'lion'"),
+    (["--model", "gpt2", "--memory-budget", "4GiB", "--ranks", "0,16"], "rank 0"),
+    (["--model", "gpt2", "--memory-budget", "4GiB", "--block-sizes", "-5"], "block size -5"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", BAD)
+def test_bad_input_is_one_sentence_exit_2_no_file(tmp_path, capsys, argv, needle):
+    out_path = tmp_path / "p.yaml"
+    code, out, err = run(capsys, "plan", *argv, "--out", str(out_path))
+    assert code == 2
+    assert needle in " ".join(err.split())
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out_path.exists()
+
+
+def test_missing_output_directory(tmp_path, capsys):
+    code, _, err = run(capsys, "plan", "--model", "examples.models:mlp", "--out", str(tmp_path / "nope" / "p.yaml"))
+    assert code == 2 and "does not exist" in err
+
+
+def test_infeasible_names_minimum_and_method(capsys):
+    code, _, err = run(capsys, "plan", "--model", "gpt2", "--memory-budget", "1000MiB")
+    text = " ".join(err.split())
+    assert re.search(r"needs, [\d.]+ [GM]iB", text) and "mostly" in text
