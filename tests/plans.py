@@ -1,4 +1,4 @@
-"""Test helper: a Plan built directly from the layouts (stands in for the planner's ``uniform_plan``)."""
+"""Test helpers for the optimizer tests: plans from the planner's ``uniform_plan``, a model with corner cases."""
 
 from __future__ import annotations
 
@@ -7,41 +7,26 @@ from typing import Callable
 import torch
 
 from sketchplan.optimizers import MethodConfig, OptimizerDefaults, state_layout, total_bytes
-from sketchplan.planner.plan import Budget, ModelInfo, Plan, TensorEntry, Totals
+from sketchplan.planner import uniform_plan
+from sketchplan.planner.plan import Plan
 
 
-def fingerprint(model: torch.nn.Module) -> str:
-    try:
-        from sketchplan.planner.analysis import model_fingerprint
-    except ImportError:
-        return "no-fingerprint-yet"
-    return model_fingerprint(model)
-
-
-def make_plan(model: torch.nn.Module, cfg: MethodConfig | Callable[[str, tuple], MethodConfig | None],
+def make_plan(model: torch.nn.Module, cfg: MethodConfig | Callable[[str, tuple], MethodConfig],
               defaults: OptimizerDefaults | None = None) -> Plan:
-    """Every trainable tensor gets ``cfg`` (or ``cfg(name, shape)``), state bytes from the layouts."""
+    """The planner's uniform plan, or (``cfg`` a function of name and shape) one entry per tensor re-assigned,
+    with state bytes from the layouts."""
     defaults = defaults or OptimizerDefaults()
-    canonical = {id(p): n for n, p in model.named_parameters()}
-    tied: dict[str, list[str]] = {n: [] for n in canonical.values()}
-    for n, p in model.named_parameters(remove_duplicate=False):
-        if canonical[id(p)] != n:
-            tied[canonical[id(p)]].append(n)
+    if not callable(cfg):
+        return uniform_plan(model, cfg, defaults)
+    plan = uniform_plan(model, MethodConfig(method="adam"), defaults)
     entries = []
-    for n, p in model.named_parameters():
-        shape = tuple(p.shape)
-        c = (cfg(n, shape) if callable(cfg) else cfg) if p.requires_grad else None
-        fields = {} if c is None else {k: v for k, v in c.model_dump().items()}
-        nbytes = 0 if c is None else total_bytes(state_layout(shape, c, defaults))
-        entries.append(TensorEntry(name=n, shape=list(shape), dtype=str(p.dtype).removeprefix("torch."),
-                                   trainable=p.requires_grad, tied=tied[n], state_bytes=nbytes, **fields))
-    pbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    sbytes = sum(e.state_bytes for e in entries)
-    return Plan(created_by="tests", budget=Budget(), defaults=defaults, tensors=entries,
-                model=ModelInfo(source="tests", fingerprint=fingerprint(model), n_params=pbytes,
-                                n_trainable=pbytes, n_tensors=len(entries)),
-                totals=Totals(params_bytes=pbytes, grads_bytes=pbytes, state_bytes=sbytes, workspace_bytes=0,
-                              peak_bytes=2 * pbytes + sbytes, score=0.0))
+    for e in plan.tensors:
+        if e.method is not None:
+            c = cfg(e.name, tuple(e.shape))
+            nbytes = total_bytes(state_layout(tuple(e.shape), c, defaults))
+            e = e.model_copy(update={**c.model_dump(), "state_bytes": nbytes})
+        entries.append(e)
+    return plan.model_copy(update={"tensors": entries})
 
 
 class Zoo(torch.nn.Module):

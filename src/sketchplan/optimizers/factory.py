@@ -49,11 +49,6 @@ def build_optimizer(plan: Plan, model: torch.nn.Module, allow_mismatch: bool = F
     for e in plan.tensors:
         for name in [e.name, *e.tied]:
             entries[name] = e
-    fp = _fingerprint(model)
-    if fp is not None and fp != plan.model.fingerprint:
-        _problem(allow_mismatch, f"the plan was made for a different model (fingerprint "
-                                 f"{plan.model.fingerprint[:12]}…, this model {fp[:12]}…); regenerate it with "
-                                 "`sketchplan plan`.")
     seen: set[str] = set()
     groups: dict[MethodConfig, list[torch.Tensor]] = {}
     for name, p in model.named_parameters():
@@ -76,6 +71,11 @@ def build_optimizer(plan: Plan, model: torch.nn.Module, allow_mismatch: bool = F
     for e in plan.tensors:
         if e.name not in seen:
             _problem(allow_mismatch, f"tensor {e.name!r} of the plan is not in the model; regenerate the plan.")
+    fp = _fingerprint(model)  # after the per-tensor checks, which name the tensor; this catches dtype changes
+    if fp is not None and fp != plan.model.fingerprint:
+        _problem(allow_mismatch, f"the plan was made for a different model (fingerprint "
+                                 f"{plan.model.fingerprint[:12]}…, this model {fp[:12]}…: a dtype or trainable "
+                                 "flag changed); regenerate it with `sketchplan plan`.")
     if not groups:
         raise UserError("the plan leaves no trainable tensor of the model to optimize; check which parameters "
                         "require grad.")
