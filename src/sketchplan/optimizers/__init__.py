@@ -1,5 +1,6 @@
 """Optimizers: one module per method, each owning its state layout (the one source of truth for memory),
-its kernel calls and its update rule; ``build_optimizer`` builds one optimizer for a whole model from a plan.
+its update rule and its torch optimizer class; ``build_optimizer`` builds one optimizer for a whole model from
+a plan.
 """
 
 from __future__ import annotations
@@ -7,6 +8,12 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import adam, blocked_shampoo, extreme_tensoring, kradagrad, shampoo, sketchy
+from .adam import Adam
+from .base import SketchplanOptimizer
+from .blocked_shampoo import BlockedShampoo
+from .extreme_tensoring import ExtremeTensoring
+from .factory import build_optimizer
+from .kradagrad import KrADagrad
 from .layout import (
     GRAFTS,
     MATRIX_METHODS,
@@ -18,6 +25,9 @@ from .layout import (
     dtype_bytes,
     total_bytes,
 )
+from .shampoo import Shampoo
+from .sketchy import Sketchy
+from .state import allocate
 
 METHOD_MODULES: dict[str, ModuleType] = {
     "adam": adam,
@@ -40,6 +50,8 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
 
 
 __all__ = [
-    "GRAFTS", "MATRIX_METHODS", "METHODS", "MOMENTA", "METHOD_MODULES", "MethodConfig", "OptimizerDefaults",
-    "StateTensor", "dtype_bytes", "state_layout", "total_bytes", "workspace_bytes",
+    "Adam", "BlockedShampoo", "ExtremeTensoring", "GRAFTS", "KrADagrad", "MATRIX_METHODS", "METHODS", "MOMENTA",
+    "METHOD_MODULES", "MethodConfig", "OptimizerDefaults", "Shampoo", "Sketchy", "SketchplanOptimizer",
+    "StateTensor", "allocate", "build_optimizer", "dtype_bytes", "state_layout", "total_bytes",
+    "workspace_bytes",
 ]

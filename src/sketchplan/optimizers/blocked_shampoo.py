@@ -8,6 +8,7 @@ and update are Shampoo's (``shampoo.py``) with ``block_size`` set; this module o
 from __future__ import annotations
 
 from . import shampoo
+from .base import register
 from .layout import MethodConfig, OptimizerDefaults, StateTensor
 
 
@@ -20,3 +21,15 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
 
 def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
     return shampoo.workspace_bytes(shape, cfg, opts)
+
+
+class BlockedShampoo(shampoo.Shampoo):
+    """Blocked Shampoo (Anil et al. 2020): ``Shampoo`` with every dimension cut into chunks of ``block_size``
+    (default 1024); each block keeps its own statistics and roots, blocks of one shape are processed by
+    batched kernels. See ``Shampoo`` for the math and the options."""
+
+    def __init__(self, params, lr: float = 1e-3, block_size: int = 1024, **options):
+        super().__init__(params, lr=lr, block_size=block_size, **options)
+
+
+register("blocked_shampoo", shampoo.ShampooRule())

@@ -127,11 +127,19 @@ class OptimizerDefaults(BaseModel):
     - ``max_precond_dim``: a merged dimension above this is not preconditioned by a full (unblocked) factor;
       the tensor falls back to its graft method.
     - ``precondition_frequency``: inverse roots are recomputed every this many steps.
+    - ``shampoo_eps``: the matrix methods' ridge ε: Shampoo's (S + εI), Sketchy's (ρ + ε), KrADagrad's
+      initial inverse statistic I/ε.
     - ``start_preconditioning_step``: before this step the graft direction is used as is.
     - ``et_max_dim``: extreme tensoring splits each natural axis into near-equal factors ≤ this
       (0 means no tensoring: one mode over the flattened tensor, i.e. diagonal AdaGrad).
     - ``kradagrad_variant``: ``star`` (both modes each step) or ``mm`` (one mode per step).
-    - ``skip_nonfinite``: every method keeps an int32 counter of skipped non-finite gradients.
+    - ``nesterov``: Nesterov momentum (β1 m + (1−β1) D instead of m) for the matrix methods and extreme
+      tensoring.
+    - ``root_method``: how Shampoo computes inverse roots: ``eigh`` (float64 retry) or ``newton`` (coupled
+      Newton iteration).
+    - ``fd_variant``: Sketchy's FD-update kernel (``kernels.frequent_directions``); ``auto`` picks by shape.
+    - Every method keeps an int32 counter ``nonfinite_skips`` of gradients it replaced by zeros because they
+      held a NaN or Inf.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -149,6 +157,8 @@ class OptimizerDefaults(BaseModel):
     et_max_dim: int = Field(default=64, ge=0)
     kradagrad_variant: Literal["star", "mm"] = "star"
     nesterov: bool = False
+    root_method: Literal["eigh", "newton"] = "eigh"
+    fd_variant: Literal["auto", "svd", "gram_small", "gram_large", "qr_svd"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> "OptimizerDefaults":

@@ -1,0 +1,25 @@
+"""Inverse root of a low-rank-plus-ridge matrix applied to a block of vectors (ALGORITHMS.md §4; Feinberg et al.
+2023, "Sketchy: memory-efficient adaptive regularization with Frequent Directions").
+
+For Ŝ = U diag(σ²) Uᵀ + ρ I with U's columns orthonormal (or zero) and α < 0:
+    (Ŝ + εI)^α X = U diag((σ² + ρ + ε)^α − (ρ + ε)^α) Uᵀ X + (ρ + ε)^α X,
+which never forms a d × d matrix: O(d·k·m) work for X of d × m. Zero columns of U (directions the sketch has
+not seen) contribute nothing, so they behave like the ridge. When k = d the FD kernels return a full orthonormal
+basis, the complement term is exactly zero and is dropped: computing it would subtract two terms of size
+(ρ+ε)^α, which for ε → 0 loses every digit in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def lowrank_root_apply(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: torch.Tensor, alpha: float,
+                       eps: float) -> torch.Tensor:
+    """(U diag(σ²) Uᵀ + (ρ+ε) I)^α X, batched: u (b, d, k), sig2 (b, k), rho (b,), x (b, d, m)."""
+    ridge = rho + eps
+    scale = (sig2 + ridge.unsqueeze(-1)).pow(alpha)
+    if u.shape[-1] == u.shape[-2]:
+        return u @ (scale.unsqueeze(-1) * (u.mT @ x))
+    base = ridge.pow(alpha)
+    return base[:, None, None] * x + u @ ((scale - base.unsqueeze(-1)).unsqueeze(-1) * (u.mT @ x))

@@ -1,0 +1,81 @@
+"""Symmetric matrix powers and inverse roots, batched over a leading dimension (ALGORITHMS.md §2).
+
+Shampoo needs P = (S + εI)^(−1/p) (p = 2·order) of symmetric positive semi-definite statistics S; KrADagrad
+needs positive powers of its inverse statistics. Two kernels:
+
+- ``symmetric_power`` by eigendecomposition: S = V diag(λ) Vᵀ, S^a = V diag((max(λ, 0) + ε)^a) Vᵀ. It runs in
+  the input dtype (float32), retries in float64 when eigh fails or returns non-finite values, and returns
+  ``previous`` (the last good root) when both fail.
+- ``inverse_root_newton``: the coupled Newton iteration for A^(−1/p) (Guo & Higham 2006, as used by Anil et al.
+  2020, "Scalable second order optimization for deep learning"): M₀ = zA, X₀ = z^(1/p) I with z = (1+p)/(2‖A‖_F);
+  T = ((p+1)I − M)/p, X ← X T, M ← T^p M until ‖M − I‖_max < tol. Only matrix products, so it suits accelerators
+  without a fast eigh.
+
+Host synchronisation: both read a few scalars back (is the result finite? did the iteration converge?). They run
+only every ``precondition_frequency`` steps, and eigh synchronises on accelerators anyway.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def safe_eigh(mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Eigenvalues (ascending) and eigenvectors of symmetric ``mats`` (..., d, d), in ``mats.dtype``.
+
+    Tries the input dtype first, then float64. Returns None when both raise or give non-finite values.
+    """
+    dtypes = [mats.dtype] if mats.dtype == torch.float64 else [mats.dtype, torch.float64]
+    for dt in dtypes:
+        try:
+            w, v = torch.linalg.eigh(mats.to(dt))
+        except RuntimeError:  # torch.linalg.LinAlgError is a RuntimeError
+            continue
+        if bool(torch.isfinite(w).all()) and bool(torch.isfinite(v).all()):
+            return w.to(mats.dtype), v.to(mats.dtype)
+    return None
+
+
+def symmetric_power(mats: torch.Tensor, exponent: float, eps: float,
+                    previous: torch.Tensor | None = None) -> torch.Tensor:
+    """(S + εI)^exponent of symmetric PSD ``mats`` (..., d, d) by eigh; eigenvalues are clamped at 0 first.
+
+    Falls back to float64 when the float32 eigh fails, and to ``previous`` when both fail (with no previous
+    root, the identity: an unpreconditioned step). Negative exponents need ε > 0 for singular S.
+    """
+    dec = safe_eigh(mats)
+    if dec is None:
+        if previous is not None:
+            return previous
+        return torch.eye(mats.shape[-1], dtype=mats.dtype, device=mats.device).expand_as(mats).clone()
+    w, v = dec
+    scale = (w.clamp_min(0) + eps).pow(exponent)
+    return (v * scale.unsqueeze(-2)) @ v.mT
+
+
+def inverse_root_newton(mats: torch.Tensor, p: int, eps: float, previous: torch.Tensor | None = None,
+                        max_iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """(S + εI)^(−1/p) of symmetric PSD ``mats`` (..., d, d) by the coupled Newton iteration (module docstring).
+
+    Computes in float32 at least; returns ``previous`` (or the identity) if the iteration diverges or does not
+    reach ``tol`` within ``max_iters`` iterations.
+    """
+    dt = torch.promote_types(mats.dtype, torch.float32)
+    d = mats.shape[-1]
+    eye = torch.eye(d, dtype=dt, device=mats.device)
+    a = mats.to(dt) + eps * eye
+    z = (1 + p) / (2 * torch.linalg.matrix_norm(a).clamp_min(torch.finfo(dt).tiny))
+    m = a * z[..., None, None]
+    x = eye * z[..., None, None].pow(1.0 / p)
+    for _ in range(max_iters):
+        t = ((p + 1) * eye - m) / p
+        x = x @ t
+        m = torch.linalg.matrix_power(t, p) @ m
+        err = (m - eye).abs().amax()
+        if not bool(torch.isfinite(err)):
+            break
+        if float(err) < tol:
+            return x.to(mats.dtype)
+    if previous is not None:
+        return previous
+    return eye.to(mats.dtype).expand_as(mats).clone()

@@ -1,0 +1,138 @@
+"""The torch optimizer shared by every method: param groups that each carry a method and its options.
+
+A param group holds every field of ``MethodConfig`` (method, rank, block_size, graft, momentum) and of
+``OptimizerDefaults`` (lr, betas, eps, ...), so one ``SketchplanOptimizer`` can run different methods on
+different tensors (``factory.build_optimizer``) while LR schedulers, ``zero_grad``, ``state_dict`` and
+``torch.amp.GradScaler`` see an ordinary ``torch.optim.Optimizer``. The per-method classes (``Adam``,
+``Shampoo``, ``Sketchy``, ...) are this optimizer with one group default.
+
+Each method registers a ``MethodRule`` (its update rule). State is allocated lazily, on a tensor's first step,
+from the method's layout (``state.allocate``) — nothing else is kept per tensor except the Python int ``step``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Iterable
+
+import torch
+
+from .layout import MethodConfig, OptimizerDefaults, StateTensor
+from .state import allocate
+
+METHOD_KEYS = tuple(MethodConfig.model_fields)
+DEFAULT_KEYS = tuple(OptimizerDefaults.model_fields)
+
+
+class MethodRule:
+    """One method's update rule: its layout, optional state initialisation, and its step over tensors."""
+
+    layout: Callable[[tuple[int, ...], MethodConfig, OptimizerDefaults], list[StateTensor]]
+
+    def init_state(self, state: dict, shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> None:
+        """Fill freshly allocated (zero) state where zero is not the right start (e.g. KrADagrad's I/ε)."""
+
+    def step(self, opt: "SketchplanOptimizer", params: list[torch.Tensor], cfg: MethodConfig,
+             opts: OptimizerDefaults) -> None:
+        raise NotImplementedError
+
+
+RULES: dict[str, MethodRule] = {}
+
+
+def register(method: str, rule: MethodRule) -> None:
+    RULES[method] = rule
+
+
+def group_options(cfg: MethodConfig, opts: OptimizerDefaults) -> dict:
+    """The param-group entries for one (method config, defaults) pair."""
+    return {**cfg.model_dump(), **opts.model_dump()}
+
+
+def group_config(group: dict) -> tuple[MethodConfig, OptimizerDefaults]:
+    """Inverse of ``group_options``: the validated method config and defaults of a param group."""
+    cfg = MethodConfig(**{k: group[k] for k in METHOD_KEYS})
+    opts = OptimizerDefaults(**{k: (tuple(group[k]) if k == "betas" else group[k]) for k in DEFAULT_KEYS})
+    return cfg, opts
+
+
+class SketchplanOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` whose param groups each name a method (see module docstring).
+
+    ``params``: tensors or param-group dicts (a dict may override any MethodConfig/OptimizerDefaults field);
+    ``cfg`` and ``opts`` give the defaults of every group.
+    """
+
+    def __init__(self, params: Iterable, cfg: MethodConfig, opts: OptimizerDefaults):
+        super().__init__(params, group_options(cfg, opts))
+        self._warned_nonfinite = False
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                cfg, opts = group_config(group)
+                RULES[cfg.method].step(self, params, cfg, opts)
+        return loss
+
+    def state_for(self, p: torch.Tensor, cfg: MethodConfig, opts: OptimizerDefaults) -> dict:
+        """The state of ``p``, allocated from the method's layout on first use."""
+        state = self.state[p]
+        if not state:
+            rule = RULES[cfg.method]
+            shape = tuple(p.shape)
+            state.update(allocate(rule.layout(shape, cfg, opts), p.device))
+            rule.init_state(state, shape, cfg, opts)
+            state["step"] = 0
+        return state
+
+    def sanitize(self, grads: list[torch.Tensor], skips: list[torch.Tensor], step: int,
+                 opts: OptimizerDefaults) -> list[torch.Tensor]:
+        """Gradients with any non-finite tensor replaced by zeros; each such tensor adds 1 to its skip counter.
+
+        A zeroed gradient leaves the statistics unchanged except for their decay (an all-zero gradient is
+        harmless in every method), so the state stays finite. One fused max-abs pass finds the bad tensors.
+        On CPU the flags are read directly (no device to wait for); on accelerators the replacement is a
+        ``torch.where`` per tensor, and the warning waits for a step that is a multiple of
+        ``precondition_frequency`` (one scalar read then: the only host sync of a diagonal method's step).
+        """
+        norms = torch._foreach_norm(grads, float("inf"))
+        bad = ~torch.isfinite(torch.stack([n.float() for n in norms]))
+        torch._foreach_add_(skips, list(bad.to(torch.int32).unbind()))
+        if grads[0].device.type == "cpu":
+            flags = bad.tolist()
+            if any(flags):
+                self._warn_nonfinite()
+                return [torch.zeros_like(g) if f else g for g, f in zip(grads, flags)]
+            return grads
+        if not self._warned_nonfinite and step % opts.precondition_frequency == 0:
+            if bool(torch.stack(skips).sum() > 0):
+                self._warn_nonfinite()
+        return [torch.where(b, torch.zeros((), dtype=g.dtype, device=g.device), g) for g, b in zip(grads, bad)]
+
+    def _warn_nonfinite(self) -> None:
+        if not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            warnings.warn("sketchplan: a gradient held NaN or Inf; that tensor's statistics update was skipped "
+                          "(counted in the state's 'nonfinite_skips'). Warning once.", RuntimeWarning,
+                          stacklevel=3)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As ``torch.optim.Optimizer.load_state_dict``, but every state tensor keeps its saved dtype.
+
+        (torch casts floating state to the parameter's dtype, which would turn float32 statistics of a bf16
+        parameter into bf16 and the int32 skip counter into a float.)
+        """
+        super().load_state_dict(state_dict)
+        saved = state_dict["state"]
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, params):
+            for key, value in saved.get(i, {}).items():
+                if torch.is_tensor(value):
+                    self.state[p][key] = value.to(device=p.device, copy=True)

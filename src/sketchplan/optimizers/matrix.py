@@ -1,0 +1,149 @@
+"""The step shared by the Kronecker-factored methods (Shampoo, blocked Shampoo, Sketchy, KrADagrad).
+
+Per parameter, ALGORITHMS.md §0 and §2:
+
+1. non-finite gradients are replaced by zeros and counted (``SketchplanOptimizer.sanitize``);
+2. the graft's direction A is computed (``common.graft_direction``: adam, rmsprop, adafactor or sgd);
+3. the gradient is reshaped to its merged shape and cut into blocks; blocks of one shape are stacked
+   (count, *block_shape) so that every kernel below is batched over the blocks of a group;
+4. the method updates its statistics every step (``update_statistics``) and, every ``precondition_frequency``
+   steps counted from ``start_preconditioning_step``, its roots (``refresh_roots``);
+5. from ``start_preconditioning_step`` on, the preconditioned direction D of each block is norm-grafted,
+   D ← D · ‖A‖_F / ‖D‖_F (Agarwal, Anil, Hazan, Koren & Zhang 2020, "Disentangling adaptive gradient methods
+   from learning rates"); before it, and for tensors that cannot be preconditioned (scalars, a dimension above
+   ``max_precond_dim``), D = A;
+6. EMA momentum (optionally Nesterov), decoupled weight decay and the step (``common``).
+
+Host synchronisation: none in steps that do not refresh roots (CPU aside, where reading a flag costs nothing);
+refreshing roots reads back whether eigh succeeded (eigh synchronises on accelerators anyway).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable
+
+import torch
+
+from .base import MethodRule, SketchplanOptimizer
+from .blocking import BlockGroup, MatrixPlan, matrix_plan, partition
+from .common import apply_momentum, apply_update, graft_direction
+from .layout import MethodConfig, OptimizerDefaults
+
+_TINY = 1e-30
+
+
+@lru_cache(maxsize=4096)
+def _plan(shape: tuple[int, ...], block_size: int | None, merge_dims: int, max_precond_dim: int) -> MatrixPlan:
+    return matrix_plan(shape, block_size, merge_dims, max_precond_dim)
+
+
+@lru_cache(maxsize=4096)
+def _partition(merged: tuple[int, ...], block_size: int | None) -> tuple[BlockGroup, ...]:
+    return tuple(partition(merged, block_size))
+
+
+def to_blocks(t: torch.Tensor, groups: tuple[BlockGroup, ...]) -> list[torch.Tensor]:
+    """Stack the blocks of each group: one (count, *block_shape) tensor per group (a view for a single block)."""
+    if len(groups) == 1 and groups[0].count == 1:
+        return [t.unsqueeze(0)]
+    return [torch.stack([t[s] for s in g.slices]) for g in groups]
+
+
+def from_blocks(blocks: list[torch.Tensor], groups: tuple[BlockGroup, ...], shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of ``to_blocks``."""
+    if len(groups) == 1 and groups[0].count == 1:
+        return blocks[0][0]
+    out = blocks[0].new_empty(shape)
+    for g, b in zip(groups, blocks):
+        for j, s in enumerate(g.slices):
+            out[s] = b[j]
+    return out
+
+
+def unfold(blocks: torch.Tensor, axis: int) -> torch.Tensor:
+    """Mode-``axis`` unfolding of stacked blocks (count, d_1..d_k) → (count, d_axis, ∏_{j≠axis} d_j)."""
+    moved = blocks.movedim(axis + 1, 1)
+    return moved.reshape(moved.shape[0], moved.shape[1], -1)
+
+
+def mode_apply(blocks: torch.Tensor, axis: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Apply a batched linear map ``fn`` (count, d, m) → (count, d, m) along mode ``axis``: G ×_axis P."""
+    moved = blocks.movedim(axis + 1, 1)
+    out = fn(moved.reshape(moved.shape[0], moved.shape[1], -1))
+    return out.reshape(moved.shape).movedim(1, axis + 1)
+
+
+def graft_blocks(d: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Per block: D · ‖A‖_F / (‖D‖_F + tiny)."""
+    dims = tuple(range(1, d.dim()))
+    scale = torch.linalg.vector_norm(a, dim=dims) / (torch.linalg.vector_norm(d, dim=dims) + _TINY)
+    return d * scale.reshape((-1,) + (1,) * len(dims))
+
+
+class MatrixRule(MethodRule):
+    """Base rule of the matrix methods (module docstring). Subclasses define the three hooks below; state
+    names are ``blocks{g}.<name>{i}`` for block group g and axis i (see each method's ``layout``)."""
+
+    def update_statistics(self, state: dict, g: int, grad_blocks: torch.Tensor, step: int, cfg: MethodConfig,
+                          opts: OptimizerDefaults) -> None:
+        raise NotImplementedError
+
+    def refresh_roots(self, state: dict, g: int, order: int, opts: OptimizerDefaults) -> None:
+        """Recompute stored roots (nothing to do for methods that apply their statistics directly)."""
+
+    def precondition(self, state: dict, g: int, grad_blocks: torch.Tensor, opts: OptimizerDefaults) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, opt: SketchplanOptimizer, params, cfg, opts):
+        states = [opt.state_for(p, cfg, opts) for p in params]
+        for s in states:
+            s["step"] += 1
+        grads = opt.sanitize([p.grad for p in params], [s["nonfinite_skips"] for s in states],
+                             states[0]["step"], opts)
+        for p, g, s in zip(params, grads, states):
+            self.step_param(p, g, s, cfg, opts)
+
+    def step_param(self, p: torch.Tensor, grad: torch.Tensor, state: dict, cfg: MethodConfig,
+                   opts: OptimizerDefaults) -> None:
+        step = state["step"]
+        g = grad.to(getattr(torch, opts.state_dtype))
+        a = graft_direction(state, g, cfg.graft, opts, step)
+        mp = _plan(tuple(p.shape), cfg.block_size, opts.merge_dims, opts.max_precond_dim)
+        direction = a
+        if mp.fallback is None:
+            groups = _partition(mp.merged, cfg.block_size)
+            g_blocks = to_blocks(g.reshape(mp.merged), groups)
+            for gi, gb in enumerate(g_blocks):
+                self.update_statistics(state, gi, gb, step, cfg, opts)
+            start = max(1, opts.start_preconditioning_step)
+            if step >= start:
+                refresh = (step - start) % opts.precondition_frequency == 0
+                a_blocks = to_blocks(a.reshape(mp.merged), groups)
+                d_blocks = []
+                for gi, (gb, ab) in enumerate(zip(g_blocks, a_blocks)):
+                    if refresh:
+                        self.refresh_roots(state, gi, mp.order, opts)
+                    d_blocks.append(graft_blocks(self.precondition(state, gi, gb, opts), ab))
+                direction = from_blocks(d_blocks, groups, mp.merged).reshape(p.shape)
+        update = apply_momentum(state, direction, opts.betas[0], opts.nesterov)
+        apply_update(p, update, opts.lr, opts.weight_decay)
+
+
+MATRIX_OPTIONS_DOC = """
+    Options shared by the matrix methods (keyword arguments, fields of ``OptimizerDefaults``):
+        lr: learning rate η (default 1e-3).
+        betas: (β1, β2): β1 is the momentum EMA, β2 the decay of the statistics and of the graft's second
+            moments (β2 = 1: running sums, as in the papers; default (0.9, 0.999)).
+        eps: ε of the graft's denominator (default 1e-8).
+        shampoo_eps: the matrix ridge ε (default 1e-12).
+        weight_decay: decoupled weight decay λ (default 0).
+        graft: diagonal method whose per-block step norm the direction adopts, and the direction before
+            ``start_preconditioning_step`` and for tensors that cannot be preconditioned: ``adam``, ``rmsprop``,
+            ``adafactor`` (sublinear memory) or ``sgd`` (no memory).
+        momentum: momentum buffer dtype ``float32``, ``bfloat16`` or ``none``; nesterov: Nesterov momentum.
+        precondition_frequency: roots are recomputed every this many steps (default 10).
+        start_preconditioning_step: before this step the graft direction is used as is (default 1).
+        merge_dims, max_precond_dim: the shape rules of ALGORITHMS.md §0 (defaults 1024 and 8192).
+        state_dtype: dtype of statistics, roots, sketches and graft moments (default float32).
+"""

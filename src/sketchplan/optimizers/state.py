@@ -1,0 +1,17 @@
+"""Allocating optimizer state from a layout (``layout.StateTensor`` lists are the one source of truth)."""
+
+from __future__ import annotations
+
+import torch
+
+from .layout import StateTensor
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a layout dtype name such as ``"float32"``."""
+    return getattr(torch, name)
+
+
+def allocate(layout: list[StateTensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Zero tensors with exactly the names, shapes and dtypes of ``layout``."""
+    return {t.name: torch.zeros(t.shape, dtype=torch_dtype(t.dtype), device=device) for t in layout}
