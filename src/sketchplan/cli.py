@@ -146,7 +146,7 @@ def _cmd_check(args, console) -> int:
     if not source:
         raise UserError(f"plan {args.plan!r} does not record its model; pass --model.")
     budget = parse_size(args.budget, "budget") if args.budget else None
-    report = check(plan, load_model(source), plan_path=args.plan, tolerance_pct=args.tolerance, budget=budget,
+    report = check(plan, load_model(source, module=args.measure), plan_path=args.plan, tolerance_pct=args.tolerance, budget=budget,
                    measure=args.measure, device=args.device)
     render_check(report, console)
     if args.json:

@@ -234,10 +234,14 @@ def spec_from_dict(data: dict, source: str = "") -> ModelSpec:
     return ModelSpec(params=params, buffers=buffers, source=source)
 
 
-def load_model(spec: str):
-    """The model named by ``--model``: an ``nn.Module`` on the meta device, or a ``ModelSpec``."""
+def load_model(spec: str, module: bool = False):
+    """The model named by ``--model``: an ``nn.Module`` on the meta device, or a ``ModelSpec``.
+
+    Presets come back as their cached ``ModelSpec`` unless ``module`` asks for the ``nn.Module`` itself
+    (needed to instantiate an optimizer for it).
+    """
     if spec in PRESETS:
-        return preset_spec(spec)
+        return build_preset(spec) if module else preset_spec(spec)
     if spec.startswith("hf:"):
         return build_hf_config(spec[3:])
     if spec.lower().endswith((".yaml", ".yml", ".json")):
