@@ -29,11 +29,14 @@ class _Group:
     cands: list[cand.Candidate]
 
 
-def _groups(spec: ModelSpec, configs: list[MethodConfig], opts: OptimizerDefaults) -> list[_Group]:
-    by_shape: OrderedDict[tuple[int, ...], list[ParamSpec]] = OrderedDict()
+def _groups(spec: ModelSpec, configs: list[MethodConfig], opts: OptimizerDefaults, spectra=None) -> list[_Group]:
+    """Tensors of one shape share their candidates, except probed ones: each has its own measured spectrum."""
+    spectra = spectra or {}
+    by_key: OrderedDict[tuple, list[ParamSpec]] = OrderedDict()
     for p in spec.trainable:
-        by_shape.setdefault(p.shape, []).append(p)
-    return [_Group(shape, ps, cand.candidates_for(shape, configs, opts)) for shape, ps in by_shape.items()]
+        by_key.setdefault((p.shape, p.name if p.name in spectra else None), []).append(p)
+    return [_Group(shape, ps, cand.candidates_for(shape, configs, opts, spectra.get(name)))
+            for (shape, name), ps in by_key.items()]
 
 
 def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate]) -> list[TensorEntry]:
@@ -127,12 +130,15 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
               ranks=cand.DEFAULT_RANKS, block_sizes=cand.DEFAULT_BLOCK_SIZES, grafts=cand.DEFAULT_GRAFTS,
               momenta=cand.DEFAULT_MOMENTA, defaults: OptimizerDefaults | None = None, reserve=0,
               world_size: int = 1, shard_optimizer_state: bool = False, param_dtype: str | None = None,
-              grad_dtype: str | None = None, master_weights: bool = False, hardware: str | None = None) -> Plan:
+              grad_dtype: str | None = None, master_weights: bool = False, hardware: str | None = None,
+              spectrum=None) -> Plan:
     """Choose one candidate per trainable tensor maximising the parameter-weighted score within the budget.
 
     ``model``: an ``nn.Module`` (meta device is fine) or a ``ModelSpec``. ``memory_budget``: bytes or a size
     string (``"24GiB"``); None plans without a memory limit (each tensor's best candidate). ``reserve``:
-    bytes kept free for activations. Raises ``UserError`` when no plan fits, naming the minimum.
+    bytes kept free for activations. ``spectrum``: a ``SpectrumFile`` (or its path) from ``sketchplan probe``;
+    probed tensors are scored by their measured spectra. Raises ``UserError`` when no plan fits, naming the
+    minimum.
     """
     t0 = time.perf_counter()
     opts = defaults or OptimizerDefaults()
@@ -144,7 +150,11 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     reserve_bytes = parse_size(reserve, "reserve")
     budget = Budget(memory_bytes=budget_bytes, reserve_bytes=reserve_bytes)
     configs = cand.candidate_configs(tuple(methods), tuple(ranks), tuple(block_sizes), tuple(grafts), tuple(momenta))
-    groups = _groups(spec, configs, opts)
+    if isinstance(spectrum, (str, bytes)) or hasattr(spectrum, "__fspath__"):
+        from .spectrum import SpectrumFile
+
+        spectrum = SpectrumFile.load(str(spectrum))
+    groups = _groups(spec, configs, opts, spectrum.tensors if spectrum is not None else None)
     fixed = fixed_bytes(spec, prec)
     items = [Item(len(g.params), [c.state_bytes for c in g.cands], [c.workspace_bytes for c in g.cands],
                   [c.score * _numel(g.shape) for c in g.cands]) for g in groups]
