@@ -1,7 +1,8 @@
 """sketchplan: which optimizer fits this model on this GPU, at which rank or block size, and how fast is its step.
 
 Public API (imported lazily so that ``import sketchplan`` stays cheap):
-``analyze``, ``make_plan``, ``uniform_plan``, ``load_model``, ``Plan``, ``build_optimizer``.
+``analyze``, ``make_plan``, ``uniform_plan``, ``load_model``, ``Plan``, ``build_optimizer``, ``check``,
+``probe``.
 """
 
 __version__ = "0.1.0"
@@ -14,6 +15,8 @@ _EXPORTS = {
     "Plan": ("sketchplan.planner.plan", "Plan"),
     "build_optimizer": ("sketchplan.optimizers.factory", "build_optimizer"),
     "UserError": ("sketchplan.errors", "UserError"),
+    "probe": ("sketchplan.planner.probe", "probe"),
+    "check": ("sketchplan.planner.check", "check"),
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
