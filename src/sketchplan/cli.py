@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--precondition-frequency", type=int, default=10)
     pl.add_argument("--lr", type=float, default=1e-3)
     pl.add_argument("--weight-decay", type=float, default=0.0)
+    pl.add_argument("--hardware", default="auto", help="hardware profile for predicted step times and kernel "
+                    "variants: auto (the shipped profile matching this machine, else an analytic roofline), a "
+                    "shipped profile NAME, or a FILE from `sketchplan profile` (default auto)")
     pl.add_argument("--out", help="write the plan YAML here")
     _view_flags(pl)
 
@@ -76,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("--device", default="cpu", help="device for --measure: cpu or cuda[:i]")
     ck.add_argument("--json", metavar="FILE", help="write the report as JSON (schema: docs/check-report.schema.json)")
     ck.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (one test case per check)")
+
+    pr = sub.add_parser("profile", help="measure the optimizers' kernels on a device and write a hardware profile")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:INDEX or tpu (default cpu)")
+    pr.add_argument("--framework", default="torch", choices=["torch", "jax"])
+    pr.add_argument("--quick", action="store_true", help="small size grid (under 2 minutes on a CPU)")
+    pr.add_argument("--out", help="profile YAML to write (default: NAME.yaml after the device fingerprint)")
 
     sh = sub.add_parser("show", help="render an existing plan")
     sh.add_argument("plan")
@@ -182,7 +191,8 @@ def _cmd_plan(args, console) -> int:
                            block_sizes=args.block_sizes, grafts=args.grafts, momenta=args.momenta,
                            defaults=defaults, reserve=args.reserve, world_size=args.world_size,
                            shard_optimizer_state=args.shard_optimizer_state, param_dtype=args.param_dtype,
-                           grad_dtype=args.grad_dtype, master_weights=args.master_weights)
+                           grad_dtype=args.grad_dtype, master_weights=args.master_weights,
+                           hardware=args.hardware)
     render_plan(plan, console, _mode(args), None if args.all else 60)
     if args.out:
         write_atomic(args.out, plan.to_yaml())
@@ -197,6 +207,29 @@ def write_atomic_check(path: str) -> None:
     if str(parent) and not parent.is_dir():
         raise UserError(f"cannot write {path!r}: directory {str(parent)!r} does not exist; create it or choose "
                         "another --out path.")
+
+
+def _cmd_profile(args, console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .profiles.measure import describe, measure_profile
+
+    if args.out:
+        write_atomic_check(args.out)
+    with Progress(TextColumn("[progress.description]{task.description:<36}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(what: str, total: int) -> None:
+            bar.update(task, description=what, total=total, advance=0 if bar.tasks[0].total is None else 1)
+
+        profile = measure_profile(args.device, args.framework, quick=args.quick, progress=progress)
+        bar.update(task, description="done", completed=bar.tasks[0].total)
+    out = args.out or f"{profile.name}.yaml"
+    profile.save(out)
+    console.print(describe(profile))
+    console.print(f"profile written to [bold]{out}[/]; use it with `sketchplan plan --hardware {out}`")
+    return 0
 
 
 def _cmd_show(args, console) -> int:
@@ -225,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_show(args, console)
         if args.cmd == "check":
             return _cmd_check(args, console)
+        if args.cmd == "profile":
+            return _cmd_profile(args, console)
     except UserError as exc:
         err.print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
         return 2
