@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:INDEX or tpu (default cpu)")
     pr.add_argument("--framework", default="torch", choices=["torch", "jax"])
     pr.add_argument("--quick", action="store_true", help="small size grid (under 2 minutes on a CPU)")
+    pr.add_argument("--threads", type=int, help="CPU threads torch uses while measuring (recorded in the "
+                    "fingerprint; default: torch's default)")
     pr.add_argument("--out", help="profile YAML to write (default: NAME.yaml after the device fingerprint)")
 
     sh = sub.add_parser("show", help="render an existing plan")
@@ -123,7 +125,7 @@ def _cmd_update(args, console) -> int:
     new = make_plan(spec, b.memory_bytes, source=source, defaults=old.defaults, reserve=b.reserve_bytes,
                     world_size=s.world_size, shard_optimizer_state=s.shard_optimizer_state,
                     param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights,
-                    hardware=old.hardware, **grid)
+                    hardware=args.hardware, **grid)
     render_plan(new, console, _mode(args), None if args.all else 60)
     write_atomic(out, new.to_yaml())
     delta = new.totals.state_bytes - old.totals.state_bytes
@@ -216,6 +218,12 @@ def _cmd_profile(args, console) -> int:
 
     if args.out:
         write_atomic_check(args.out)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads} must be at least 1.")
+        import torch
+
+        torch.set_num_threads(args.threads)
     with Progress(TextColumn("[progress.description]{task.description:<36}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
         task = bar.add_task("starting", total=None)

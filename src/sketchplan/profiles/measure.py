@@ -45,16 +45,15 @@ def grid(quick: bool) -> GridSpec:
             "lowrank_apply": _fd_dims((128, 512, 2048), (16, 128), (0.25, 1, 4)),
             "pointwise": [(4**j,) for j in range(0, 12)],
         }, cap_s=0.4, budget_s=0.15)
-    sq = (16, 32, 64, 128, 256, 512, 768, 1024, 2048, 3072, 4096)
+    sq = (16, 64, 256, 512, 768, 1024, 2048, 3072)
     return GridSpec({
-        "gemm": sorted({s for d in sq for s in ((d, d, d), (d, d, 4 * d), (d, 4 * d, d))}),
-        "inv_root": [(d,) for d in (8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)],
-        "fd_update": _fd_dims((32, 64, 128, 256, 512, 768, 1024, 2048, 3072), (16, 32, 64, 128, 256, 512),
-                              (0.25, 1, 3, 4)),
-        "lowrank_apply": _fd_dims((64, 128, 256, 512, 768, 1024, 2048, 3072), (16, 64, 128, 256, 512),
-                                  (0.25, 1, 4)),
+        "gemm": sorted({s for d in sq for s in ((d, d, d), (d, d, 3 * d), (d, 3 * d, d), (d, d, 4 * d),
+                                                (d, 4 * d, d))}),
+        "inv_root": [(d,) for d in (8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 2304, 3072)],
+        "fd_update": _fd_dims((64, 128, 256, 512, 768, 1024, 2048, 3072), (16, 64, 256), (0.25, 1, 3, 4)),
+        "lowrank_apply": _fd_dims((64, 256, 768, 1024, 2048, 3072), (16, 64, 256), (0.25, 1, 4)),
         "pointwise": [(4**j,) for j in range(0, 13)],
-    }, cap_s=4.0, budget_s=0.5)
+    }, cap_s=3.0, budget_s=0.3)
 
 
 # ---- inputs and calls per framework ----
