@@ -120,3 +120,13 @@ def test_factory_errors():
         load_model("gpt5")
     m = load_model("examples.models:mlp")
     assert all(p.device.type == "meta" for p in m.parameters())
+
+
+def test_jax_pytree_factory_names_are_key_paths():
+    pytest.importorskip("jax")
+    spec = load_spec("examples.jax_models:jax_mlp")
+    names = {p.name: p.shape for p in spec.params}
+    assert names["params/Dense_0/kernel"] == (64, 256) and names["params/Dense_2/bias"] == (10,)
+    assert spec.n_params == 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
+    plan = make_plan(spec, "1GiB", source="examples.jax_models:jax_mlp")
+    assert plan.totals.peak_bytes <= 2**30 and {e.name for e in plan.tensors} == set(names)

@@ -8,6 +8,7 @@ import pytest
 
 from sketchplan.cli import main
 from sketchplan.planner.check import CheckReport
+from sketchplan.planner.plan import Plan
 from sketchplan.testing import assert_plan_holds
 
 MLP = "examples.models:mlp"
@@ -117,3 +118,35 @@ def test_pytest_helper(plan_file):
     assert assert_plan_holds(str(plan_file), mlp()).ok
     with pytest.raises(AssertionError, match="2.weight"):
         assert_plan_holds(str(plan_file), mlp_wide())
+
+
+def test_measure_materialised_custom_model_zero_difference(tmp_path, capsys):
+    path = tmp_path / "conv.yaml"
+    assert main(["plan", "--model", "examples.models:convnet", "--memory-budget", "32MiB", "--out", str(path),
+                 "--methods", "adam,shampoo,blocked_shampoo,sketchy,extreme_tensoring,kradagrad"]) == 0
+    capsys.readouterr()
+    j = tmp_path / "r.json"
+    code, out, _ = run(capsys, "check", str(path), "--measure", "--json", str(j))
+    report = CheckReport.model_validate(json.loads(j.read_text()))
+    assert code == 0 and report.measured.mode == "materialised"
+    assert {t.name for t in report.measured.tensors} == {e.name for e in Plan.load(path).tensors}
+    assert all(t.measured_bytes == t.predicted_bytes for t in report.measured.tensors)
+    assert report.measured.measured_state_bytes == report.old_state_bytes
+
+
+def test_measure_sampled_when_model_is_a_shapes_file(tmp_path):
+    from sketchplan.planner import make_plan
+    from sketchplan.planner.check import check
+    from sketchplan.planner.sources import load_spec
+
+    f = tmp_path / "shapes.yaml"
+    f.write_text("params:\n  - {name: a.weight, shape: [96, 64]}\n  - {name: b.weight, shape: [96, 64]}\n"
+                 "  - {name: c.weight, shape: [3, 8, 5, 5]}\n  - {name: c.bias, shape: [3]}\n")
+    spec = load_spec(str(f))
+    plan = make_plan(spec, "2MiB", source=str(f))
+    report = check(plan, spec, measure=True)
+    m = report.measured
+    assert report.ok and m.mode == "sampled" and "not a torch module" in m.note
+    distinct = {(tuple(e.shape), e.dtype, e.config()) for e in plan.tensors}
+    assert len(m.tensors) == len(distinct) >= 3  # one tensor per distinct (shape, dtype, configuration)
+    assert all(t.measured_bytes == t.predicted_bytes for t in m.tensors)

@@ -103,7 +103,7 @@ def test_mixed_precision_counts():
 BAD = [
     (["--model", "gpt5", "--memory-budget", "1GiB"], "unknown model"),
     (["--model", "nopkg.mod:f", "--memory-budget", "1GiB"], "cannot import"),
-    (["--model", "examples.models:not_a_module", "--memory-budget", "1GiB"], "not a torch.nn.Module"),
+    (["--model", "examples.models:not_a_module", "--memory-budget", "1GiB"], "not a torch.nn.Module or a JAX pytree"),
     (["--model", "gpt2", "--memory-budget", "lots"], "cannot read memory budget"),
     (["--model", "gpt2", "--memory-budget=-4GiB"], "negative"),
     (["--model", "gpt2", "--memory-budget", "600MiB"], "alone need"),
@@ -133,3 +133,37 @@ def test_infeasible_names_minimum_and_method(capsys):
     code, _, err = run(capsys, "plan", "--model", "gpt2", "--memory-budget", "1000MiB")
     text = " ".join(err.split())
     assert re.search(r"needs, [\d.]+ [GM]iB", text) and "mostly" in text
+
+
+def test_explain_lists_candidates_and_price(capsys):
+    code, out, _ = run(capsys, "plan", "--model", "gpt2", "--memory-budget", "4GiB", "--explain",
+                       "transformer.h.3.mlp.c_fc.weight")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "Why transformer.h.3.mlp.c_fc.weight (768×3072) got" in text and "shadow price" in text
+    assert "chosen" in text
+    from sketchplan.planner.explain import explain
+
+    spec = load_spec("gpt2")
+    plan = make_plan(spec, "4GiB")
+    ex = explain(plan, spec, "lm_head.weight")  # a tied alias resolves to the canonical tensor
+    assert ex.name == "transformer.wte.weight"
+    chosen = next(r for r in ex.rows if r.chosen)
+    assert chosen.label == ex.chosen
+    # nothing cheaper scores higher (the chosen candidate is on the efficient frontier)
+    assert all(r.score <= chosen.score + 1e-12 for r in ex.rows if r.state_bytes < chosen.state_bytes)
+    with pytest.raises(UserError, match="did you mean"):
+        explain(plan, spec, "transformer.h.3.mlp.c_fc.weights")
+
+
+def test_show_plot_writes_png_and_frontier_is_monotone(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    plan_path, png = tmp_path / "p.yaml", tmp_path / "p.png"
+    assert main(["plan", "--model", "examples.models:mlp", "--memory-budget", "8MiB", "--out", str(plan_path)]) == 0
+    code, out, _ = run(capsys, "show", str(plan_path), "--plot", str(png))
+    assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from sketchplan.plot import frontier
+
+    pts = frontier(Plan.load(plan_path), load_spec("examples.models:mlp"), points=8)
+    pts.sort()
+    assert len(pts) >= 3 and all(b[1] >= a[1] - 1e-9 for a, b in zip(pts, pts[1:]))

@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                     "variants: auto (the shipped profile matching this machine, else an analytic roofline), a "
                     "shipped profile NAME, or a FILE from `sketchplan profile` (default auto)")
     pl.add_argument("--out", help="write the plan YAML here")
+    pl.add_argument("--explain", metavar="TENSOR", action="append", default=[],
+                    help="explain why TENSOR got its choice (repeatable)")
     _view_flags(pl)
 
     ck = sub.add_parser("check", help="CI memory-regression check of a committed plan against today's model")
@@ -90,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sh = sub.add_parser("show", help="render an existing plan")
     sh.add_argument("plan")
+    sh.add_argument("--plot", metavar="FILE.png", help="draw per-layer memory by method and the memory-vs-score "
+                    "frontier (needs matplotlib)")
     _view_flags(sh)
     return p
 
@@ -153,7 +157,7 @@ def _cmd_check(args, console) -> int:
     if not source:
         raise UserError(f"plan {args.plan!r} does not record its model; pass --model.")
     budget = parse_size(args.budget, "budget") if args.budget else None
-    report = check(plan, load_model(source), plan_path=args.plan, tolerance_pct=args.tolerance, budget=budget,
+    report = check(plan, load_model(source, module=args.measure), plan_path=args.plan, tolerance_pct=args.tolerance, budget=budget,
                    measure=args.measure, device=args.device)
     render_check(report, console)
     if args.json:
@@ -196,6 +200,12 @@ def _cmd_plan(args, console) -> int:
                            grad_dtype=args.grad_dtype, master_weights=args.master_weights,
                            hardware=args.hardware)
     render_plan(plan, console, _mode(args), None if args.all else 60)
+    if args.explain:
+        from .planner.explain import explain
+        from .report import render_explain
+
+        for name in args.explain:
+            render_explain(explain(plan, spec, name), console)
     if args.out:
         write_atomic(args.out, plan.to_yaml())
         console.print(f"plan written to [bold]{args.out}[/]")
@@ -244,7 +254,19 @@ def _cmd_show(args, console) -> int:
     from .planner.plan import Plan
     from .report import render_plan
 
-    render_plan(Plan.load(args.plan), console, _mode(args), None if args.all else 60)
+    plan = Plan.load(args.plan)
+    render_plan(plan, console, _mode(args), None if args.all else 60)
+    if args.plot:
+        from .planner.sources import load_spec
+        from .plot import plot_plan
+
+        try:
+            spec = load_spec(plan.model.source) if plan.model.source else None
+        except UserError:
+            spec = None  # the frontier needs the model; the per-layer chart does not
+        plot_plan(plan, args.plot, spec)
+        console.print(f"plot written to [bold]{args.plot}[/]"
+                      + ("" if spec else " (without the frontier: the plan's model could not be loaded)"))
     return 0
 
 

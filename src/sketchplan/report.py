@@ -195,3 +195,39 @@ def render_check(report, console: Console, max_rows: int | None = 40) -> None:
         mt.add_row(Text("total", style="bold"), str(len(m.tensors)), f"{m.predicted_state_bytes:,}",
                    f"{m.measured_state_bytes:,}", f"{m.measured_state_bytes - m.predicted_state_bytes:+,}")
         console.print(mt)
+
+
+def render_explain(ex, console: Console) -> None:
+    from .planner.sizes import fmt_bytes as fb
+
+    shape = "×".join(map(str, ex.shape)) or "scalar"
+    console.print(Text.assemble("Why ", (ex.name, "bold"), f" ({shape}) got ", (ex.chosen, "bold")))
+    if not ex.rows:
+        return
+    if ex.price_per_gib:
+        console.print(f"The {ex.binding or 'memory'} budget binds: at the optimum one more GiB is worth "
+                      f"{ex.price_per_gib:.3g} of model score (the shadow price). An alternative is worth taking "
+                      "when its score change per GiB beats that price.")
+    else:
+        console.print("No budget binds: every tensor gets its best-scoring candidate (fewest bytes among ties).")
+    t = Table(box=box.SIMPLE_HEAD, title="Efficient candidates (score against bytes)", title_justify="left")
+    for col, j in (("", "center"), ("candidate", "left"), ("state", "right"), ("workspace", "right"),
+                   ("score", "right"), ("model score per GiB vs chosen", "right"), ("verdict", "left")):
+        t.add_column(col, justify=j)
+    price = ex.price_per_gib or 0.0
+    for r in ex.rows:
+        if r.chosen:
+            verdict, per = "chosen", "—"
+        else:
+            per = "—" if r.gain_per_gib is None else f"{r.gain_per_gib:.3g}"
+            more = r.state_bytes > next(x for x in ex.rows if x.chosen).state_bytes
+            if r.gain_per_gib is None:
+                verdict = "same bytes, lower score"
+            elif more:
+                verdict = "costs more than it adds" if r.gain_per_gib <= price or r.gain_per_gib <= 0 else \
+                    "worth it, but did not fit"
+            else:
+                verdict = "saves bytes but loses more score" if r.gain_per_gib >= price else "cheaper, not needed"
+        t.add_row("▶" if r.chosen else "", r.label, fb(r.state_bytes), fb(r.workspace_bytes), f"{r.score:.3f}",
+                  per, verdict)
+    console.print(t)

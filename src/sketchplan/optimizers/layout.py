@@ -111,7 +111,9 @@ class MethodConfig(BaseModel):
             mom = {"none": "nomom", "float32": "fp32", "bfloat16": "bf16"}[self.momentum]
             text += f" +{self.graft}/{mom}"
         elif self.method == "extreme_tensoring" and self.momentum != "none":
-            text += f" +{ {'float32': 'fp32', 'bfloat16': 'bf16'}[self.momentum] }"
+            text += " +" + {"float32": "fp32", "bfloat16": "bf16"}[self.momentum]
+        elif self.method == "adam" and self.momentum != "float32":
+            text += " +" + {"none": "nomom", "bfloat16": "bf16"}[self.momentum]
         return text
 
 

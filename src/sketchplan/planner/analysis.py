@@ -90,8 +90,45 @@ def torch_dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def is_pytree_of_arrays(obj) -> bool:
+    """True when ``obj`` is a non-empty JAX pytree whose leaves all have a shape and a dtype."""
+    if isinstance(obj, (dict, list, tuple)) or type(obj).__module__.startswith(("flax", "jax")):
+        try:
+            import jax
+        except ImportError:
+            return False
+        leaves = jax.tree_util.tree_leaves(obj)
+        return bool(leaves) and all(hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves)
+    return False
+
+
+def _key_name(entry) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def key_path_name(path) -> str:
+    """``(DictKey('params'), DictKey('Dense_0'), DictKey('kernel'))`` → ``params/Dense_0/kernel``."""
+    return "/".join(_key_name(k) for k in path)
+
+
+def analyze_pytree(tree, source: str = "") -> ModelSpec:
+    """Parameter specs of a JAX pytree of arrays or ``jax.ShapeDtypeStruct``s; names are key paths."""
+    import jax
+
+    params = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = key_path_name(path)
+        params.append(ParamSpec(name=name, shape=tuple(int(d) for d in leaf.shape), dtype=str(leaf.dtype),
+                                trainable=True, module=name.rsplit("/", 1)[0] if "/" in name else ""))
+    return ModelSpec(params=params, source=source)
+
+
 def analyze(model, source: str = "") -> ModelSpec:
-    """Parameter specs of ``model`` (an ``nn.Module`` or a ``ModelSpec``, returned as is)."""
+    """Parameter specs of ``model``: an ``nn.Module``, a JAX pytree of arrays/``ShapeDtypeStruct``s, or a
+    ``ModelSpec`` (returned as is)."""
     if isinstance(model, ModelSpec):
         if source and not model.source:
             model.source = source
@@ -99,7 +136,10 @@ def analyze(model, source: str = "") -> ModelSpec:
     import torch.nn as nn
 
     if not isinstance(model, nn.Module):
-        raise TypeError(f"cannot analyse a {type(model).__name__}; pass a torch.nn.Module or a ModelSpec")
+        if is_pytree_of_arrays(model):
+            return analyze_pytree(model, source)
+        raise TypeError(f"cannot analyse a {type(model).__name__}; pass a torch.nn.Module, a JAX pytree of "
+                        "arrays or a ModelSpec")
     first_name: dict[int, str] = {}
     aliases: dict[int, list[str]] = {}
     tensors: dict[int, object] = {}

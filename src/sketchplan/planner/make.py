@@ -191,7 +191,9 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         raise UserError("could not fit the sharded optimizer state; raise --memory-budget.")
     binding = "memory" if unconstrained.value > sol.value + 1e-9 else None
     gap = sol.gap / max(1, spec.n_trainable)
-    info = SolverInfo(status=sol.status, gap=gap, binding=binding, seconds=round(time.perf_counter() - t0, 4))
+    price = sol.extra.get("price", 0.0) * 2**30 / max(1, spec.n_trainable) if binding else 0.0
+    info = SolverInfo(status=sol.status, gap=gap, binding=binding, price_per_gib=price,
+                      seconds=round(time.perf_counter() - t0, 4))
     grid = CandidateGrid(methods=list(methods), ranks=list(ranks), block_sizes=list(block_sizes),
                          grafts=list(grafts), momenta=list(momenta))
     return _assemble(spec, choice, opts, fixed, budget, prec, world_size, shard, info, ranks, block_sizes, hardware,

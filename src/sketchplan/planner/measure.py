@@ -2,7 +2,8 @@
 
 When the whole model fits in ``limit`` bytes on the device (parameters, gradients, predicted state and
 workspace), the meta-built model is materialised with random weights, ``build_optimizer(plan, model)`` is
-called, every trainable tensor gets a random gradient and the optimizer takes two steps; the bytes of every
+called, every trainable tensor gets a random gradient and the optimizer steps (state is allocated on the first
+step, so one suffices); the bytes of every
 state tensor it holds are then summed per parameter. Otherwise a sample is measured instead, and the report
 says so: one parameter of each distinct (shape, dtype, configuration), largest first while they fit, each
 stepped by its own optimizer with the plan's options. Random data, never zeros.
@@ -31,6 +32,21 @@ def _device_limit(device) -> int:
     except (ValueError, OSError, AttributeError):
         avail = 8 * 2**30
     return int(avail * 0.5)
+
+
+def materialise(model, device):
+    """``model.to_empty(device)`` that keeps tied parameters tied (``to_empty`` gives each name its own tensor)."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    model = model.to_empty(device=device)
+    for names in groups.values():
+        if len(names) > 1:
+            canonical = model.get_parameter(names[0])
+            for alias in names[1:]:
+                owner, _, leaf = alias.rpartition(".")
+                setattr(model.get_submodule(owner) if owner else model, leaf, canonical)
+    return model
 
 
 def _state_bytes(opt, p) -> int:
@@ -66,7 +82,7 @@ def _peak_tracker(device):
 
 
 def measure_plan(plan: Plan, model, spec: ModelSpec, configs: dict[str, MethodConfig], *, device: str = "cpu",
-                 limit: int | None = None, steps: int = 2) -> Measurement:
+                 limit: int | None = None, steps: int = 1) -> Measurement:
     import torch
     import torch.nn as nn
 
@@ -90,7 +106,7 @@ def measure_plan(plan: Plan, model, spec: ModelSpec, configs: dict[str, MethodCo
         return total_bytes(state_layout(shapes[name].shape, cfg, opts))
 
     if isinstance(model, nn.Module) and need <= limit:
-        model = model.to_empty(device=dev)
+        model = materialise(model, dev)
         params = [p for p in model.parameters()]
         _randomise(params, dev)
         opt = build_optimizer(plan, model)

@@ -124,6 +124,10 @@ class SolverInfo(_Strict):
     status: Literal["exact", "near-exact"]
     gap: float = Field(ge=0, description="proven bound on (best possible score − this plan's score)")
     binding: str | None = None
+    price_per_gib: float | None = Field(default=None, description="shadow price of memory at the optimum: score "
+                                        "(parameter-weighted) gained per extra GiB")
+    relax: dict[str, dict[str, float]] | None = Field(default=None, description="per binding budget: the score, "
+                                                      "bytes and ms of the plan with that budget relaxed")
     seconds: float | None = None
 
 
@@ -196,7 +200,10 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
         raise UserError(f"cannot write {str(p)!r}: directory {str(parent)!r} does not exist; create it or choose "
                         "another --out path.")
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, p)

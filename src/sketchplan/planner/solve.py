@@ -35,6 +35,7 @@ class Item:
     bytes: list[int]
     ws: list[int]
     value: list[float]
+    time: list[float] | None = None  # amortised step time per copy (ms), for the time budget (solve_time.py)
 
 
 @dataclass
@@ -124,6 +125,7 @@ def greedy(items: list[Item], budget: int, cap: int) -> Solution | None:
             incs.append((-dv / db, g, j, db, dv))
     incs.sort(key=lambda t: (t[0], t[1], t[2]))
     ub = None
+    price = 0.0
     for _, g, j, db, dv in incs:
         n_at = levels[g].get(j, 0)
         if n_at == 0:
@@ -131,6 +133,7 @@ def greedy(items: list[Item], budget: int, cap: int) -> Solution | None:
         u = min(n_at, rem // db)
         if ub is None and u < n_at:
             ub = value + u * dv + (rem - u * db) / db * dv
+            price = dv / db  # the LP's marginal value of a byte: the budget's shadow price
         if u:
             levels[g][j] -= u
             levels[g][j + 1] = levels[g].get(j + 1, 0) + u
@@ -142,7 +145,9 @@ def greedy(items: list[Item], budget: int, cap: int) -> Solution | None:
     value, rem = _fill(items, assign, rem, cap, value)
     state = budget - rem
     ws = max((items[g].ws[c] for g, a in enumerate(assign) for c in a), default=0)
-    return Solution(assign, value, max(ub, value), state, ws)
+    sol = Solution(assign, value, max(ub, value), state, ws)
+    sol.extra["price"] = price
+    return sol
 
 
 def _fill(items: list[Item], assign: list[dict[int, int]], rem: int, cap: int, value: float) -> tuple[float, int]:

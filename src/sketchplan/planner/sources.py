@@ -147,7 +147,11 @@ def load_shapes_file(path: str) -> ModelSpec:
 
 
 def build_factory(spec: str):
-    """Import ``package.module:factory`` and call it on the meta device; it must return an ``nn.Module``."""
+    """Import ``package.module:factory`` and call it on the meta device.
+
+    It must return an ``nn.Module`` or a JAX pytree of arrays / ``jax.ShapeDtypeStruct`` (for a Flax module,
+    ``jax.eval_shape(model.init, key, x)``: nothing is allocated); pytree names are key paths.
+    """
     mod_name, _, attr = spec.partition(":")
     if not mod_name or not attr:
         raise UserError(f"model {spec!r} is not of the form package.module:factory.")
@@ -168,8 +172,11 @@ def build_factory(spec: str):
                         "make it build the model from configuration without loading weights.") from None
     import torch.nn as nn
 
-    if not isinstance(model, nn.Module):
-        raise UserError(f"factory {spec!r} returned a {type(model).__name__}, not a torch.nn.Module.")
+    from .analysis import is_pytree_of_arrays
+
+    if not isinstance(model, nn.Module) and not is_pytree_of_arrays(model):
+        raise UserError(f"factory {spec!r} returned a {type(model).__name__}, not a torch.nn.Module or a JAX "
+                        "pytree of arrays.")
     return model
 
 
@@ -227,10 +234,14 @@ def spec_from_dict(data: dict, source: str = "") -> ModelSpec:
     return ModelSpec(params=params, buffers=buffers, source=source)
 
 
-def load_model(spec: str):
-    """The model named by ``--model``: an ``nn.Module`` on the meta device, or a ``ModelSpec``."""
+def load_model(spec: str, module: bool = False):
+    """The model named by ``--model``: an ``nn.Module`` on the meta device, or a ``ModelSpec``.
+
+    Presets come back as their cached ``ModelSpec`` unless ``module`` asks for the ``nn.Module`` itself
+    (needed to instantiate an optimizer for it).
+    """
     if spec in PRESETS:
-        return preset_spec(spec)
+        return build_preset(spec) if module else preset_spec(spec)
     if spec.startswith("hf:"):
         return build_hf_config(spec[3:])
     if spec.lower().endswith((".yaml", ".yml", ".json")):

@@ -1,0 +1,189 @@
+"""Two budgets: memory (``solve.py``) and the amortised optimizer step time, which adds up over tensors.
+
+Maximise Σ v  subject to  Σ b + max w ≤ M  and  Σ t ≤ T.
+
+Lagrangian relaxation of the time constraint (Fisher 1981): for a price λ ≥ 0 (value per millisecond) the
+memory-only problem with values v − λ·t is solved by ``solve.solve``. λ = 0 is the memory-only optimum; if it
+meets T the time budget does not bind. Otherwise λ is bisected to the smallest price whose solution meets T,
+and a repair pass spends the slack of both budgets on single-copy upgrades. Weak duality gives the proof:
+for every λ, UB_mem(v − λt) + λ·T ≥ the optimum, so the plan's gap is bounded by the smallest such value
+seen. Small instances (few combinations) are enumerated exactly instead.
+
+``binding`` says which budget limits the plan: a budget binds when relaxing it alone yields a better plan;
+``relax`` records those better plans' values and costs ("what relaxing it would buy").
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import replace
+
+from .solve import TOL, Infeasible, Item, Solution, solve
+
+
+class InfeasibleTime(Exception):
+    """No assignment meets the time budget; ``min_ms`` is the least amortised step time possible."""
+
+    def __init__(self, min_ms: float):
+        super().__init__(min_ms)
+        self.min_ms = min_ms
+
+
+def _times(items: list[Item]) -> list[list[float]]:
+    return [it.time if it.time is not None else [0.0] * len(it.bytes) for it in items]
+
+
+def total_time(items: list[Item], assign: list[dict[int, int]]) -> float:
+    ts = _times(items)
+    return sum(ts[g][c] * n for g, a in enumerate(assign) for c, n in a.items())
+
+
+def _value(items: list[Item], assign: list[dict[int, int]]) -> float:
+    return sum(items[g].value[c] * n for g, a in enumerate(assign) for c, n in a.items())
+
+
+def _bytes(items: list[Item], assign: list[dict[int, int]]) -> tuple[int, int]:
+    state = sum(items[g].bytes[c] * n for g, a in enumerate(assign) for c, n in a.items())
+    ws = max((items[g].ws[c] for g, a in enumerate(assign) for c in a), default=0)
+    return state, ws
+
+
+def _priced(items: list[Item], lam: float) -> list[Item]:
+    ts = _times(items)
+    return [replace(it, value=[v - lam * t for v, t in zip(it.value, tg)]) for it, tg in zip(items, ts)]
+
+
+def _repair(items: list[Item], assign: list[dict[int, int]], budget: int, time_budget: float) -> None:
+    """Single-copy upgrades that keep both budgets, best value gain first, until none is left."""
+    ts = _times(items)
+    for _ in range(10_000):
+        state, ws = _bytes(items, assign)
+        rem_t = time_budget - total_time(items, assign)
+        best = None
+        for g, it in enumerate(items):
+            for cur in assign[g]:
+                for c in range(len(it.bytes)):
+                    dv = it.value[c] - it.value[cur]
+                    if dv <= TOL:
+                        continue
+                    if state - it.bytes[cur] + it.bytes[c] + max(ws, it.ws[c]) > budget:
+                        continue
+                    if ts[g][c] - ts[g][cur] > rem_t + 1e-12:
+                        continue
+                    if best is None or dv > best[0]:
+                        best = (dv, g, cur, c)
+        if best is None:
+            return
+        _, g, cur, c = best
+        assign[g][cur] -= 1
+        if not assign[g][cur]:
+            del assign[g][cur]
+        assign[g][c] = assign[g].get(c, 0) + 1
+
+
+def _enumerate(items: list[Item], budget: int, time_budget: float) -> Solution | None:
+    copies = [g for g, it in enumerate(items) for _ in range(it.count)]
+    ts = _times(items)
+    best = None
+    for choice in itertools.product(*[range(len(items[g].bytes)) for g in copies]):
+        b = sum(items[g].bytes[c] for g, c in zip(copies, choice))
+        w = max((items[g].ws[c] for g, c in zip(copies, choice)), default=0)
+        t = sum(ts[g][c] for g, c in zip(copies, choice))
+        if b + w <= budget and t <= time_budget + 1e-12:
+            v = sum(items[g].value[c] for g, c in zip(copies, choice))
+            if best is None or v > best[0] + TOL:
+                best = (v, choice, b, w)
+    if best is None:
+        return None
+    v, choice, b, w = best
+    assign: list[dict[int, int]] = [dict() for _ in items]
+    for g, c in zip(copies, choice):
+        assign[g][c] = assign[g].get(c, 0) + 1
+    return Solution(assign, v, v, b, w, status="exact")
+
+
+def _combinations(items: list[Item]) -> float:
+    return math.prod(float(len(it.bytes)) ** it.count for it in items)
+
+
+def solve_two(items: list[Item], budget: int | None, time_budget: float | None,
+              enumerate_limit: float = 50_000) -> Solution:
+    """Best assignment under the memory budget and the step-time budget (see module docstring).
+
+    Raises ``Infeasible`` (memory) or ``InfeasibleTime``. ``Solution.extra`` holds ``time_ms``,
+    ``binding`` (None, "memory", "time" or "memory and time") and ``relax``.
+    """
+    if budget is None:
+        budget = sum(max(it.bytes) * it.count for it in items) + max((max(it.ws) for it in items), default=0)
+    base = solve(items, budget)
+    base.extra["time_ms"] = total_time(items, base.assign)
+    if time_budget is None:
+        return base
+    min_t = sum(min(tg) * it.count for it, tg in zip(items, _times(items)))
+    if min_t > time_budget + 1e-12:
+        raise InfeasibleTime(min_t)
+    if base.extra["time_ms"] <= time_budget + 1e-12:
+        return base
+    if _combinations(items) <= enumerate_limit:
+        sol = _enumerate(items, budget, time_budget)
+        if sol is None:
+            raise Infeasible(budget + 1, [])
+        sol.extra["time_ms"] = total_time(items, sol.assign)
+        return sol
+    scale = max((max(it.value) for it in items), default=1.0) / max(min_t, 1e-9) + 1.0
+    lo, hi = 0.0, scale * 1e-6
+    best: Solution | None = None
+    upper = math.inf
+
+    def at(lam: float) -> Solution:
+        nonlocal best, upper
+        sol = solve(_priced(items, lam), budget)
+        upper = min(upper, sol.upper_bound + lam * time_budget)
+        t = total_time(items, sol.assign)
+        if t <= time_budget + 1e-12:
+            assign = [dict(a) for a in sol.assign]
+            _repair(items, assign, budget, time_budget)
+            v = _value(items, assign)
+            if best is None or v > best.value + TOL:
+                state, ws = _bytes(items, assign)
+                best = Solution(assign, v, v, state, ws)
+        sol.extra["time_ms"] = t
+        return sol
+
+    for _ in range(80):
+        if at(hi).extra["time_ms"] <= time_budget + 1e-12:
+            break
+        lo, hi = hi, hi * 4
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if at(mid).extra["time_ms"] <= time_budget + 1e-12:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo <= 1e-9 * hi:
+            break
+    assert best is not None  # the price that meets T was found above
+    best.upper_bound = max(min(upper, base.upper_bound), best.value)
+    best.status = "exact" if best.gap <= TOL * max(1.0, abs(best.upper_bound)) else "near-exact"
+    best.extra["time_ms"] = total_time(items, best.assign)
+    return best
+
+
+def binding(items: list[Item], budget: int | None, time_budget: float | None, sol: Solution) -> tuple[str | None, dict]:
+    """Which budgets bind, and the value, bytes and time of the plan with each relaxed alone."""
+    relax: dict[str, dict] = {}
+    bind = []
+    if budget is not None:
+        free_mem = solve_two(items, None, time_budget)
+        if free_mem.value > sol.value + TOL * max(1.0, abs(sol.value)):
+            bind.append("memory")
+            relax["memory"] = {"value": free_mem.value, "bytes": free_mem.state_bytes + free_mem.workspace_bytes,
+                               "time_ms": free_mem.extra["time_ms"]}
+    if time_budget is not None:
+        free_time = solve(items, budget) if budget is not None else solve(items, None)
+        if free_time.value > sol.value + TOL * max(1.0, abs(sol.value)):
+            bind.append("time")
+            relax["time"] = {"value": free_time.value, "bytes": free_time.state_bytes + free_time.workspace_bytes,
+                             "time_ms": total_time(items, free_time.assign)}
+    return (" and ".join(bind) or None), relax

@@ -1,0 +1,110 @@
+"""``sketchplan show PLAN --plot FILE.png``: the two pictures people look at before the tables.
+
+Left: optimizer-state memory per layer, stacked by method (tensors are grouped by their layer index — the
+first number in their name — and the rest into "other"). Right: the memory-vs-score frontier of the whole
+model — the plan re-solved at budgets from the least any plan needs up to the unconstrained optimum, with the
+chosen plan and the single-method alternatives marked. Needs matplotlib (the ``plot`` extra).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+
+from .errors import UserError
+from .planner.plan import Plan
+
+_LAYER = re.compile(r"(?:^|[./])(\d+)(?=[./])")
+COLORS = {"adam": "#8c8c8c", "shampoo": "#1f77b4", "blocked_shampoo": "#2ca02c", "sketchy": "#d62728",
+          "extreme_tensoring": "#9467bd", "kradagrad": "#ff7f0e"}
+
+
+def layer_of(name: str) -> str:
+    m = _LAYER.search(name)
+    return m.group(1) if m else "other"
+
+
+def per_layer(plan: Plan) -> tuple[list[str], dict[str, list[int]]]:
+    layers: OrderedDict[str, dict[str, int]] = OrderedDict()
+    for e in plan.tensors:
+        if e.method is None:
+            continue
+        layers.setdefault(layer_of(e.name), {})
+        layers[layer_of(e.name)][e.method] = layers[layer_of(e.name)].get(e.method, 0) + e.state_bytes
+    keys = sorted(layers, key=lambda k: (k == "other", int(k) if k.isdigit() else 0))
+    methods = sorted({m for v in layers.values() for m in v})
+    return keys, {m: [layers[k].get(m, 0) for k in keys] for m in methods}
+
+
+def frontier(plan: Plan, spec, points: int = 24) -> list[tuple[int, float]]:
+    """(peak bytes, score) of the plan re-solved at ``points`` budgets between the minimum and the optimum."""
+    from .planner import make_plan
+
+    grid = plan.grid
+    kw = dict(methods=grid.methods, ranks=grid.ranks, block_sizes=grid.block_sizes, grafts=grid.grafts,
+              momenta=grid.momenta) if grid else {}
+    s = plan.settings
+    common = dict(defaults=plan.defaults, world_size=s.world_size, shard_optimizer_state=s.shard_optimizer_state,
+                  param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights, **kw)
+    top = make_plan(spec, None, **common)
+    hi = top.totals.peak_bytes
+    lo = hi
+    for w in plan.what_if:
+        lo = min(lo, w.peak_bytes)
+    lo = min(lo, plan.totals.peak_bytes)
+    out = []
+    for i in range(points + 1):
+        budget = int(lo * (hi / lo) ** (i / points)) if lo > 0 else hi
+        try:
+            p = make_plan(spec, budget, **common)
+        except UserError:
+            continue
+        out.append((p.totals.peak_bytes, p.totals.score))
+    return out
+
+
+def plot_plan(plan: Plan, path: str, spec=None) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plot needs matplotlib; install it with `pip install 'sketchplan[plot]'`.") from None
+    from .planner.plan import write_atomic
+
+    write_atomic(path, "")  # fail early (missing directory) with the usual message
+    gib = 2**30
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [1.6, 1]})
+    keys, stacks = per_layer(plan)
+    bottom = [0.0] * len(keys)
+    for m, vals in stacks.items():
+        ax1.bar(range(len(keys)), [v / gib for v in vals], bottom=bottom, color=COLORS.get(m), label=m)
+        bottom = [b + v / gib for b, v in zip(bottom, vals)]
+    ax1.set_xticks(range(len(keys)))
+    ax1.set_xticklabels(keys, rotation=90 if len(keys) > 30 else 0, fontsize=7 if len(keys) > 30 else 9)
+    ax1.set_xlabel("layer (first index in the tensor name; embeddings, heads and norms under 'other')")
+    ax1.set_ylabel("optimizer state (GiB)")
+    ax1.set_title(f"{plan.model.source}: optimizer state per layer, by method")
+    ax1.legend()
+    if spec is not None:
+        pts = frontier(plan, spec)
+        if pts:
+            ax2.plot([b / gib for b, _ in pts], [s for _, s in pts], "-o", ms=3, color="#444", label="best plan at each budget")
+    for w in plan.what_if:
+        ax2.scatter(w.peak_bytes / gib, w.score, s=18, marker="x", color="#999")
+        if w.label in ("all adam", "all shampoo +adam/fp32") or "k=256" in w.label or "B=1024" in w.label:
+            ax2.annotate(w.label.replace("all ", ""), (w.peak_bytes / gib, w.score), fontsize=7,
+                         textcoords="offset points", xytext=(4, -8))
+    ax2.scatter(plan.totals.peak_bytes / gib, plan.totals.score, s=160, marker="*", color="#d62728", zorder=5,
+                label="this plan")
+    if plan.budget.memory_bytes is not None:
+        ax2.axvline((plan.budget.memory_bytes - plan.budget.reserve_bytes) / gib, ls="--", color="#d62728", lw=1,
+                    label="budget")
+    ax2.set_xlabel("predicted peak memory (GiB)")
+    ax2.set_ylabel("score (parameter-weighted share of Shampoo kept)")
+    ax2.set_title("memory vs score frontier")
+    ax2.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
