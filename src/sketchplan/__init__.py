@@ -1,8 +1,8 @@
 """sketchplan: which optimizer fits this model on this GPU, at which rank or block size, and how fast is its step.
 
 Public API (imported lazily so that ``import sketchplan`` stays cheap):
-``analyze``, ``make_plan``, ``uniform_plan``, ``load_model``, ``Plan``, ``build_optimizer``, ``build_optax``
-(JAX/optax; imports jax only when used).
+``analyze``, ``make_plan``, ``uniform_plan``, ``load_model``, ``Plan``, ``build_optimizer``, ``check``,
+``probe``, ``build_optax`` (JAX/optax; imports jax only when used).
 """
 
 __version__ = "0.1.0"
@@ -16,6 +16,8 @@ _EXPORTS = {
     "build_optimizer": ("sketchplan.optimizers.factory", "build_optimizer"),
     "build_optax": ("sketchplan.optimizers.jax.factory", "build_optax"),
     "UserError": ("sketchplan.errors", "UserError"),
+    "probe": ("sketchplan.planner.probe", "probe"),
+    "check": ("sketchplan.planner.check", "check"),
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

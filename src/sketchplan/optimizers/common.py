@@ -11,6 +11,10 @@ graft's direction. Its state:
 - ``sgd``: nothing.
 
 Momentum: a param-shaped buffer ``momentum`` in float32 or bfloat16, or none.
+
+The second half of this module holds the arithmetic shared by the methods' steps: the EMA/running-sum
+convention for β2 (β2 = 1 means a plain sum, without (1−β2) and without bias correction), the graft's
+direction, EMA momentum m ← β1 m + (1−β1) D (optionally Nesterov), and decoupled weight decay with the step.
 """
 
 from __future__ import annotations

@@ -212,13 +212,30 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
 def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = None, *, source: str = "",
                  memory_budget=None, hardware=None) -> Plan:
     """A plan that gives every trainable tensor the same configuration (tests, what-ifs, baselines)."""
+    return plan_from_configs(model, cfg, defaults, source=source, memory_budget=memory_budget)
+
+
+def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None, *, source: str = "",
+                      memory_budget=None) -> Plan:
+    """A plan with the given choice per tensor: ``configs`` is one ``MethodConfig`` for all trainable tensors, or a
+    mapping name → ``MethodConfig`` (or a callable ``ParamSpec -> MethodConfig``). Bytes come from the layouts."""
     opts = defaults or OptimizerDefaults()
     spec = analyze(model, source=source)
-    choice = {p.name: cand.evaluate(p.shape, cfg, opts) for p in spec.trainable}
+    if isinstance(configs, MethodConfig):
+        pick = lambda p: configs  # noqa: E731
+    elif callable(configs):
+        pick = configs
+    else:
+        missing = [p.name for p in spec.trainable if p.name not in configs]
+        if missing:
+            raise UserError(f"no configuration given for tensor {missing[0]!r}.")
+        pick = lambda p: configs[p.name]  # noqa: E731
+    choice = {p.name: cand.evaluate(p.shape, pick(p), opts) for p in spec.trainable}
     budget = Budget(memory_bytes=None if memory_budget is None else parse_size(memory_budget, "memory budget"))
     info = SolverInfo(status="exact", gap=0.0, binding=None)
-    ranks = (cfg.rank,) if cfg.rank else ()
-    blocks = (cfg.block_size,) if cfg.block_size else ()
+    used = {c.cfg for c in choice.values()}
+    ranks = tuple(sorted({c.rank for c in used if c.rank}))
+    blocks = tuple(sorted({c.block_size for c in used if c.block_size}))
     return _assemble(spec, choice, opts, fixed_bytes(spec, Precision()), budget, Precision(), 1, False, info,
                      ranks, blocks, hardware)
 
