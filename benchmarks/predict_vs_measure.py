@@ -5,7 +5,7 @@ benchmarks/results/predict_vs_measure.md.
 
 Models: GPT-2 with its real widths (vocabulary 50257, 768 wide, MLP 3072) but ``GPT2_LAYERS`` layers (full
 Shampoo on twelve layers needs ~50 eigendecompositions of 3072² per refresh: minutes per step on 2 CPU cores),
-and two custom models: an MLP (1024 → 4096 → 1024 → 1000) and a small conv net (order-3 conv blocks). Plans:
+and two custom models: an MLP (1024 → 2048 → 1024 → 1000) and a small conv net (order-3 conv blocks). Plans:
 all-Shampoo, all-Sketchy (k = 64) and the autotuned mix (``make_plan`` under a budget between all-Adam and
 all-Shampoo), each with the profile as ``hardware`` so that entries carry their predicted step ms and kernel
 variants, and the optimizer runs the recorded variants.
@@ -50,7 +50,7 @@ def gpt2():
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(1024, 4096), nn.GELU(), nn.Linear(4096, 1024), nn.GELU(),
+        self.net = nn.Sequential(nn.Linear(1024, 2048), nn.GELU(), nn.Linear(2048, 1024), nn.GELU(),
                                  nn.Linear(1024, 1000))
 
 
@@ -62,7 +62,7 @@ class ConvNet(nn.Module):
         self.head = nn.Sequential(nn.Linear(2304, 512), nn.ReLU(), nn.Linear(512, 100))
 
 
-MODELS = {f"gpt2 ({GPT2_LAYERS} layer, full widths)": gpt2, "mlp 1024-4096-1024-1000": MLP,
+MODELS = {f"gpt2 ({GPT2_LAYERS} layer, full widths)": gpt2, "mlp 1024-2048-1024-1000": MLP,
           "convnet (4 conv + 2 linear)": ConvNet}
 
 
