@@ -212,11 +212,11 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
 def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = None, *, source: str = "",
                  memory_budget=None, hardware=None) -> Plan:
     """A plan that gives every trainable tensor the same configuration (tests, what-ifs, baselines)."""
-    return plan_from_configs(model, cfg, defaults, source=source, memory_budget=memory_budget)
+    return plan_from_configs(model, cfg, defaults, source=source, memory_budget=memory_budget, hardware=hardware)
 
 
 def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None, *, source: str = "",
-                      memory_budget=None) -> Plan:
+                      memory_budget=None, hardware=None) -> Plan:
     """A plan with the given choice per tensor: ``configs`` is one ``MethodConfig`` for all trainable tensors, or a
     mapping name → ``MethodConfig`` (or a callable ``ParamSpec -> MethodConfig``). Bytes come from the layouts."""
     opts = defaults or OptimizerDefaults()
