@@ -18,8 +18,8 @@ from sketchplan import build_optax  # noqa: E402
 from sketchplan.cli import main  # noqa: E402
 from sketchplan.errors import UserError  # noqa: E402
 from sketchplan.optimizers import (  # noqa: E402
-    Adam, BlockedShampoo, ExtremeTensoring, KrADagrad, MethodConfig, OptimizerDefaults, Shampoo, Sketchy, build_optimizer,
-    state_layout,
+    Adam, BlockedShampoo, ExtremeTensoring, KrADagrad, MethodConfig, OptimizerDefaults, Shampoo, Sketchy,
+    build_optimizer, state_layout,
 )
 from sketchplan.optimizers.jax import constructors as jx  # noqa: E402
 from sketchplan.optimizers.jax.common import bias_correction  # noqa: E402
@@ -253,7 +253,8 @@ def _loss(params, x, y):
 @pytest.mark.parametrize("name", list(TRAIN))
 def test_planned_transformation_trains_mlp_like_torch(digits, name):
     """The planned transformation on a pure-JAX MLP lowers the loss below a tenth of the start, and ends within
-    a factor 1.5 of the torch optimizer built from the same plan on the same initial weights and batches.
+    5% of the torch optimizer's loss, built from the same plan, on the same initial weights and batches (they
+    agree to about four digits).
     (Blocked Shampoo is Shampoo's code path with blocks; its directions are checked against torch above.)"""
     x, y = digits
     cfg, options = TRAIN[name]
@@ -287,4 +288,4 @@ def test_planned_transformation_trains_mlp_like_torch(digits, name):
     with torch.no_grad():
         torch_end = torch.nn.functional.cross_entropy(model(xt), yt).item()
     assert end < 0.1 * start
-    assert torch_end / 1.5 < end < 1.5 * torch_end, (end, torch_end)
+    assert abs(end - torch_end) < 0.05 * torch_end, (end, torch_end)

@@ -1,7 +1,8 @@
 """JAX AdamW step (Kingma & Ba 2015; Loshchilov & Hutter 2019), the same operations as ``adam._adamw_foreach``.
 
     m ← lerp(m, g, 1−β1)  (in m's dtype);   v ← β2 v + (1−β2) g²
-    D = m / (1−β1ᵗ) / (√(v / (1−β2ᵗ)) + ε)      (without momentum: D = g / (…), RMSProp with bias correction)
+    D = m / (1−β1ᵗ) / (√(v / (1−β2ᵗ)) + ε)
+(without momentum: D = g / (…), RMSProp with bias correction)
 
 State: ``adam.layout`` (``exp_avg`` in the momentum dtype, ``exp_avg_sq``, ``nonfinite_skips``). Weight decay and
 the learning rate are applied by the transformation (p ← p − η(D + λp)).

@@ -2,7 +2,7 @@
 
 Per block group and axis i (every axis each step for ``star``; axis (t−1) mod k at step t for ``mm``, selected
 with ``lax.cond``), with X = √(1−β2)·G_(i) (or G_(i) when β2 = 1) and L̃₀ = I/ε:
-    L̃ ← L̃/β2;   L̃ ← L̃ − (L̃X)(L̃X)ᵀ / (d · (1 + tr(Xᵀ L̃ X))) (X: d × n);   L̃ ← (L̃ + L̃ᵀ)/2
+    L̃ ← L̃/β2;   L̃ ← L̃ − (L̃X)(L̃X)ᵀ / (d · (1 + tr(Xᵀ L̃ X)));   L̃ ← (L̃ + L̃ᵀ)/2      (X: d × n)
 Roots P_i = L̃_i^(1/(2k)) (eigh, eigenvalues clamped at 0; ``kernels.jax_traced``) every
 ``precondition_frequency`` steps; direction Shampoo's mode products. State: ``kradagrad.layout``.
 """

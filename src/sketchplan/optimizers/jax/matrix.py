@@ -8,7 +8,7 @@ Per parameter, with the traced step t (1-based):
    torch and the planner); blocks of one shape are stacked (count, *block_shape) for the batched kernels;
 4. the statistics are updated every step (``MatrixHooks.update_statistics``); the roots are recomputed when
    t ≥ start and (t − start) is a multiple of ``precondition_frequency``, inside ``lax.cond`` so the
-   eigendecompositions run only on those steps (``MatrixHooks.refresh_roots``);
+   eigendecompositions run only then (``MatrixHooks.refresh_roots``);
 5. from ``start_preconditioning_step`` on (a second ``lax.cond``), the preconditioned direction of each block is
    norm-grafted, D ← D · ‖A‖_F / (‖D‖_F + tiny) (Agarwal, Anil, Hazan, Koren & Zhang 2020); before it, and for
    tensors that cannot be preconditioned (scalars, a dimension above ``max_precond_dim``), D = A;
