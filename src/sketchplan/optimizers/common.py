@@ -71,6 +71,15 @@ def ema_weights(beta2: float) -> tuple[float, float]:
     return (beta2, 1.0 - beta2) if beta2 < 1 else (1.0, 1.0)
 
 
+def stats_weights(beta2: float, every: int) -> tuple[float, float]:
+    """(decay, weight) of a matrix-statistics update that stands for ``every`` steps (step skipping, Sketchy
+    paper App. F): the sampled gradient's G Gᵀ replaces the ``every`` gradients since the last update, so the
+    EMA decays by β2^f and weighs the new term 1 − β2^f; a running sum (β2 = 1) adds it f times."""
+    if beta2 >= 1:
+        return 1.0, float(every)
+    return beta2**every, 1.0 - beta2**every
+
+
 def bias_correction(beta2: float, step: int) -> float:
     """Adam's 1 − β2ᵗ; 1 for a running sum (β2 = 1)."""
     return 1.0 - beta2**step if beta2 < 1 else 1.0
