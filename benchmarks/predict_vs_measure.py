@@ -4,11 +4,11 @@ Run: ``python benchmarks/predict_vs_measure.py PROFILE.yaml`` — prints a markd
 benchmarks/results/predict_vs_measure.md.
 
 Models: GPT-2 with its real widths (vocabulary 50257, 768 wide, MLP 3072) but ``GPT2_LAYERS`` layers (full
-Shampoo on twelve layers needs ~50 eigendecompositions of 3072² per refresh: minutes per step on 2 CPU cores),
+Shampoo on twelve layers needs 24 eigendecompositions of 3072² per refresh: minutes per step on 2 CPU cores),
 and two custom models: an MLP (1024 → 2048 → 1024 → 1000) and a small conv net (order-3 conv blocks). Plans:
 all-Shampoo, all-Sketchy (k = 64) and the autotuned mix (``make_plan`` under a budget between all-Adam and
-all-Shampoo, ranks ``MIX_RANKS`` and block sizes ``MIX_BLOCKS``), each with the profile as ``hardware`` so that entries carry their predicted step ms and kernel
-variants, and the optimizer runs the recorded variants.
+all-Shampoo, ranks ``MIX_RANKS`` and block sizes ``MIX_BLOCKS``), each with the profile as ``hardware`` so that
+entries carry their predicted step ms and kernel variants, and the optimizer runs the recorded variants.
 
 Measurement: real weights and fixed random gradients (not zeros); torch uses the profile's thread count;
 ``precondition_frequency`` = ``PF``. One warm-up cycle of PF steps (state allocation, first roots), then
