@@ -143,3 +143,10 @@ def test_profile_cli_rejects_bad_device(capsys):
 
     assert main(["profile", "--device", "gpu0", "--quick"]) == 2
     assert "not one of cpu" in capsys.readouterr().err
+
+
+def test_measure_profile_jax_small_run():
+    pytest.importorskip("jax")
+    prof = measure_profile("cpu", "jax", quick=True, only=("pointwise", "lowrank_apply"))
+    assert prof.device.framework == "jax"
+    assert {t.kernel for t in prof.tables} == {"pointwise", "lowrank_apply"}

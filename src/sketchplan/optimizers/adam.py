@@ -37,7 +37,7 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
     """The elementwise passes of one AdamW step over this parameter (``_adamw_foreach``, after ``sanitize``).
 
-    The max-abs check, m's lerp, v's decay and g² accumulation, √v, bias correction, +ε and the addcdiv: eight
+    The finiteness sum, m's lerp, v's decay and g² accumulation, √v, bias correction, +ε and the addcdiv: eight
     passes with float32 momentum, seven without (the numerator is g); a bfloat16 m adds its cast for the lerp
     and the cast/divide/add of the mixed-dtype update. Weight decay adds one.
     """

@@ -18,7 +18,7 @@ GRAFT_PASSES = {"adam": 6, "rmsprop": 6, "adafactor": 9, "sgd": 0}
 
 
 def sanitize_calls(numel: int) -> list[KernelCall]:
-    """``SketchplanOptimizer.sanitize``: one max-abs pass per gradient and its skip-counter add."""
+    """``SketchplanOptimizer.sanitize``: one float32 sum per gradient and its skip-counter add."""
     return [pointwise(numel), pointwise(1)]
 
 

@@ -22,8 +22,8 @@ from .analysis import ModelSpec, ParamSpec, analyze
 from .memory import FixedBytes, Precision, fixed_bytes, largest_rank, shard_units
 from .plan import Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry, Totals, WhatIf
 from .sizes import fmt_bytes, parse_size
-from .timing import StepTimer
 from .solve import Infeasible, Item, solve
+from .timing import StepTimer
 
 
 @dataclass
@@ -43,7 +43,8 @@ def _groups(spec: ModelSpec, configs: list[MethodConfig], opts: OptimizerDefault
             for (shape, name), ps in by_key.items()]
 
 
-def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate], timer: StepTimer | None = None) -> list[TensorEntry]:
+def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate],
+             timer: StepTimer | None = None) -> list[TensorEntry]:
     out = []
     for p in spec.params:
         c = choice.get(p.name)
