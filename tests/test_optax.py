@@ -120,8 +120,9 @@ PARITY = {
     "blocked_shampoo_bf16": (lambda p: BlockedShampoo(p, lr=1e-2, block_size=5, momentum="bfloat16", **MATRIX),
                              lambda: jx.blocked_shampoo(1e-2, block_size=5, momentum="bfloat16", **MATRIX),
                              2e-2),  # one bfloat16 rounding of the momentum may differ (2⁻⁸ relative)
-    "sketchy": (lambda p: Sketchy(p, lr=1e-2, rank=4, graft="adafactor", momentum="none", **MATRIX),
-                lambda: jx.sketchy(1e-2, rank=4, graft="adafactor", momentum="none", **MATRIX), 1e-5),
+    "sketchy_stats_every_2": (
+        lambda p: Sketchy(p, lr=1e-2, rank=4, graft="adafactor", momentum="none", stats_every=2, **MATRIX),
+        lambda: jx.sketchy(1e-2, rank=4, graft="adafactor", momentum="none", stats_every=2, **MATRIX), 1e-5),
     "extreme_tensoring": (lambda p: ExtremeTensoring(p, lr=1e-2, et_max_dim=4, momentum="float32"),
                           lambda: jx.extreme_tensoring(1e-2, et_max_dim=4, momentum="float32"), 1e-5),
     "kradagrad": (lambda p: KrADagrad(p, lr=1e-2, graft="sgd", **MATRIX),

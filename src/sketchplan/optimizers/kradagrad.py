@@ -48,7 +48,7 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
     mp = plan_for(shape, cfg, opts)
     calls = matrix_frame_calls(shape, mp, cfg, opts)
     pf = opts.precondition_frequency
-    decay, weight = ema_weights(opts.betas[1])
+    decay, weight = stats_weights(opts.betas[1], opts.stats_every)
     for bshape, count in mp.groups:
         bnumel = math.prod(bshape)
         every = 1 if opts.kradagrad_variant == "star" else len(bshape)

@@ -83,7 +83,7 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
     """
     mp = plan_for(shape, cfg, opts)
     calls = matrix_frame_calls(shape, mp, cfg, opts)
-    scaled = ema_weights(opts.betas[1])[1] != 1.0
+    scaled = stats_weights(opts.betas[1], opts.stats_every)[1] != 1.0
     for bshape, count in mp.groups:
         bnumel = math.prod(bshape)
         for i, d in enumerate(bshape):

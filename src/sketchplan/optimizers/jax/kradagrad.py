@@ -12,7 +12,7 @@ from __future__ import annotations
 from ...kernels import jax_traced
 from ...kernels.jax_products import factor_apply
 from ...kernels.jax_support import require_jax
-from ..common import ema_weights
+from ..common import stats_weights
 from .matrix import MatrixHooks, matrix_step, unfold
 from .shampoo import apply_roots
 
@@ -31,7 +31,7 @@ def _woodbury(inv, x, decay: float):
 class KrADagradHooks(MatrixHooks):
     def update_statistics(self, st, g, grad_blocks, step, cfg, opts):
         order = grad_blocks.ndim - 1
-        decay, weight = ema_weights(opts.betas[1])
+        decay, weight = stats_weights(opts.betas[1], opts.stats_every)
         for i in range(order):
             x = unfold(grad_blocks, i)
             if weight != 1.0:

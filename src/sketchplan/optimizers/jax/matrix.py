@@ -6,7 +6,9 @@ Per parameter, with the traced step t (1-based):
 2. the graft's direction A (``common.graft_direction``);
 3. the gradient is reshaped to its merged shape and cut into blocks (``blocking.partition``: the same blocks as
    torch and the planner); blocks of one shape are stacked (count, *block_shape) for the batched kernels;
-4. the statistics are updated every step (``MatrixHooks.update_statistics``); the roots are recomputed when
+4. the statistics are updated at steps 1, 1 + f, 1 + 2f, … for f = ``stats_every``
+   (``MatrixHooks.update_statistics``, weights ``common.stats_weights``; ``lax.cond`` when f > 1); the roots are
+   recomputed when
    t ≥ start and (t − start) is a multiple of ``precondition_frequency``, inside ``lax.cond`` so the
    eigendecompositions run only then (``MatrixHooks.refresh_roots``);
 5. from ``start_preconditioning_step`` on (a second ``lax.cond``), the preconditioned direction of each block is
@@ -99,8 +101,17 @@ def matrix_step(hooks: MatrixHooks, grad, state: dict, step, cfg: MethodConfig, 
     if mp.fallback is None:
         groups = _partition(mp.merged, cfg.block_size)
         g_blocks = to_blocks(g.reshape(mp.merged), groups)
-        for gi, gb in enumerate(g_blocks):
-            hooks.update_statistics(st, gi, gb, step, cfg, opts)
+
+        def with_statistics(s):
+            s = dict(s)
+            for gi, gb in enumerate(g_blocks):
+                hooks.update_statistics(s, gi, gb, step, cfg, opts)
+            return s
+
+        if opts.stats_every == 1:
+            st = with_statistics(st)
+        else:  # step skipping: the sampled gradient stands for the skipped ones (``common.stats_weights``)
+            st = jax.lax.cond((step - 1) % opts.stats_every == 0, with_statistics, dict, st)
         start = max(1, opts.start_preconditioning_step)
         refresh = (step >= start) & ((step - start) % opts.precondition_frequency == 0)
         for gi in range(len(groups)):

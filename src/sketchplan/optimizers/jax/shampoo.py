@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ...kernels import jax_traced
 from ...kernels.jax_products import factor_apply, gram_update
-from ..common import ema_weights
+from ..common import stats_weights
 from .matrix import MatrixHooks, matrix_step, mode_apply, unfold
 
 
@@ -24,7 +24,7 @@ def apply_roots(st: dict, g: int, grad_blocks):
 
 class ShampooHooks(MatrixHooks):
     def update_statistics(self, st, g, grad_blocks, step, cfg, opts):
-        decay, weight = ema_weights(opts.betas[1])
+        decay, weight = stats_weights(opts.betas[1], opts.stats_every)
         for i in range(grad_blocks.ndim - 1):
             name = f"blocks{g}.stat{i}"
             st[name] = gram_update(st[name], unfold(grad_blocks, i), decay, weight)

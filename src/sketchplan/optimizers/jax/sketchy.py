@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from ...kernels import jax_traced
 from ...kernels.jax_lowrank import lowrank_root_apply
-from ..common import ema_weights
+from ..common import stats_weights
 from .matrix import MatrixHooks, matrix_step, mode_apply, unfold
 
 
 class SketchyHooks(MatrixHooks):
     def update_statistics(self, st, g, grad_blocks, step, cfg, opts):
-        decay, weight = ema_weights(opts.betas[1])
+        decay, weight = stats_weights(opts.betas[1], opts.stats_every)
         for i in range(grad_blocks.ndim - 1):
             x = unfold(grad_blocks, i)
             if weight != 1.0:
