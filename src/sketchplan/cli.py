@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--precondition-frequency", type=int, default=10)
     pl.add_argument("--lr", type=float, default=1e-3)
     pl.add_argument("--weight-decay", type=float, default=0.0)
+    pl.add_argument("--hardware", default="auto", help="hardware profile for predicted step times and kernel "
+                    "variants: auto (the shipped profile matching this machine, else an analytic roofline), a "
+                    "shipped profile NAME, or a FILE from `sketchplan profile` (default auto)")
     pl.add_argument("--out", help="write the plan YAML here")
     pl.add_argument("--spectrum", metavar="FILE", help="score probed tensors by their measured gradient spectra "
                     "(from `sketchplan probe`)")
@@ -91,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--rank", type=int, default=256, help="FD sketch rank per axis (default 256)")
     pr.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the probing run")
     pr.add_argument("--out", required=True, help="spectrum file to write (YAML)")
+
+    pf = sub.add_parser("profile", help="measure the optimizers' kernels on a device and write a hardware profile")
+    pf.add_argument("--device", default="cpu", help="cpu, cuda, cuda:INDEX or tpu (default cpu)")
+    pf.add_argument("--framework", default="torch", choices=["torch", "jax"])
+    pf.add_argument("--quick", action="store_true", help="small size grid (under 2 minutes on a CPU)")
+    pf.add_argument("--threads", type=int, help="CPU threads torch uses while measuring (recorded in the "
+                    "fingerprint; default: torch's default)")
+    pf.add_argument("--out", help="profile YAML to write (default: NAME.yaml after the device fingerprint)")
 
     sh = sub.add_parser("show", help="render an existing plan")
     sh.add_argument("plan")
@@ -131,7 +142,7 @@ def _cmd_update(args, console) -> int:
     new = make_plan(spec, b.memory_bytes, source=source, defaults=old.defaults, reserve=b.reserve_bytes,
                     world_size=s.world_size, shard_optimizer_state=s.shard_optimizer_state,
                     param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights,
-                    hardware=old.hardware, **grid)
+                    hardware=args.hardware, **grid)
     render_plan(new, console, _mode(args), None if args.all else 60)
     write_atomic(out, new.to_yaml())
     delta = new.totals.state_bytes - old.totals.state_bytes
@@ -199,7 +210,8 @@ def _cmd_plan(args, console) -> int:
                            block_sizes=args.block_sizes, grafts=args.grafts, momenta=args.momenta,
                            defaults=defaults, reserve=args.reserve, world_size=args.world_size,
                            shard_optimizer_state=args.shard_optimizer_state, param_dtype=args.param_dtype,
-                           grad_dtype=args.grad_dtype, master_weights=args.master_weights, spectrum=args.spectrum)
+                           grad_dtype=args.grad_dtype, master_weights=args.master_weights, spectrum=args.spectrum,
+                           hardware=args.hardware)
     render_plan(plan, console, _mode(args), None if args.all else 60)
     if args.explain:
         from .planner.explain import explain
@@ -253,6 +265,35 @@ def _cross_entropy(model, batch):
     return torch.nn.functional.cross_entropy(model(x), y)
 
 
+def _cmd_profile(args, console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .profiles.measure import describe, measure_profile
+
+    if args.out:
+        write_atomic_check(args.out)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads} must be at least 1.")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    with Progress(TextColumn("[progress.description]{task.description:<36}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(what: str, total: int) -> None:
+            bar.update(task, description=what, total=total, advance=0 if bar.tasks[0].total is None else 1)
+
+        profile = measure_profile(args.device, args.framework, quick=args.quick, progress=progress)
+        bar.update(task, description="done", completed=bar.tasks[0].total)
+    out = args.out or f"{profile.name}.yaml"
+    profile.save(out)
+    console.print(describe(profile))
+    console.print(f"profile written to [bold]{out}[/]; use it with `sketchplan plan --hardware {out}`")
+    return 0
+
+
 def _cmd_show(args, console) -> int:
     from .planner.plan import Plan
     from .report import render_plan
@@ -293,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_check(args, console)
         if args.cmd == "probe":
             return _cmd_probe(args, console)
+        if args.cmd == "profile":
+            return _cmd_profile(args, console)
     except UserError as exc:
         err.print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
         return 2

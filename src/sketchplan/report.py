@@ -26,8 +26,9 @@ def fold_name(name: str) -> str:
     return _LAYER.sub("*", name)
 
 
-def tensor_rows(plan: Plan, mode: str) -> list[tuple[str, int, str, str, int, int, float | None]]:
-    """(name, count, shape, choice, state bytes, workspace, score) rows for ``mode`` tensor|class|module."""
+def tensor_rows(plan: Plan, mode: str) -> list[tuple[str, int, str, str, int, int, float | None, float | None]]:
+    """(name, count, shape, choice, state bytes, workspace, score, step ms) rows for ``mode``
+    tensor|class|module; step ms is the predicted time summed over the row's tensors (None without a profile)."""
     rows: OrderedDict[tuple, list] = OrderedDict()
     for e in plan.tensors:
         shape = "×".join(map(str, e.shape)) or "scalar"
@@ -43,8 +44,10 @@ def tensor_rows(plan: Plan, mode: str) -> list[tuple[str, int, str, str, int, in
             label = fold_name(e.name)
             key = (label, shape, _choice(e))
             shown_shape, choice = shape, _choice(e)
-        r = rows.setdefault(key, [label, 0, shown_shape, choice, 0, 0, 0.0, 0])
+        r = rows.setdefault(key, [label, 0, shown_shape, choice, 0, 0, 0.0, 0, None])
         r[1] += 1
+        if e.step_ms is not None:
+            r[8] = (r[8] or 0.0) + e.step_ms
         r[4] += e.state_bytes
         r[5] = max(r[5], e.workspace_bytes)
         numel = 1
@@ -56,7 +59,7 @@ def tensor_rows(plan: Plan, mode: str) -> list[tuple[str, int, str, str, int, in
         if mode == "module":
             methods = set(filter(None, r[3].split(", "))) | {_choice(e).split(" ")[0]}
             r[3] = ", ".join(sorted(methods))
-    return [(r[0], r[1], r[2], r[3], r[4], r[5], (r[6] / r[7]) if r[7] else None) for r in rows.values()]
+    return [(r[0], r[1], r[2], r[3], r[4], r[5], (r[6] / r[7]) if r[7] else None, r[8]) for r in rows.values()]
 
 
 def tensor_table(plan: Plan, mode: str = "class", max_rows: int | None = 60) -> Table:
@@ -70,15 +73,24 @@ def tensor_table(plan: Plan, mode: str = "class", max_rows: int | None = 60) -> 
     t.add_column("state", justify="right")
     t.add_column("workspace", justify="right")
     t.add_column("score", justify="right")
+    timed = plan.totals.step_ms is not None
+    if timed:
+        t.add_column("step ms", justify="right")
     rows = tensor_rows(plan, mode)
     shown = rows if max_rows is None else rows[:max_rows]
-    for name, n, shape, choice, state, ws, score in shown:
+    for name, n, shape, choice, state, ws, score, ms in shown:
         cells = [name, str(n)] + ([shape] if mode != "module" else []) + [
             choice, fmt_bytes(state), fmt_bytes(ws), "" if score is None else f"{score:.3f}"]
+        if timed:
+            cells.append("" if ms is None else _ms(ms))
         t.add_row(*cells)
     if len(shown) < len(rows):
         t.caption = f"… {len(rows) - len(shown)} more rows (--all shows every row)"
     return t
+
+
+def _ms(ms: float) -> str:
+    return f"{ms:.3f}" if ms < 10 else f"{ms:,.1f}"
 
 
 def totals_table(plan: Plan) -> Table:
@@ -105,7 +117,7 @@ def totals_table(plan: Plan) -> Table:
         t.add_row("headroom", Text(fmt_bytes(head), style="green" if head >= 0 else "red"))
     t.add_row("score (parameter-weighted)", f"{tot.score:.4f}")
     if tot.step_ms is not None:
-        t.add_row("optimizer step (predicted)", f"{tot.step_ms:.2f} ms")
+        t.add_row("optimizer step (predicted, amortised)", f"{_ms(tot.step_ms)} ms")
     if plan.solver is not None:
         s = plan.solver
         t.add_row("solver", f"{s.status}, gap ≤ {s.gap:.2e}" + (f", {s.binding} binds" if s.binding else ""))
@@ -114,14 +126,17 @@ def totals_table(plan: Plan) -> Table:
 
 def what_if_table(plan: Plan) -> Table:
     t = Table(title="What if every tensor used one method", box=box.SIMPLE_HEAD, title_justify="left")
-    for col, j in (("alternative", "left"), ("state", "right"), ("peak", "right"), ("fits", "center"),
-                   ("score", "right")):
+    timed = plan.totals.step_ms is not None
+    cols = [("alternative", "left"), ("state", "right"), ("peak", "right"), ("fits", "center"), ("score", "right")]
+    for col, j in cols + ([("step ms", "right")] if timed else []):
         t.add_column(col, justify=j)
     t.add_row(Text("this plan", style="bold"), fmt_bytes(plan.totals.state_bytes), fmt_bytes(plan.totals.peak_bytes),
-              "yes" if _fits(plan) else "no", f"{plan.totals.score:.4f}")
+              "yes" if _fits(plan) else "no", f"{plan.totals.score:.4f}",
+              *([_ms(plan.totals.step_ms)] if timed else []))
     for w in plan.what_if:
         t.add_row(w.label, fmt_bytes(w.state_bytes), fmt_bytes(w.peak_bytes),
-                  Text("yes", style="green") if w.fits else Text("no", style="red"), f"{w.score:.4f}")
+                  Text("yes", style="green") if w.fits else Text("no", style="red"), f"{w.score:.4f}",
+                  *([("" if w.step_ms is None else _ms(w.step_ms))] if timed else []))
     return t
 
 

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from ..kernels.calls import KernelCall, pointwise
 from .base import MethodRule, SketchplanOptimizer, register
 from .common import bias_correction, ema_weights
 from .layout import SKIP_COUNTER, MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
@@ -31,6 +32,17 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
 def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
     """Largest step temporary: the denominator √v̂ + ε, one param-shaped tensor in the state dtype."""
     return math.prod(shape) * dtype_bytes(opts.state_dtype)
+
+
+def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
+    """The elementwise passes of one AdamW step over this parameter (``_adamw_foreach``, after ``sanitize``).
+
+    The finiteness sum, m's lerp, v's decay and g² accumulation, √v, bias correction, +ε and the addcdiv: eight
+    passes with float32 momentum, seven without (the numerator is g); a bfloat16 m adds its cast for the lerp
+    and the cast/divide/add of the mixed-dtype update. Weight decay adds one.
+    """
+    passes = 7 + {"float32": 1, "bfloat16": 5, "none": 0}[cfg.momentum] + (1 if opts.weight_decay else 0)
+    return [pointwise(math.prod(shape), passes), pointwise(1)]
 
 
 class AdamRule(MethodRule):

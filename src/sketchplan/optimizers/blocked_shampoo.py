@@ -7,6 +7,7 @@ and update are Shampoo's (``shampoo.py``) with ``block_size`` set; this module o
 
 from __future__ import annotations
 
+from ..kernels.calls import KernelCall
 from . import shampoo
 from .base import register
 from .layout import MethodConfig, OptimizerDefaults, StateTensor
@@ -21,6 +22,11 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
 
 def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
     return shampoo.workspace_bytes(shape, cfg, opts)
+
+
+def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
+    """Shampoo's kernel calls (``shampoo.kernel_calls``) with the blocks of ``cfg.block_size`` batched per group."""
+    return shampoo.kernel_calls(shape, cfg, opts)
 
 
 class BlockedShampoo(shampoo.Shampoo):

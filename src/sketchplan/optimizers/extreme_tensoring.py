@@ -18,8 +18,10 @@ import math
 
 import torch
 
+from ..kernels.calls import KernelCall, pointwise
 from .base import MethodRule, SketchplanOptimizer, register
 from .common import apply_momentum, apply_update, ema_weights, momentum_layout
+from .step_calls import momentum_update_calls, sanitize_calls
 from .layout import SKIP_COUNTER, MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
 
 
@@ -74,6 +76,22 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
 def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
     """Largest step temporary: G² (for the slice sums) and the broadcast denominator, param-shaped each."""
     return 2 * math.prod(shape) * dtype_bytes(opts.state_dtype)
+
+
+def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
+    """The kernel calls of one extreme-tensoring step (``ExtremeTensoringRule.step``).
+
+    G² (one pass), per mode one reduction over it and a few tiny vector operations, the broadcast product of
+    the per-mode factors (growing partial products), the division G / denominator, momentum and the update.
+    """
+    numel = math.prod(shape)
+    dims = tensor_dims(tuple(shape), opts.et_max_dim)
+    calls = sanitize_calls(numel) + [pointwise(numel, 1 + len(dims) + 1)]
+    for i, d in enumerate(dims):
+        calls.append(pointwise(d, 4))
+        if i:
+            calls.append(pointwise(math.prod(dims[: i + 1])))
+    return calls + momentum_update_calls(numel, cfg.momentum, opts.nesterov, opts.weight_decay)
 
 
 class ExtremeTensoringRule(MethodRule):

@@ -1,6 +1,8 @@
 """``build_optimizer``: one ``torch.optim.Optimizer`` for a whole model, built from a plan.
 
-Tensors with identical (method config) share one param group; the plan's ``defaults`` fill every group. The
+Tensors with identical (method config, kernel variants) share one param group; the plan's ``defaults`` fill
+every group and each entry's recorded kernel variants (``TensorEntry.variant``: the FD-update variant and the
+inverse-root method fastest on the profiled device) override ``fd_variant`` / ``root_method`` in its group. The
 plan must match the model: the same trainable names (tied weights are listed once, under the name
 ``model.named_parameters()`` yields, with their other names in ``tied``), the same shapes and, when the
 planner's ``model_fingerprint`` is available, the same fingerprint. ``allow_mismatch=True`` turns mismatches into
@@ -50,10 +52,11 @@ def build_optimizer(plan: Plan, model: torch.nn.Module, allow_mismatch: bool = F
         for name in [e.name, *e.tied]:
             entries[name] = e
     seen: set[str] = set()
-    groups: dict[MethodConfig, list[torch.Tensor]] = {}
+    groups: dict[tuple[MethodConfig, tuple], list[torch.Tensor]] = {}
     for name, p in model.named_parameters():
         e = entries.get(name)
         cfg: MethodConfig | None = adam
+        variant: tuple = ()
         if e is None:
             _problem(allow_mismatch, f"tensor {name!r} of the model is not in the plan; regenerate the plan.")
         else:
@@ -66,8 +69,9 @@ def build_optimizer(plan: Plan, model: torch.nn.Module, allow_mismatch: bool = F
                                          "regenerate the plan.")
             else:
                 cfg = e.config()
+                variant = tuple(sorted(e.options().items()))  # the kernel variants the plan picked
         if cfg is not None and p.requires_grad:
-            groups.setdefault(cfg, []).append(p)
+            groups.setdefault((cfg, variant), []).append(p)
     for e in plan.tensors:
         if e.name not in seen:
             _problem(allow_mismatch, f"tensor {e.name!r} of the plan is not in the model; regenerate the plan.")
@@ -79,5 +83,6 @@ def build_optimizer(plan: Plan, model: torch.nn.Module, allow_mismatch: bool = F
     if not groups:
         raise UserError("the plan leaves no trainable tensor of the model to optimize; check which parameters "
                         "require grad.")
-    param_groups = [{"params": ps, **group_options(cfg, plan.defaults)} for cfg, ps in groups.items()]
+    param_groups = [{"params": ps, **group_options(cfg, plan.defaults), **dict(variant)}
+                    for (cfg, variant), ps in groups.items()]
     return SketchplanOptimizer(param_groups, adam, plan.defaults)

@@ -13,14 +13,18 @@ graft, momentum and the skip counter. Optional ``block_size`` blocks it like blo
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from ..kernels.calls import KernelCall, gemm, pointwise
 from ..kernels.roots import symmetric_power
 from .base import SketchplanOptimizer, register
 from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor
 from .matrix import MATRIX_OPTIONS_DOC, MatrixRule, unfold
-from .shampoo import apply_roots, factor_layout, factor_workspace, plan_for
+from .shampoo import apply_roots, apply_roots_calls, factor_layout, factor_workspace, plan_for
+from .step_calls import matrix_frame_calls, unfold_copies
 
 
 def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
@@ -31,6 +35,33 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
 
 def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
     return factor_workspace(plan_for(shape, cfg, opts), shape, opts.state_dtype)
+
+
+def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
+    """The kernel calls one KrADagrad step makes (``KrADagradRule`` through ``MatrixRule.step_param``).
+
+    Per block group and axis i (every step for ``star``; every ``order`` steps for ``mm``, one axis a step):
+    L̃ X as ``gemm(d, n, d)``, (L̃X)(L̃X)ᵀ as ``gemm(d, d, n)`` (n = numel/d), the trace and the elementwise
+    division, subtraction and symmetrisation of L̃; the positive root ``inv_root(d)`` by eigh (no other
+    variant) every ``precondition_frequency`` steps; then Shampoo's mode products and the shared frame.
+    """
+    mp = plan_for(shape, cfg, opts)
+    calls = matrix_frame_calls(shape, mp, cfg, opts)
+    pf = opts.precondition_frequency
+    decay, weight = stats_weights(opts.betas[1], opts.stats_every)
+    for bshape, count in mp.groups:
+        bnumel = math.prod(bshape)
+        every = 1 if opts.kradagrad_variant == "star" else len(bshape)
+        for i, d in enumerate(bshape):
+            n = bnumel // d
+            copies = (1 if unfold_copies(i, len(bshape)) else 0) + (1 if weight != 1.0 else 0) + 2
+            calls.append(pointwise(count * bnumel, copies, every))
+            calls.append(pointwise(count * d * d, 5 + (1 if decay != 1.0 else 0), every))
+            calls.append(gemm(d, n, d, count, every))
+            calls.append(gemm(d, d, n, count, every))
+            calls.append(KernelCall("inv_root", (d,), count, pf, variant="eigh"))
+            calls.append(pointwise(count * d * d, every=pf))
+    return calls + apply_roots_calls(mp)
 
 
 class KrADagradRule(MatrixRule):

@@ -19,12 +19,14 @@ import math
 
 import torch
 
+from ..kernels.calls import KernelCall, gemm, pointwise
 from ..kernels.roots import inverse_root_newton, symmetric_power
 from .base import SketchplanOptimizer, register
 from .blocking import MatrixPlan, matrix_plan
 from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
 from .matrix import MATRIX_OPTIONS_DOC, MatrixRule, mode_apply, unfold
+from .step_calls import matrix_frame_calls, unfold_copies
 
 
 def plan_for(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> MatrixPlan:
@@ -65,6 +67,40 @@ def factor_workspace(mp: MatrixPlan, shape: tuple[int, ...], dtype: str) -> int:
 
 def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
     return factor_workspace(plan_for(shape, cfg, opts), shape, opts.state_dtype)
+
+
+def apply_roots_calls(mp: MatrixPlan) -> list[KernelCall]:
+    """``apply_roots``: per block group and axis i, P_i (d_i × d_i) times the mode-i unfolding (d_i × rest)."""
+    calls = []
+    for bshape, count in mp.groups:
+        bnumel = math.prod(bshape)
+        for i, d in enumerate(bshape):
+            if unfold_copies(i, len(bshape)):
+                calls.append(pointwise(count * bnumel))
+            calls.append(gemm(d, bnumel // d, d, count))
+    return calls
+
+
+def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
+    """The kernel calls one Shampoo step makes (``ShampooRule`` through ``MatrixRule.step_param``).
+
+    Per block group (count blocks of dims d_1..d_k) and axis i: the statistic update S_i += G_(i) G_(i)ᵀ,
+    ``gemm(d_i, d_i, numel/d_i)`` every step; the inverse root ``inv_root(d_i)`` and its copy into the state every
+    ``precondition_frequency`` steps (variant: ``opts.root_method`` when the planner does not pick); the mode
+    product P_i G_(i), ``gemm(d_i, numel/d_i, d_i)`` every step; plus the shared frame (graft, momentum, update).
+    """
+    mp = plan_for(shape, cfg, opts)
+    calls = matrix_frame_calls(shape, mp, cfg, opts)
+    pf = opts.precondition_frequency
+    for bshape, count in mp.groups:
+        bnumel = math.prod(bshape)
+        for i, d in enumerate(bshape):
+            if unfold_copies(i, len(bshape)):
+                calls.append(pointwise(count * bnumel))
+            calls.append(gemm(d, d, bnumel // d, count))
+            calls.append(KernelCall("inv_root", (d,), count, pf))
+            calls.append(pointwise(count * d * d, every=pf))
+    return calls + apply_roots_calls(mp)
 
 
 class ShampooRule(MatrixRule):

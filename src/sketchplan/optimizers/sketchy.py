@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+from ..kernels.calls import KernelCall, pointwise
 from ..kernels.frequent_directions import fd_update
 from ..kernels.lowrank import lowrank_root_apply
 from .base import SketchplanOptimizer, register
@@ -22,6 +23,7 @@ from .blocking import MatrixPlan, matrix_plan
 from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
 from .matrix import MATRIX_OPTIONS_DOC, MatrixRule, mode_apply, unfold
+from .step_calls import matrix_frame_calls, unfold_copies
 
 
 def plan_for(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> MatrixPlan:
@@ -69,6 +71,33 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
             peak = max(peak, count * fd_workspace_elems(d, k, bnumel // d) * sb)
         peak = max(peak, 2 * count * bnumel * sb)
     return peak
+
+
+def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
+    """The kernel calls one Sketchy step makes (``SketchyRule`` through ``MatrixRule.step_param``).
+
+    Per block group (count blocks of dims d_1..d_k) and axis i, every step: the scaling √(1−β2)·G_(i) (β2 < 1),
+    ``fd_update(d_i, k_i, numel/d_i)`` (variant: ``opts.fd_variant`` unless the planner picks) and the copy of
+    the new U back into the state; then ``lowrank_apply(d_i, k_i, numel/d_i)`` for the direction; plus the
+    shared frame (graft, momentum, update).
+    """
+    mp = plan_for(shape, cfg, opts)
+    calls = matrix_frame_calls(shape, mp, cfg, opts)
+    scaled = stats_weights(opts.betas[1], opts.stats_every)[1] != 1.0
+    for bshape, count in mp.groups:
+        bnumel = math.prod(bshape)
+        for i, d in enumerate(bshape):
+            k = sketch_rank(cfg.rank, d)
+            copies = (1 if unfold_copies(i, len(bshape)) else 0) + (1 if scaled else 0)
+            if copies:
+                calls.append(pointwise(count * bnumel, copies))
+            calls.append(KernelCall("fd_update", (d, k, bnumel // d), count))
+            calls.append(pointwise(count * d * k))
+            calls.append(pointwise(count * k, 2))
+            if unfold_copies(i, len(bshape)):
+                calls.append(pointwise(count * bnumel))
+            calls.append(KernelCall("lowrank_apply", (d, k, bnumel // d), count))
+    return calls
 
 
 class SketchyRule(MatrixRule):

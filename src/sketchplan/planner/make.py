@@ -14,12 +14,16 @@ from .. import __version__
 from ..errors import UserError
 from ..optimizers import state_layout
 from ..optimizers.layout import MethodConfig, OptimizerDefaults
+from ..profiles.cost import CostModel
+from ..profiles.registry import label as profile_label
+from ..profiles.registry import resolve as resolve_profile
 from . import candidates as cand
 from .analysis import ModelSpec, ParamSpec, analyze
 from .memory import FixedBytes, Precision, fixed_bytes, largest_rank, shard_units
 from .plan import Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry, Totals, WhatIf
 from .sizes import fmt_bytes, parse_size
 from .solve import Infeasible, Item, solve
+from .timing import StepTimer
 
 
 @dataclass
@@ -39,7 +43,8 @@ def _groups(spec: ModelSpec, configs: list[MethodConfig], opts: OptimizerDefault
             for (shape, name), ps in by_key.items()]
 
 
-def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate]) -> list[TensorEntry]:
+def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate],
+             timer: StepTimer | None = None) -> list[TensorEntry]:
     out = []
     for p in spec.params:
         c = choice.get(p.name)
@@ -48,6 +53,9 @@ def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate]) -> list[TensorE
             e.method, e.rank, e.block_size = c.cfg.method, c.cfg.rank, c.cfg.block_size
             e.graft, e.momentum = c.cfg.graft, c.cfg.momentum
             e.state_bytes, e.workspace_bytes, e.score = c.state_bytes, c.workspace_bytes, round(c.score, 6)
+            if timer is not None:
+                ms, picks = timer(p.shape, c.cfg)
+                e.step_ms, e.variant = round(ms, 4), (dict(picks) or None)
         out.append(e)
     return out
 
@@ -79,7 +87,7 @@ def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDe
     return _Costs(state, per_rank, ws, score, by_method)
 
 
-def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes) -> list[WhatIf]:
+def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer=None) -> list[WhatIf]:
     alts = [MethodConfig(method="adam"), MethodConfig(method="shampoo")]
     alts += [MethodConfig(method="blocked_shampoo", block_size=b) for b in block_sizes]
     alts += [MethodConfig(method="sketchy", rank=k, graft="adafactor", momentum="bfloat16") for k in ranks]
@@ -94,34 +102,39 @@ def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes) -> lis
             choice[p.name] = cache[key]
         c = _costs(spec, choice, opts, world, shard)
         peak = fixed.total + c.per_rank + c.workspace
+        ms = None if timer is None else round(sum(timer(p.shape, cfg)[0] for p in spec.trainable), 3)
         out.append(WhatIf(label="all " + cfg.label(), state_bytes=c.state, peak_bytes=peak,
-                          fits=avail is None or peak <= avail, score=round(c.score, 6)))
+                          fits=avail is None or peak <= avail, score=round(c.score, 6), step_ms=ms))
     return out
 
 
 def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ranks, block_sizes, hardware,
               grid: CandidateGrid | None = None) -> Plan:
     c = _costs(spec, choice, opts, world, shard)
+    profile = resolve_profile(hardware)
+    timer = None if profile is None else StepTimer(CostModel(profile), opts)
+    entries = _entries(spec, choice, timer)
+    step_ms = None if timer is None else round(sum(e.step_ms or 0.0 for e in entries), 3)
     avail = None if budget.memory_bytes is None else budget.memory_bytes - budget.reserve_bytes
     totals = Totals(
         params_bytes=fixed.params, grads_bytes=fixed.grads, master_bytes=fixed.master, state_bytes=c.state,
         state_bytes_per_rank=c.per_rank if (shard and world > 1) else None, workspace_bytes=c.workspace,
         peak_bytes=fixed.total + c.per_rank + c.workspace, state_bytes_by_method=c.by_method,
-        score=round(c.score, 6),
+        step_ms=step_ms, score=round(c.score, 6),
     )
     return Plan(
         created_by=f"sketchplan {__version__}",
         model=ModelInfo(source=spec.source, fingerprint=spec.fingerprint, n_params=spec.n_params,
                         n_trainable=spec.n_trainable, n_tensors=len(spec.params), buffers_bytes=spec.buffers_bytes),
-        hardware=hardware,
+        hardware=None if profile is None else profile_label(profile),
         budget=budget,
         settings=Settings(param_dtype=prec.param_dtype, grad_dtype=prec.grad_dtype,
                           master_weights=prec.master_weights, world_size=world, shard_optimizer_state=shard),
         defaults=opts,
         grid=grid,
-        tensors=_entries(spec, choice),
+        tensors=entries,
         totals=totals,
-        what_if=_what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes),
+        what_if=_what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer),
         solver=solver,
     )
 
@@ -130,15 +143,17 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
               ranks=cand.DEFAULT_RANKS, block_sizes=cand.DEFAULT_BLOCK_SIZES, grafts=cand.DEFAULT_GRAFTS,
               momenta=cand.DEFAULT_MOMENTA, defaults: OptimizerDefaults | None = None, reserve=0,
               world_size: int = 1, shard_optimizer_state: bool = False, param_dtype: str | None = None,
-              grad_dtype: str | None = None, master_weights: bool = False, hardware: str | None = None,
+              grad_dtype: str | None = None, master_weights: bool = False, hardware=None,
               spectrum=None) -> Plan:
     """Choose one candidate per trainable tensor maximising the parameter-weighted score within the budget.
 
     ``model``: an ``nn.Module`` (meta device is fine) or a ``ModelSpec``. ``memory_budget``: bytes or a size
     string (``"24GiB"``); None plans without a memory limit (each tensor's best candidate). ``reserve``:
     bytes kept free for activations. ``spectrum``: a ``SpectrumFile`` (or its path) from ``sketchplan probe``;
-    probed tensors are scored by their measured spectra. Raises ``UserError`` when no plan fits, naming the
-    minimum.
+    probed tensors are scored by their measured spectra. ``hardware``: ``"auto"``, a shipped profile name, a
+    profile file or a ``HardwareProfile``; with one, every entry gets its predicted ``step_ms`` and fastest kernel
+    ``variant`` (``planner.timing``) and the totals the step time; None predicts no times. Raises ``UserError``
+    when no plan fits, naming the minimum.
     """
     t0 = time.perf_counter()
     opts = defaults or OptimizerDefaults()
@@ -196,13 +211,13 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
 
 
 def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = None, *, source: str = "",
-                 memory_budget=None) -> Plan:
+                 memory_budget=None, hardware=None) -> Plan:
     """A plan that gives every trainable tensor the same configuration (tests, what-ifs, baselines)."""
-    return plan_from_configs(model, cfg, defaults, source=source, memory_budget=memory_budget)
+    return plan_from_configs(model, cfg, defaults, source=source, memory_budget=memory_budget, hardware=hardware)
 
 
 def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None, *, source: str = "",
-                      memory_budget=None) -> Plan:
+                      memory_budget=None, hardware=None) -> Plan:
     """A plan with the given choice per tensor: ``configs`` is one ``MethodConfig`` for all trainable tensors, or a
     mapping name → ``MethodConfig`` (or a callable ``ParamSpec -> MethodConfig``). Bytes come from the layouts."""
     opts = defaults or OptimizerDefaults()
@@ -223,7 +238,7 @@ def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None,
     ranks = tuple(sorted({c.rank for c in used if c.rank}))
     blocks = tuple(sorted({c.block_size for c in used if c.block_size}))
     return _assemble(spec, choice, opts, fixed_bytes(spec, Precision()), budget, Precision(), 1, False, info,
-                     ranks, blocks, None)
+                     ranks, blocks, hardware)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

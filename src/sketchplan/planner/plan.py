@@ -80,8 +80,16 @@ class TensorEntry(_Strict):
     state_bytes: int = 0
     workspace_bytes: int = 0
     score: float | None = None
-    step_ms: float | None = None
-    variant: dict[str, str] | None = None
+    step_ms: float | None = Field(default=None, description="predicted optimizer step time of this tensor, "
+                                  "amortised over precondition_frequency (with the plan's hardware profile)")
+    variant: dict[str, str] | None = Field(default=None, description="fastest variant per kernel on the "
+                                           "profiled device (fd_update, inv_root); the optimizer runs it")
+
+    def options(self) -> dict[str, str]:
+        """The optimizer options the recorded variants set (``fd_variant``, ``root_method``)."""
+        from ..kernels.calls import VARIANT_OPTIONS
+
+        return {VARIANT_OPTIONS[k]: v for k, v in (self.variant or {}).items() if k in VARIANT_OPTIONS}
 
     def config(self) -> MethodConfig | None:
         if self.method is None:
@@ -109,6 +117,7 @@ class WhatIf(_Strict):
     peak_bytes: int
     fits: bool
     score: float
+    step_ms: float | None = Field(default=None, description="predicted step time with the plan's profile")
 
 
 class SolverInfo(_Strict):

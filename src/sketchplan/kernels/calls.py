@@ -1,0 +1,117 @@
+"""The kernel calls an optimizer step makes: what the planner times with a hardware profile.
+
+Each method module declares ``kernel_calls(shape, cfg, opts) -> list[KernelCall]`` next to its layout; the
+planner maps the calls to seconds with ``profiles.CostModel`` and never restates them. A call names a kernel of
+the table below, its dimensions, how many equal-size problems one batched call solves (``batch``, e.g. the
+blocks of a blocked-Shampoo group) and how often it runs (``every``: 1 = each step, ``precondition_frequency``
+for root refreshes). ``variant`` fixes a kernel variant (``None``: the planner may pick the fastest).
+
+======================  ==============  ===========================================================
+kernel                  dims            what one problem computes
+======================  ==============  ===========================================================
+``gemm``                (m, n, k)       (m × k) @ (k × n), 2·m·n·k flops (statistics, mode products)
+``inv_root``            (d,)            (S + εI)^a of a symmetric d × d matrix; variants ``eigh``
+                                        (float32, float64 retry), ``newton`` (coupled Newton)
+``fd_update``           (d, k, n)       one Frequent-Directions update of a rank-k sketch with n new
+                                        columns; variants ``svd``, ``gram_small``, ``gram_large``, ``qr_svd``
+``lowrank_apply``       (d, k, m)       (U diag(σ²) Uᵀ + ρI)^α X for X of d × m (ALGORITHMS.md §4)
+``pointwise``           (n,)            one elementwise pass over n floats (read two, write one);
+                                        small n measures the per-operation dispatch cost
+======================  ==============  ===========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Kernel name → its variants (the first is the default when a profile has no table for the others).
+KERNEL_VARIANTS: dict[str, tuple[str, ...]] = {
+    "gemm": ("matmul",),
+    "inv_root": ("eigh", "newton"),
+    "fd_update": ("svd", "gram_small", "gram_large", "qr_svd"),
+    "lowrank_apply": ("lowrank",),
+    "pointwise": ("lerp",),
+}
+
+#: Kernels whose variant is an optimizer option: kernel → ``OptimizerDefaults`` field the variant sets.
+VARIANT_OPTIONS: dict[str, str] = {"inv_root": "root_method", "fd_update": "fd_variant"}
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """One kernel call of an optimizer step: ``batch`` problems of size ``dims``, every ``every`` steps."""
+
+    kernel: str
+    dims: tuple[int, ...]
+    batch: int = 1
+    every: int = 1
+    variant: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kernel not in KERNEL_VARIANTS:
+            raise ValueError(f"unknown kernel {self.kernel!r}; use one of {', '.join(KERNEL_VARIANTS)}")
+        if self.variant is not None and self.variant not in KERNEL_VARIANTS[self.kernel]:
+            raise ValueError(f"kernel {self.kernel} has no variant {self.variant!r}")
+
+
+def gemm(m: int, n: int, k: int, batch: int = 1, every: int = 1) -> KernelCall:
+    return KernelCall("gemm", (int(m), int(n), int(k)), int(batch), int(every))
+
+
+def pointwise(n: int, passes: int = 1, every: int = 1) -> KernelCall:
+    """``passes`` elementwise operations over n elements (the batch counts the passes)."""
+    return KernelCall("pointwise", (max(1, int(n)),), int(passes), int(every))
+
+
+def flops(kernel: str, variant: str, dims: tuple[int, ...]) -> float:
+    """Approximate floating-point operations of one problem (the x-axis of the cost tables and the roofline).
+
+    eigh of a d × d matrix ≈ 9d³ (tridiagonalisation, QR sweeps, back-transformation) plus 2d³ to rebuild
+    V diag(λ^a) Vᵀ; coupled Newton ≈ 20 iterations of (p+1)·2d³ with p = 4; thin SVD of an a × b matrix
+    (a ≥ b) ≈ 4ab² + 8b³; FD with w = k + n columns: ``svd`` SVD(d, w); ``gram_small`` 2dw² + 9w³ + 2dw²;
+    ``gram_large`` 2d²w + 9d³; ``qr_svd`` QR of the w × d matrix Yᵀ (2·w·d·min(w, d)) then SVD(d, min(w, d)).
+    """
+    if kernel == "gemm":
+        m, n, k = dims
+        return 2.0 * m * n * k
+    if kernel == "inv_root":
+        (d,) = dims
+        return 11.0 * d**3 if variant == "eigh" else 20 * 10.0 * d**3
+    if kernel == "fd_update":
+        d, k, n = dims
+        w = k + n
+        if variant == "svd":
+            return _svd_flops(d, w)
+        if variant == "gram_small":
+            return 4.0 * d * w * w + 9.0 * w**3
+        if variant == "gram_large":
+            return 2.0 * d * d * w + 9.0 * d**3
+        b = min(w, d)
+        return 2.0 * w * d * b + _svd_flops(d, b)
+    if kernel == "lowrank_apply":
+        d, k, m = dims
+        return 4.0 * d * k * m + 3.0 * d * m
+    if kernel == "pointwise":
+        return float(dims[0])
+    raise ValueError(f"unknown kernel {kernel!r}")
+
+
+def bytes_moved(kernel: str, dims: tuple[int, ...]) -> float:
+    """Bytes a problem reads and writes at least, in float32 (the bandwidth side of the roofline)."""
+    if kernel == "gemm":
+        m, n, k = dims
+        return 4.0 * (m * k + k * n + m * n)
+    if kernel == "inv_root":
+        return 4.0 * 3 * dims[0] ** 2
+    if kernel == "fd_update":
+        d, k, n = dims
+        return 4.0 * (2 * d * k + d * n)
+    if kernel == "lowrank_apply":
+        d, k, m = dims
+        return 4.0 * (d * k + 2 * d * m)
+    return 12.0 * dims[0]
+
+
+def _svd_flops(a: int, b: int) -> float:
+    a, b = max(a, b), min(a, b)
+    return 4.0 * a * b * b + 8.0 * b**3

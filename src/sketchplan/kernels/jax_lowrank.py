@@ -1,0 +1,25 @@
+"""JAX version of ``kernels.lowrank`` (ALGORITHMS.md §4; Feinberg et al. 2023): for Ŝ = U diag(σ²) Uᵀ + ρI,
+    (Ŝ + εI)^α X = U diag((σ² + ρ + ε)^α − (ρ + ε)^α) Uᵀ X + (ρ + ε)^α X,
+without a d × d matrix; when k = d the complement term is exactly zero and dropped (as in torch). Batched:
+u (b, d, k), sig2 (b, k), rho (b,), x (b, d, m); jit-compiled.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from .jax_support import require_jax
+
+jax, jnp = require_jax()
+
+
+@partial(jax.jit, static_argnames=("alpha", "eps"))
+def lowrank_root_apply(u, sig2, rho, x, alpha: float, eps: float):
+    """(U diag(σ²) Uᵀ + (ρ+ε) I)^α X, batched (module docstring)."""
+    ridge = rho + eps
+    scale = (sig2 + ridge[..., None]) ** alpha
+    proj = jnp.swapaxes(u, -1, -2) @ x
+    if u.shape[-1] == u.shape[-2]:
+        return u @ (scale[..., None] * proj)
+    base = ridge ** alpha
+    return base[:, None, None] * x + u @ ((scale - base[..., None])[..., None] * proj)

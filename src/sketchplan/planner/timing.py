@@ -1,0 +1,38 @@
+"""Predicted optimizer step time per tensor and the fastest kernel variants, from a hardware profile.
+
+For a tensor of shape s under a method config c, the method's own declaration
+``optimizers.<method>.kernel_calls(s, c, defaults)`` lists the kernel calls of one step; the profile's cost
+model (``profiles.CostModel``) times each and amortises it over its period:
+
+    step_ms(s, c) = Σ_calls batch · t_kernel,variant(dims) / every
+
+For kernels with interchangeable variants (FD update, inverse root) the variant with the least amortised time
+over the tensor's calls is recorded (``TensorEntry.variant``) and the optimizer runs it. Each distinct
+(shape, config) is evaluated once, so planning time grows with distinct shapes, not tensors.
+"""
+
+from __future__ import annotations
+
+from ..kernels.calls import VARIANT_OPTIONS
+from ..optimizers import METHOD_MODULES
+from ..optimizers.layout import MethodConfig, OptimizerDefaults
+from ..profiles.cost import CostModel
+
+
+class StepTimer:
+    """Cached (step ms, variant picks) per (shape, config) under one cost model and one set of defaults."""
+
+    def __init__(self, cost: CostModel, opts: OptimizerDefaults):
+        self.cost = cost
+        self.opts = opts
+        self.defaults = {k: getattr(opts, f) for k, f in VARIANT_OPTIONS.items()}
+        self._cache: dict[tuple, tuple[float, dict[str, str]]] = {}
+
+    def __call__(self, shape: tuple[int, ...], cfg: MethodConfig) -> tuple[float, dict[str, str]]:
+        key = (shape, cfg)
+        hit = self._cache.get(key)
+        if hit is None:
+            calls = METHOD_MODULES[cfg.method].kernel_calls(shape, cfg, self.opts)
+            seconds, picks = self.cost.step(calls, self.defaults)
+            hit = self._cache[key] = (seconds * 1e3, picks)
+        return hit

@@ -1,0 +1,124 @@
+"""Device fingerprint: which device a profile is measured on, or a plan is made for.
+
+NVIDIA GPUs are described by NVML (``pynvml`` from nvidia-ml-py, imported lazily: name, memory, driver,
+compute capability), falling back to ``torch.cuda`` properties; TPUs and other JAX devices by
+``jax.devices()``; CPUs by the model name in /proc/cpuinfo (or ``platform.processor()``) and the number of
+threads the framework uses.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+
+from ..errors import UserError
+from .schema import DeviceInfo
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """``cpu`` | ``cuda`` | ``cuda:i`` | ``tpu`` → (kind, index)."""
+    m = re.fullmatch(r"(cpu|cuda|tpu)(?::(\d+))?", device.strip().lower())
+    if not m or (m.group(1) == "cpu" and m.group(2)):
+        raise UserError(f"device {device!r} is not one of cpu, cuda, cuda:INDEX or tpu; pass e.g. --device cuda:0.")
+    return m.group(1), int(m.group(2) or 0)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _framework_version(framework: str) -> str:
+    if framework == "jax":
+        import jax
+
+        return jax.__version__
+    import torch
+
+    return torch.__version__.split("+")[0]
+
+
+def _cpu_threads(framework: str) -> int:
+    if framework == "torch":
+        import torch
+
+        return torch.get_num_threads()
+    return os.cpu_count() or 1
+
+
+def _nvml(index: int) -> dict:
+    try:
+        import pynvml
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(index)
+        name = pynvml.nvmlDeviceGetName(h)
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
+        out = {"name": name.decode() if isinstance(name, bytes) else name,
+               "memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
+               "driver": str(pynvml.nvmlSystemGetDriverVersion()), "compute_capability": f"{major}.{minor}"}
+        pynvml.nvmlShutdown()
+        return out
+    except Exception:  # pynvml.NVMLError and friends: no NVML on this machine
+        return {}
+
+
+def detect(device: str = "cpu", framework: str = "torch") -> DeviceInfo:
+    """The fingerprint of ``device`` as ``framework`` sees it; a device that is not there is a user error."""
+    kind, index = parse_device(device)
+    if framework not in ("torch", "jax"):
+        raise UserError(f"framework {framework!r} is not torch or jax.")
+    version = _framework_version(framework)
+    if kind == "cpu":
+        return DeviceInfo(kind="cpu", name=cpu_name(), cores=_cpu_threads(framework), framework=framework,
+                          framework_version=version)
+    if kind == "cuda" and framework == "torch":
+        import torch
+
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise UserError(f"device {device!r} is not available (torch sees {torch.cuda.device_count()} CUDA "
+                            "devices); pass --device cpu or another index.")
+        props = torch.cuda.get_device_properties(index)
+        info = {"name": props.name, "memory_bytes": int(props.total_memory),
+                "compute_capability": f"{props.major}.{props.minor}", **_nvml(index)}
+        return DeviceInfo(kind="cuda", cores=props.multi_processor_count, framework=framework,
+                          framework_version=version, **info)
+    import jax
+
+    platform_name = "gpu" if kind == "cuda" else "tpu"
+    try:
+        devs = jax.devices(platform_name)
+    except RuntimeError:
+        devs = []
+    if index >= len(devs):
+        raise UserError(f"device {device!r} is not available to JAX; pass --device cpu.")
+    d = devs[index]
+    extra = _nvml(index) if kind == "cuda" else {}
+    return DeviceInfo(kind=kind, name=extra.pop("name", getattr(d, "device_kind", str(d))), framework=framework,
+                      framework_version=version, **extra)
+
+
+def default_device() -> str:
+    """``cuda`` when torch sees a GPU, else ``cpu`` (what ``--hardware auto`` profiles against)."""
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return "cpu"
+
+
+def profile_name(info: DeviceInfo) -> str:
+    """A file-name-safe name after the fingerprint, e.g. ``cpu-amd-epyc-2t-torch``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", info.name.lower()).strip("-")
+    cores = f"-{info.cores}{'t' if info.kind == 'cpu' else 'sm'}" if info.cores else ""
+    return f"{info.kind}-{slug}{cores}-{info.framework}"
