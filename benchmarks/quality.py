@@ -161,9 +161,9 @@ def quad_task(dtype: torch.dtype) -> Task:
 
 # --------------------------------------------------------------------------------------------------- methods
 
-LM_LRS = [1e-3, 3e-3, 1e-2]
+LM_LRS = [2e-3, 6e-3, 2e-2]
 LRS = {  # per task family: the three learning rates every Adam-scaled (grafted) method sweeps
-    "lm": LM_LRS, "digits": [3e-3, 1e-2, 3e-2], "quad": [3e-2, 1e-1, 3e-1],
+    "lm": LM_LRS, "digits": [1e-2, 3e-2, 1e-1], "quad": [3e-2, 1e-1, 3e-1],
 }
 
 
