@@ -12,10 +12,12 @@ entries carry their predicted step ms and kernel variants, and the optimizer run
 
 Measurement: real weights and fresh random gradients every step (drawn outside the timed region; fixed
 gradients make the statistics rank-deficient, which speeds up eigh and distorts the comparison); torch uses the profile's thread count;
-``precondition_frequency`` = ``PF``. One warm-up cycle of PF steps (state allocation, first roots), then
-``CYCLES`` · PF timed steps (≥ 20). "measured" is the mean over those whole precondition cycles — the quantity the
+``precondition_frequency`` = ``PF``. ``WARMUP`` steps (state allocation, first roots), then ``CYCLES`` · PF timed
+consecutive steps (≥ 20, holding ``CYCLES`` root refreshes). "measured" is the mean over those whole precondition cycles — the quantity the
 plan predicts (every root refresh amortised over PF steps); the median of the non-refresh steps is compared with
-the predicted every-step part as well. Errors are (predicted − measured) / measured.
+the predicted every-step part as well. Errors are (predicted − measured) / measured. The machine is shared: the
+``slowdown`` column times reference kernels around each row against the profile, and the adjusted error scales
+the prediction by it (both are reported).
 """
 
 from __future__ import annotations
