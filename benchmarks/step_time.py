@@ -3,7 +3,8 @@
 Only ``optimizer.step()`` is timed (gradients are fixed random tensors set once), all methods in one run on the
 same parameters. Shampoo and the Adams are timed over full cycles of ``precondition_frequency`` steps (so the
 root refresh is amortised exactly as in training); Sketchy has no stored roots — its FD update runs every
-step — so a few steps give its per-step time. Optimizers are interleaved round by round and the median round
+step — so a few steps give its per-step time; Sketchy with ``stats_every = precondition_frequency`` (its
+eigendecomposition at Shampoo's root frequency) is timed over full cycles too. Optimizers are interleaved round by round and the median round
 is reported, because a shared CPU's background load otherwise swamps the differences.
 
 Usage: python benchmarks/step_time.py [--layers 2] [--frequency 10] [--rank 256] [--block 1024]
@@ -74,6 +75,8 @@ def main() -> None:
             BlockedShampoo(params, lr=1e-4, block_size=args.block, precondition_frequency=f), f),
         f"Sketchy (k={args.rank}, block {args.block})": (
             Sketchy(params, lr=1e-4, rank=args.rank, block_size=args.block), args.sketchy_steps),
+        f"Sketchy (k={args.rank}, block {args.block}, sketch every {f})": (
+            Sketchy(params, lr=1e-4, rank=args.rank, block_size=args.block, stats_every=f), f),
     }, rounds=args.rounds)
     rows = {**adams, **matrix}
     adamw = rows["AdamW (torch, foreach)"]
@@ -82,7 +85,9 @@ def main() -> None:
         f"Step time of `optimizer.step()` on a GPT-2-small-shaped model with {args.layers} of 12 blocks "
         f"({n / 1e6:.1f} M parameters, tied embedding included), measured on CPU ({platform.processor() or 'cpu'}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}); medians of interleaved rounds. Shampoo is "
-        f"amortised over precondition cycles of {f} steps; Sketchy updates its sketches every step.",
+        f"amortised over precondition cycles of {f} steps; Sketchy updates its sketches every step, or every {f} "
+        f"steps with `stats_every={f}` (step skipping: the sketch's eigendecomposition at Shampoo's root frequency; "
+        "Shampoo still accumulates its statistics every step).",
         "",
         "| method | ms / step | × torch AdamW | × Shampoo |",
         "|---|---:|---:|---:|",

@@ -60,7 +60,8 @@ def zoo_loss(model: Zoo, seed: int) -> torch.Tensor:
 #: One configuration per method and option family (small ranks/blocks so blocking and sketching happen).
 CONFIGS = {
     "adam": MethodConfig(method="adam"),
-    "adam_bf16_nomom": MethodConfig(method="adam", momentum="none"),
+    "adam_nomom": MethodConfig(method="adam", momentum="none"),
+    "adam_bf16": MethodConfig(method="adam", momentum="bfloat16"),
     "shampoo": MethodConfig(method="shampoo"),
     "blocked_shampoo": MethodConfig(method="blocked_shampoo", block_size=8, graft="rmsprop", momentum="bfloat16"),
     "sketchy": MethodConfig(method="sketchy", rank=4, graft="adafactor", momentum="none"),

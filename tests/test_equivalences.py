@@ -168,3 +168,22 @@ def test_kradagrad_ill_conditioned_quadratic_float32(variant):
             if torch.is_tensor(v):
                 assert torch.isfinite(v.float()).all()
     assert f(x.detach().double()) < start
+
+
+def test_stats_every_updates_statistics_from_the_sampled_gradient():
+    """With stats_every = f the statistic is updated on steps 1, f+1, …, standing for f steps each."""
+    import torch
+
+    from sketchplan.optimizers import Shampoo
+
+    torch.manual_seed(3)
+    p = torch.nn.Parameter(torch.randn(6, 5, dtype=torch.float32))
+    opt = Shampoo([p], lr=1e-2, betas=(0.0, 1.0), stats_every=3, precondition_frequency=1, merge_dims=1)
+    grads = [torch.randn(6, 5) for _ in range(4)]
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+    st = opt.state[p]
+    expect_l = 3 * (grads[0].double() @ grads[0].double().T + grads[3].double() @ grads[3].double().T)
+    got_l = st["blocks0.stat0"][0].double()
+    assert torch.allclose(got_l, expect_l, rtol=1e-5, atol=1e-5)

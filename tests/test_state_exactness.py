@@ -145,3 +145,21 @@ def test_bf16_params_float32_state(name):
     assert _all_state_finite(opt)
     after = zoo_loss(model, 99).item()
     assert math.isfinite(after) and after < before
+
+
+def test_fd_failure_keeps_the_sketch(monkeypatch):
+    torch.manual_seed(0)
+    model = Zoo()
+    opt = build_optimizer(make_plan(model, CONFIGS["sketchy"], DEFAULTS), model)
+    _train(model, opt, range(3))
+    before = {k: v.clone() for k, v in opt.state[model.lin.weight].items() if k.startswith("blocks")}
+
+    def broken(*args, **kwargs):
+        raise torch.linalg.LinAlgError("forced failure")
+
+    monkeypatch.setattr(torch.linalg, "eigh", broken)
+    monkeypatch.setattr(torch.linalg, "svd", broken)
+    _train(model, opt, range(3, 5))
+    for k, v in before.items():
+        assert torch.equal(opt.state[model.lin.weight][k], v), k
+    assert _all_state_finite(opt)

@@ -1,7 +1,8 @@
 """sketchplan: which optimizer fits this model on this GPU, at which rank or block size, and how fast is its step.
 
 Public API (imported lazily so that ``import sketchplan`` stays cheap):
-``analyze``, ``make_plan``, ``uniform_plan``, ``load_model``, ``Plan``, ``build_optimizer``.
+``analyze``, ``make_plan``, ``uniform_plan``, ``load_model``, ``Plan``, ``build_optimizer``, ``check``,
+``probe``, ``build_optax`` (JAX/optax; imports jax only when used).
 """
 
 __version__ = "0.1.0"
@@ -13,7 +14,10 @@ _EXPORTS = {
     "load_model": ("sketchplan.planner.sources", "load_model"),
     "Plan": ("sketchplan.planner.plan", "Plan"),
     "build_optimizer": ("sketchplan.optimizers.factory", "build_optimizer"),
+    "build_optax": ("sketchplan.optimizers.jax.factory", "build_optax"),
     "UserError": ("sketchplan.errors", "UserError"),
+    "probe": ("sketchplan.planner.probe", "probe"),
+    "check": ("sketchplan.planner.check", "check"),
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

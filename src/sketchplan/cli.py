@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                     "variants: auto (the shipped profile matching this machine, else an analytic roofline), a "
                     "shipped profile NAME, or a FILE from `sketchplan profile` (default auto)")
     pl.add_argument("--out", help="write the plan YAML here")
+    pl.add_argument("--spectrum", metavar="FILE", help="score probed tensors by their measured gradient spectra "
+                    "(from `sketchplan probe`)")
     pl.add_argument("--explain", metavar="TENSOR", action="append", default=[],
                     help="explain why TENSOR got its choice (repeatable)")
     _view_flags(pl)
@@ -82,13 +84,24 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("--json", metavar="FILE", help="write the report as JSON (schema: docs/check-report.schema.json)")
     ck.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (one test case per check)")
 
-    pr = sub.add_parser("profile", help="measure the optimizers' kernels on a device and write a hardware profile")
-    pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:INDEX or tpu (default cpu)")
-    pr.add_argument("--framework", default="torch", choices=["torch", "jax"])
-    pr.add_argument("--quick", action="store_true", help="small size grid (under 2 minutes on a CPU)")
-    pr.add_argument("--threads", type=int, help="CPU threads torch uses while measuring (recorded in the "
+    pr = sub.add_parser("probe", help="train a few steps and measure each matrix parameter's gradient spectra")
+    pr.add_argument("--model", required=True, help="package.module:factory returning the (real) nn.Module")
+    pr.add_argument("--data", required=True, help="package.module:batches, a callable returning an iterable of "
+                    "batches (cycled)")
+    pr.add_argument("--loss", help="package.module:fn with fn(model, batch) -> loss (default: loss_fn in the data "
+                    "module, else cross-entropy of model(x) against y for (x, y) batches)")
+    pr.add_argument("--steps", type=int, default=100)
+    pr.add_argument("--rank", type=int, default=256, help="FD sketch rank per axis (default 256)")
+    pr.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the probing run")
+    pr.add_argument("--out", required=True, help="spectrum file to write (YAML)")
+
+    pf = sub.add_parser("profile", help="measure the optimizers' kernels on a device and write a hardware profile")
+    pf.add_argument("--device", default="cpu", help="cpu, cuda, cuda:INDEX or tpu (default cpu)")
+    pf.add_argument("--framework", default="torch", choices=["torch", "jax"])
+    pf.add_argument("--quick", action="store_true", help="small size grid (under 2 minutes on a CPU)")
+    pf.add_argument("--threads", type=int, help="CPU threads torch uses while measuring (recorded in the "
                     "fingerprint; default: torch's default)")
-    pr.add_argument("--out", help="profile YAML to write (default: NAME.yaml after the device fingerprint)")
+    pf.add_argument("--out", help="profile YAML to write (default: NAME.yaml after the device fingerprint)")
 
     sh = sub.add_parser("show", help="render an existing plan")
     sh.add_argument("plan")
@@ -197,7 +210,7 @@ def _cmd_plan(args, console) -> int:
                            block_sizes=args.block_sizes, grafts=args.grafts, momenta=args.momenta,
                            defaults=defaults, reserve=args.reserve, world_size=args.world_size,
                            shard_optimizer_state=args.shard_optimizer_state, param_dtype=args.param_dtype,
-                           grad_dtype=args.grad_dtype, master_weights=args.master_weights,
+                           grad_dtype=args.grad_dtype, master_weights=args.master_weights, spectrum=args.spectrum,
                            hardware=args.hardware)
     render_plan(plan, console, _mode(args), None if args.all else 60)
     if args.explain:
@@ -219,6 +232,37 @@ def write_atomic_check(path: str) -> None:
     if str(parent) and not parent.is_dir():
         raise UserError(f"cannot write {path!r}: directory {str(parent)!r} does not exist; create it or choose "
                         "another --out path.")
+
+
+def _cmd_probe(args, console) -> int:
+    import importlib
+
+    from .planner.probe import probe
+    from .planner.sources import build_factory, import_callable
+
+    write_atomic_check(args.out)
+    if args.steps <= 0 or args.rank <= 0:
+        raise UserError("--steps and --rank must be positive integers.")
+    model = build_factory(args.model, meta=False)
+    data = import_callable(args.data, "--data")
+    if args.loss:
+        loss = import_callable(args.loss, "--loss")
+    else:
+        mod = importlib.import_module(args.data.partition(":")[0])
+        loss = getattr(mod, "loss_fn", None) or _cross_entropy
+    batches = data()
+    spec = probe(model, loss, batches, steps=args.steps, rank=args.rank, lr=args.lr, source=args.model, progress=True)
+    spec.save(args.out)
+    console.print(f"probed {len(spec.tensors)} matrix tensors over {args.steps} steps (rank {args.rank}); "
+                  f"spectra written to [bold]{args.out}[/]")
+    return 0
+
+
+def _cross_entropy(model, batch):
+    import torch
+
+    x, y = batch
+    return torch.nn.functional.cross_entropy(model(x), y)
 
 
 def _cmd_profile(args, console) -> int:
@@ -288,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_show(args, console)
         if args.cmd == "check":
             return _cmd_check(args, console)
+        if args.cmd == "probe":
+            return _cmd_probe(args, console)
         if args.cmd == "profile":
             return _cmd_profile(args, console)
     except UserError as exc:

@@ -11,6 +11,10 @@ graft's direction. Its state:
 - ``sgd``: nothing.
 
 Momentum: a param-shaped buffer ``momentum`` in float32 or bfloat16, or none.
+
+The second half of this module holds the arithmetic shared by the methods' steps: the EMA/running-sum
+convention for β2 (β2 = 1 means a plain sum, without (1−β2) and without bias correction), the graft's
+direction, EMA momentum m ← β1 m + (1−β1) D (optionally Nesterov), and decoupled weight decay with the step.
 """
 
 from __future__ import annotations
@@ -65,6 +69,15 @@ def ema_weights(beta2: float) -> tuple[float, float]:
     """(decay, weight) of a second-moment update s ← decay·s + weight·x: (β2, 1−β2), or (1, 1) when β2 = 1
     (a running sum, AdaGrad-style)."""
     return (beta2, 1.0 - beta2) if beta2 < 1 else (1.0, 1.0)
+
+
+def stats_weights(beta2: float, every: int) -> tuple[float, float]:
+    """(decay, weight) of a matrix-statistics update that stands for ``every`` steps (step skipping, Sketchy
+    paper App. F): the sampled gradient's G Gᵀ replaces the ``every`` gradients since the last update, so the
+    EMA decays by β2^f and weighs the new term 1 − β2^f; a running sum (β2 = 1) adds it f times."""
+    if beta2 >= 1:
+        return 1.0, float(every)
+    return beta2**every, 1.0 - beta2**every
 
 
 def bias_correction(beta2: float, step: int) -> float:

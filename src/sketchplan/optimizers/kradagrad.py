@@ -20,7 +20,7 @@ import torch
 from ..kernels.calls import KernelCall, gemm, pointwise
 from ..kernels.roots import symmetric_power
 from .base import SketchplanOptimizer, register
-from .common import diagonal_tail, ema_weights
+from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor
 from .matrix import MATRIX_OPTIONS_DOC, MatrixRule, unfold
 from .shampoo import apply_roots, apply_roots_calls, factor_layout, factor_workspace, plan_for
@@ -48,7 +48,7 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
     mp = plan_for(shape, cfg, opts)
     calls = matrix_frame_calls(shape, mp, cfg, opts)
     pf = opts.precondition_frequency
-    decay, weight = ema_weights(opts.betas[1])
+    decay, weight = stats_weights(opts.betas[1], opts.stats_every)
     for bshape, count in mp.groups:
         bnumel = math.prod(bshape)
         every = 1 if opts.kradagrad_variant == "star" else len(bshape)
@@ -77,7 +77,7 @@ class KrADagradRule(MatrixRule):
 
     def update_statistics(self, state, g, grad_blocks, step, cfg, opts):
         order = grad_blocks.dim() - 1
-        decay, weight = ema_weights(opts.betas[1])
+        decay, weight = stats_weights(opts.betas[1], opts.stats_every)
         axes = range(order) if opts.kradagrad_variant == "star" else [(step - 1) % order]
         for i in axes:
             x = unfold(grad_blocks, i)

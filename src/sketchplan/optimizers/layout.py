@@ -127,6 +127,8 @@ class OptimizerDefaults(BaseModel):
     - ``max_precond_dim``: a merged dimension above this is not preconditioned by a full (unblocked) factor;
       the tensor falls back to its graft method.
     - ``precondition_frequency``: inverse roots are recomputed every this many steps.
+    - ``stats_every``: matrix statistics (Sketchy: its FD sketch) are updated every this many steps, the sampled
+      gradient standing for the skipped ones (step skipping; 1 = every step).
     - ``shampoo_eps``: the matrix methods' ridge ε: Shampoo's (S + εI), Sketchy's (ρ + ε), KrADagrad's
       initial inverse statistic I/ε.
     - ``start_preconditioning_step``: before this step the graft direction is used as is.
@@ -152,6 +154,7 @@ class OptimizerDefaults(BaseModel):
     merge_dims: int = Field(default=1024, ge=1)
     max_precond_dim: int = Field(default=8192, ge=1)
     precondition_frequency: int = Field(default=10, ge=1)
+    stats_every: int = Field(default=1, ge=1)
     start_preconditioning_step: int = Field(default=1, ge=0)
     shampoo_eps: float = Field(default=1e-12, ge=0)
     et_max_dim: int = Field(default=64, ge=0)

@@ -114,8 +114,9 @@ class MatrixRule(MethodRule):
         if mp.fallback is None:
             groups = _partition(mp.merged, cfg.block_size)
             g_blocks = to_blocks(g.reshape(mp.merged), groups)
-            for gi, gb in enumerate(g_blocks):
-                self.update_statistics(state, gi, gb, step, cfg, opts)
+            if (step - 1) % opts.stats_every == 0:
+                for gi, gb in enumerate(g_blocks):
+                    self.update_statistics(state, gi, gb, step, cfg, opts)
             start = max(1, opts.start_preconditioning_step)
             if step >= start:
                 refresh = (step - start) % opts.precondition_frequency == 0
@@ -143,6 +144,8 @@ MATRIX_OPTIONS_DOC = """
             ``adafactor`` (sublinear memory) or ``sgd`` (no memory).
         momentum: momentum buffer dtype ``float32``, ``bfloat16`` or ``none``; nesterov: Nesterov momentum.
         precondition_frequency: roots are recomputed every this many steps (default 10).
+        stats_every: statistics (Sketchy: the FD sketch) are updated every this many steps, from the gradient of
+            that step standing for the skipped ones (step skipping, Sketchy paper App. F; default 1).
         start_preconditioning_step: before this step the graft direction is used as is (default 1).
         merge_dims, max_precond_dim: the shape rules of ALGORITHMS.md §0 (defaults 1024 and 8192).
         state_dtype: dtype of statistics, roots, sketches and graft moments (default float32).

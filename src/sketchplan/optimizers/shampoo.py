@@ -23,7 +23,7 @@ from ..kernels.calls import KernelCall, gemm, pointwise
 from ..kernels.roots import inverse_root_newton, symmetric_power
 from .base import SketchplanOptimizer, register
 from .blocking import MatrixPlan, matrix_plan
-from .common import diagonal_tail, ema_weights
+from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
 from .matrix import MATRIX_OPTIONS_DOC, MatrixRule, mode_apply, unfold
 from .step_calls import matrix_frame_calls, unfold_copies
@@ -109,7 +109,7 @@ class ShampooRule(MatrixRule):
     layout = staticmethod(layout)
 
     def update_statistics(self, state, g, grad_blocks, step, cfg, opts):
-        decay, weight = ema_weights(opts.betas[1])
+        decay, weight = stats_weights(opts.betas[1], opts.stats_every)
         for i in range(grad_blocks.dim() - 1):
             x = unfold(grad_blocks, i)
             state[f"blocks{g}.stat{i}"].baddbmm_(x, x.mT, beta=decay, alpha=weight)

@@ -20,7 +20,7 @@ from ..kernels.frequent_directions import fd_update
 from ..kernels.lowrank import lowrank_root_apply
 from .base import SketchplanOptimizer, register
 from .blocking import MatrixPlan, matrix_plan
-from .common import diagonal_tail, ema_weights
+from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
 from .matrix import MATRIX_OPTIONS_DOC, MatrixRule, mode_apply, unfold
 from .step_calls import matrix_frame_calls, unfold_copies
@@ -83,7 +83,7 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
     """
     mp = plan_for(shape, cfg, opts)
     calls = matrix_frame_calls(shape, mp, cfg, opts)
-    scaled = ema_weights(opts.betas[1])[1] != 1.0
+    scaled = stats_weights(opts.betas[1], opts.stats_every)[1] != 1.0
     for bshape, count in mp.groups:
         bnumel = math.prod(bshape)
         for i, d in enumerate(bshape):
@@ -107,7 +107,7 @@ class SketchyRule(MatrixRule):
     layout = staticmethod(layout)
 
     def update_statistics(self, state, g, grad_blocks, step, cfg, opts):
-        decay, weight = ema_weights(opts.betas[1])
+        decay, weight = stats_weights(opts.betas[1], opts.stats_every)
         for i in range(grad_blocks.dim() - 1):
             x = unfold(grad_blocks, i)
             if weight != 1.0:

@@ -80,17 +80,18 @@ def candidate_configs(methods=DEFAULT_METHODS, ranks=DEFAULT_RANKS, block_sizes=
     return out
 
 
-def evaluate(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> Candidate:
-    """Exact bytes, workspace and score of one candidate on one shape."""
+def evaluate(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, spectrum=None) -> Candidate:
+    """Exact bytes, workspace and score of one candidate on one shape (``spectrum``: measured, optional)."""
     return Candidate(cfg, total_bytes(state_layout(shape, cfg, opts)), workspace_bytes(shape, cfg, opts),
-                     quality.score(shape, cfg, opts))
+                     quality.score(shape, cfg, opts, spectrum))
 
 
-def candidates_for(shape: tuple[int, ...], configs: list[MethodConfig], opts: OptimizerDefaults) -> list[Candidate]:
+def candidates_for(shape: tuple[int, ...], configs: list[MethodConfig], opts: OptimizerDefaults,
+                   spectrum=None) -> list[Candidate]:
     """Evaluated candidates for ``shape``, without duplicates and without dominated ones, sorted by bytes."""
     seen: dict[tuple[int, int, float], Candidate] = {}
     for cfg in configs:
-        c = evaluate(shape, cfg, opts)
+        c = evaluate(shape, cfg, opts, spectrum)
         key = (c.state_bytes, c.workspace_bytes, round(c.score, 12))
         if key not in seen:  # the first config in grid order wins a tie (simplest: lower rank/block first)
             seen[key] = c

@@ -33,11 +33,14 @@ class _Group:
     cands: list[cand.Candidate]
 
 
-def _groups(spec: ModelSpec, configs: list[MethodConfig], opts: OptimizerDefaults) -> list[_Group]:
-    by_shape: OrderedDict[tuple[int, ...], list[ParamSpec]] = OrderedDict()
+def _groups(spec: ModelSpec, configs: list[MethodConfig], opts: OptimizerDefaults, spectra=None) -> list[_Group]:
+    """Tensors of one shape share their candidates, except probed ones: each has its own measured spectrum."""
+    spectra = spectra or {}
+    by_key: OrderedDict[tuple, list[ParamSpec]] = OrderedDict()
     for p in spec.trainable:
-        by_shape.setdefault(p.shape, []).append(p)
-    return [_Group(shape, ps, cand.candidates_for(shape, configs, opts)) for shape, ps in by_shape.items()]
+        by_key.setdefault((p.shape, p.name if p.name in spectra else None), []).append(p)
+    return [_Group(shape, ps, cand.candidates_for(shape, configs, opts, spectra.get(name)))
+            for (shape, name), ps in by_key.items()]
 
 
 def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate],
@@ -140,15 +143,17 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
               ranks=cand.DEFAULT_RANKS, block_sizes=cand.DEFAULT_BLOCK_SIZES, grafts=cand.DEFAULT_GRAFTS,
               momenta=cand.DEFAULT_MOMENTA, defaults: OptimizerDefaults | None = None, reserve=0,
               world_size: int = 1, shard_optimizer_state: bool = False, param_dtype: str | None = None,
-              grad_dtype: str | None = None, master_weights: bool = False, hardware=None) -> Plan:
+              grad_dtype: str | None = None, master_weights: bool = False, hardware=None,
+              spectrum=None) -> Plan:
     """Choose one candidate per trainable tensor maximising the parameter-weighted score within the budget.
 
     ``model``: an ``nn.Module`` (meta device is fine) or a ``ModelSpec``. ``memory_budget``: bytes or a size
     string (``"24GiB"``); None plans without a memory limit (each tensor's best candidate). ``reserve``:
-    bytes kept free for activations. ``hardware``: ``"auto"``, a shipped profile name, a profile file or a
-    ``HardwareProfile``; with one, every entry gets its predicted ``step_ms`` and fastest kernel ``variant``
-    (``planner.timing``) and the totals the step time; None predicts no times. Raises ``UserError`` when no plan
-    fits, naming the minimum.
+    bytes kept free for activations. ``spectrum``: a ``SpectrumFile`` (or its path) from ``sketchplan probe``;
+    probed tensors are scored by their measured spectra. ``hardware``: ``"auto"``, a shipped profile name, a
+    profile file or a ``HardwareProfile``; with one, every entry gets its predicted ``step_ms`` and fastest kernel
+    ``variant`` (``planner.timing``) and the totals the step time; None predicts no times. Raises ``UserError``
+    when no plan fits, naming the minimum.
     """
     t0 = time.perf_counter()
     opts = defaults or OptimizerDefaults()
@@ -160,7 +165,11 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     reserve_bytes = parse_size(reserve, "reserve")
     budget = Budget(memory_bytes=budget_bytes, reserve_bytes=reserve_bytes)
     configs = cand.candidate_configs(tuple(methods), tuple(ranks), tuple(block_sizes), tuple(grafts), tuple(momenta))
-    groups = _groups(spec, configs, opts)
+    if isinstance(spectrum, (str, bytes)) or hasattr(spectrum, "__fspath__"):
+        from .spectrum import SpectrumFile
+
+        spectrum = SpectrumFile.load(str(spectrum))
+    groups = _groups(spec, configs, opts, spectrum.tensors if spectrum is not None else None)
     fixed = fixed_bytes(spec, prec)
     items = [Item(len(g.params), [c.state_bytes for c in g.cands], [c.workspace_bytes for c in g.cands],
                   [c.score * _numel(g.shape) for c in g.cands]) for g in groups]
@@ -204,13 +213,30 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
 def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = None, *, source: str = "",
                  memory_budget=None, hardware=None) -> Plan:
     """A plan that gives every trainable tensor the same configuration (tests, what-ifs, baselines)."""
+    return plan_from_configs(model, cfg, defaults, source=source, memory_budget=memory_budget, hardware=hardware)
+
+
+def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None, *, source: str = "",
+                      memory_budget=None, hardware=None) -> Plan:
+    """A plan with the given choice per tensor: ``configs`` is one ``MethodConfig`` for all trainable tensors, or a
+    mapping name → ``MethodConfig`` (or a callable ``ParamSpec -> MethodConfig``). Bytes come from the layouts."""
     opts = defaults or OptimizerDefaults()
     spec = analyze(model, source=source)
-    choice = {p.name: cand.evaluate(p.shape, cfg, opts) for p in spec.trainable}
+    if isinstance(configs, MethodConfig):
+        pick = lambda p: configs  # noqa: E731
+    elif callable(configs):
+        pick = configs
+    else:
+        missing = [p.name for p in spec.trainable if p.name not in configs]
+        if missing:
+            raise UserError(f"no configuration given for tensor {missing[0]!r}.")
+        pick = lambda p: configs[p.name]  # noqa: E731
+    choice = {p.name: cand.evaluate(p.shape, pick(p), opts) for p in spec.trainable}
     budget = Budget(memory_bytes=None if memory_budget is None else parse_size(memory_budget, "memory budget"))
     info = SolverInfo(status="exact", gap=0.0, binding=None)
-    ranks = (cfg.rank,) if cfg.rank else ()
-    blocks = (cfg.block_size,) if cfg.block_size else ()
+    used = {c.cfg for c in choice.values()}
+    ranks = tuple(sorted({c.rank for c in used if c.rank}))
+    blocks = tuple(sorted({c.block_size for c in used if c.block_size}))
     return _assemble(spec, choice, opts, fixed_bytes(spec, Precision()), budget, Precision(), 1, False, info,
                      ranks, blocks, hardware)
 

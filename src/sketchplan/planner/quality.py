@@ -55,23 +55,33 @@ def axis_capture(d: int, block: int, rank: int) -> float:
     return c_block * top_mass(block, rank)
 
 
-def score(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> float:
-    """The candidate's score on a tensor of ``shape`` (see module docstring)."""
+def score(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, spectrum=None) -> float:
+    """The candidate's score on a tensor of ``shape`` (see module docstring).
+
+    ``spectrum``: the tensor's measured ``TensorSpectrum`` (``planner.spectrum``); when given and its merged
+    shape matches, measured shares replace the prior.
+    """
+    mp = matrix_plan(tuple(shape), cfg.block_size, opts.merge_dims, opts.max_precond_dim)
+    if spectrum is not None and tuple(spectrum.merged) != mp.merged:
+        spectrum = None
+    diag = DIAGONAL_SCORE if spectrum is None else sum(a.diag_mass for a in spectrum.axes) / len(spectrum.axes)
     mom = MOMENTUM_FACTOR[cfg.momentum]
     if cfg.method == "adam":
-        return DIAGONAL_SCORE * mom
+        return diag * mom
     if cfg.method == "extreme_tensoring":
-        return ET_FACTOR * DIAGONAL_SCORE * mom
-    mp = matrix_plan(tuple(shape), cfg.block_size, opts.merge_dims, opts.max_precond_dim)
+        return ET_FACTOR * diag * mom
     graft = GRAFT_FACTOR[cfg.graft]
     if mp.fallback is not None:
-        return (SGD_FALLBACK_SCORE if cfg.graft == "sgd" else DIAGONAL_SCORE * graft) * mom
+        return (SGD_FALLBACK_SCORE * (diag / DIAGONAL_SCORE) if cfg.graft == "sgd" else diag * graft) * mom
     caps = []
-    for d in mp.merged:
+    for i, d in enumerate(mp.merged):
         block = max(chunks(d, cfg.block_size))
-        rank = cfg.rank if cfg.method == "sketchy" else block
-        caps.append(axis_capture(d, block, min(rank, block)))
-    s = DIAGONAL_SCORE + (1 - DIAGONAL_SCORE) * sum(caps) / len(caps)
+        rank = min(cfg.rank if cfg.method == "sketchy" else block, block)
+        caps.append(axis_capture(d, block, rank) if spectrum is None else spectrum.axes[i].capture(block, rank))
+    if spectrum is None:
+        s = DIAGONAL_SCORE + (1 - DIAGONAL_SCORE) * sum(caps) / len(caps)
+    else:
+        s = sum(caps) / len(caps)
     if cfg.method == "kradagrad":
         s *= KRADAGRAD_FACTOR
     return s * graft * mom

@@ -151,28 +151,39 @@ def greedy(items: list[Item], budget: int, cap: int) -> Solution | None:
 
 
 def _fill(items: list[Item], assign: list[dict[int, int]], rem: int, cap: int, value: float) -> tuple[float, int]:
-    """Spend the remaining budget on the best single-copy upgrades (any allowed candidate), repeatedly."""
-    for _ in range(10_000):
-        best = None
+    """Local improvement of the rounded LP solution: repeatedly apply the best move that fits the remaining
+    budget — upgrade copies of one tensor class, or downgrade one copy and upgrade another (an exchange)."""
+    allowed = [[c for c in range(len(it.bytes)) if it.ws[c] <= cap] for it in items]
+    for _ in range(2_000):
+        best = None  # (gain, moves) with moves = [(g, from, to)]
+        singles = []  # (dv, db, g, cur, c) for every one-copy change
         for g, it in enumerate(items):
             for cur in assign[g]:
-                for c in range(len(it.bytes)):
-                    if it.ws[c] > cap:
-                        continue
-                    db = it.bytes[c] - it.bytes[cur]
-                    dv = it.value[c] - it.value[cur]
-                    if dv > TOL and db <= rem and (best is None or dv > best[0]):
-                        best = (dv, g, cur, c, db)
+                for c in allowed[g]:
+                    if c != cur:
+                        singles.append((it.value[c] - it.value[cur], it.bytes[c] - it.bytes[cur], g, cur, c))
+        for dv, db, g, cur, c in singles:
+            if dv > TOL and db <= rem and (best is None or dv > best[0]):
+                n = assign[g][cur] if db <= 0 else min(assign[g][cur], rem // db)
+                best = (dv * n, [(g, cur, c)] * n)
+        ups = sorted((t for t in singles if t[0] > TOL and t[1] > 0), key=lambda t: -t[0])[:64]
+        downs = sorted((t for t in singles if t[1] < 0), key=lambda t: -t[0])[:64]
+        for dv1, db1, g1, cur1, c1 in downs:
+            for dv2, db2, g2, cur2, c2 in ups:
+                if g1 == g2 and cur1 == cur2 and assign[g1][cur1] < 2:
+                    continue
+                gain = dv1 + dv2
+                if gain > TOL and db1 + db2 <= rem and (best is None or gain > best[0]):
+                    best = (gain, [(g1, cur1, c1), (g2, cur2, c2)])
         if best is None:
             break
-        dv, g, cur, c, db = best
-        n = min(assign[g][cur], rem // db) if db > 0 else assign[g][cur]
-        assign[g][cur] -= n
-        if not assign[g][cur]:
-            del assign[g][cur]
-        assign[g][c] = assign[g].get(c, 0) + n
-        rem -= n * db
-        value += n * dv
+        for g, cur, c in best[1]:
+            assign[g][cur] -= 1
+            if not assign[g][cur]:
+                del assign[g][cur]
+            assign[g][c] = assign[g].get(c, 0) + 1
+            rem -= items[g].bytes[c] - items[g].bytes[cur]
+            value += items[g].value[c] - items[g].value[cur]
     return value, rem
 
 

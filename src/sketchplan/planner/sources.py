@@ -146,27 +146,33 @@ def load_shapes_file(path: str) -> ModelSpec:
     return ModelSpec(params=params, source=str(path))
 
 
-def build_factory(spec: str):
-    """Import ``package.module:factory`` and call it on the meta device.
-
-    It must return an ``nn.Module`` or a JAX pytree of arrays / ``jax.ShapeDtypeStruct`` (for a Flax module,
-    ``jax.eval_shape(model.init, key, x)``: nothing is allocated); pytree names are key paths.
-    """
+def import_callable(spec: str, what: str) -> Callable:
+    """``package.module:name`` → the callable it names (user errors for anything that goes wrong)."""
     mod_name, _, attr = spec.partition(":")
     if not mod_name or not attr:
-        raise UserError(f"model {spec!r} is not of the form package.module:factory.")
+        raise UserError(f"{what} {spec!r} is not of the form package.module:name.")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(mod_name)
     except Exception as exc:  # any import failure is the user's module
-        raise UserError(f"cannot import module {mod_name!r} for --model {spec!r} ({type(exc).__name__}: "
+        raise UserError(f"cannot import module {mod_name!r} for {what} {spec!r} ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}); check the module path and PYTHONPATH.") from None
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        raise UserError(f"module {mod_name!r} has no callable {attr!r}; name a function that returns an nn.Module.")
+    fn = getattr(module, attr, None)
+    if fn is None or not callable(fn):
+        raise UserError(f"module {mod_name!r} has no callable {attr!r}; name a function.")
+    return fn
+
+
+def build_factory(spec: str, meta: bool = True):
+    """Import ``package.module:factory`` and call it on the meta device.
+
+    It must return an ``nn.Module`` or a JAX pytree of arrays / ``jax.ShapeDtypeStruct`` (for a Flax module,
+    ``jax.eval_shape(model.init, key, x)``: nothing is allocated); pytree names are key paths.
+    """
+    factory = import_callable(spec, "--model")
     try:
-        model = _on_meta(factory)
+        model = _on_meta(factory) if meta else factory()
     except Exception as exc:
         raise UserError(f"factory {spec!r} raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
                         "make it build the model from configuration without loading weights.") from None

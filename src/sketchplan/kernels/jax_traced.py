@@ -1,0 +1,50 @@
+"""jit-traceable forms of the JAX kernels, for use inside optax transformations (``optimizers.jax``).
+
+``jax_roots.symmetric_power``, ``jax_roots.inverse_root_newton`` and ``jax_frequent_directions.fd_update`` read a
+success flag back to the host and, on failure, retry in float64 — impossible inside ``jax.jit`` (a traced value
+has no ``bool``, and x64 cannot be switched on inside a trace). The functions below call the same compiled cores
+(``_eigh`` + ``_power_from``, ``_newton``, ``_update``: no formula is restated) and replace the host-side
+fallback by a select on the device:
+
+- ``symmetric_power``: (S + εI)^a = V diag((max(λ, 0) + ε)^a) Vᵀ when eigh's result is finite, else
+  ``previous`` (or I);
+- ``inverse_root_newton``: the coupled-Newton root when the iteration converged below ``tol``, else
+  ``previous`` (or I);
+- ``fd_update``: the new Frequent-Directions sketch when finite, else the sketch unchanged.
+
+The one difference from the host-side kernels: no float64 retry (a failed float32 eigh/SVD keeps the previous
+root or sketch, which is what the torch kernels do when float64 fails too).
+"""
+
+from __future__ import annotations
+
+from .frequent_directions import FD_VARIANTS, choose_variant
+from .jax_frequent_directions import _update
+from .jax_roots import _eigh, _identity_like, _newton, _power_from
+from .jax_support import require_jax
+
+jax, jnp = require_jax()
+
+
+def symmetric_power(mats, exponent: float, eps: float, previous=None):
+    """(S + εI)^exponent of symmetric PSD ``mats`` (..., d, d) by eigh, traceable; ``previous`` on failure."""
+    w, v, ok = _eigh(mats)
+    fallback = previous if previous is not None else _identity_like(mats)
+    return jnp.where(ok, _power_from(w, v, float(exponent), float(eps)), fallback)
+
+
+def inverse_root_newton(mats, p: int, eps: float, previous=None, max_iters: int = 100, tol: float = 1e-6):
+    """(S + εI)^(−1/p) by the coupled Newton iteration, traceable; ``previous`` when it does not converge."""
+    x, err = _newton(mats, int(p), float(eps), int(max_iters), float(tol))
+    fallback = previous if previous is not None else _identity_like(mats)
+    return jnp.where(jnp.isfinite(err) & (err < tol), x, fallback)
+
+
+def fd_update(u, sig2, rho, x, beta2: float, variant: str = "auto"):
+    """One batched FD step (u (b, d, k), sig2 (b, k), rho (b,), x (b, d, N)), traceable; unchanged on failure."""
+    if variant == "auto":
+        variant = choose_variant(u.shape[-2], u.shape[-1], x.shape[-1])
+    if variant not in FD_VARIANTS:
+        raise ValueError(f"unknown FD variant {variant!r}; use one of {', '.join(FD_VARIANTS)} or auto")
+    nu, ns, nr, ok = _update(u, sig2, rho, x, float(beta2), variant)
+    return jnp.where(ok, nu, u), jnp.where(ok, ns, sig2), jnp.where(ok, nr, rho)

@@ -1,0 +1,37 @@
+"""Allocating JAX optimizer state from a layout (``layout.StateTensor`` lists are the one source of truth).
+
+The torch optimizers allocate ``state.allocate(layout)``; the optax transformations allocate the same list here,
+as zero ``jnp`` arrays of exactly the names, shapes and dtypes the planner counts, so
+``sum(x.nbytes for x in jax.tree.leaves(state))`` is the plan's state bytes (plus the transformation's one
+int32 step counter, ``transform.SketchplanState.count``). ``jnp.zeros`` works under ``jax.eval_shape``, so the
+state's size is known without allocating it.
+"""
+
+from __future__ import annotations
+
+from ...kernels.jax_support import require_jax
+from .. import state_layout
+from ..layout import MethodConfig, OptimizerDefaults, StateTensor
+
+jax, jnp = require_jax()
+
+
+def jax_dtype(name: str):
+    """The JAX dtype of a layout dtype name such as ``"bfloat16"``."""
+    return jnp.dtype(name)
+
+
+def allocate(layout: list[StateTensor]) -> dict:
+    """Zero arrays with exactly the names, shapes and dtypes of ``layout``."""
+    return {t.name: jnp.zeros(t.shape, dtype=jax_dtype(t.dtype)) for t in layout}
+
+
+def init_tensor_state(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> dict:
+    """The state of one parameter: its method's layout, zero, except KrADagrad's inverse statistics
+    L̃₀ = I/ε (as ``KrADagradRule.init_state`` in torch)."""
+    state = allocate(state_layout(shape, cfg, opts))
+    if cfg.method == "kradagrad":
+        for name, t in state.items():
+            if ".inv" in name:
+                state[name] = jnp.broadcast_to(jnp.eye(t.shape[-1], dtype=t.dtype) / opts.shampoo_eps, t.shape)
+    return state

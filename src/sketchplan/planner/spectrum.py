@@ -1,0 +1,117 @@
+"""Measured gradient spectra (``sketchplan probe``) and how they score candidates (``plan --spectrum``).
+
+For every probed matrix parameter and every axis i of its merged shape, the probe keeps a Frequent-Directions
+sketch (ALGORITHMS.md §3, β2 = 1) of the Kronecker factor C_i = Σ_t G_(i) G_(i)ᵀ and records:
+
+- ``eigenvalues``: the sketch's leading eigenvalues λ_1 ≥ … ≥ λ_r (r = the probe's rank);
+- ``trace``: tr C_i = Σ_t ‖G_t‖_F², exact;
+- ``escaped``: the FD escaped mass ρ (every true eigenvalue is within ρ of the sketch's);
+- ``diag_mass``: ‖diag(Ĉ_i)‖_F² / ‖Ĉ_i‖_F², the share of the factor a diagonal method sees;
+- ``block_mass[B]``: ‖blockdiag_B(Ĉ_i)‖_F² / ‖Ĉ_i‖_F² for block sizes B = 32, 64, … < d, the share that
+  blocks of B keep.
+
+Scoring (replacing the prior of ``quality.py`` for probed tensors), per axis of size d:
+- Sketchy, rank k: top-k mass m(k) = Σ_{j≤k} λ_j / tr C (the paper's regret bound pays for the escaped tail
+  Σ_{j>k} λ_j); beyond the probe's rank the unseen mass tr C − Σ_{j≤r} λ_j is spread evenly over the d − r
+  remaining directions;
+- blocked Shampoo, block B: block_mass(B) (interpolated in log B between recorded sizes);
+- Sketchy inside blocks of B: block_mass(B) · m(k·⌈d/B⌉);
+- Shampoo: 1; a diagonal method (Adam, a graft fallback): diag_mass.
+A tensor's score is the mean over its axes, scaled by the graft and momentum factors of ``quality.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import UserError
+
+SPECTRUM_SCHEMA_VERSION = 1
+
+
+class _S(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AxisSpectrum(_S):
+    dim: int
+    eigenvalues: list[float]
+    trace: float
+    escaped: float = 0.0
+    diag_mass: float
+    block_mass: dict[int, float] = Field(default_factory=dict)
+
+    def top_mass(self, k: int) -> float:
+        """m(k): share of tr C in the top k eigenvalues (see module docstring)."""
+        if self.trace <= 0:
+            return 1.0
+        lam = self.eigenvalues
+        r = len(lam)
+        if k >= self.dim:
+            return 1.0
+        if k <= r:
+            return min(1.0, sum(lam[:k]) / self.trace)
+        seen = sum(lam)
+        unseen = max(0.0, self.trace - seen)
+        return min(1.0, (seen + unseen * (k - r) / max(1, self.dim - r)) / self.trace)
+
+    def block_share(self, block: int) -> float:
+        if block >= self.dim:
+            return 1.0
+        if not self.block_mass:
+            return self.diag_mass
+        sizes = sorted(self.block_mass)
+        pts = [(1, self.diag_mass)] + [(b, self.block_mass[b]) for b in sizes] + [(self.dim, 1.0)]
+        for (b0, m0), (b1, m1) in zip(pts, pts[1:]):
+            if b0 <= block <= b1:
+                if b1 == b0:
+                    return m1
+                t = (math.log(block) - math.log(b0)) / (math.log(b1) - math.log(b0))
+                return m0 + t * (m1 - m0)
+        return 1.0
+
+    def capture(self, block: int, rank: int) -> float:
+        """Share of this axis's factor a candidate keeps (module docstring)."""
+        if block >= self.dim:
+            return self.top_mass(rank)
+        return self.block_share(block) * self.top_mass(min(self.dim, rank * math.ceil(self.dim / block)))
+
+
+class TensorSpectrum(_S):
+    shape: list[int]
+    merged: list[int]
+    axes: list[AxisSpectrum]
+
+
+class SpectrumFile(_S):
+    schema_version: int = SPECTRUM_SCHEMA_VERSION
+    source: str = ""
+    steps: int
+    rank: int
+    tensors: dict[str, TensorSpectrum]
+
+    def save(self, path: str) -> None:
+        from .plan import write_atomic
+
+        write_atomic(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=120))
+
+    @classmethod
+    def load(cls, path: str) -> "SpectrumFile":
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"spectrum file {path!r} does not exist; write one with `sketchplan probe --out {path}`.")
+        try:
+            data = yaml.safe_load(p.read_text())
+            return cls.model_validate(data)
+        except yaml.YAMLError:
+            raise UserError(f"spectrum file {path!r} is not valid YAML; write it again with `sketchplan probe`.") \
+                from None
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            raise UserError(f"spectrum file {path!r}: field {loc!r} is invalid ({err['msg']}); write it again "
+                            "with `sketchplan probe`.") from None
