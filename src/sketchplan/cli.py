@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--memory-budget", help="device memory for params, grads, optimizer state and step workspace, "
                     "e.g. 24GiB, 80GB, 512MiB (default: no limit)")
     pl.add_argument("--reserve", default="0", help="memory kept free for activations (default 0)")
+    pl.add_argument("--time-budget-ms", type=float, help="amortised optimizer step time allowed, predicted with "
+                    "--hardware (default: no limit)")
     pl.add_argument("--methods", type=_csv(str), default=list(DEFAULT_METHODS),
                     help=f"comma list (default {','.join(DEFAULT_METHODS)}; also extreme_tensoring, kradagrad)")
     pl.add_argument("--ranks", type=_csv(int), default=list(DEFAULT_RANKS), help="Sketchy ranks")
@@ -211,7 +213,7 @@ def _cmd_plan(args, console) -> int:
                            defaults=defaults, reserve=args.reserve, world_size=args.world_size,
                            shard_optimizer_state=args.shard_optimizer_state, param_dtype=args.param_dtype,
                            grad_dtype=args.grad_dtype, master_weights=args.master_weights, spectrum=args.spectrum,
-                           hardware=args.hardware)
+                           hardware=args.hardware, time_budget_ms=args.time_budget_ms)
     render_plan(plan, console, _mode(args), None if args.all else 60)
     if args.explain:
         from .planner.explain import explain
