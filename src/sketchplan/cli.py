@@ -125,8 +125,9 @@ def _mode(args) -> str:
 
 
 def _cmd_update(args, console) -> int:
+    from .files import write_atomic
     from .planner import make_plan
-    from .planner.plan import Plan, write_atomic
+    from .planner.plan import Plan
     from .planner.sizes import fmt_bytes
     from .planner.sources import load_spec
     from .report import render_plan
@@ -157,7 +158,8 @@ def _cmd_update(args, console) -> int:
 
 def _cmd_check(args, console) -> int:
     from .planner.check import check, junit_xml
-    from .planner.plan import Plan, write_atomic
+    from .files import write_atomic
+    from .planner.plan import Plan
     from .planner.sizes import parse_size
     from .planner.sources import load_model
     from .report import render_check
@@ -184,8 +186,9 @@ def _cmd_check(args, console) -> int:
 
 def _cmd_plan(args, console) -> int:
     from .optimizers.layout import OptimizerDefaults
+    from .files import write_atomic
     from .planner import make_plan
-    from .planner.plan import Plan, write_atomic
+    from .planner.plan import Plan
     from .planner.sources import load_spec
     from .report import render_plan
 
