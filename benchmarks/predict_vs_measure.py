@@ -10,11 +10,14 @@ all-Shampoo, all-Sketchy (k = 64) and the autotuned mix (``make_plan`` under a b
 all-Shampoo, ranks ``MIX_RANKS`` and block sizes ``MIX_BLOCKS``), each with the profile as ``hardware`` so that
 entries carry their predicted step ms and kernel variants, and the optimizer runs the recorded variants.
 
-Measurement: real weights and fixed random gradients (not zeros); torch uses the profile's thread count;
-``precondition_frequency`` = ``PF``. One warm-up cycle of PF steps (state allocation, first roots), then
-``CYCLES`` · PF timed steps (≥ 20). "measured" is the mean over those whole precondition cycles — the quantity the
+Measurement: real weights and fresh random gradients every step (drawn outside the timed region; fixed
+gradients make the statistics rank-deficient, which speeds up eigh and distorts the comparison); torch uses the profile's thread count;
+``precondition_frequency`` = ``PF``. ``WARMUP`` steps (state allocation, first roots), then ``CYCLES`` · PF timed
+consecutive steps (≥ 20, holding ``CYCLES`` root refreshes). "measured" is the mean over those whole precondition cycles — the quantity the
 plan predicts (every root refresh amortised over PF steps); the median of the non-refresh steps is compared with
-the predicted every-step part as well. Errors are (predicted − measured) / measured.
+the predicted every-step part as well. Errors are (predicted − measured) / measured. The machine is shared: the
+``slowdown`` column times reference kernels around each row against the profile, and the adjusted error scales
+the prediction by it (both are reported).
 """
 
 from __future__ import annotations
@@ -112,14 +115,19 @@ def slowdown(cost: CostModel) -> float:
 def measure(model, plan) -> tuple[float, float]:
     """(mean ms over CYCLES whole cycles, median ms of the non-refresh steps)."""
     gen = torch.Generator().manual_seed(1)
-    for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=gen) * 1e-2
+    params = list(model.parameters())
+
+    def fresh_grads():  # new gradients every step (fixed ones make statistics rank-deficient: faster eigh)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen) * 1e-2
     opt = build_optimizer(plan, model)
     for _ in range(WARMUP):  # state allocation and the first roots (step 1 refreshes)
+        fresh_grads()
         opt.step()
     times, refresh = [], []
     for i in range(CYCLES * PF):
         step = WARMUP + 1 + i
+        fresh_grads()
         t = time.perf_counter()
         opt.step()
         times.append(time.perf_counter() - t)

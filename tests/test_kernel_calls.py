@@ -44,10 +44,10 @@ def _declared(cfg, opts, shape, kernel):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("block", [None, 16])
-def test_sketchy_calls(monkeypatch, shape, block):
+@pytest.mark.parametrize("block,stats_every", [(None, 1), (16, 1), (None, 2)])
+def test_sketchy_calls(monkeypatch, shape, block, stats_every):
     cfg = MethodConfig(method="sketchy", rank=8, block_size=block)
-    opts = OptimizerDefaults()
+    opts = OptimizerDefaults(stats_every=stats_every)
     fd = _record(monkeypatch, sketchy, "fd_update", lambda u, s, r, x, *a: ((u.shape[1], u.shape[2], x.shape[2]),
                                                                            u.shape[0]))
     lr = _record(monkeypatch, sketchy, "lowrank_root_apply",
@@ -62,10 +62,18 @@ def test_sketchy_calls(monkeypatch, shape, block):
                                                  ("kradagrad", kradagrad, None)])
 def test_root_calls(monkeypatch, shape, method, module, block):
     cfg = MethodConfig(method=method, block_size=block)
-    opts = OptimizerDefaults(precondition_frequency=4)
+    opts = OptimizerDefaults(precondition_frequency=4, stats_every=2)
     roots = _record(monkeypatch, module, "symmetric_power", lambda s, *a, **k: ((s.shape[-1],), s.shape[0]))
     _run(cfg, opts, shape)
     assert roots == _declared(cfg, opts, shape, "inv_root")
+
+
+def test_statistics_calls_follow_stats_every():
+    cfg = MethodConfig(method="shampoo")
+    for se in (1, 3):
+        calls = shampoo.kernel_calls((24, 40), cfg, OptimizerDefaults(stats_every=se))
+        stats = [c for c in calls if c.kernel == "gemm" and c.dims[0] == c.dims[1]]
+        assert stats and all(c.every == se for c in stats)
 
 
 def test_every_method_declares_calls():

@@ -167,3 +167,21 @@ def test_show_plot_writes_png_and_frontier_is_monotone(tmp_path, capsys):
     pts = frontier(Plan.load(plan_path), load_spec("examples.models:mlp"), points=8)
     pts.sort()
     assert len(pts) >= 3 and all(b[1] >= a[1] - 1e-9 for a, b in zip(pts, pts[1:]))
+
+
+def test_time_budget_is_honoured_and_binding_reported():
+    from sketchplan.profiles.registry import shipped_profiles
+
+    hw = shipped_profiles()[0]
+    spec = load_spec("examples.models:mlp")
+    free = make_plan(spec, "64MiB", hardware=hw)
+    assert free.totals.step_ms is not None
+    tb = free.totals.step_ms * 0.5
+    plan = make_plan(spec, "64MiB", hardware=hw, time_budget_ms=tb)
+    assert plan.totals.step_ms <= tb * (1 + 1e-6) and plan.totals.score <= free.totals.score
+    assert "time" in plan.solver.binding and plan.solver.relax["time"]["score"] >= plan.totals.score
+    assert plan.budget.time_budget_ms == tb
+    looser = make_plan(spec, "64MiB", hardware=hw, time_budget_ms=tb * 1.5)
+    assert looser.totals.score >= plan.totals.score - 1e-9
+    with pytest.raises(UserError, match="below the fastest plan"):
+        make_plan(spec, "64MiB", hardware=hw, time_budget_ms=1e-9)

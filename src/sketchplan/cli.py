@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--memory-budget", help="device memory for params, grads, optimizer state and step workspace, "
                     "e.g. 24GiB, 80GB, 512MiB (default: no limit)")
     pl.add_argument("--reserve", default="0", help="memory kept free for activations (default 0)")
+    pl.add_argument("--time-budget-ms", type=float, help="amortised optimizer step time allowed, predicted with "
+                    "--hardware (default: no limit)")
     pl.add_argument("--methods", type=_csv(str), default=list(DEFAULT_METHODS),
                     help=f"comma list (default {','.join(DEFAULT_METHODS)}; also extreme_tensoring, kradagrad)")
     pl.add_argument("--ranks", type=_csv(int), default=list(DEFAULT_RANKS), help="Sketchy ranks")
@@ -123,8 +125,9 @@ def _mode(args) -> str:
 
 
 def _cmd_update(args, console) -> int:
+    from .files import write_atomic
     from .planner import make_plan
-    from .planner.plan import Plan, write_atomic
+    from .planner.plan import Plan
     from .planner.sizes import fmt_bytes
     from .planner.sources import load_spec
     from .report import render_plan
@@ -155,7 +158,8 @@ def _cmd_update(args, console) -> int:
 
 def _cmd_check(args, console) -> int:
     from .planner.check import check, junit_xml
-    from .planner.plan import Plan, write_atomic
+    from .files import write_atomic
+    from .planner.plan import Plan
     from .planner.sizes import parse_size
     from .planner.sources import load_model
     from .report import render_check
@@ -182,8 +186,9 @@ def _cmd_check(args, console) -> int:
 
 def _cmd_plan(args, console) -> int:
     from .optimizers.layout import OptimizerDefaults
+    from .files import write_atomic
     from .planner import make_plan
-    from .planner.plan import Plan, write_atomic
+    from .planner.plan import Plan
     from .planner.sources import load_spec
     from .report import render_plan
 
@@ -211,7 +216,7 @@ def _cmd_plan(args, console) -> int:
                            defaults=defaults, reserve=args.reserve, world_size=args.world_size,
                            shard_optimizer_state=args.shard_optimizer_state, param_dtype=args.param_dtype,
                            grad_dtype=args.grad_dtype, master_weights=args.master_weights, spectrum=args.spectrum,
-                           hardware=args.hardware)
+                           hardware=args.hardware, time_budget_ms=args.time_budget_ms)
     render_plan(plan, console, _mode(args), None if args.all else 60)
     if args.explain:
         from .planner.explain import explain

@@ -71,7 +71,7 @@ def plot_plan(plan: Plan, path: str, spec=None) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("--plot needs matplotlib; install it with `pip install 'sketchplan[plot]'`.") from None
-    from .planner.plan import write_atomic
+    from .files import write_atomic
 
     write_atomic(path, "")  # fail early (missing directory) with the usual message
     gib = 2**30

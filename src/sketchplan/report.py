@@ -118,9 +118,14 @@ def totals_table(plan: Plan) -> Table:
     t.add_row("score (parameter-weighted)", f"{tot.score:.4f}")
     if tot.step_ms is not None:
         t.add_row("optimizer step (predicted, amortised)", f"{_ms(tot.step_ms)} ms")
+    if b.time_budget_ms is not None:
+        t.add_row("time budget", f"{b.time_budget_ms:g} ms")
     if plan.solver is not None:
         s = plan.solver
         t.add_row("solver", f"{s.status}, gap ≤ {s.gap:.2e}" + (f", {s.binding} binds" if s.binding else ""))
+        for what, r in (s.relax or {}).items():
+            t.add_row(f"  without the {what} budget",
+                      f"score {r['score']:.4f} at {fmt_bytes(r['peak_bytes'])}, {r['step_ms']:.1f} ms")
     return t
 
 

@@ -40,7 +40,8 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
     """The kernel calls one KrADagrad step makes (``KrADagradRule`` through ``MatrixRule.step_param``).
 
-    Per block group and axis i (every step for ``star``; every ``order`` steps for ``mm``, one axis a step):
+    Per block group and axis i (every ``stats_every`` steps for ``star``; ``order`` times less often for ``mm``,
+    one axis per statistics step):
     L̃ X as ``gemm(d, n, d)``, (L̃X)(L̃X)ᵀ as ``gemm(d, d, n)`` (n = numel/d), the trace and the elementwise
     division, subtraction and symmetrisation of L̃; the positive root ``inv_root(d)`` by eigh (no other
     variant) every ``precondition_frequency`` steps; then Shampoo's mode products and the shared frame.
@@ -51,7 +52,7 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
     decay, weight = stats_weights(opts.betas[1], opts.stats_every)
     for bshape, count in mp.groups:
         bnumel = math.prod(bshape)
-        every = 1 if opts.kradagrad_variant == "star" else len(bshape)
+        every = opts.stats_every * (1 if opts.kradagrad_variant == "star" else len(bshape))
         for i, d in enumerate(bshape):
             n = bnumel // d
             copies = (1 if unfold_copies(i, len(bshape)) else 0) + (1 if weight != 1.0 else 0) + 2

@@ -85,19 +85,19 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
     """The kernel calls one Shampoo step makes (``ShampooRule`` through ``MatrixRule.step_param``).
 
     Per block group (count blocks of dims d_1..d_k) and axis i: the statistic update S_i += G_(i) G_(i)ᵀ,
-    ``gemm(d_i, d_i, numel/d_i)`` every step; the inverse root ``inv_root(d_i)`` and its copy into the state every
+    ``gemm(d_i, d_i, numel/d_i)`` every ``stats_every`` steps; the inverse root ``inv_root(d_i)`` and its copy into the state every
     ``precondition_frequency`` steps (variant: ``opts.root_method`` when the planner does not pick); the mode
     product P_i G_(i), ``gemm(d_i, numel/d_i, d_i)`` every step; plus the shared frame (graft, momentum, update).
     """
     mp = plan_for(shape, cfg, opts)
     calls = matrix_frame_calls(shape, mp, cfg, opts)
-    pf = opts.precondition_frequency
+    pf, se = opts.precondition_frequency, opts.stats_every
     for bshape, count in mp.groups:
         bnumel = math.prod(bshape)
         for i, d in enumerate(bshape):
             if unfold_copies(i, len(bshape)):
-                calls.append(pointwise(count * bnumel))
-            calls.append(gemm(d, d, bnumel // d, count))
+                calls.append(pointwise(count * bnumel, every=se))
+            calls.append(gemm(d, d, bnumel // d, count, every=se))
             calls.append(KernelCall("inv_root", (d,), count, pf))
             calls.append(pointwise(count * d * d, every=pf))
     return calls + apply_roots_calls(mp)

@@ -76,24 +76,25 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
     """The kernel calls one Sketchy step makes (``SketchyRule`` through ``MatrixRule.step_param``).
 
-    Per block group (count blocks of dims d_1..d_k) and axis i, every step: the scaling √(1−β2)·G_(i) (β2 < 1),
-    ``fd_update(d_i, k_i, numel/d_i)`` (variant: ``opts.fd_variant`` unless the planner picks) and the copy of
-    the new U back into the state; then ``lowrank_apply(d_i, k_i, numel/d_i)`` for the direction; plus the
-    shared frame (graft, momentum, update).
+    Per block group (count blocks of dims d_1..d_k) and axis i, every ``stats_every`` steps: the scaling
+    √(1−β2)·G_(i) (β2 < 1), ``fd_update(d_i, k_i, numel/d_i)`` (variant: ``opts.fd_variant`` unless the planner
+    picks) and the copy of the new U back into the state; every step ``lowrank_apply(d_i, k_i, numel/d_i)`` for
+    the direction; plus the shared frame (graft, momentum, update).
     """
     mp = plan_for(shape, cfg, opts)
     calls = matrix_frame_calls(shape, mp, cfg, opts)
-    scaled = stats_weights(opts.betas[1], opts.stats_every)[1] != 1.0
+    se = opts.stats_every
+    scaled = stats_weights(opts.betas[1], se)[1] != 1.0
     for bshape, count in mp.groups:
         bnumel = math.prod(bshape)
         for i, d in enumerate(bshape):
             k = sketch_rank(cfg.rank, d)
             copies = (1 if unfold_copies(i, len(bshape)) else 0) + (1 if scaled else 0)
             if copies:
-                calls.append(pointwise(count * bnumel, copies))
-            calls.append(KernelCall("fd_update", (d, k, bnumel // d), count))
-            calls.append(pointwise(count * d * k))
-            calls.append(pointwise(count * k, 2))
+                calls.append(pointwise(count * bnumel, copies, se))
+            calls.append(KernelCall("fd_update", (d, k, bnumel // d), count, se))
+            calls.append(pointwise(count * d * k, every=se))
+            calls.append(pointwise(count * k, 2, se))
             if unfold_copies(i, len(bshape)):
                 calls.append(pointwise(count * bnumel))
             calls.append(KernelCall("lowrank_apply", (d, k, bnumel // d), count))

@@ -22,7 +22,9 @@ from .analysis import ModelSpec, ParamSpec, analyze
 from .memory import FixedBytes, Precision, fixed_bytes, largest_rank, shard_units
 from .plan import Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry, Totals, WhatIf
 from .sizes import fmt_bytes, parse_size
-from .solve import Infeasible, Item, solve
+from .solve import Infeasible, Item
+from .solve_time import InfeasibleTime, solve_two
+from .solve_time import binding as bind_report
 from .timing import StepTimer
 
 
@@ -144,7 +146,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
               momenta=cand.DEFAULT_MOMENTA, defaults: OptimizerDefaults | None = None, reserve=0,
               world_size: int = 1, shard_optimizer_state: bool = False, param_dtype: str | None = None,
               grad_dtype: str | None = None, master_weights: bool = False, hardware=None,
-              spectrum=None) -> Plan:
+              spectrum=None, time_budget_ms: float | None = None) -> Plan:
     """Choose one candidate per trainable tensor maximising the parameter-weighted score within the budget.
 
     ``model``: an ``nn.Module`` (meta device is fine) or a ``ModelSpec``. ``memory_budget``: bytes or a size
@@ -152,8 +154,10 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     bytes kept free for activations. ``spectrum``: a ``SpectrumFile`` (or its path) from ``sketchplan probe``;
     probed tensors are scored by their measured spectra. ``hardware``: ``"auto"``, a shipped profile name, a
     profile file or a ``HardwareProfile``; with one, every entry gets its predicted ``step_ms`` and fastest kernel
-    ``variant`` (``planner.timing``) and the totals the step time; None predicts no times. Raises ``UserError``
-    when no plan fits, naming the minimum.
+    ``variant`` (``planner.timing``) and the totals the step time; None predicts no times.
+    ``time_budget_ms``: the amortised optimizer step time allowed (predicted with ``hardware``, ``auto`` when
+    None); the solver then honours both budgets (``planner.solve_time``) and reports which binds and what
+    relaxing it would buy. Raises ``UserError`` when no plan fits, naming the minimum.
     """
     t0 = time.perf_counter()
     opts = defaults or OptimizerDefaults()
@@ -173,15 +177,24 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     fixed = fixed_bytes(spec, prec)
     items = [Item(len(g.params), [c.state_bytes for c in g.cands], [c.workspace_bytes for c in g.cands],
                   [c.score * _numel(g.shape) for c in g.cands]) for g in groups]
+    if time_budget_ms is not None:
+        if time_budget_ms <= 0:
+            raise UserError(f"time budget {time_budget_ms:g} ms must be positive.")
+        hardware = "auto" if hardware is None else hardware
+        timer = StepTimer(CostModel(resolve_profile(hardware)), opts)
+        for g, it in zip(groups, items):
+            it.time = [timer(g.shape, c.cfg)[0] for c in g.cands]
     shard = shard_optimizer_state and world_size > 1
     avail = None if budget_bytes is None else budget_bytes - reserve_bytes
     if avail is not None and fixed.total > avail:
         raise UserError(_fixed_too_big(fixed, budget_bytes, reserve_bytes))
     state_budget = None if avail is None else (avail - fixed.total) * (world_size if shard else 1)
-    unconstrained = solve(items, None)
     for _ in range(50):
         try:
-            sol = solve(items, state_budget)
+            sol = solve_two(items, state_budget, time_budget_ms)
+        except InfeasibleTime as inf:
+            raise UserError(f"time budget {time_budget_ms:g} ms is below the fastest plan's predicted optimizer step, "
+                            f"{inf.min_ms:.3g} ms; raise --time-budget-ms to at least {inf.min_ms:.3g}.") from None
         except Infeasible as inf:
             if shard and state_budget < (avail - fixed.total) * world_size:
                 raise UserError(f"with --world-size {world_size} no plan fits {fmt_bytes(avail)} per rank because "
@@ -199,11 +212,15 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         state_budget -= max(over, state_budget // 200, 1)
     else:  # pragma: no cover - the loop shrinks the budget each round
         raise UserError("could not fit the sharded optimizer state; raise --memory-budget.")
-    binding = "memory" if unconstrained.value > sol.value + 1e-9 else None
-    gap = sol.gap / max(1, spec.n_trainable)
-    price = sol.extra.get("price", 0.0) * 2**30 / max(1, spec.n_trainable) if binding else 0.0
-    info = SolverInfo(status=sol.status, gap=gap, binding=binding, price_per_gib=price,
+    binding, relax = bind_report(items, state_budget, time_budget_ms, sol)
+    n = max(1, spec.n_trainable)
+    gap = sol.gap / n
+    price = sol.extra.get("price", 0.0) * 2**30 / n if binding and "memory" in binding else 0.0
+    relax_info = {k: {"score": round(v["value"] / n, 6), "peak_bytes": float(fixed.total + v["bytes"]),
+                      "step_ms": round(v["time_ms"], 3)} for k, v in relax.items()} or None
+    info = SolverInfo(status=sol.status, gap=gap, binding=binding, price_per_gib=price, relax=relax_info,
                       seconds=round(time.perf_counter() - t0, 4))
+    budget.time_budget_ms = time_budget_ms
     grid = CandidateGrid(methods=list(methods), ranks=list(ranks), block_sizes=list(block_sizes),
                          grafts=list(grafts), momenta=list(momenta))
     return _assemble(spec, choice, opts, fixed, budget, prec, world_size, shard, info, ranks, block_sizes, hardware,

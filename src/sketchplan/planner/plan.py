@@ -8,25 +8,15 @@ with a message naming the field. Files are written atomically (temporary file + 
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from ..errors import UserError
+from ..files import StrictModel as _Strict
+from ..files import YamlFile
 from ..optimizers.layout import Graft, Method, MethodConfig, Momentum, OptimizerDefaults
 
 SCHEMA_VERSION = 1
-# libyaml's safe dumper/loader when available (10x faster on large plans), else the pure-Python safe ones.
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ModelInfo(_Strict):
@@ -131,7 +121,11 @@ class SolverInfo(_Strict):
     seconds: float | None = None
 
 
-class Plan(_Strict):
+class Plan(YamlFile):
+    kind: ClassVar[str] = "plan file"
+    how_to_make: ClassVar[str] = "write one with `sketchplan plan --out {path}`"
+    how_to_fix: ClassVar[str] = "regenerate it with `sketchplan plan`"
+
     schema_version: Literal[1] = SCHEMA_VERSION
     created_by: str
     model: ModelInfo
@@ -150,65 +144,3 @@ class Plan(_Strict):
             if e.name == name:
                 return e
         raise KeyError(name)
-
-    # ---- files ----
-    def to_yaml(self) -> str:
-        data = self.model_dump(mode="json")
-        return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=120)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        return write_atomic(path, self.to_yaml())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Plan":
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"plan file {str(p)!r} does not exist; write one with `sketchplan plan --out {p}`.")
-        try:
-            data = yaml.load(p.read_text(), Loader=_Loader)  # safe loader: never constructs objects
-        except yaml.YAMLError as exc:
-            raise UserError(f"plan file {str(p)!r} is not valid YAML ({_first_line(exc)}); regenerate it with "
-                            "`sketchplan plan`.") from None
-        return cls.from_data(data, str(p))
-
-    @classmethod
-    def from_data(cls, data: object, where: str = "plan") -> "Plan":
-        if not isinstance(data, dict):
-            raise UserError(f"{where} does not hold a plan (expected a mapping at the top level); regenerate it "
-                            "with `sketchplan plan`.")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field"
-            raise UserError(f"{where}: field {loc!r} is invalid ({msg}); fix that field or regenerate the plan "
-                            "with `sketchplan plan`.") from None
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically; a missing parent directory is a user error."""
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"cannot write {str(p)!r}: directory {str(parent)!r} does not exist; create it or choose "
-                        "another --out path.")
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p

@@ -175,11 +175,11 @@ def binding(items: list[Item], budget: int | None, time_budget: float | None, so
     relax: dict[str, dict] = {}
     bind = []
     if budget is not None:
-        free_mem = solve_two(items, None, time_budget)
+        free_mem = solve(items, None) if time_budget is None else solve_two(items, None, time_budget)
         if free_mem.value > sol.value + TOL * max(1.0, abs(sol.value)):
             bind.append("memory")
             relax["memory"] = {"value": free_mem.value, "bytes": free_mem.state_bytes + free_mem.workspace_bytes,
-                               "time_ms": free_mem.extra["time_ms"]}
+                               "time_ms": total_time(items, free_mem.assign)}
     if time_budget is not None:
         free_time = solve(items, budget) if budget is not None else solve(items, None)
         if free_time.value > sol.value + TOL * max(1.0, abs(sol.value)):

@@ -219,7 +219,7 @@ def preset_spec(name: str) -> ModelSpec:
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            from .plan import write_atomic
+            from ..files import write_atomic
 
             write_atomic(path, json.dumps(spec_to_dict(spec)))
         except (OSError, UserError):

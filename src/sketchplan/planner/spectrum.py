@@ -23,18 +23,14 @@ A tensor's score is the mean over its axes, scaled by the graft and momentum fac
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from typing import ClassVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from ..errors import UserError
+from ..files import StrictModel as _S
+from ..files import YamlFile
 
 SPECTRUM_SCHEMA_VERSION = 1
-
-
-class _S(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class AxisSpectrum(_S):
@@ -87,31 +83,13 @@ class TensorSpectrum(_S):
     axes: list[AxisSpectrum]
 
 
-class SpectrumFile(_S):
+class SpectrumFile(YamlFile):
+    kind: ClassVar[str] = "spectrum file"
+    how_to_make: ClassVar[str] = "write one with `sketchplan probe --out {path}`"
+    how_to_fix: ClassVar[str] = "write it again with `sketchplan probe`"
+
     schema_version: int = SPECTRUM_SCHEMA_VERSION
     source: str = ""
     steps: int
     rank: int
     tensors: dict[str, TensorSpectrum]
-
-    def save(self, path: str) -> None:
-        from .plan import write_atomic
-
-        write_atomic(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=120))
-
-    @classmethod
-    def load(cls, path: str) -> "SpectrumFile":
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"spectrum file {path!r} does not exist; write one with `sketchplan probe --out {path}`.")
-        try:
-            data = yaml.safe_load(p.read_text())
-            return cls.model_validate(data)
-        except yaml.YAMLError:
-            raise UserError(f"spectrum file {path!r} is not valid YAML; write it again with `sketchplan probe`.") \
-                from None
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            raise UserError(f"spectrum file {path!r}: field {loc!r} is invalid ({err['msg']}); write it again "
-                            "with `sketchplan probe`.") from None

@@ -174,11 +174,14 @@ def measure_profile(device: str = "cpu", framework: str = "torch", quick: bool =
     for kern, var in work:
         points: list[Point] = []
         last: tuple[float, float] | None = None  # (flops, seconds) of the largest measured size
+        floor = None  # the kernel's per-call floor: the time of its smallest size (launch, threading overhead)
         for dims in sorted(spec.dims[kern], key=lambda d: flops(kern, var, d)):
             x = flops(kern, var, dims)
             if progress:
                 progress(f"{kern}/{var} {'×'.join(map(str, dims))}", total)
-            if last is not None and last[1] * x / last[0] > spec.cap_s:
+            # skip sizes predicted over the cap by "floor + work-proportional part": a small size whose time is
+            # all overhead (e.g. thread wake-ups on a busy machine) must not make larger sizes look too slow
+            if last is not None and floor + (last[1] - floor) * x / max(last[0], 1.0) > spec.cap_s:
                 continue
             fn, check = make(kern, var, dims, device)
             secs, reps = median_seconds(runner(fn), warmup=1, budget_s=spec.budget_s)
@@ -186,6 +189,7 @@ def measure_profile(device: str = "cpu", framework: str = "torch", quick: bool =
                 continue
             points.append(Point(dims=list(dims), seconds=secs, reps=reps))
             last = (x, secs)
+            floor = secs if floor is None else min(floor, secs)
         if points:
             tables.append(KernelTable(kernel=kern, variant=var, points=points))
     profile = HardwareProfile(name=name or profile_name(info), created_by=_created_by(), quick=quick, device=info,

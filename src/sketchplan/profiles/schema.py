@@ -8,22 +8,14 @@ Files are YAML, loaded with the safe loader; unknown fields and wrong types are 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from ..errors import UserError
+from ..files import StrictModel as _Strict
+from ..files import YamlFile
 
 PROFILE_SCHEMA_VERSION = 1
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class DeviceInfo(_Strict):
@@ -67,7 +59,11 @@ class Roofline(_Strict):
     overhead_s: float = Field(ge=0, description="time of the smallest measured call")
 
 
-class HardwareProfile(_Strict):
+class HardwareProfile(YamlFile):
+    kind: ClassVar[str] = "hardware profile"
+    how_to_make: ClassVar[str] = "measure one with `sketchplan profile --out {path}` or pass --hardware auto"
+    how_to_fix: ClassVar[str] = "measure it again with `sketchplan profile`"
+
     schema_version: Literal[1] = PROFILE_SCHEMA_VERSION
     name: str
     created_by: str = ""
@@ -83,33 +79,3 @@ class HardwareProfile(_Strict):
                 return t
         return None
 
-    def to_yaml(self) -> str:
-        return yaml.dump(self.model_dump(mode="json"), Dumper=_Dumper, sort_keys=False, width=120)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        from ..planner.plan import write_atomic
-
-        return write_atomic(path, self.to_yaml())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "HardwareProfile":
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"hardware profile {str(p)!r} does not exist; measure one with "
-                            f"`sketchplan profile --out {p}` or pass --hardware auto.")
-        try:
-            data = yaml.load(p.read_text(), Loader=_Loader)
-        except yaml.YAMLError:
-            raise UserError(f"hardware profile {str(p)!r} is not valid YAML; measure it again with "
-                            "`sketchplan profile`.") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{str(p)!r} does not hold a hardware profile (expected a mapping); measure one with "
-                            "`sketchplan profile`.")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-            raise UserError(f"hardware profile {str(p)!r}: field {loc!r} is invalid ({msg}); measure it again "
-                            "with `sketchplan profile`.") from None
