@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from ..optimizers.layout import dtype_bytes
+from ..optimizers.layout import StateTensor, dtype_bytes
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,8 @@ class ParamSpec:
         return self.numel * dtype_bytes(self.dtype)
 
 
-@dataclass(frozen=True)
-class BufferSpec:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * dtype_bytes(self.dtype)
+#: A buffer is reported like a state tensor: name, shape, dtype (and its bytes).
+BufferSpec = StateTensor
 
 
 @dataclass
