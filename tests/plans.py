@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from sketchplan.optimizers import MethodConfig, OptimizerDefaults, state_layout, total_bytes
+from sketchplan.methods import MethodConfig, OptimizerDefaults, state_layout, total_bytes
 from sketchplan.planner import uniform_plan
 from sketchplan.planner.plan import Plan
 

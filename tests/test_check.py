@@ -136,7 +136,7 @@ def test_measure_materialised_custom_model_zero_difference(tmp_path, capsys):
 
 def test_measure_sampled_when_model_is_a_shapes_file(tmp_path):
     from sketchplan.planner import make_plan
-    from sketchplan.planner.check import check
+    from sketchplan.verify import check
     from sketchplan.planner.sources import load_spec
 
     f = tmp_path / "shapes.yaml"

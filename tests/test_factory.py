@@ -7,7 +7,8 @@ import torch
 from plans import CONFIGS, DEFAULTS, Zoo, make_plan, zoo_loss
 
 from sketchplan.errors import UserError
-from sketchplan.optimizers import MethodConfig, build_optimizer
+from sketchplan.build import build_optimizer
+from sketchplan.methods import MethodConfig
 
 
 def _mixed(name: str, shape: tuple) -> MethodConfig:

@@ -8,8 +8,9 @@ from collections import Counter
 import pytest
 import torch
 
-from sketchplan.optimizers import METHOD_MODULES, SketchplanOptimizer, kradagrad, shampoo, sketchy
-from sketchplan.optimizers.layout import MethodConfig, OptimizerDefaults
+from sketchplan.methods import METHOD_MODULES
+from sketchplan.optimizers.torch import SketchplanOptimizer, kradagrad, shampoo, sketchy
+from sketchplan.methods.layout import MethodConfig, OptimizerDefaults
 
 SHAPES = [(24, 40), (40,), (6, 5, 4, 3), (70, 9)]
 STEPS = 6
@@ -71,7 +72,7 @@ def test_root_calls(monkeypatch, shape, method, module, block):
 def test_statistics_calls_follow_stats_every():
     cfg = MethodConfig(method="shampoo")
     for se in (1, 3):
-        calls = shampoo.kernel_calls((24, 40), cfg, OptimizerDefaults(stats_every=se))
+        calls = METHOD_MODULES["shampoo"].kernel_calls((24, 40), cfg, OptimizerDefaults(stats_every=se))
         stats = [c for c in calls if c.kernel == "gemm" and c.dims[0] == c.dims[1]]
         assert stats and all(c.every == se for c in stats)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sketchplan.kernels import FD_VARIANTS, fd_update, inverse_root_newton, lowrank_root_apply, symmetric_power
+from sketchplan.kernels.torch import FD_VARIANTS, fd_update, inverse_root_newton, lowrank_root_apply, symmetric_power
 
 
 def _sketch(u, sig2):

@@ -8,12 +8,14 @@ import torch
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
-from sketchplan.kernels import frequent_directions as tfd  # noqa: E402
-from sketchplan.kernels import jax_frequent_directions as jfd  # noqa: E402
-from sketchplan.kernels import jax_lowrank, jax_products, jax_roots  # noqa: E402
-from sketchplan.kernels import lowrank as tlr  # noqa: E402
-from sketchplan.kernels import roots as troots  # noqa: E402
-from sketchplan.kernels.frequent_directions import FD_VARIANTS  # noqa: E402
+from sketchplan.kernels.torch import frequent_directions as tfd  # noqa: E402
+from sketchplan.kernels.jax import frequent_directions as jfd  # noqa: E402
+from sketchplan.kernels.jax import lowrank as jax_lowrank  # noqa: E402
+from sketchplan.kernels.jax import products as jax_products  # noqa: E402
+from sketchplan.kernels.jax import roots as jax_roots  # noqa: E402
+from sketchplan.kernels.torch import lowrank as tlr  # noqa: E402
+from sketchplan.kernels.torch import roots as troots  # noqa: E402
+from sketchplan.kernels.calls import FD_VARIANTS  # noqa: E402
 
 
 def _psd(rng, b, d, n):

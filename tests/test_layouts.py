@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from sketchplan.optimizers import MethodConfig, OptimizerDefaults, state_layout, total_bytes
-from sketchplan.optimizers.blocking import merged_shape, partition
-from sketchplan.optimizers.extreme_tensoring import tensor_dims
+from sketchplan.methods import MethodConfig, OptimizerDefaults, state_layout, total_bytes
+from sketchplan.methods.blocking import merged_shape, partition
+from sketchplan.methods.extreme_tensoring import tensor_dims
 
 F32, I32 = "float32", "int32"
 SKIP = ("nonfinite_skips", (), I32)

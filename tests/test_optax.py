@@ -17,9 +17,10 @@ from plans import CONFIGS, DEFAULTS  # noqa: E402
 from sketchplan import build_optax  # noqa: E402
 from sketchplan.cli import main  # noqa: E402
 from sketchplan.errors import UserError  # noqa: E402
+from sketchplan.build import build_optimizer  # noqa: E402
+from sketchplan.methods import MethodConfig, OptimizerDefaults, state_layout  # noqa: E402
 from sketchplan.optimizers import (  # noqa: E402
-    Adam, BlockedShampoo, ExtremeTensoring, KrADagrad, MethodConfig, OptimizerDefaults, Shampoo, Sketchy,
-    build_optimizer, state_layout,
+    Adam, BlockedShampoo, ExtremeTensoring, KrADagrad, Shampoo, Sketchy,
 )
 from sketchplan.optimizers.jax import constructors as jx  # noqa: E402
 from sketchplan.optimizers.jax.common import bias_correction  # noqa: E402

@@ -10,8 +10,8 @@ import torch
 
 from sketchplan.errors import UserError
 from sketchplan.kernels.calls import KernelCall, flops
-from sketchplan.optimizers import build_optimizer
-from sketchplan.optimizers.layout import MethodConfig, OptimizerDefaults
+from sketchplan.build import build_optimizer
+from sketchplan.methods.layout import MethodConfig, OptimizerDefaults
 from sketchplan.planner import make_plan
 from sketchplan.planner.make import uniform_plan
 from sketchplan.profiles import CostModel, DeviceInfo, HardwareProfile, KernelTable, Point, Roofline, resolve

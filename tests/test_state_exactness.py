@@ -10,8 +10,9 @@ import pytest
 import torch
 from plans import CONFIGS, DEFAULTS, Zoo, make_plan, zoo_loss
 
-from sketchplan.kernels import roots
-from sketchplan.optimizers import build_optimizer, state_layout
+from sketchplan.kernels.torch import roots
+from sketchplan.build import build_optimizer
+from sketchplan.methods import state_layout
 
 
 def _train(model, opt, seeds):

@@ -13,11 +13,11 @@ _EXPORTS = {
     "uniform_plan": ("sketchplan.planner.make", "uniform_plan"),
     "load_model": ("sketchplan.planner.sources", "load_model"),
     "Plan": ("sketchplan.planner.plan", "Plan"),
-    "build_optimizer": ("sketchplan.optimizers.factory", "build_optimizer"),
-    "build_optax": ("sketchplan.optimizers.jax.factory", "build_optax"),
+    "build_optimizer": ("sketchplan.build", "build_optimizer"),
+    "build_optax": ("sketchplan.build", "build_optax"),
     "UserError": ("sketchplan.errors", "UserError"),
     "probe": ("sketchplan.planner.probe", "probe"),
-    "check": ("sketchplan.planner.check", "check"),
+    "check": ("sketchplan.verify", "check"),
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -157,7 +157,8 @@ def _cmd_update(args, console) -> int:
 
 
 def _cmd_check(args, console) -> int:
-    from .planner.check import check, junit_xml
+    from .planner.check import junit_xml
+    from .verify import check
     from .files import write_atomic
     from .planner.plan import Plan
     from .planner.sizes import parse_size
@@ -185,7 +186,7 @@ def _cmd_check(args, console) -> int:
 
 
 def _cmd_plan(args, console) -> int:
-    from .optimizers.layout import OptimizerDefaults
+    from .methods.layout import OptimizerDefaults
     from .files import write_atomic
     from .planner import make_plan
     from .planner.plan import Plan
@@ -206,7 +207,7 @@ def _cmd_plan(args, console) -> int:
     except ValueError as exc:
         raise UserError(f"invalid optimizer option: {str(exc).splitlines()[-1].strip()}.") from None
     for flag, dt in (("--param-dtype", args.param_dtype), ("--grad-dtype", args.grad_dtype)):
-        from .optimizers.layout import DTYPE_BYTES
+        from .methods.layout import DTYPE_BYTES
 
         if dt is not None and dt not in DTYPE_BYTES:
             raise UserError(f"{flag} {dt!r} is not a dtype; use e.g. float32, bfloat16 or float16.")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 
-from .planner.check import CheckReport, check
+from .planner.check import CheckReport
+from .verify import check
 from .planner.plan import Plan
 
 

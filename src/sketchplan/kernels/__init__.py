@@ -1,10 +1,14 @@
-"""Numerical kernels the optimizers run: inverse roots (eigh, coupled Newton), Frequent-Directions sketch
-updates, low-rank inverse-root applies. All are plain torch functions batched over a leading block dimension.
+"""Kernels: the linear-algebra work the optimizers' steps consist of.
+
+- ``calls``: the framework-free catalogue (kernel names, variants, flop and byte counts, ``KernelCall``) that the
+  method descriptions (``sketchplan.methods``) declare and the hardware profiles time;
+- ``torch/``: the torch kernels (inverse roots with fallbacks, Frequent-Directions updates, low-rank root apply);
+- ``jax/``: the same kernels in JAX;
+- ``timing``: the timing harness the profiler uses.
+
+Importing this package imports neither torch nor jax.
 """
 
-from .frequent_directions import FD_VARIANTS, choose_variant, fd_update
-from .lowrank import lowrank_root_apply
-from .roots import inverse_root_newton, safe_eigh, symmetric_power
+from .calls import FD_VARIANTS, KERNEL_VARIANTS, VARIANT_OPTIONS, KernelCall, choose_variant
 
-__all__ = ["FD_VARIANTS", "choose_variant", "fd_update", "inverse_root_newton", "lowrank_root_apply",
-           "safe_eigh", "symmetric_power"]
+__all__ = ["FD_VARIANTS", "KERNEL_VARIANTS", "KernelCall", "VARIANT_OPTIONS", "choose_variant"]

@@ -33,6 +33,16 @@ KERNEL_VARIANTS: dict[str, tuple[str, ...]] = {
     "pointwise": ("lerp",),
 }
 
+#: The interchangeable Frequent-Directions update kernels (``kernels.torch.frequent_directions``, ``kernels.jax``).
+FD_VARIANTS: tuple[str, ...] = KERNEL_VARIANTS["fd_update"]
+
+
+def choose_variant(d: int, k: int, n: int) -> str:
+    """The default FD variant for a d-dimensional sketch of rank k receiving n new columns: ``gram_large`` (eigh
+    of the d × d Gram) when k + n ≥ d, else ``svd`` (thin SVD of the d × (k+n) matrix Y)."""
+    return "gram_large" if k + n >= d else "svd"
+
+
 #: Kernels whose variant is an optimizer option: kernel → ``OptimizerDefaults`` field the variant sets.
 VARIANT_OPTIONS: dict[str, str] = {"inv_root": "root_method", "fd_update": "fd_variant"}
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 
-from ..optimizers.layout import StateTensor, dtype_bytes
+from ..methods.layout import StateTensor, dtype_bytes
+from ..pytree import key_path_name
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,13 @@ def torch_dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def is_torch_module(obj) -> bool:
+    """True when ``obj`` is a ``torch.nn.Module``, without importing torch: a module exists only once torch is
+    imported, so an object seen while torch is not imported is not one."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
 def is_pytree_of_arrays(obj) -> bool:
     """True when ``obj`` is a non-empty JAX pytree whose leaves all have a shape and a dtype."""
     if isinstance(obj, (dict, list, tuple)) or type(obj).__module__.startswith(("flax", "jax")):
@@ -93,18 +102,6 @@ def is_pytree_of_arrays(obj) -> bool:
         leaves = jax.tree_util.tree_leaves(obj)
         return bool(leaves) and all(hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves)
     return False
-
-
-def _key_name(entry) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
-def key_path_name(path) -> str:
-    """``(DictKey('params'), DictKey('Dense_0'), DictKey('kernel'))`` → ``params/Dense_0/kernel``."""
-    return "/".join(_key_name(k) for k in path)
 
 
 def analyze_pytree(tree, source: str = "") -> ModelSpec:
@@ -126,9 +123,7 @@ def analyze(model, source: str = "") -> ModelSpec:
         if source and not model.source:
             model.source = source
         return model
-    import torch.nn as nn
-
-    if not isinstance(model, nn.Module):
+    if not is_torch_module(model):
         if is_pytree_of_arrays(model):
             return analyze_pytree(model, source)
         raise TypeError(f"cannot analyse a {type(model).__name__}; pass a torch.nn.Module, a JAX pytree of "

@@ -2,8 +2,8 @@
 
 A candidate is a ``MethodConfig``: method, rank or block size, graft and momentum (grafting and momentum are
 part of a candidate because they dominate memory once the preconditioner is sublinear). For each distinct
-(shape, dtype) the planner evaluates every candidate once — bytes from ``optimizers.state_layout``, workspace
-from ``optimizers.workspace_bytes``, score from ``planner.quality`` — and drops candidates that another beats
+(shape, dtype) the planner evaluates every candidate once — bytes from ``methods.state_layout``, workspace
+from ``methods.workspace_bytes``, score from ``planner.quality`` — and drops candidates that another beats
 or ties on all three.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..optimizers import METHOD_MODULES, state_layout, total_bytes, workspace_bytes
-from ..optimizers.layout import GRAFTS, MATRIX_METHODS, MOMENTA, MethodConfig, OptimizerDefaults
+from ..methods import METHOD_MODULES, state_layout, total_bytes, workspace_bytes
+from ..methods.layout import GRAFTS, MOMENTA, MethodConfig, OptimizerDefaults
 from . import quality
 
 DEFAULT_METHODS = ("adam", "shampoo", "blocked_shampoo", "sketchy")
@@ -58,25 +58,18 @@ def check_grid(methods, ranks, block_sizes, grafts, momenta) -> None:
 
 def candidate_configs(methods=DEFAULT_METHODS, ranks=DEFAULT_RANKS, block_sizes=DEFAULT_BLOCK_SIZES,
                       grafts=DEFAULT_GRAFTS, momenta=DEFAULT_MOMENTA) -> list[MethodConfig]:
-    """Every configuration of the grid. Sketchy runs unblocked and inside every block size larger than k."""
+    """Every configuration of the grid: each method's ``grid(ranks, block_sizes)`` (``sketchplan.methods``;
+    e.g. Sketchy runs unblocked and inside every block size larger than k) × momenta (× grafts for the matrix
+    methods)."""
     check_grid(methods, ranks, block_sizes, grafts, momenta)
     out: list[MethodConfig] = []
     for m in methods:
-        if m in ("adam", "extreme_tensoring"):
-            out += [MethodConfig(method=m, momentum=mo) for mo in momenta]
-            continue
-        shapes: list[dict] = []
-        if m == "shampoo":
-            shapes = [{}]
-        elif m == "blocked_shampoo":
-            shapes = [{"block_size": b} for b in block_sizes]
-        elif m == "sketchy":
-            shapes = [{"rank": k} for k in ranks]
-            shapes += [{"rank": k, "block_size": b} for k in ranks for b in block_sizes if b > k]
-        elif m == "kradagrad":
-            shapes = [{}] + [{"block_size": b} for b in block_sizes]
-        assert m in MATRIX_METHODS
-        out += [MethodConfig(method=m, graft=g, momentum=mo, **s) for s in shapes for g in grafts for mo in momenta]
+        mod = METHOD_MODULES[m]
+        grid = mod.grid(tuple(ranks), tuple(block_sizes))  # the method's own per-tensor options
+        if mod.MATRIX:
+            out += [MethodConfig(method=m, graft=g, momentum=mo, **s) for s in grid for g in grafts for mo in momenta]
+        else:
+            out += [MethodConfig(method=m, momentum=mo, **s) for s in grid for mo in momenta]
     return out
 
 

@@ -9,7 +9,7 @@ config and the plan's defaults, through the optimizers' layouts):
 - state bytes: per tensor and in total, today's bytes against the plan's; growth above ``tolerance_pct`` fails
   (for an unchanged shape that means sketchplan's own accounting changed);
 - budget: today's predicted peak against ``budget`` (default: the plan's budget minus its reserve);
-- measure (optional): the planned optimizer is instantiated on a device, takes real steps, and the bytes of the
+- measure (optional, ``sketchplan.verify``): the planned optimizer is instantiated on a device, takes real steps, and the bytes of the
   state it actually allocated are compared with the plan, tensor by tensor — any difference fails; on CUDA
   the peak allocated memory of the step is reported next to the predicted peak.
 
@@ -18,12 +18,12 @@ Exit codes of the CLI: 0 all checks pass, 1 a regression, 2 bad input.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..optimizers import state_layout, total_bytes, workspace_bytes
-from ..optimizers.layout import MethodConfig
+from ..methods import state_layout, total_bytes, workspace_bytes
+from ..methods.layout import MethodConfig
 from .analysis import ModelSpec, analyze
 from .memory import Precision, fixed_bytes, largest_rank, shard_units
 from .plan import Plan
@@ -148,9 +148,16 @@ def predicted_peak(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig]
     return fixed + state + ws
 
 
+#: Measures a plan on a device: (plan, model, spec, configs) → Measurement (``sketchplan.verify.measure_plan``).
+Measurer = Callable[[Plan, object, ModelSpec, "dict[str, MethodConfig]"], Measurement]
+
+
 def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 0.0, budget: int | None = None,
-          measure: bool = False, device: str = "cpu", measure_limit: int | None = None) -> CheckReport:
-    """Compare ``plan`` with today's ``model`` (see module docstring); never raises for a regression."""
+          measurer: Measurer | None = None) -> CheckReport:
+    """Compare ``plan`` with today's ``model`` (see module docstring); never raises for a regression.
+
+    ``measurer``: when given, the planned optimizer is measured with it (``sketchplan.verify.check`` passes
+    ``measure_plan``, which builds the torch optimizer; the planner itself never imports a framework)."""
     spec = analyze(model, source=plan.model.source)
     diffs, configs = diff_tensors(plan, spec, tolerance_pct)
     checks: list[CheckResult] = []
@@ -182,13 +189,11 @@ def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 
                                   message=f"predicted peak {peak:,} bytes vs budget {budget:,} bytes"))
 
     measured = None
-    if measure and structural:
+    if measurer is not None and structural:
         checks.append(CheckResult(name="measured-state-bytes", ok=False,
                                   message="not measured: the model no longer matches the plan"))
-    elif measure:
-        from .measure import measure_plan
-
-        measured = measure_plan(plan, model, spec, configs, device=device, limit=measure_limit)
+    elif measurer is not None:
+        measured = measurer(plan, model, spec, configs)
         bad = [t for t in measured.tensors if t.measured_bytes != t.predicted_bytes]
         checks.append(CheckResult(
             name="measured-state-bytes", ok=not bad,

@@ -13,7 +13,7 @@ import difflib
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..optimizers.layout import MethodConfig
+from ..methods.layout import MethodConfig
 from . import candidates as cand
 from .analysis import ModelSpec
 from .plan import Plan

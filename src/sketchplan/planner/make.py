@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from .. import __version__
 from ..errors import UserError
-from ..optimizers import state_layout
-from ..optimizers.layout import MethodConfig, OptimizerDefaults
+from ..methods import state_layout
+from ..methods.layout import MethodConfig, OptimizerDefaults
 from ..profiles.cost import CostModel
 from ..profiles.registry import label as profile_label
 from ..profiles.registry import resolve as resolve_profile

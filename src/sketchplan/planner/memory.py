@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from ..optimizers.layout import StateTensor, dtype_bytes
+from ..methods.layout import StateTensor, dtype_bytes
 from .analysis import ModelSpec, ParamSpec
 
 

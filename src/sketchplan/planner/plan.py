@@ -14,7 +14,7 @@ from pydantic import Field
 
 from ..files import StrictModel as _Strict
 from ..files import YamlFile
-from ..optimizers.layout import Graft, Method, MethodConfig, Momentum, OptimizerDefaults
+from ..methods.layout import Graft, Method, MethodConfig, Momentum, OptimizerDefaults
 
 SCHEMA_VERSION = 1
 

@@ -12,7 +12,7 @@ import itertools
 import math
 from typing import Callable, Iterable
 
-from ..optimizers.blocking import merged_shape
+from ..methods.blocking import merged_shape
 from .spectrum import AxisSpectrum, SpectrumFile, TensorSpectrum
 
 BLOCK_SIZES = tuple(2**i for i in range(5, 14))  # 32 … 8192
@@ -29,7 +29,7 @@ class _AxisSketch:
         self.trace = 0.0
 
     def update(self, x) -> None:
-        from ..kernels.frequent_directions import fd_update
+        from ..kernels.torch.frequent_directions import fd_update
 
         self.u, self.sig2, self.rho = fd_update(self.u, self.sig2, self.rho, x.unsqueeze(0), 1.0)
 

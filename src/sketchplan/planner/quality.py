@@ -10,7 +10,8 @@ The default model is a documented prior, used until a measured spectrum replaces
   m_b(k) of each block: c = c_block · m_b(k).
 - A tensor's score is δ + (1 − δ)·mean_i c_i, with δ = ``DIAGONAL_SCORE`` = 0.5 what a diagonal method keeps;
   Adam scores δ, extreme tensoring 0.9·δ (coarser than the diagonal), KrADagrad 0.97 of Shampoo's (its
-  statistic is a Loewner upper bound of the inverse, not the inverse).
+  statistic is a Loewner upper bound of the inverse, not the inverse). These factors are each method's
+  ``SCORE_FACTOR``, and the rank a matrix method keeps per block axis its ``kept_rank`` (``sketchplan.methods``).
 - Grafting and momentum scale the score: graft adam 1, rmsprop 0.99, adafactor 0.98, sgd 0.85; momentum
   float32 1, bfloat16 0.995, none 0.92. A matrix method that falls back on a tensor (a scalar, a dimension
   above ``max_precond_dim``) scores as its graft: δ, or 0.3 for sgd.
@@ -23,16 +24,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ..optimizers.blocking import chunks, matrix_plan
-from ..optimizers.layout import MethodConfig, OptimizerDefaults
+from ..methods import METHOD_MODULES
+from ..methods.blocking import chunks, matrix_plan
+from ..methods.layout import MethodConfig, OptimizerDefaults
 
 DIAGONAL_SCORE = 0.5
 SPECTRUM_DECAY = 1.0
 GRAFT_FACTOR = {"adam": 1.0, "rmsprop": 0.99, "adafactor": 0.98, "sgd": 0.85}
 MOMENTUM_FACTOR = {"float32": 1.0, "bfloat16": 0.995, "none": 0.92}
 SGD_FALLBACK_SCORE = 0.3
-ET_FACTOR = 0.9
-KRADAGRAD_FACTOR = 0.97
 
 
 @lru_cache(maxsize=None)
@@ -66,22 +66,19 @@ def score(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, sp
         spectrum = None
     diag = DIAGONAL_SCORE if spectrum is None else sum(a.diag_mass for a in spectrum.axes) / len(spectrum.axes)
     mom = MOMENTUM_FACTOR[cfg.momentum]
-    if cfg.method == "adam":
-        return diag * mom
-    if cfg.method == "extreme_tensoring":
-        return ET_FACTOR * diag * mom
+    method = METHOD_MODULES[cfg.method]
+    if not method.MATRIX:
+        return method.SCORE_FACTOR * diag * mom
     graft = GRAFT_FACTOR[cfg.graft]
     if mp.fallback is not None:
         return (SGD_FALLBACK_SCORE * (diag / DIAGONAL_SCORE) if cfg.graft == "sgd" else diag * graft) * mom
     caps = []
     for i, d in enumerate(mp.merged):
         block = max(chunks(d, cfg.block_size))
-        rank = min(cfg.rank if cfg.method == "sketchy" else block, block)
+        rank = min(method.kept_rank(cfg, block), block)
         caps.append(axis_capture(d, block, rank) if spectrum is None else spectrum.axes[i].capture(block, rank))
     if spectrum is None:
         s = DIAGONAL_SCORE + (1 - DIAGONAL_SCORE) * sum(caps) / len(caps)
     else:
         s = sum(caps) / len(caps)
-    if cfg.method == "kradagrad":
-        s *= KRADAGRAD_FACTOR
-    return s * graft * mom
+    return s * method.SCORE_FACTOR * graft * mom

@@ -66,8 +66,12 @@ def _transformers():
 
 
 def _on_meta(build: Callable[[], Any]) -> Any:
-    import torch
-
+    """``build()`` under ``torch.device("meta")`` (nothing allocated); without torch installed, just
+    ``build()`` (a JAX factory returns shapes, not arrays)."""
+    try:
+        import torch
+    except ImportError:
+        return build()
     with torch.device("meta"):
         return build()
 
@@ -130,7 +134,7 @@ def load_shapes_file(path: str) -> ModelSpec:
                                                   for d in shape):
             raise UserError(f"{where} ({e['name']!r}): 'shape' must be a list of non-negative integers.")
         dtype = e.get("dtype", "float32")
-        from ..optimizers.layout import DTYPE_BYTES
+        from ..methods.layout import DTYPE_BYTES
 
         if dtype not in DTYPE_BYTES:
             raise UserError(f"{where} ({e['name']!r}): unknown dtype {dtype!r}; use e.g. float32 or bfloat16.")
@@ -176,11 +180,9 @@ def build_factory(spec: str, meta: bool = True):
     except Exception as exc:
         raise UserError(f"factory {spec!r} raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
                         "make it build the model from configuration without loading weights.") from None
-    import torch.nn as nn
+    from .analysis import is_pytree_of_arrays, is_torch_module
 
-    from .analysis import is_pytree_of_arrays
-
-    if not isinstance(model, nn.Module) and not is_pytree_of_arrays(model):
+    if not is_torch_module(model) and not is_pytree_of_arrays(model):
         raise UserError(f"factory {spec!r} returned a {type(model).__name__}, not a torch.nn.Module or a JAX "
                         "pytree of arrays.")
     return model

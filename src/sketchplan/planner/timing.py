@@ -14,8 +14,8 @@ over the tensor's calls is recorded (``TensorEntry.variant``) and the optimizer 
 from __future__ import annotations
 
 from ..kernels.calls import VARIANT_OPTIONS
-from ..optimizers import METHOD_MODULES
-from ..optimizers.layout import MethodConfig, OptimizerDefaults
+from ..methods import METHOD_MODULES
+from ..methods.layout import MethodConfig, OptimizerDefaults
 from ..profiles.cost import CostModel
 
 

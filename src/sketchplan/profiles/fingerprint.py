@@ -4,13 +4,23 @@ NVIDIA GPUs are described by NVML (``pynvml`` from nvidia-ml-py, imported lazily
 compute capability), falling back to ``torch.cuda`` properties; TPUs and other JAX devices by
 ``jax.devices()``; CPUs by the model name in /proc/cpuinfo (or ``platform.processor()``) and the number of
 threads the framework uses.
+
+``host_info`` is what ``--hardware auto`` matches. On a CPU-only host it is read without importing torch or jax
+(the planner never imports a framework): the framework is the one already imported, else the installed one
+(torch first), its version comes from the package metadata, and the thread count is torch's
+(``torch.get_num_threads()``) when torch is imported, else ``OMP_NUM_THREADS`` or the CPUs this process may run
+on — which is what torch and XLA use by default. With a GPU visible, the framework is asked (its SM count is part
+of the fingerprint).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 import platform
 import re
+import sys
 
 from ..errors import UserError
 from .schema import DeviceInfo
@@ -105,6 +115,68 @@ def detect(device: str = "cpu", framework: str = "torch") -> DeviceInfo:
     extra = _nvml(index) if kind == "cuda" else {}
     return DeviceInfo(kind=kind, name=extra.pop("name", getattr(d, "device_kind", str(d))), framework=framework,
                       framework_version=version, **extra)
+
+
+def _installed(name: str) -> bool:
+    """Whether ``name`` is imported or importable, without importing it."""
+    if name in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def installed_framework() -> str:
+    """``torch`` or ``jax``: the one already imported, else the installed one (torch first), found without
+    importing either; ``torch`` when neither is installed."""
+    for fw in ("torch", "jax"):
+        if fw in sys.modules:
+            return fw
+    for fw in ("torch", "jax"):
+        if _installed(fw):
+            return fw
+    return "torch"
+
+
+def _installed_version(framework: str) -> str:
+    try:
+        return importlib.metadata.version(framework).split("+")[0]
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def default_threads(framework: str) -> int:
+    """The CPU threads ``framework`` uses by default (see module docstring), importing nothing new."""
+    if framework == "torch" and "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def gpu_visible() -> bool:
+    """Whether an NVIDIA GPU is visible to this process, checked without importing a framework."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.isdir("/proc/driver/nvidia/gpus") and bool(os.listdir("/proc/driver/nvidia/gpus"))
+
+
+def host_info() -> DeviceInfo:
+    """The fingerprint ``--hardware auto`` matches (module docstring): no framework import on a CPU host."""
+    framework = installed_framework()
+    if gpu_visible() and _installed(framework):
+        return detect(default_device() if framework == "torch" else "cuda", framework)
+    if gpu_visible():
+        extra = _nvml(0)
+        return DeviceInfo(kind="cuda", name=extra.pop("name", "NVIDIA GPU"), framework=framework,
+                          framework_version="", **extra)
+    return DeviceInfo(kind="cpu", name=cpu_name(), cores=default_threads(framework), framework=framework,
+                      framework_version=_installed_version(framework) if _installed(framework) else "")
 
 
 def default_device() -> str:

@@ -62,9 +62,9 @@ def _torch_problem(kernel: str, variant: str, dims: tuple[int, ...], device: str
     """(call, check) for one problem: ``check()`` is True when the variant computed the reference answer."""
     import torch
 
-    from ..kernels.frequent_directions import fd_update
-    from ..kernels.lowrank import lowrank_root_apply
-    from ..kernels.roots import inverse_root_newton, symmetric_power
+    from ..kernels.torch.frequent_directions import fd_update
+    from ..kernels.torch.lowrank import lowrank_root_apply
+    from ..kernels.torch.roots import inverse_root_newton, symmetric_power
 
     gen = torch.Generator().manual_seed(hash(dims) % 2**31)
 
@@ -107,8 +107,10 @@ def _jax_problem(kernel: str, variant: str, dims: tuple[int, ...], device: str):
     import jax.numpy as jnp
     import numpy as np
 
-    from ..kernels import jax_frequent_directions as jfd
-    from ..kernels import jax_lowrank, jax_products, jax_roots
+    from ..kernels.jax import frequent_directions as jfd
+    from ..kernels.jax import lowrank as jax_lowrank
+    from ..kernels.jax import products as jax_products
+    from ..kernels.jax import roots as jax_roots
 
     rng = np.random.default_rng(hash(dims) % 2**31)
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import UserError
-from .fingerprint import default_device, detect, profile_name
+from .fingerprint import host_info, profile_name
 from .schema import DeviceInfo, HardwareProfile, Roofline
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -44,7 +44,7 @@ def resolve(hardware: str | os.PathLike | HardwareProfile | None) -> HardwarePro
         return hardware
     text = str(hardware)
     if text == "auto":
-        info = detect(default_device(), "torch")
+        info = host_info()
         for p in shipped_profiles():
             if p.device.matches(info):
                 return p

@@ -1,8 +1,8 @@
 """optax transformations for every method, built from the same layouts and kernels as the torch optimizers.
 
-Importing this sub-package imports JAX and optax (``import sketchplan`` and ``sketchplan.optimizers`` never do).
+Importing this sub-package imports JAX and optax (``import sketchplan`` and ``sketchplan.optimizers`` never do),
+never torch. A whole plan becomes one transformation with ``sketchplan.build_optax`` (``sketchplan.build``).
 
-- ``build_optax(plan, params)``: one ``optax.GradientTransformation`` for a whole parameter tree from a plan;
 - ``adam``, ``shampoo``, ``blocked_shampoo``, ``sketchy``, ``extreme_tensoring``, ``kradagrad``: one method for
   every parameter;
 - ``SketchplanState``: their state (an int32 step count and each tensor's layout arrays).
@@ -13,8 +13,7 @@ See docs/jax.md.
 from __future__ import annotations
 
 from .constructors import adam, blocked_shampoo, extreme_tensoring, kradagrad, shampoo, sketchy
-from .factory import build_optax, plan_assignments
 from .transform import STEPS, SketchplanState, sketchplan_transform, uniform_transform
 
-__all__ = ["STEPS", "SketchplanState", "adam", "blocked_shampoo", "build_optax", "extreme_tensoring", "kradagrad",
-           "plan_assignments", "shampoo", "sketchplan_transform", "sketchy", "uniform_transform"]
+__all__ = ["STEPS", "SketchplanState", "adam", "blocked_shampoo", "extreme_tensoring", "kradagrad", "shampoo",
+           "sketchplan_transform", "sketchy", "uniform_transform"]

@@ -10,9 +10,9 @@ the learning rate are applied by the transformation (p ← p − η(D + λp)).
 
 from __future__ import annotations
 
-from ...kernels.jax_support import require_jax
-from ..common import ema_weights
-from ..layout import MethodConfig, OptimizerDefaults
+from ...kernels.jax.support import require_jax
+from ...methods.common import ema_weights
+from ...methods.layout import MethodConfig, OptimizerDefaults
 from .common import bias_correction, lerp, sanitize
 
 jax, jnp = require_jax()

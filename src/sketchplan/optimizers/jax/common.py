@@ -1,4 +1,4 @@
-"""JAX versions of the step pieces every method shares (``optimizers.common`` and ``base.sanitize`` in torch).
+"""JAX versions of the step pieces every method shares (``optimizers.torch.common`` and ``optimizers.torch.base.sanitize``).
 
 Each function reads the per-tensor state dict ``st`` (layout names → arrays) and writes the new arrays back into
 it (``st`` is a fresh dict per step, so nothing outside the step is mutated):
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 
-from ...kernels.jax_support import require_jax
-from ..common import ema_weights
-from ..layout import OptimizerDefaults
+from ...kernels.jax.support import require_jax
+from ...methods.common import ema_weights
+from ...methods.layout import OptimizerDefaults
 
 jax, jnp = require_jax()
 

@@ -10,7 +10,7 @@ every other keyword is an ``OptimizerDefaults`` field (``betas``, ``eps``, ``wei
 
 from __future__ import annotations
 
-from ..layout import MethodConfig, OptimizerDefaults
+from ...methods.layout import MethodConfig, OptimizerDefaults
 from .transform import LearningRate, uniform_transform
 
 

@@ -7,9 +7,9 @@ then EMA momentum (optional). State: ``extreme_tensoring.layout``.
 
 from __future__ import annotations
 
-from ...kernels.jax_support import require_jax
-from ..common import ema_weights
-from ..extreme_tensoring import tensor_dims
+from ...kernels.jax.support import require_jax
+from ...methods.common import ema_weights
+from ...methods.extreme_tensoring import tensor_dims
 from .common import apply_momentum, sanitize
 
 jax, jnp = require_jax()

@@ -3,16 +3,16 @@
 Per block group and axis i (every axis each step for ``star``; axis (t−1) mod k at step t for ``mm``, selected
 with ``lax.cond``), with X = √(1−β2)·G_(i) (or G_(i) when β2 = 1) and L̃₀ = I/ε:
     L̃ ← L̃/β2;   L̃ ← L̃ − (L̃X)(L̃X)ᵀ / (d · (1 + tr(Xᵀ L̃ X)));   L̃ ← (L̃ + L̃ᵀ)/2      (X: d × n)
-Roots P_i = L̃_i^(1/(2k)) (eigh, eigenvalues clamped at 0; ``kernels.jax_traced``) every
+Roots P_i = L̃_i^(1/(2k)) (eigh, eigenvalues clamped at 0; ``kernels.jax.traced``) every
 ``precondition_frequency`` steps; direction Shampoo's mode products. State: ``kradagrad.layout``.
 """
 
 from __future__ import annotations
 
-from ...kernels import jax_traced
-from ...kernels.jax_products import factor_apply
-from ...kernels.jax_support import require_jax
-from ..common import stats_weights
+from ...kernels.jax import traced as jax_traced
+from ...kernels.jax.products import factor_apply
+from ...kernels.jax.support import require_jax
+from ...methods.common import stats_weights
 from .matrix import MatrixHooks, matrix_step, unfold
 from .shampoo import apply_roots
 

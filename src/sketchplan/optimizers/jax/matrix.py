@@ -1,4 +1,4 @@
-"""The JAX step shared by the Kronecker-factored methods (``optimizers.matrix`` in torch; ALGORITHMS.md §0, §2).
+"""The JAX step shared by the Kronecker-factored methods (``optimizers.torch.matrix``; ALGORITHMS.md §0, §2).
 
 Per parameter, with the traced step t (1-based):
 
@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ...kernels.jax_support import require_jax
-from ..blocking import BlockGroup
-from ..layout import MethodConfig, OptimizerDefaults
-from ..matrix import _partition, _plan
+from ...kernels.jax.support import require_jax
+from ...methods.blocking import BlockGroup
+from ...methods.blocking import cached_partition as _partition
+from ...methods.blocking import cached_plan as _plan
+from ...methods.layout import MethodConfig, OptimizerDefaults
 from .common import apply_momentum, graft_direction, sanitize
 
 jax, jnp = require_jax()

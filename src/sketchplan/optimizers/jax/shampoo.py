@@ -1,16 +1,16 @@
 """JAX Shampoo and blocked Shampoo (Gupta, Koren & Singer 2018; Anil et al. 2020): ``shampoo.ShampooRule``'s hooks.
 
-Per block group and axis i: S_i ← β2 S_i + (1−β2) G_(i) G_(i)ᵀ (``kernels.jax_products.gram_update``);
+Per block group and axis i: S_i ← β2 S_i + (1−β2) G_(i) G_(i)ᵀ (``kernels.jax.products.gram_update``);
 P_i = (S_i + εI)^(−1/(2k)) every ``precondition_frequency`` steps (eigh, or the coupled Newton iteration with
-``root_method="newton"``; ``kernels.jax_traced``); D = G ×_1 P_1 … ×_k P_k (``jax_products.factor_apply``).
+``root_method="newton"``; ``kernels.jax.traced``); D = G ×_1 P_1 … ×_k P_k (``kernels.jax.products.factor_apply``).
 State: ``shampoo.layout`` (``blocks{g}.stat{i}``, ``blocks{g}.root{i}``, graft, momentum, skip counter).
 """
 
 from __future__ import annotations
 
-from ...kernels import jax_traced
-from ...kernels.jax_products import factor_apply, gram_update
-from ..common import stats_weights
+from ...kernels.jax import traced as jax_traced
+from ...kernels.jax.products import factor_apply, gram_update
+from ...methods.common import stats_weights
 from .matrix import MatrixHooks, matrix_step, mode_apply, unfold
 
 

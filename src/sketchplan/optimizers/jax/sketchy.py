@@ -1,16 +1,16 @@
 """JAX Sketchy (Feinberg, Chen, Sun, Anil & Hazan 2023): ``sketchy.SketchyRule``'s hooks.
 
 Per block group and axis i, every step: an FD update (Liberty 2013; Ghashami et al. 2016) of (U_i, σ_i², ρ_i)
-with the columns of √(1−β2)·G_(i) (``kernels.jax_traced.fd_update``); the direction applies
-(Ŝ_i + εI)^α, α = −1/(2k), from the sketch without a d×d matrix (``kernels.jax_lowrank.lowrank_root_apply``).
+with the columns of √(1−β2)·G_(i) (``kernels.jax.traced.fd_update``); the direction applies
+(Ŝ_i + εI)^α, α = −1/(2k), from the sketch without a d×d matrix (``kernels.jax.lowrank.lowrank_root_apply``).
 No stored roots, so ``precondition_frequency`` does not apply. State: ``sketchy.layout``.
 """
 
 from __future__ import annotations
 
-from ...kernels import jax_traced
-from ...kernels.jax_lowrank import lowrank_root_apply
-from ..common import stats_weights
+from ...kernels.jax import traced as jax_traced
+from ...kernels.jax.lowrank import lowrank_root_apply
+from ...methods.common import stats_weights
 from .matrix import MatrixHooks, matrix_step, mode_apply, unfold
 
 

@@ -9,9 +9,9 @@ state's size is known without allocating it.
 
 from __future__ import annotations
 
-from ...kernels.jax_support import require_jax
-from .. import state_layout
-from ..layout import MethodConfig, OptimizerDefaults, StateTensor
+from ...kernels.jax.support import require_jax
+from ...methods import state_layout
+from ...methods.layout import MethodConfig, OptimizerDefaults, StateTensor
 
 jax, jnp = require_jax()
 

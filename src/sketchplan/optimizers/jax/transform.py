@@ -17,19 +17,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional, Union
 
-from ...errors import UserError
-from ...kernels.jax_support import require_jax
-from ...planner.analysis import key_path_name
-from ..layout import MethodConfig, OptimizerDefaults
+from ...errors import UserError, require
+from ...kernels.jax.support import require_jax
+from ...methods.layout import MethodConfig, OptimizerDefaults
+from ...pytree import key_path_name
 from . import adam, extreme_tensoring, kradagrad, shampoo, sketchy
 from .state import init_tensor_state
 
 jax, jnp = require_jax()
 
-try:
-    import optax
-except ImportError:  # pragma: no cover - depends on the environment
-    raise ImportError("the optax transformations need optax: pip install 'sketchplan[jax]'") from None
+optax = require("optax", "the optax transformations")
 
 #: One step of each method for one parameter: (grad, state dict, step t, cfg, opts) → (direction, new state dict).
 STEPS: dict[str, Callable] = {

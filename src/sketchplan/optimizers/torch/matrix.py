@@ -20,27 +20,18 @@ refreshing roots reads back whether eigh succeeded (eigh synchronises on acceler
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Callable
 
 import torch
 
+from ...methods.blocking import BlockGroup
+from ...methods.blocking import cached_partition as _partition
+from ...methods.blocking import cached_plan as _plan
+from ...methods.layout import MethodConfig, OptimizerDefaults
 from .base import MethodRule, SketchplanOptimizer
-from .blocking import BlockGroup, MatrixPlan, matrix_plan, partition
 from .common import apply_momentum, apply_update, graft_direction
-from .layout import MethodConfig, OptimizerDefaults
 
 _TINY = 1e-30
-
-
-@lru_cache(maxsize=4096)
-def _plan(shape: tuple[int, ...], block_size: int | None, merge_dims: int, max_precond_dim: int) -> MatrixPlan:
-    return matrix_plan(shape, block_size, merge_dims, max_precond_dim)
-
-
-@lru_cache(maxsize=4096)
-def _partition(merged: tuple[int, ...], block_size: int | None) -> tuple[BlockGroup, ...]:
-    return tuple(partition(merged, block_size))
 
 
 def to_blocks(t: torch.Tensor, groups: tuple[BlockGroup, ...]) -> list[torch.Tensor]:

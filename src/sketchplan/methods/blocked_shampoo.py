@@ -2,15 +2,24 @@
 
 Each dimension larger than the block size B is cut into chunks of B (ALGORITHMS.md §0.2) and every block keeps
 its own statistics and roots; with square B×B blocks this costs about 4·numel floats whatever B is. The layout
-and update are Shampoo's (``shampoo.py``) with ``block_size`` set; this module only names the method.
+and update are Shampoo's (``methods.shampoo``) with ``block_size`` set; this module only names the method.
 """
 
 from __future__ import annotations
 
 from ..kernels.calls import KernelCall
 from . import shampoo
-from .base import register
 from .layout import MethodConfig, OptimizerDefaults, StateTensor
+
+NAME = "blocked_shampoo"
+MATRIX = True
+SCORE_FACTOR = shampoo.SCORE_FACTOR
+kept_rank = shampoo.kept_rank
+
+
+def grid(ranks: tuple[int, ...], block_sizes: tuple[int, ...]) -> list[dict]:
+    """The per-tensor options the planner tries (besides graft and momentum): every block size."""
+    return [{"block_size": b} for b in block_sizes]
 
 
 def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
@@ -27,15 +36,3 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
     """Shampoo's kernel calls (``shampoo.kernel_calls``) with the blocks of ``cfg.block_size`` batched per group."""
     return shampoo.kernel_calls(shape, cfg, opts)
-
-
-class BlockedShampoo(shampoo.Shampoo):
-    """Blocked Shampoo (Anil et al. 2020): ``Shampoo`` with every dimension cut into chunks of ``block_size``
-    (default 1024); each block keeps its own statistics and roots, blocks of one shape are processed by
-    batched kernels. See ``Shampoo`` for the math and the options."""
-
-    def __init__(self, params, lr: float = 1e-3, block_size: int = 1024, **options):
-        super().__init__(params, lr=lr, block_size=block_size, **options)
-
-
-register("blocked_shampoo", shampoo.ShampooRule())

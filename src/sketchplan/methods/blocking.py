@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import product
 
 
@@ -108,3 +109,15 @@ def matrix_plan(shape: tuple[int, ...], block_size: int | None, merge_dims: int,
     if max(max(g) for g, _ in groups) > max_precond_dim:
         return MatrixPlan(merged, block_size, (), "dim>max_precond_dim")
     return MatrixPlan(merged, block_size, groups, None)
+
+
+@lru_cache(maxsize=4096)
+def cached_plan(shape: tuple[int, ...], block_size: int | None, merge_dims: int, max_precond_dim: int) -> MatrixPlan:
+    """``matrix_plan``, memoised: the optimizers ask it for every tensor at every step."""
+    return matrix_plan(shape, block_size, merge_dims, max_precond_dim)
+
+
+@lru_cache(maxsize=4096)
+def cached_partition(merged: tuple[int, ...], block_size: int | None) -> tuple[BlockGroup, ...]:
+    """``partition``, memoised (the slices of every block, reused by the optimizers at every step)."""
+    return tuple(partition(merged, block_size))

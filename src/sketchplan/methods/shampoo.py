@@ -10,23 +10,35 @@ State per block group (blocks of one shape are stacked so batched kernels can pr
 ``blocks{g}.stat{i}`` and ``blocks{g}.root{i}``, each (count, d_i, d_i) in the state dtype — full squares, no
 triangular packing — plus the graft, the momentum buffer and the skip counter (``common.diagonal_tail``).
 A scalar, or a tensor with a dimension above ``max_precond_dim``, falls back to its graft's direction.
-Full Shampoo is blocked Shampoo with B = ∞.
+Full Shampoo is blocked Shampoo with B = ∞. Implementations: ``optimizers.torch.shampoo``,
+``optimizers.jax.shampoo``.
 """
 
 from __future__ import annotations
 
 import math
 
-import torch
-
 from ..kernels.calls import KernelCall, gemm, pointwise
-from ..kernels.roots import inverse_root_newton, symmetric_power
-from .base import SketchplanOptimizer, register
 from .blocking import MatrixPlan, matrix_plan
-from .common import diagonal_tail, stats_weights
+from .common import diagonal_tail
 from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
-from .matrix import MATRIX_OPTIONS_DOC, MatrixRule, mode_apply, unfold
 from .step_calls import matrix_frame_calls, unfold_copies
+
+NAME = "shampoo"
+#: Kronecker-factored: takes graft and momentum options (``planner.candidates``).
+MATRIX = True
+#: Quality: the share of the full-matrix score it keeps (``planner.quality``): all of it.
+SCORE_FACTOR = 1.0
+
+
+def grid(ranks: tuple[int, ...], block_sizes: tuple[int, ...]) -> list[dict]:
+    """The per-tensor options the planner tries (besides graft and momentum): one, unblocked."""
+    return [{}]
+
+
+def kept_rank(cfg: MethodConfig, block: int) -> int:
+    """Directions kept per factor of a block axis of size ``block``: all of them."""
+    return block
 
 
 def plan_for(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> MatrixPlan:
@@ -101,64 +113,3 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
             calls.append(KernelCall("inv_root", (d,), count, pf))
             calls.append(pointwise(count * d * d, every=pf))
     return calls + apply_roots_calls(mp)
-
-
-class ShampooRule(MatrixRule):
-    """Shampoo's hooks for ``MatrixRule``: Gram statistics, inverse roots, dense mode products."""
-
-    layout = staticmethod(layout)
-
-    def update_statistics(self, state, g, grad_blocks, step, cfg, opts):
-        decay, weight = stats_weights(opts.betas[1], opts.stats_every)
-        for i in range(grad_blocks.dim() - 1):
-            x = unfold(grad_blocks, i)
-            state[f"blocks{g}.stat{i}"].baddbmm_(x, x.mT, beta=decay, alpha=weight)
-
-    def refresh_roots(self, state, g, order, opts):
-        for i in range(order):
-            stat, root = state[f"blocks{g}.stat{i}"], state[f"blocks{g}.root{i}"]
-            if opts.root_method == "newton":
-                new = inverse_root_newton(stat, 2 * order, opts.shampoo_eps, previous=root)
-            else:
-                new = symmetric_power(stat, -1.0 / (2 * order), opts.shampoo_eps, previous=root)
-            root.copy_(new)
-
-    def precondition(self, state, g, grad_blocks, opts):
-        return apply_roots(state, g, grad_blocks)
-
-
-def apply_roots(state: dict, g: int, grad_blocks: torch.Tensor) -> torch.Tensor:
-    """D = G ×_1 P_1 … ×_k P_k with the stored roots ``blocks{g}.root{i}`` (batched over the group's blocks)."""
-    d = grad_blocks
-    for i in range(d.dim() - 1):
-        root = state[f"blocks{g}.root{i}"]
-        d = mode_apply(d, i, lambda x, r=root: torch.bmm(r, x))
-    return d
-
-
-class Shampoo(SketchplanOptimizer):
-    """Shampoo (Gupta, Koren & Singer 2018, "Shampoo: preconditioned stochastic tensor optimization"; Anil,
-    Gupta, Koren, Regan & Singer 2020, "Scalable second order optimization for deep learning").
-
-    Per block (dims d_1..d_k after merging/blocking) and axis i:
-        S_i ← β2 S_i + (1−β2) G_(i) G_(i)ᵀ   (β2 = 1: running sum);
-        P_i = (S_i + εI)^(−1/(2k)) every ``precondition_frequency`` steps;
-        D = G ×_1 P_1 … ×_k P_k, norm-grafted per block, then momentum, weight decay and the step.
-
-    Args:
-        params: tensors or param-group dicts.
-        block_size: None for full Shampoo (one block per tensor; dims above ``max_precond_dim`` fall back to
-            the graft); an int B cuts every dimension into chunks of B (blocked Shampoo).
-        root_method: ``eigh`` (float32, float64 retry, previous root kept if both fail) or ``newton``
-            (coupled Newton iteration).
-    """
-
-    def __init__(self, params, lr: float = 1e-3, block_size: int | None = None, graft: str = "adam",
-                 momentum: str = "float32", root_method: str = "eigh", **options):
-        method = "shampoo" if block_size is None else "blocked_shampoo"
-        cfg = MethodConfig(method=method, block_size=block_size, graft=graft, momentum=momentum)
-        super().__init__(params, cfg, OptimizerDefaults(lr=lr, root_method=root_method, **options))
-
-
-Shampoo.__doc__ += MATRIX_OPTIONS_DOC
-register("shampoo", ShampooRule())

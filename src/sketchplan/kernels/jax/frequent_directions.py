@@ -1,4 +1,4 @@
-"""JAX version of ``kernels.frequent_directions``: one Frequent-Directions update (Liberty 2013; Ghashami et
+"""JAX version of ``kernels.torch.frequent_directions``: one Frequent-Directions update (Liberty 2013; Ghashami et
 al. 2016; ALGORITHMS.md §3), batched over a leading block dimension, in the four interchangeable variants.
 
 Y = [√β2 · U diag(σ), X] (d × (k+N)); s², u = squared singular values (descending) and left singular vectors
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from .frequent_directions import FD_VARIANTS, choose_variant
-from .jax_support import require_jax
+from ..calls import FD_VARIANTS, choose_variant
+from .support import require_jax
 
 jax, jnp = require_jax()
 

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .layout import MethodConfig, OptimizerDefaults, StateTensor
+from ...methods.layout import MethodConfig, OptimizerDefaults, StateTensor
 from .state import allocate
 
 METHOD_KEYS = tuple(MethodConfig.model_fields)

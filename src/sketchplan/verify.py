@@ -1,4 +1,8 @@
-"""Measuring what the planned optimizer really allocates (``sketchplan check --measure``).
+"""``check`` with measurement: what the planned optimizer really allocates (``sketchplan check --measure``).
+
+``check(plan, model, measure=True)`` runs the planner's static check (``planner.check``) and hands it
+``measure_plan`` as its measurer. This module sits above the planner and ``build``: it builds the real torch
+optimizer, which the planner never imports.
 
 When the whole model fits in ``limit`` bytes on the device (parameters, gradients, predicted state and
 workspace), the meta-built model is materialised with random weights, ``build_optimizer(plan, model)`` is
@@ -12,13 +16,24 @@ stepped by its own optimizer with the plan's options. Random data, never zeros.
 from __future__ import annotations
 
 import os
+from functools import partial
 
-from ..errors import UserError
-from ..optimizers import state_layout, total_bytes, workspace_bytes
-from ..optimizers.layout import MethodConfig
-from .analysis import ModelSpec
-from .check import Measurement, MeasuredTensor
-from .plan import Plan
+from .errors import UserError, require
+from .methods import state_layout, total_bytes, workspace_bytes
+from .methods.layout import MethodConfig
+from .planner.analysis import ModelSpec, is_torch_module
+from .planner.check import CheckReport, Measurement, MeasuredTensor
+from .planner.check import check as static_check
+from .planner.plan import Plan
+
+
+def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 0.0, budget: int | None = None,
+          measure: bool = False, device: str = "cpu", measure_limit: int | None = None) -> CheckReport:
+    """Compare ``plan`` with today's ``model`` (``planner.check``); with ``measure``, also build the planned
+    optimizer on ``device``, step it and compare the allocated state bytes with the plan's, tensor by tensor."""
+    measurer = partial(measure_plan, device=device, limit=measure_limit) if measure else None
+    return static_check(plan, model, plan_path=plan_path, tolerance_pct=tolerance_pct, budget=budget,
+                        measurer=measurer)
 
 
 def _device_limit(device) -> int:
@@ -83,11 +98,11 @@ def _peak_tracker(device):
 
 def measure_plan(plan: Plan, model, spec: ModelSpec, configs: dict[str, MethodConfig], *, device: str = "cpu",
                  limit: int | None = None, steps: int = 1) -> Measurement:
-    import torch
+    torch = require("torch", "check --measure")
     import torch.nn as nn
 
-    from ..optimizers import build_optimizer
-    from ..optimizers.base import SketchplanOptimizer, group_options
+    from .build import build_optimizer
+    from .optimizers.torch import SketchplanOptimizer, group_options
 
     try:
         dev = torch.device(device)
@@ -105,7 +120,7 @@ def measure_plan(plan: Plan, model, spec: ModelSpec, configs: dict[str, MethodCo
     def predicted(name: str, cfg: MethodConfig) -> int:
         return total_bytes(state_layout(shapes[name].shape, cfg, opts))
 
-    if isinstance(model, nn.Module) and need <= limit:
+    if is_torch_module(model) and need <= limit:
         model = materialise(model, dev)
         params = [p for p in model.parameters()]
         _randomise(params, dev)
@@ -143,7 +158,7 @@ def measure_plan(plan: Plan, model, spec: ModelSpec, configs: dict[str, MethodCo
             rows.append(MeasuredTensor(name=name, predicted_bytes=predicted(name, cfg),
                                        measured_bytes=_state_bytes(opt, p), method=cfg.label()))
             del opt, p
-        why = "the model is not a torch module" if not isinstance(model, nn.Module) else \
+        why = "the model is not a torch module" if not is_torch_module(model) else \
             f"the model needs {need:,} bytes, above the {limit:,}-byte measuring limit"
         note = (f"sampled: {len(rows)} of {len(seen)} distinct (shape, dtype, configuration) measured on {dev} "
                 f"because {why}" + (f"; {skipped} too large to measure" if skipped else ""))

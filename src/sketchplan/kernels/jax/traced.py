@@ -1,6 +1,6 @@
 """jit-traceable forms of the JAX kernels, for use inside optax transformations (``optimizers.jax``).
 
-``jax_roots.symmetric_power``, ``jax_roots.inverse_root_newton`` and ``jax_frequent_directions.fd_update`` read a
+``roots.symmetric_power``, ``roots.inverse_root_newton`` and ``frequent_directions.fd_update`` read a
 success flag back to the host and, on failure, retry in float64 — impossible inside ``jax.jit`` (a traced value
 has no ``bool``, and x64 cannot be switched on inside a trace). The functions below call the same compiled cores
 (``_eigh`` + ``_power_from``, ``_newton``, ``_update``: no formula is restated) and replace the host-side
@@ -18,10 +18,10 @@ root or sketch, which is what the torch kernels do when float64 fails too).
 
 from __future__ import annotations
 
-from .frequent_directions import FD_VARIANTS, choose_variant
-from .jax_frequent_directions import _update
-from .jax_roots import _eigh, _identity_like, _newton, _power_from
-from .jax_support import require_jax
+from ..calls import FD_VARIANTS, choose_variant
+from .frequent_directions import _update
+from .roots import _eigh, _identity_like, _newton, _power_from
+from .support import require_jax
 
 jax, jnp = require_jax()
 

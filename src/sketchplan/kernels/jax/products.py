@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from .jax_support import require_jax
+from .support import require_jax
 
 jax, jnp = require_jax()
 

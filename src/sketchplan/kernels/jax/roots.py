@@ -1,4 +1,4 @@
-"""JAX versions of ``kernels.roots`` (same math, same fallbacks; jit-compiled, batched over leading dims).
+"""JAX versions of ``kernels.torch.roots`` (same math, same fallbacks; jit-compiled, batched over leading dims).
 
 - ``safe_eigh``: eigh in the input dtype; when the result is not finite, again in float64 (under
   ``jax.enable_x64``); None when both fail.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from .jax_support import require_jax
+from .support import require_jax
 
 jax, jnp = require_jax()
 

@@ -10,19 +10,28 @@ p = 1 is diagonal AdaGrad. Memory Σ_i d_i floats.
 ``tensor_dims``: every natural axis (size-1 axes dropped) is split into the fewest near-equal factors that are
 each ≤ ``et_max_dim`` (a prime larger than that stays whole); ``et_max_dim = 0`` keeps one mode of numel
 (p = 1). State: ``et_acc{i}`` (d_i,) in the state dtype, optional ``momentum``, the skip counter.
+Implementations: ``optimizers.torch.extreme_tensoring``, ``optimizers.jax.extreme_tensoring``.
 """
 
 from __future__ import annotations
 
 import math
 
-import torch
-
 from ..kernels.calls import KernelCall, pointwise
-from .base import MethodRule, SketchplanOptimizer, register
-from .common import apply_momentum, apply_update, ema_weights, momentum_layout
-from .step_calls import momentum_update_calls, sanitize_calls
+from .common import momentum_layout
 from .layout import SKIP_COUNTER, MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
+from .step_calls import momentum_update_calls, sanitize_calls
+
+NAME = "extreme_tensoring"
+#: Diagonal-like (per-mode accumulators): no graft options.
+MATRIX = False
+#: Quality: 0.9 of the diagonal score (its preconditioner is coarser than the diagonal).
+SCORE_FACTOR = 0.9
+
+
+def grid(ranks: tuple[int, ...], block_sizes: tuple[int, ...]) -> list[dict]:
+    """The per-tensor options the planner tries (besides momentum): none (``et_max_dim`` is plan-wide)."""
+    return [{}]
 
 
 def _prime_factors(n: int) -> list[int]:
@@ -92,62 +101,3 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
         if i:
             calls.append(pointwise(math.prod(dims[: i + 1])))
     return calls + momentum_update_calls(numel, cfg.momentum, opts.nesterov, opts.weight_decay)
-
-
-class ExtremeTensoringRule(MethodRule):
-    """Per tensor: mode sums of G² into ``et_acc{i}``, the broadcast denominator, momentum and the step."""
-
-    layout = staticmethod(layout)
-
-    def step(self, opt, params, cfg, opts):
-        states = [opt.state_for(p, cfg, opts) for p in params]
-        for s in states:
-            s["step"] += 1
-        grads = opt.sanitize([p.grad for p in params], [s["nonfinite_skips"] for s in states],
-                             states[0]["step"], opts)
-        decay, weight = ema_weights(opts.betas[1])
-        for p, grad, state in zip(params, grads, states):
-            dims = tensor_dims(tuple(p.shape), opts.et_max_dim)
-            order = len(dims)
-            g = grad.to(getattr(torch, opts.state_dtype)).reshape(dims)
-            sq = g.square()
-            denom = None
-            for i, d in enumerate(dims):
-                acc = state[f"et_acc{i}"]
-                others = [j for j in range(order) if j != i]
-                acc.mul_(decay).add_(sq.sum(dim=others) if others else sq, alpha=weight)
-                factor = (acc + opts.eps).pow_(1.0 / (2 * order)).reshape([d if j == i else 1 for j in range(order)])
-                denom = factor if denom is None else denom * factor
-            update = apply_momentum(state, (g / denom).reshape(p.shape), opts.betas[0], opts.nesterov)
-            apply_update(p, update, opts.lr, opts.weight_decay)
-
-
-class ExtremeTensoring(SketchplanOptimizer):
-    """Extreme tensoring (Chen, Agarwal, Hazan, Zhang & Zhang 2020, "Extreme tensoring for low-memory
-    preconditioning", ICLR).
-
-    The gradient is viewed as an order-p tensor (``tensor_dims``); per mode i,
-        a_i[j] ← β2 a_i[j] + Σ_{slice i=j} G²      (β2 = 1, the default: running sums as in Algorithm 1)
-        D = G / ∏_i (ε + a_i[j_i])^(1/(2p))
-    then EMA momentum (optional), decoupled weight decay and the step. p = 1 (``et_max_dim=0``) is diagonal
-    AdaGrad with ε inside the square root. Memory Σ_i d_i floats per tensor (plus the optional momentum).
-
-    Args:
-        params: tensors or param-group dicts.
-        lr: learning rate η.
-        betas: (β1 momentum, β2 accumulator decay; default (0.9, 1.0)).
-        eps: ε inside each mode's root (default 1e-8).
-        et_max_dim: largest mode size when splitting each axis (0: p = 1, diagonal AdaGrad; default 64).
-        momentum: ``none`` (default, the paper's method), ``float32`` or ``bfloat16``; nesterov: Nesterov momentum.
-        weight_decay: decoupled weight decay λ (default 0).
-        **options: any other ``OptimizerDefaults`` field (e.g. ``state_dtype``).
-    """
-
-    def __init__(self, params, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 1.0), eps: float = 1e-8,
-                 et_max_dim: int = 64, momentum: str = "none", **options):
-        cfg = MethodConfig(method="extreme_tensoring", momentum=momentum)
-        super().__init__(params, cfg, OptimizerDefaults(lr=lr, betas=betas, eps=eps, et_max_dim=et_max_dim,
-                                                        **options))
-
-
-register("extreme_tensoring", ExtremeTensoringRule())

@@ -1,9 +1,9 @@
 """State layouts: the one description of what an optimizer allocates.
 
-Every method module (``adam``, ``shampoo``, ``blocked_shampoo``, ``sketchy``, ``extreme_tensoring``,
-``kradagrad``) exposes ``layout(shape, options) -> list[StateTensor]``: the exact state tensors (name, shape,
-dtype) that the torch optimizer allocates for one parameter of that shape. The planner counts bytes from these
-lists and the optimizers allocate from them (``allocate``), so the two cannot drift apart. This module holds
+Every method module in ``sketchplan.methods`` exposes ``layout(shape, cfg, opts) -> list[StateTensor]``: the
+exact state tensors (name, shape, dtype) that the torch optimizer and the optax transformation allocate for one
+parameter of that shape. The planner counts bytes from these lists and both backends allocate from them
+(``optimizers.torch.state.allocate``, ``optimizers.jax.state``), so they cannot drift apart. This module holds
 the framework-neutral pieces they share: the dtype table, ``StateTensor``, the per-tensor options
 (``MethodConfig``) and the optimizer-wide options (``OptimizerDefaults``).
 """
@@ -139,7 +139,7 @@ class OptimizerDefaults(BaseModel):
       tensoring.
     - ``root_method``: how Shampoo computes inverse roots: ``eigh`` (float64 retry) or ``newton`` (coupled
       Newton iteration).
-    - ``fd_variant``: Sketchy's FD-update kernel (``kernels.frequent_directions``); ``auto`` picks by shape.
+    - ``fd_variant``: Sketchy's FD-update kernel (``kernels.torch.frequent_directions``); ``auto`` picks by shape.
     - Every method keeps an int32 counter ``nonfinite_skips`` of gradients it replaced by zeros because they
       held a NaN or Inf.
     """

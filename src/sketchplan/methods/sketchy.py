@@ -9,6 +9,7 @@ update with new columns X (d × N): Y = [√β2 U diag(σ), X]; thin SVD Y = u s
 State per block group and axis i: ``blocks{g}.U{i}`` (count, d_i, k_i), ``blocks{g}.sig2_{i}`` (count, k_i),
 ``blocks{g}.rho{i}`` (count,) in the state dtype — Σ_i (d_i·k_i + k_i + 1) floats per block — plus graft,
 momentum and the skip counter. ``block_size`` is optional (None: one block, subject to ``max_precond_dim``).
+Implementations: ``optimizers.torch.sketchy``, ``optimizers.jax.sketchy``.
 """
 
 from __future__ import annotations
@@ -16,14 +17,26 @@ from __future__ import annotations
 import math
 
 from ..kernels.calls import KernelCall, pointwise
-from ..kernels.frequent_directions import fd_update
-from ..kernels.lowrank import lowrank_root_apply
-from .base import SketchplanOptimizer, register
 from .blocking import MatrixPlan, matrix_plan
 from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
-from .matrix import MATRIX_OPTIONS_DOC, MatrixRule, mode_apply, unfold
 from .step_calls import matrix_frame_calls, unfold_copies
+
+NAME = "sketchy"
+MATRIX = True
+#: Quality: the sketch's kept mass is modelled by ``kept_rank``; no further discount.
+SCORE_FACTOR = 1.0
+
+
+def grid(ranks: tuple[int, ...], block_sizes: tuple[int, ...]) -> list[dict]:
+    """The per-tensor options the planner tries: every rank unblocked, and inside every block size larger
+    than the rank."""
+    return [{"rank": k} for k in ranks] + [{"rank": k, "block_size": b} for k in ranks for b in block_sizes if b > k]
+
+
+def kept_rank(cfg: MethodConfig, block: int) -> int:
+    """Directions kept per factor of a block axis of size ``block``: the sketch rank, at most the axis."""
+    return min(cfg.rank, block)
 
 
 def plan_for(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> MatrixPlan:
@@ -99,58 +112,3 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
                 calls.append(pointwise(count * bnumel))
             calls.append(KernelCall("lowrank_apply", (d, k, bnumel // d), count))
     return calls
-
-
-class SketchyRule(MatrixRule):
-    """Sketchy's hooks for ``MatrixRule``: an FD update per axis every step; the inverse root is applied from
-    the sketch directly (no stored root, so ``precondition_frequency`` does not apply to Sketchy)."""
-
-    layout = staticmethod(layout)
-
-    def update_statistics(self, state, g, grad_blocks, step, cfg, opts):
-        decay, weight = stats_weights(opts.betas[1], opts.stats_every)
-        for i in range(grad_blocks.dim() - 1):
-            x = unfold(grad_blocks, i)
-            if weight != 1.0:
-                x = x * weight**0.5
-            u, sig2, rho = (state[f"blocks{g}.{n}{i}"] for n in ("U", "sig2_", "rho"))
-            new = fd_update(u, sig2, rho, x, decay, opts.fd_variant)
-            for old, value in zip((u, sig2, rho), new):
-                old.copy_(value)
-
-    def precondition(self, state, g, grad_blocks, opts):
-        order = grad_blocks.dim() - 1
-        d = grad_blocks
-        for i in range(order):
-            u, sig2, rho = (state[f"blocks{g}.{n}{i}"] for n in ("U", "sig2_", "rho"))
-            d = mode_apply(d, i, lambda x, u=u, s=sig2, r=rho: lowrank_root_apply(
-                u, s, r, x, -1.0 / (2 * order), opts.shampoo_eps))
-        return d
-
-
-class Sketchy(SketchplanOptimizer):
-    """Sketchy (Feinberg, Chen, Sun, Anil & Hazan 2023, "Sketchy: memory-efficient adaptive regularization with
-    Frequent Directions"): Shampoo whose statistics are Frequent-Directions sketches.
-
-    Per block and axis i (ALGORITHMS.md §3–4), with α = −1/(2k) for a block of order k:
-        (U_i, σ_i², ρ_i) ← FD-update with the columns of √(1−β2)·G_(i)   (β2 = 1: of G_(i));
-        Ŝ_i = U_i diag(σ_i²) U_iᵀ + ρ_i I;
-        D = G ×_1 (Ŝ_1 + εI)^α … ×_k (Ŝ_k + εI)^α, applied in O(d·k) per column without d×d matrices;
-    then per-block norm grafting, momentum, weight decay and the step. With rank ≥ every dimension, β2 = 1 and
-    ε → 0 this is Shampoo with ``precondition_frequency = 1``.
-
-    Args:
-        params: tensors or param-group dicts.
-        rank: sketch rank k (k_i = min(k, d_i) per axis).
-        block_size: optional block size B (None: one block per tensor, subject to ``max_precond_dim``).
-        fd_variant: FD-update kernel (``auto``, ``svd``, ``gram_small``, ``gram_large``, ``qr_svd``).
-    """
-
-    def __init__(self, params, lr: float = 1e-3, rank: int = 128, block_size: int | None = None,
-                 graft: str = "adam", momentum: str = "float32", fd_variant: str = "auto", **options):
-        cfg = MethodConfig(method="sketchy", rank=rank, block_size=block_size, graft=graft, momentum=momentum)
-        super().__init__(params, cfg, OptimizerDefaults(lr=lr, fd_variant=fd_variant, **options))
-
-
-Sketchy.__doc__ += MATRIX_OPTIONS_DOC
-register("sketchy", SketchyRule())

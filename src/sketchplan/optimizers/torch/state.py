@@ -1,10 +1,10 @@
-"""Allocating optimizer state from a layout (``layout.StateTensor`` lists are the one source of truth)."""
+"""Allocating optimizer state from a layout (``methods.layout.StateTensor`` lists are the one source of truth)."""
 
 from __future__ import annotations
 
 import torch
 
-from .layout import StateTensor
+from ...methods.layout import StateTensor
 
 
 def torch_dtype(name: str) -> torch.dtype:

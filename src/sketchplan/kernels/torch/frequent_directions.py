@@ -25,14 +25,10 @@ from __future__ import annotations
 
 import torch
 
+from ..calls import FD_VARIANTS, choose_variant
 from .roots import safe_eigh
 
-FD_VARIANTS = ("svd", "gram_small", "gram_large", "qr_svd")
-
-
-def choose_variant(d: int, k: int, n: int) -> str:
-    """The default variant for a d-dimensional sketch of rank k receiving n new columns."""
-    return "gram_large" if k + n >= d else "svd"
+__all__ = ["FD_VARIANTS", "choose_variant", "fd_update"]
 
 
 def _sketch_columns(u: torch.Tensor, sig2: torch.Tensor, x: torch.Tensor, beta2: float) -> torch.Tensor:

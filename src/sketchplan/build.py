@@ -1,0 +1,147 @@
+"""From a plan to an optimizer: ``build_optimizer`` (torch) and ``build_optax`` (JAX/optax).
+
+This module sits above both the planner (it reads a ``Plan``) and the backends (``optimizers.torch``,
+``optimizers.jax``), so no import runs from a backend up into the planner. Each framework is imported only by the
+function that needs it; a missing one is a one-sentence error naming the extra to install.
+
+``build_optimizer(plan, model)``: one ``torch.optim.Optimizer`` for a whole model. Tensors with identical (method
+config, kernel variants) share one param group; the plan's ``defaults`` fill every group and each entry's recorded
+kernel variants (``TensorEntry.variant``: the FD-update variant and the inverse-root method fastest on the
+profiled device) override ``fd_variant`` / ``root_method`` in its group. The plan must match the model: the same
+trainable names (tied weights are listed once, under the name ``model.named_parameters()`` yields, with their
+other names in ``tied``), the same shapes and the same ``model_fingerprint``. ``allow_mismatch=True`` turns
+mismatches into warnings and gives unplanned tensors Adam.
+
+``build_optax(plan, params)``: the JAX twin: each leaf, named by its key path (``params/Dense_0/kernel``, the names
+``planner.analysis`` gives a pytree), gets its plan entry's method config, with the plan's ``defaults`` and the
+entry's recorded kernel variants as options; frozen entries get zero updates. The plan must match the tree (names,
+shapes, fingerprint); a mismatch is a ``UserError`` naming the key path.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+from .errors import UserError, require
+from .methods.layout import MethodConfig, OptimizerDefaults
+from .planner.analysis import analyze_pytree, model_fingerprint
+
+if TYPE_CHECKING:
+    import optax
+    import torch
+
+    from .optimizers.jax.transform import LearningRate
+    from .optimizers.torch import SketchplanOptimizer
+    from .planner.plan import Plan, TensorEntry
+
+
+def _problem(allow: bool, message: str) -> None:
+    if not allow:
+        raise UserError(message)
+    warnings.warn(f"sketchplan (allow_mismatch: unplanned tensors get Adam): {message}", RuntimeWarning,
+                  stacklevel=3)
+
+
+def build_optimizer(plan: Plan, model: "torch.nn.Module", allow_mismatch: bool = False) -> "SketchplanOptimizer":
+    """One optimizer for ``model`` whose param groups carry each tensor's planned method and options.
+
+    Raises ``UserError`` (one sentence naming the tensor) when the plan does not match the model, unless
+    ``allow_mismatch`` is set: then mismatched or unplanned trainable tensors get Adam with a warning and
+    plan entries the model lacks are ignored.
+    """
+    require("torch", "build_optimizer")
+    from .optimizers.torch import SketchplanOptimizer, group_options
+
+    adam = MethodConfig(method="adam")
+    entries: dict[str, TensorEntry] = {}
+    for e in plan.tensors:
+        for name in [e.name, *e.tied]:
+            entries[name] = e
+    seen: set[str] = set()
+    groups: dict[tuple[MethodConfig, tuple], list[torch.Tensor]] = {}
+    for name, p in model.named_parameters():
+        e = entries.get(name)
+        cfg: MethodConfig | None = adam
+        variant: tuple = ()
+        if e is None:
+            _problem(allow_mismatch, f"tensor {name!r} of the model is not in the plan; regenerate the plan.")
+        else:
+            seen.add(e.name)
+            if tuple(e.shape) != tuple(p.shape):
+                _problem(allow_mismatch, f"tensor {name!r} has shape {tuple(p.shape)} in the model but "
+                                         f"{tuple(e.shape)} in the plan; regenerate the plan.")
+            elif e.config() is None and p.requires_grad:
+                _problem(allow_mismatch, f"tensor {name!r} is trainable in the model but frozen in the plan; "
+                                         "regenerate the plan.")
+            else:
+                cfg = e.config()
+                variant = tuple(sorted(e.options().items()))  # the kernel variants the plan picked
+        if cfg is not None and p.requires_grad:
+            groups.setdefault((cfg, variant), []).append(p)
+    for e in plan.tensors:
+        if e.name not in seen:
+            _problem(allow_mismatch, f"tensor {e.name!r} of the plan is not in the model; regenerate the plan.")
+    fp = model_fingerprint(model)  # after the per-tensor checks, which name the tensor; this catches dtype changes
+    if fp != plan.model.fingerprint:
+        _problem(allow_mismatch, f"the plan was made for a different model (fingerprint "
+                                 f"{plan.model.fingerprint[:12]}…, this model {fp[:12]}…: a dtype or trainable "
+                                 "flag changed); regenerate it with `sketchplan plan`.")
+    if not groups:
+        raise UserError("the plan leaves no trainable tensor of the model to optimize; check which parameters "
+                        "require grad.")
+    param_groups = [{"params": ps, **group_options(cfg, plan.defaults), **dict(variant)}
+                    for (cfg, variant), ps in groups.items()]
+    return SketchplanOptimizer(param_groups, adam, plan.defaults)
+
+
+def plan_assignments(plan: "Plan", params) -> dict[str, tuple[MethodConfig, OptimizerDefaults] | None]:
+    """What each leaf of ``params`` gets from ``plan`` (None: frozen); ``UserError`` on any mismatch."""
+    entries = {}
+    for e in plan.tensors:
+        for name in [e.name, *e.tied]:
+            entries[name] = e
+    out: dict[str, tuple[MethodConfig, OptimizerDefaults] | None] = {}
+    require("jax", "build_optax")
+    from .optimizers.jax.transform import named_leaves
+
+    for name, leaf in named_leaves(params)[0]:
+        e = entries.get(name)
+        if e is None:
+            raise UserError(f"parameter {name!r} of the tree is not in the plan; regenerate the plan.")
+        shape = tuple(int(d) for d in leaf.shape)
+        if tuple(e.shape) != shape:
+            raise UserError(f"parameter {name!r} has shape {shape} in the tree but {tuple(e.shape)} in the plan; "
+                            "regenerate the plan.")
+        cfg = e.config()
+        out[name] = None if cfg is None else (cfg, plan.defaults.model_copy(update=e.options()))
+    missing = [e.name for e in plan.tensors if not ({e.name, *e.tied} & out.keys())]
+    if missing:
+        raise UserError(f"tensor {missing[0]!r} of the plan is not in the parameter tree; regenerate the plan.")
+    fp = analyze_pytree(params).fingerprint
+    if fp != plan.model.fingerprint:
+        raise UserError(f"the plan was made for a different model (fingerprint {plan.model.fingerprint[:19]}…, "
+                        f"this tree {fp[:19]}…: a dtype changed); regenerate it with `sketchplan plan`.")
+    if all(a is None for a in out.values()):
+        raise UserError("the plan leaves no parameter of the tree to optimize.")
+    return out
+
+
+def build_optax(plan: "Plan", params, learning_rate: "LearningRate" = None) -> "optax.GradientTransformation":
+    """One ``optax.GradientTransformation`` for ``params`` (arrays or ``jax.ShapeDtypeStruct``s) from ``plan``.
+
+    ``learning_rate``: a float or an optax schedule; None uses the plan's ``defaults.lr``. Its state is
+    ``SketchplanState``: each tensor's layout arrays (exactly the plan's state bytes) plus one int32 counter.
+    Raises ``UserError`` naming the key path when the plan does not match the tree.
+    """
+    assignments = plan_assignments(plan, params)
+    require("optax", "build_optax")
+    from .optimizers.jax.transform import sketchplan_transform
+
+    def assign(name: str, shape: tuple[int, ...]):
+        if name not in assignments:
+            raise UserError(f"parameter {name!r} was not in the tree the transformation was built for; build it "
+                            "again with build_optax(plan, params).")
+        return assignments[name]
+
+    return sketchplan_transform(assign, learning_rate)

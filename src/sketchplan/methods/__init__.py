@@ -1,0 +1,68 @@
+"""What each optimizer method *is*, framework-free: one module per method.
+
+Each module (``adam``, ``shampoo``, ``blocked_shampoo``, ``sketchy``, ``extreme_tensoring``, ``kradagrad``)
+declares, as pure arithmetic on shapes:
+
+- ``layout(shape, cfg, opts) -> list[StateTensor]``: the exact state tensors one parameter gets — the single
+  source of truth for memory: the planner counts these bytes and the torch and JAX backends allocate these
+  tensors (``optimizers.torch.state.allocate``, ``optimizers.jax.state``);
+- ``workspace_bytes(shape, cfg, opts)``: the largest transient of one step;
+- ``kernel_calls(shape, cfg, opts) -> list[KernelCall]``: the kernels one step runs and how often (timed by the
+  hardware profiles, ``kernels.calls``);
+- ``grid(ranks, block_sizes)``: the per-tensor options the planner tries; ``MATRIX`` (takes graft options),
+  ``SCORE_FACTOR`` and, for matrix methods, ``kept_rank``: the inputs of the quality score
+  (``planner.quality``).
+
+The options themselves (``MethodConfig`` per tensor, ``OptimizerDefaults`` per plan) live in ``layout``;
+merging and blocking of shapes (ALGORITHMS.md §0) in ``blocking``. Nothing here imports torch, JAX or numpy.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import adam, blocked_shampoo, extreme_tensoring, kradagrad, shampoo, sketchy
+from .layout import (
+    DTYPE_BYTES,
+    GRAFTS,
+    MATRIX_METHODS,
+    METHODS,
+    MOMENTA,
+    SKIP_COUNTER,
+    MethodConfig,
+    OptimizerDefaults,
+    StateTensor,
+    dtype_bytes,
+    total_bytes,
+)
+
+METHOD_MODULES: dict[str, ModuleType] = {
+    "adam": adam,
+    "shampoo": shampoo,
+    "blocked_shampoo": blocked_shampoo,
+    "sketchy": sketchy,
+    "extreme_tensoring": extreme_tensoring,
+    "kradagrad": kradagrad,
+}
+
+
+def state_layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
+    """The exact state tensors ``cfg.method`` allocates for a parameter of ``shape``."""
+    return METHOD_MODULES[cfg.method].layout(tuple(int(d) for d in shape), cfg, opts)
+
+
+def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
+    """Bytes of the largest transient temporary one step of ``cfg.method`` creates for this parameter."""
+    return METHOD_MODULES[cfg.method].workspace_bytes(tuple(int(d) for d in shape), cfg, opts)
+
+
+def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list:
+    """The kernel calls one step of ``cfg.method`` makes for a parameter of ``shape`` (``kernels.calls``)."""
+    return METHOD_MODULES[cfg.method].kernel_calls(tuple(int(d) for d in shape), cfg, opts)
+
+
+__all__ = [
+    "DTYPE_BYTES", "GRAFTS", "MATRIX_METHODS", "METHODS", "METHOD_MODULES", "MOMENTA", "MethodConfig",
+    "OptimizerDefaults", "SKIP_COUNTER", "StateTensor", "dtype_bytes", "kernel_calls", "state_layout",
+    "total_bytes", "workspace_bytes",
+]

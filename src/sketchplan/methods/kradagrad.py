@@ -1,0 +1,73 @@
+"""KrADagrad (Mei, Moreno & Walters 2023): Kronecker-factored AdaGrad that tracks the INVERSE statistics.
+
+KrADagrad* per block and axis, with L̃₀ = I/ε:
+    L̃ ← L̃/β2;   L̃ ← L̃ − L̃ G Gᵀ L̃ / (m · (1 + tr(Gᵀ L̃ G)))      (same for R̃ with Gᵀ and n)
+a Woodbury step with the small inverse replaced by a scalar; the result dominates the exact inverse in Loewner
+order, so float32 suffices. Roots P = L̃^(1/(2k)) by eigh (eigenvalues clamped at 0) every
+``precondition_frequency`` steps; direction P_L G P_R, always norm-grafted. The "MM" variant updates one mode
+per step with the other held fixed.
+
+State like Shampoo's: ``blocks{g}.inv{i}`` and ``blocks{g}.root{i}`` (count, d_i, d_i) per block group, plus
+graft, momentum and the skip counter. Optional ``block_size`` blocks it like blocked Shampoo.
+Implementations: ``optimizers.torch.kradagrad``, ``optimizers.jax.kradagrad``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..kernels.calls import KernelCall, gemm, pointwise
+from .common import diagonal_tail, stats_weights
+from .layout import MethodConfig, OptimizerDefaults, StateTensor
+from .shampoo import apply_roots_calls, factor_layout, factor_workspace, plan_for
+from .shampoo import kept_rank as shampoo_kept_rank
+from .step_calls import matrix_frame_calls, unfold_copies
+
+NAME = "kradagrad"
+MATRIX = True
+#: Quality: 0.97 of Shampoo's score (its statistic is a Loewner upper bound of the inverse, not the inverse).
+SCORE_FACTOR = 0.97
+kept_rank = shampoo_kept_rank
+
+
+def grid(ranks: tuple[int, ...], block_sizes: tuple[int, ...]) -> list[dict]:
+    """The per-tensor options the planner tries: unblocked and every block size."""
+    return [{}] + [{"block_size": b} for b in block_sizes]
+
+
+def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
+    """Exact state tensors KrADagrad allocates for one parameter."""
+    mp = plan_for(shape, cfg, opts)
+    return factor_layout(mp, ("inv", "root"), opts.state_dtype) + diagonal_tail(shape, cfg, opts)
+
+
+def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
+    return factor_workspace(plan_for(shape, cfg, opts), shape, opts.state_dtype)
+
+
+def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
+    """The kernel calls one KrADagrad step makes (``KrADagradRule`` through ``MatrixRule.step_param``).
+
+    Per block group and axis i (every ``stats_every`` steps for ``star``; ``order`` times less often for ``mm``,
+    one axis per statistics step):
+    L̃ X as ``gemm(d, n, d)``, (L̃X)(L̃X)ᵀ as ``gemm(d, d, n)`` (n = numel/d), the trace and the elementwise
+    division, subtraction and symmetrisation of L̃; the positive root ``inv_root(d)`` by eigh (no other
+    variant) every ``precondition_frequency`` steps; then Shampoo's mode products and the shared frame.
+    """
+    mp = plan_for(shape, cfg, opts)
+    calls = matrix_frame_calls(shape, mp, cfg, opts)
+    pf = opts.precondition_frequency
+    decay, weight = stats_weights(opts.betas[1], opts.stats_every)
+    for bshape, count in mp.groups:
+        bnumel = math.prod(bshape)
+        every = opts.stats_every * (1 if opts.kradagrad_variant == "star" else len(bshape))
+        for i, d in enumerate(bshape):
+            n = bnumel // d
+            copies = (1 if unfold_copies(i, len(bshape)) else 0) + (1 if weight != 1.0 else 0) + 2
+            calls.append(pointwise(count * bnumel, copies, every))
+            calls.append(pointwise(count * d * d, 5 + (1 if decay != 1.0 else 0), every))
+            calls.append(gemm(d, n, d, count, every))
+            calls.append(gemm(d, d, n, count, every))
+            calls.append(KernelCall("inv_root", (d,), count, pf, variant="eigh"))
+            calls.append(pointwise(count * d * d, every=pf))
+    return calls + apply_roots_calls(mp)

@@ -1,0 +1,79 @@
+"""KrADagrad in torch: inverse statistics updated without inversion and positive roots, as hooks of
+``MatrixRule``. Math, state layout, workspace and kernel calls: ``methods.kradagrad``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...kernels.torch.roots import symmetric_power
+from ...methods.common import stats_weights
+from ...methods.kradagrad import layout
+from ...methods.layout import MethodConfig, OptimizerDefaults
+from .base import SketchplanOptimizer, register
+from .matrix import MATRIX_OPTIONS_DOC, MatrixRule, unfold
+from .shampoo import apply_roots
+
+
+class KrADagradRule(MatrixRule):
+    """KrADagrad's hooks for ``MatrixRule``: inverse statistics updated without inversion, positive roots."""
+
+    layout = staticmethod(layout)
+
+    def init_state(self, state, shape, cfg, opts):
+        """L̃₀ = I/ε for every inverse statistic."""
+        for name, t in state.items():
+            if ".inv" in name:
+                t.copy_(torch.eye(t.shape[-1], dtype=t.dtype, device=t.device) / opts.shampoo_eps)
+
+    def update_statistics(self, state, g, grad_blocks, step, cfg, opts):
+        order = grad_blocks.dim() - 1
+        decay, weight = stats_weights(opts.betas[1], opts.stats_every)
+        axes = range(order) if opts.kradagrad_variant == "star" else [(step - 1) % order]
+        for i in axes:
+            x = unfold(grad_blocks, i)
+            if weight != 1.0:
+                x = x * weight**0.5
+            inv = state[f"blocks{g}.inv{i}"]
+            if decay != 1.0:
+                inv.div_(decay)
+            lx = torch.bmm(inv, x)
+            trace = (x * lx).sum(dim=(1, 2))
+            inv.sub_(torch.bmm(lx, lx.mT) / (x.shape[1] * (1 + trace))[:, None, None])
+            inv.copy_((inv + inv.mT) / 2)
+
+    def refresh_roots(self, state, g, order, opts):
+        for i in range(order):
+            inv, root = state[f"blocks{g}.inv{i}"], state[f"blocks{g}.root{i}"]
+            root.copy_(symmetric_power(inv, 1.0 / (2 * order), 0.0, previous=root))
+
+    def precondition(self, state, g, grad_blocks, opts):
+        return apply_roots(state, g, grad_blocks)
+
+
+class KrADagrad(SketchplanOptimizer):
+    """KrADagrad (Mei, Moreno & Walters 2023, "KrADagrad: Kronecker approximation-domination gradient
+    preconditioned stochastic optimization", UAI).
+
+    Tracks L̃ ≈ S⁻¹ per block and axis without inverting anything (KrADagrad*, L̃₀ = I/ε):
+        L̃ ← L̃/β2;   L̃ ← L̃ − L̃ X Xᵀ L̃ / (d · (1 + tr(Xᵀ L̃ X)))     (X = √(1−β2)·G_(i), or G_(i) when β2 = 1)
+    a Woodbury step whose small inverse is replaced by a scalar no larger than its smallest eigenvalue, so L̃
+    dominates the exact inverse (εI + Σ G Gᵀ)⁻¹ in Loewner order and float32 suffices. Roots P_i = L̃_i^(1/(2k))
+    (positive powers, eigenvalues clamped at 0) every ``precondition_frequency`` steps; D = G ×_1 P_1 … ×_k P_k,
+    norm-grafted per block. ``variant="mm"`` updates one axis per step, cycling through the axes (our reading
+    of the paper's alternating variant: the other factors are held fixed that step).
+
+    Args:
+        params: tensors or param-group dicts.
+        variant: ``star`` (every axis every step) or ``mm`` (one axis per step).
+        block_size: optional block size B.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, variant: str = "star", block_size: int | None = None,
+                 graft: str = "adam", momentum: str = "float32", **options):
+        cfg = MethodConfig(method="kradagrad", block_size=block_size, graft=graft, momentum=momentum)
+        super().__init__(params, cfg, OptimizerDefaults(lr=lr, kradagrad_variant=variant, **options))
+
+
+KrADagrad.__doc__ += MATRIX_OPTIONS_DOC
+register("kradagrad", KrADagradRule())
