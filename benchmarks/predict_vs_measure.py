@@ -33,8 +33,9 @@ import torch
 from torch import nn
 
 from sketchplan.kernels.timing import median_seconds, torch_runner
-from sketchplan.optimizers import METHOD_MODULES, build_optimizer
-from sketchplan.optimizers.layout import MethodConfig, OptimizerDefaults
+from sketchplan.build import build_optimizer
+from sketchplan.methods import METHOD_MODULES
+from sketchplan.methods.layout import MethodConfig, OptimizerDefaults
 from sketchplan.planner import make_plan
 from sketchplan.planner.make import uniform_plan
 from sketchplan.profiles import CostModel, HardwareProfile

@@ -52,7 +52,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from tasks import CharLM, char_batches, cosine_lr, digits, lm_eval, lm_loss, stdlib_corpus  # noqa: E402
 
-from sketchplan.optimizers import MethodConfig, OptimizerDefaults, build_optimizer  # noqa: E402
+from sketchplan.build import build_optimizer  # noqa: E402
+from sketchplan.methods import MethodConfig, OptimizerDefaults  # noqa: E402
 from sketchplan.planner import plan_from_configs  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("QUAL_THREADS", 1)))

@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from tasks import CharLM, char_batches, cosine_lr, lm_eval, lm_loss, stdlib_corpus  # noqa: E402
 
-from sketchplan.optimizers import MethodConfig, OptimizerDefaults, build_optimizer  # noqa: E402
+from sketchplan.build import build_optimizer  # noqa: E402
+from sketchplan.methods import MethodConfig, OptimizerDefaults  # noqa: E402
 from sketchplan.planner import analyze, make_plan, plan_from_configs  # noqa: E402
 from sketchplan.planner.analysis import ModelSpec  # noqa: E402
 from sketchplan.planner.probe import probe, spectral_capture  # noqa: E402
