@@ -1,12 +1,20 @@
 """Planning speed: planning time (model construction excluded) and whole-CLI time, full default grid.
 
-Run: ``python benchmarks/plan_speed.py`` — prints a markdown table and writes benchmarks/results/plan_speed.md.
-Whole-CLI time is measured twice: with the preset cache cold (transformers imported and the model built on the
-meta device) and warm (the analysed spec read from the cache). Medians of ``REPS`` runs.
+Run: ``python benchmarks/plan_speed.py [--baseline REV]`` — prints markdown tables and writes
+benchmarks/results/plan_speed.md. Whole-CLI time is measured twice: with the preset cache cold (transformers
+imported and the model built on the meta device) and warm (the analysed spec read from the cache). Medians of
+``REPS`` runs.
+
+The second table compares the warm whole-CLI time of this checkout with an earlier version of sketchplan
+(``--baseline``, a git revision; default ``6bae15c``, the last version whose planner imported torch), checked out
+into a temporary git worktree and run from the same virtualenv. The two versions run in interleaved rounds
+(``ROUNDS``), so machine load hits both alike; the table gives min/median/max and the ratio of medians, with the
+load average before and after.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -21,6 +29,63 @@ from sketchplan.planner.sources import load_spec
 
 CASES = [("gpt2", "4GiB"), ("llama-7b", "80GiB"), ("llama-70b", "640GiB")]
 REPS = 3
+ROUNDS = 7
+ROOT = Path(__file__).resolve().parent.parent
+#: A llama-7b-shaped shapes file (one decoder layer's tensors × 32 and the embeddings), for the shapes-file row.
+SHAPES = "params:\n" + "".join(
+    f"  - {{name: layers.{i}.{n}, shape: {list(sh)}}}\n" for i in range(32)
+    for n, sh in [("q", (4096, 4096)), ("k", (4096, 4096)), ("v", (4096, 4096)), ("o", (4096, 4096)),
+                  ("up", (11008, 4096)), ("gate", (11008, 4096)), ("down", (4096, 11008)), ("norm", (4096,))]
+) + "  - {name: embed, shape: [32000, 4096]}\n  - {name: head, shape: [32000, 4096]}\n"
+
+
+def _load() -> str:
+    return os.getloadavg().__repr__() if hasattr(os, "getloadavg") else "n/a"
+
+
+def compare(baseline: str) -> str:
+    """Interleaved warm whole-CLI runs of this checkout and of ``baseline`` (module docstring)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wt = Path(tmp) / "baseline"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(wt), baseline], check=True)
+        try:
+            shapes = Path(tmp) / "llama7b-shapes.yaml"
+            shapes.write_text(SHAPES)
+            cache = Path(tmp) / "cache"
+            envs = {"this checkout": dict(os.environ, SKETCHPLAN_CACHE=str(cache), PYTHONPATH=str(ROOT / "src")),
+                    f"baseline {baseline}": dict(os.environ, SKETCHPLAN_CACHE=str(cache) + "-base",
+                                                 PYTHONPATH=str(wt / "src"))}
+            cases = [(str(shapes), "80GiB", "shapes file (llama-7b shapes)"), ("gpt2", "4GiB", "preset gpt2, cached"),
+                     ("llama-70b", "640GiB", "preset llama-70b, cached")]
+
+            def run(env, model, budget) -> float:
+                t = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "sketchplan", "plan", "--model", model, "--memory-budget",
+                                budget, "--out", os.devnull], check=True, env=env, stdout=subprocess.DEVNULL)
+                return time.perf_counter() - t
+
+            for env in envs.values():  # fill both preset caches
+                for model, budget, _ in cases:
+                    run(env, model, budget)
+            load_before = _load()
+            times = {(v, c[2]): [] for v in envs for c in cases}
+            for _ in range(ROUNDS):
+                for model, budget, label in cases:
+                    for v, env in envs.items():
+                        times[(v, label)].append(run(env, model, budget))
+            load_after = _load()
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)], check=False)
+    names = list(envs)
+    lines = [f"Warm whole-CLI time, this checkout vs {baseline}, {ROUNDS} interleaved rounds; load average "
+             f"{load_before} before, {load_after} after.\n",
+             "| model | this checkout min / median / max (s) | baseline min / median / max (s) | ratio of medians |",
+             "|---|---|---|---|"]
+    for _, _, label in cases:
+        a, b = times[(names[0], label)], times[(names[1], label)]
+        fmt = lambda x: f"{min(x):.2f} / {statistics.median(x):.2f} / {max(x):.2f}"  # noqa: E731
+        lines.append(f"| {label} | {fmt(a)} | {fmt(b)} | {statistics.median(a) / statistics.median(b):.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def cli_seconds(model: str, budget: str, env: dict) -> float:
@@ -34,6 +99,17 @@ def cli_seconds(model: str, budget: str, env: dict) -> float:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", default="6bae15c", help="git revision to compare with (default 6bae15c)")
+    ap.add_argument("--skip-table", action="store_true", help="only the comparison with the baseline")
+    args = ap.parse_args()
+    comparison = compare(args.baseline)
+    print(comparison)
+    if args.skip_table:
+        out = Path(__file__).parent / "results" / "plan_speed.md"
+        old = out.read_text().split("\n## This checkout vs")[0] if out.exists() else "# Planning speed\n"
+        out.write_text(old.rstrip() + "\n\n## This checkout vs an earlier version\n\n" + comparison)
+        return
     rows = []
     with tempfile.TemporaryDirectory() as cache:
         warm_env = dict(os.environ, SKETCHPLAN_CACHE=cache)
@@ -61,7 +137,7 @@ def main() -> None:
     print(text)
     out = Path(__file__).parent / "results" / "plan_speed.md"
     out.parent.mkdir(exist_ok=True)
-    out.write_text("# Planning speed\n\n" + text)
+    out.write_text("# Planning speed\n\n" + text + "\n## This checkout vs an earlier version\n\n" + comparison)
 
 
 if __name__ == "__main__":
