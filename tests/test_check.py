@@ -150,3 +150,69 @@ def test_measure_sampled_when_model_is_a_shapes_file(tmp_path):
     distinct = {(tuple(e.shape), e.dtype, e.config()) for e in plan.tensors}
     assert len(m.tensors) == len(distinct) >= 3  # one tensor per distinct (shape, dtype, configuration)
     assert all(t.measured_bytes == t.predicted_bytes for t in m.tensors)
+
+
+def _shift_bytes(plan_file, changes):
+    """Rewrite the plan as if it had predicted other bytes: {tensor index: factor} (totals kept consistent)."""
+    import yaml
+
+    data = yaml.safe_load(plan_file.read_text())
+    big = sorted((t for t in data["tensors"] if t["state_bytes"] > 100_000), key=lambda t: -t["state_bytes"])
+    names = []
+    for i, factor in changes.items():
+        big[i]["state_bytes"] = round(big[i]["state_bytes"] * factor)
+        names.append(big[i]["name"])
+    data["totals"]["state_bytes"] = sum(t["state_bytes"] for t in data["tensors"])
+    plan_file.write_text(yaml.safe_dump(data))
+    return names
+
+
+@pytest.mark.parametrize("growth_pct,tolerance,fails", [(1.5, 1, True), (0.5, 1, False), (3.0, 2.5, True),
+                                                        (2.0, 2.5, False)])
+def test_tolerance_is_a_percentage_of_each_tensor(plan_file, capsys, growth_pct, tolerance, fails):
+    """Today's bytes are (1 + g/100)× the plan's for one tensor: growth above --tolerance percent fails."""
+    (name,) = _shift_bytes(plan_file, {0: 1 / (1 + growth_pct / 100)})
+    code, out, _ = run(capsys, "check", str(plan_file), "--tolerance", str(tolerance))
+    assert code == (1 if fails else 0)
+    if fails:
+        assert name in out and "state-bytes FAIL" in out
+
+
+def test_per_tensor_growth_fails_even_when_the_total_does_not_grow(plan_file, capsys):
+    """One tensor grew 10% while another shrank by as many bytes: the total is unchanged, the check fails."""
+    import yaml
+
+    data = yaml.safe_load(plan_file.read_text())
+    a, b = sorted((t for t in data["tensors"] if t["state_bytes"] > 100_000), key=lambda t: -t["state_bytes"])[:2]
+    delta = b["state_bytes"] // 10
+    b["state_bytes"] -= delta  # today b is 1/0.9 ≈ 11% larger than "planned"
+    a["state_bytes"] += delta  # and a smaller by the same bytes
+    plan_file.write_text(yaml.safe_dump(data))
+    code, out, _ = run(capsys, "check", str(plan_file), "--tolerance", "5")
+    assert code == 1 and b["name"] in out
+    assert "state-bytes FAIL" in out
+
+
+def test_plan_loader_never_executes_yaml_tags(plan_file, tmp_path, capsys):
+    """A python-object tag whose execution would be visible (it creates a directory): refused, not run."""
+    marker = tmp_path / "executed"
+    text = plan_file.read_text().replace("version: ", f"version: !!python/object/apply:os.mkdir [{str(marker)!r}]\n"
+                                         "_was: ", 1)
+    plan_file.write_text(text)
+    code, _, err = run(capsys, "check", str(plan_file))
+    assert code == 2 and "Traceback" not in err
+    assert not marker.exists()
+    with pytest.raises(Exception):
+        Plan.load(plan_file)
+    assert not marker.exists()
+
+
+def test_plan_entry_with_a_method_missing_its_option_is_refused(plan_file, capsys):
+    import yaml
+
+    data = yaml.safe_load(plan_file.read_text())
+    entry = next(t for t in data["tensors"] if t.get("method") == "sketchy" or t.get("method") == "blocked_shampoo")
+    entry["rank" if entry["method"] == "sketchy" else "block_size"] = None
+    plan_file.write_text(yaml.safe_dump(data))
+    code, _, err = run(capsys, "check", str(plan_file))
+    assert code == 2 and entry["name"] in err and "Traceback" not in err

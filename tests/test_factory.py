@@ -25,8 +25,14 @@ def test_groups_by_config_and_tied_weights_once():
     assert sorted(g["method"] for g in opt.param_groups) == ["adam", "shampoo", "sketchy"]
     ids = [id(p) for g in opt.param_groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     zoo_loss(model, 0).backward()
     opt.step()
+    for n, p in model.named_parameters():  # every tensor moved, and its state is what the plan counted
+        assert not torch.equal(p, before[n]), n
+        state = opt.state[p]
+        got = sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v))
+        assert got == plan.entry(n).state_bytes, n
 
 
 def test_frozen_tensors_are_left_out():
@@ -68,7 +74,6 @@ def test_allow_mismatch_gives_adam_with_a_warning():
 
 
 def test_fingerprint_mismatch_is_refused():
-    pytest.importorskip("sketchplan.planner.analysis")
     model = Zoo()
     plan = make_plan(model, CONFIGS["adam"], DEFAULTS)
     wrong = plan.model_copy(update={"model": plan.model.model_copy(update={"fingerprint": "0" * 64})})

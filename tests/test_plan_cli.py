@@ -132,6 +132,7 @@ def test_missing_output_directory(tmp_path, capsys):
 def test_infeasible_names_minimum_and_method(capsys):
     code, _, err = run(capsys, "plan", "--model", "gpt2", "--memory-budget", "1000MiB")
     text = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err
     assert re.search(r"needs, [\d.]+ [GM]iB", text) and "mostly" in text
 
 

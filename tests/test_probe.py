@@ -6,6 +6,7 @@ import torch.nn as nn
 from sketchplan.planner import make_plan
 from sketchplan.planner.analysis import ParamSpec, ModelSpec
 from sketchplan.planner.probe import probe
+from sketchplan.planner.plan import Plan
 from sketchplan.planner.spectrum import AxisSpectrum, SpectrumFile, TensorSpectrum
 
 
@@ -72,7 +73,15 @@ def test_probe_cli_and_plan_with_spectrum(tmp_path, capsys):
                  "--steps", "20", "--rank", "16", "--out", str(out)]) == 0
     s = SpectrumFile.load(str(out))
     assert set(s.tensors) == {"0.weight", "2.weight", "4.weight"}
-    assert main(["plan", "--model", "examples.models:mlp", "--memory-budget", "4MiB", "--spectrum", str(out)]) == 0
+    with_spec, without = tmp_path / "with.yaml", tmp_path / "without.yaml"
+    grid = ["--methods", "sketchy", "--ranks", "4"]  # a rank well below the dims, where spectra differ
+    assert main(["plan", "--model", "examples.models:mlp", *grid, "--spectrum", str(out), "--out", str(with_spec)]) == 0
+    assert main(["plan", "--model", "examples.models:mlp", *grid, "--out", str(without)]) == 0
+    measured = {e.name: e.score for e in Plan.load(with_spec).tensors}
+    prior = {e.name: e.score for e in Plan.load(without).tensors}
+    # the probed matrices are scored from their measured spectra, the unprobed vectors keep the prior
+    assert all(measured[n] != prior[n] for n in s.tensors)
+    assert all(measured[n] == prior[n] for n in prior if n not in s.tensors and prior[n] is not None)
     capsys.readouterr()
     assert main(["plan", "--model", "examples.models:mlp", "--spectrum", str(tmp_path / "none.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -125,10 +125,11 @@ def test_plans_carry_step_ms_and_variants_and_the_optimizer_uses_them():
 def test_make_plan_with_profile_times_what_ifs():
     plan = make_plan(_mlp(), None, hardware=_profile())
     assert plan.totals.step_ms is not None and all(w.step_ms is not None for w in plan.what_if)
-    shampoo = next(e for e in plan.tensors if e.method == "shampoo") if any(
-        e.method == "shampoo" for e in plan.tensors) else None
-    if shampoo is not None:
-        assert shampoo.variant == {"inv_root": "eigh"}
+    timed = [e for e in plan.tensors if e.method is not None]
+    assert timed and all(e.step_ms is not None and e.step_ms > 0 for e in timed)
+    shampoo = uniform_plan(_mlp(), MethodConfig(method="shampoo"), hardware=_profile())
+    roots = [e for e in shampoo.tensors if e.method == "shampoo"]
+    assert roots and all(e.variant == {"inv_root": "eigh"} for e in roots)
 
 
 def test_measure_profile_small_run():

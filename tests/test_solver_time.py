@@ -71,12 +71,15 @@ def test_monotone_in_each_budget(seed):
         prev = v
     prev = -1.0
     for budget in range(150, 1000, 50):
-        try:
-            v = solve_two(items, budget, mins + 3).value
-        except Infeasible:
+        if brute(items, budget, mins + 3) is None:  # no assignment fits: the solver must say so
+            with pytest.raises((Infeasible, InfeasibleTime)):
+                solve_two(items, budget, mins + 3)
+            assert prev < 0  # and every smaller budget was infeasible too
             continue
+        v = solve_two(items, budget, mins + 3).value
         assert v >= prev - 1e-9
         prev = v
+    assert prev >= 0  # the largest budget fits something
 
 
 def test_binding_constraint_reported():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..files import StrictModel as _Strict
 from ..files import YamlFile
@@ -74,6 +74,18 @@ class TensorEntry(_Strict):
                                   "amortised over precondition_frequency (with the plan's hardware profile)")
     variant: dict[str, str] | None = Field(default=None, description="fastest variant per kernel on the "
                                            "profiled device (fd_update, inv_root); the optimizer runs it")
+
+    @model_validator(mode="after")
+    def _method_options_valid(self) -> "TensorEntry":
+        """A method entry must be a valid ``MethodConfig`` (e.g. Sketchy needs a rank), checked when loading."""
+        if self.method is not None:
+            try:
+                self.config()
+            except ValueError as exc:
+                errors = getattr(exc, "errors", None)
+                why = errors()[0]["msg"].removeprefix("Value error, ") if callable(errors) else str(exc)
+                raise ValueError(f"tensor {self.name!r}: {why}") from None
+        return self
 
     def options(self) -> dict[str, str]:
         """The optimizer options the recorded variants set (``fd_variant``, ``root_method``)."""
