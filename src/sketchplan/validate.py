@@ -162,3 +162,16 @@ def check_spec(spec, what: str) -> None:
         if numel > MAX_NUMEL:
             raise UserError(f"{what}: tensor {p.name!r} of shape {list(p.shape)} has {numel:.3g} elements, more "
                             f"than any device holds (at most 2^48 = {MAX_NUMEL:.3g}); check its shape.")
+
+
+def flag_size(what: str = ""):
+    """An argparse ``type=`` for a byte size (``24GiB``, ``80GB``, a byte count): finite, 0 to 2^63 bytes."""
+    def parse(text: str) -> int:
+        from .planner.sizes import parse_size
+
+        try:
+            return parse_size(text, what)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc).strip()) from None
+    parse.__name__ = "size"
+    return parse
