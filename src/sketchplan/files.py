@@ -39,8 +39,8 @@ class YamlFile(StrictModel):
     def to_yaml(self) -> str:
         return yaml.dump(self.model_dump(mode="json"), Dumper=_Dumper, sort_keys=False, width=120)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        return write_atomic(path, self.to_yaml())
+    def save(self, path: str | os.PathLike, label: str = "output") -> Path:
+        return write_atomic(path, self.to_yaml(), label)
 
     @classmethod
     def load(cls, path: str | os.PathLike):

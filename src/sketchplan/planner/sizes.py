@@ -18,9 +18,11 @@ _RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_size(text: str | int | float, what: str = "size") -> int:
-    """Bytes in ``text``; decimal units (GB) are powers of 10, binary units (GiB, or a bare G) powers of 2."""
+    """Bytes in ``text``; decimal units (GB) are powers of 10, binary units (GiB, or a bare G) powers of 2.
+    Anything else (negative, not finite, above 2^63 bytes) is a ``UserError`` naming ``what``."""
+    shown = f"{what} {text!r}".strip()
     if isinstance(text, int) and not isinstance(text, bool) and not 0 <= text <= MAX_BYTES:
-        raise UserError(f"{what} {text} is {'negative' if text < 0 else 'more than any device holds'}; give a "
+        raise UserError(f"{shown} is {'negative' if text < 0 else 'more than any device holds'}; give a "
                         "size from 0 to 2^63 bytes such as 24GiB.")
     if isinstance(text, int) and not isinstance(text, bool):
         return text
@@ -29,18 +31,18 @@ def parse_size(text: str | int | float, what: str = "size") -> int:
     else:
         s = str(text).strip()
         if s.startswith("-"):
-            raise UserError(f"{what} {text!r} is negative; give a positive size such as 24GiB.")
+            raise UserError(f"{shown} is negative; give a positive size such as 24GiB.")
         m = _RE.match(s)
         if not m or m.group(2).lower() not in _UNITS:
-            raise UserError(f"cannot read {what} {text!r}; write it like 24GiB, 80GB, 512MiB or a byte count.")
+            raise UserError(f"cannot read {shown}; write it like 24GiB, 80GB, 512MiB or a byte count.")
         value, unit = float(m.group(1)), m.group(2).lower()
     if not math.isfinite(value):
-        raise UserError(f"{what} {text!r} is not a finite size; give a size such as 24GiB.")
+        raise UserError(f"{shown} is not a finite size; give a size such as 24GiB.")
     if value < 0:
-        raise UserError(f"{what} {text!r} is negative; give a positive size such as 24GiB.")
+        raise UserError(f"{shown} is negative; give a positive size such as 24GiB.")
     n = value * _UNITS[unit]
     if not math.isfinite(n) or n > MAX_BYTES:
-        raise UserError(f"{what} {text!r} is more than any device holds (at most 2^63 bytes, 8 EiB); give a size "
+        raise UserError(f"{shown} is more than any device holds (at most 2^63 bytes, 8 EiB); give a size "
                         "such as 24GiB.")
     return int(round(n))
 
