@@ -88,8 +88,8 @@ def probe(model, loss_fn: Callable, batches: Iterable, steps: int = 100, rank: i
     try:
         it = itertools.cycle(batches) if not callable(batches) else iter(batches())
     except TypeError:
-        raise UserError(f"the probe's data is a {type(batches).__name__}, not an iterable of batches; return a "
-                        "list or generator of batches.") from None
+        raise UserError(f"the probe's data (--data) is a {type(batches).__name__}, not an iterable of batches; "
+                        "return a list or generator of batches.") from None
     finite = 0  # gradients sketched
     bar = None
     if progress:
@@ -104,7 +104,7 @@ def probe(model, loss_fn: Callable, batches: Iterable, steps: int = 100, rank: i
             try:
                 batch = next(it)
             except StopIteration:
-                raise UserError("the probe's data yielded no batch; return a non-empty list or generator of "
+                raise UserError("the probe's data (--data) yielded no batch; return a non-empty list or generator of "
                                 "batches.") from None
             try:
                 loss = loss_fn(model, batch)
@@ -115,7 +115,7 @@ def probe(model, loss_fn: Callable, batches: Iterable, steps: int = 100, rank: i
                 raise
             except Exception as exc:  # the user's loss function or model
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise UserError(f"the probe's loss function failed ({type(exc).__name__}: {msg[:200]}); check "
+                raise UserError(f"the probe's loss function (--loss) failed ({type(exc).__name__}: {msg[:200]}); check "
                                 "--loss, --data and the model.") from None
             with torch.no_grad():
                 for n, p in params:
