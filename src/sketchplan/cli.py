@@ -158,15 +158,15 @@ def _cmd_update(args, console) -> int:
     from .planner.sources import load_spec
     from .report import render_plan
 
-    out = args.out or args.update
+    out = args.update if args.out is None else args.out
     # writing the plan back over itself is what --update is for; every other input is protected
-    _outputs([("--out" if args.out else "--update", out)], _model_inputs(args.model) + _plan_inputs(args))
+    _outputs([("--update" if args.out is None else "--out", out)], _model_inputs(args.model) + _plan_inputs(args))
     old = Plan.load(args.update)
     source = args.model or old.model.source
     if not source:
         raise UserError(f"plan {args.update!r} does not record its model; pass --model.")
     if not args.model:
-        _outputs([("--out" if args.out else "--update", out)], _model_inputs(source))
+        _outputs([("--update" if args.out is None else "--out", out)], _model_inputs(source))
     spec = load_spec(source)
     g, s, b = old.grid, old.settings, old.budget
     grid = dict(methods=g.methods, ranks=g.ranks, block_sizes=g.block_sizes, grafts=g.grafts,
@@ -176,7 +176,7 @@ def _cmd_update(args, console) -> int:
                     param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights,
                     hardware=args.hardware, **grid)
     render_plan(new, console, _mode(args), None if args.all else 60)
-    write_atomic(out, new.to_yaml(), "--out" if args.out else "--update")
+    write_atomic(out, new.to_yaml(), "--update" if args.out is None else "--out")
     delta = new.totals.state_bytes - old.totals.state_bytes
     console.print(f"plan updated: optimizer state {fmt_bytes(old.totals.state_bytes)} → "
                   f"{fmt_bytes(new.totals.state_bytes)} ({'+' if delta >= 0 else '-'}{fmt_bytes(abs(delta))}), "
@@ -207,9 +207,9 @@ def _cmd_check(args, console) -> int:
     report = check(plan, load_model(source, module=args.measure), plan_path=args.plan, tolerance_pct=args.tolerance, budget=budget,
                    measure=args.measure, device=args.device)
     render_check(report, console)
-    if args.json:
+    if args.json is not None:
         write_atomic(args.json, report.model_dump_json(indent=2) + "\n", "--json")
-    if args.junit:
+    if args.junit is not None:
         write_atomic(args.junit, junit_xml(report) + "\n", "--junit")
     return report.exit_code
 
@@ -222,7 +222,7 @@ def _cmd_plan(args, console) -> int:
     from .planner.sources import load_spec
     from .report import render_plan
 
-    if args.update:
+    if args.update is not None:
         return _cmd_update(args, console)
     if not args.model:
         raise UserError("sketchplan plan needs --model (or --update PLAN to refresh an existing plan).")
@@ -255,7 +255,7 @@ def _cmd_plan(args, console) -> int:
 
         for name in args.explain:
             render_explain(explain(plan, spec, name), console)
-    if args.out:
+    if args.out is not None:
         write_atomic(args.out, plan.to_yaml(), "--out")
         console.print(f"plan written to [bold]{args.out}[/]")
     return 0
@@ -338,7 +338,7 @@ def _cmd_profile(args, console) -> int:
     from .profiles.fingerprint import detect, profile_name
 
     # the default name comes from the device, so every output is checked before minutes of measuring
-    out = args.out or f"{profile_name(detect(args.device, args.framework))}.yaml"
+    out = args.out if args.out is not None else f"{profile_name(detect(args.device, args.framework))}.yaml"
     _outputs([("--out", out)])
     if args.threads is not None:
         import torch
@@ -363,16 +363,16 @@ def _cmd_show(args, console) -> int:
     from .planner.plan import Plan
     from .report import render_plan
 
-    if args.plot:
+    if args.plot is not None:
         from .plot import check_plot_path
 
         _outputs([("--plot", args.plot)], [("plan", args.plan)])
         check_plot_path(args.plot)
     plan = Plan.load(args.plan)
-    if args.plot and plan.model.source:
+    if args.plot is not None and plan.model.source:
         _outputs([("--plot", args.plot)], _model_inputs(plan.model.source))
     render_plan(plan, console, _mode(args), None if args.all else 60)
-    if args.plot:
+    if args.plot is not None:
         from .planner.sources import load_spec
         from .plot import plot_plan
 

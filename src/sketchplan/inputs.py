@@ -53,14 +53,17 @@ def read_bytes(path: str | os.PathLike, what: str, how_to_make: str = "check the
         raise UserError(f"{name} is a directory, not a file; {how_to_make}.")
     if not stat.S_ISREG(st.st_mode):
         raise UserError(f"{name} is not a regular file (a device, FIFO or socket); {how_to_make}.")
+    too_big = UserError(f"{name} is larger than {limit // 2**20} MiB, more than any {what} sketchplan writes; "
+                        f"{how_to_make}.")
+    if st.st_size > limit:
+        raise too_big
     try:
         with open(p, "rb") as f:
             data = f.read(limit + 1)
     except OSError as exc:
         raise UserError(f"cannot read {name} ({exc.strerror or _first_line(exc)}); check its permissions.") from None
-    if len(data) > limit:
-        raise UserError(f"{name} is larger than {limit // 2**20} MiB, more than any {what} sketchplan writes; "
-                        f"{how_to_make}.")
+    if len(data) > limit:  # grew while reading, or a file whose size stat does not tell (/proc)
+        raise too_big
     return data
 
 

@@ -71,8 +71,8 @@ def number(value: Any, what: str, *, lo=None, hi=None, lo_open: bool = False, hi
                 if math.isfinite(f) and f.is_integer() and abs(f) < 2**53:
                     x = int(f)  # 1e3, 2.0
                 else:
-                    raise UserError(f"{what} {shown} is not {'a finite number' if not math.isfinite(f) else 'an integer'}"
-                                    f"{hint}") from None
+                    why = "a finite number" if not math.isfinite(f) else "an integer"
+                    raise UserError(f"{what} {shown} is not {why}{hint}") from None
             else:
                 raise UserError(f"{what} {shown} is not a number{hint}") from None
     elif isinstance(value, (int, float)):
