@@ -124,7 +124,7 @@ def candidates_for(shape: tuple[int, ...], configs: list[MethodConfig], opts: Op
 
 ADAM = MethodConfig(method="adam")
 #: blocked candidates cutting one (merged) axis into more blocks than this are not offered
-MAX_BLOCKS_PER_AXIS = 2**16
+MAX_BLOCKS_PER_AXIS = 2**13
 
 
 def _empty(shape: tuple[int, ...]) -> bool:
