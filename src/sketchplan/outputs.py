@@ -35,6 +35,7 @@ from pathlib import Path
 
 from .errors import UserError
 
+_CHUNK = 1 << 20
 TEMP_MARK = ".sketchplan-"  #: in every named temporary: ``.NAME.sketchplan-PID-RANDOM.tmp``
 _CAUGHT_SIGNALS = tuple(getattr(signal, s) for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s))
 
@@ -305,8 +306,8 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, label: str = "outpu
         try:
             fd, tmp = _open_temp(target)
             view = memoryview(payload)
-            while view:
-                n = os.write(fd, view)
+            while view:  # in chunks: each write is bounded, and a signal is handled between two
+                n = os.write(fd, view[:_CHUNK])
                 view = view[n:]
             os.fchmod(fd, mode)
             if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
