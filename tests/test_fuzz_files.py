@@ -217,3 +217,41 @@ def test_fuzz_mutated_shapes_files(good_plan, capsys, data, fmt):
 @given(raw=random_files(), suffix=st.sampled_from([".yaml", ".json"]))
 def test_fuzz_random_shapes_files(good_plan, capsys, raw, suffix):
     _shapes_case(raw, suffix, good_plan, capsys)
+
+
+def _same(a, b) -> bool:
+    """Equality that treats NaN as equal to NaN (YAML's .nan)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (a != a and b != b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+ANCHORED = st.sampled_from([
+    "a: &x {p: 1, q: [2, 3]}\nb: *x\nc: {<<: *x, q: 4}\n",
+    "base: &b {k: v}\nlist: [*b, *b, {<<: [*b, {k: w, z: 1}]}]\n",
+    "- &s hello\n- *s\n- {*s : 1}\n",
+    "x: !!str 12\ny: !!int '7'\nz: !!float '1.5'\nw: !!binary aGk=\nd: 2024-01-02\n",
+    "? complex key\n: value\n\"quoted: colon\": 'single'\nmulti: |\n  line 1\n  line 2\n",
+])
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(doc=st.one_of(values().map(lambda v: yaml.safe_dump(v, sort_keys=False)), ANCHORED,
+                     st.text(max_size=80)))
+def test_streaming_loader_equals_pyyaml_safe_load(doc):
+    """``inputs.load_yaml`` (built from events, with limits) gives exactly ``yaml.safe_load``'s values, and fails
+    (as a one-sentence UserError) exactly where PyYAML fails."""
+    from sketchplan.errors import UserError
+    from sketchplan.inputs import load_yaml
+
+    try:
+        expected = yaml.safe_load(doc)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError):
+        with pytest.raises(UserError):
+            load_yaml(doc, "file", "fix it")
+        return
+    assert _same(load_yaml(doc, "file", "fix it"), expected)

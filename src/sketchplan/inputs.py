@@ -3,10 +3,12 @@ so that no file can cost more than its size suggests.
 
 - Size: at most ``MAX_FILE_BYTES`` are read (the check reads one byte more, never the whole of a larger file);
   the path must be a regular file (not a directory, a FIFO or a device).
-- YAML: safe loading only (no Python objects are ever constructed). Before anything is built, the event stream
-  is scanned once: nesting deeper than ``MAX_DEPTH``, more than ``MAX_NODES`` nodes, or aliases expanding the
-  document by more than ``MAX_ALIAS_NODES`` nodes ("billion laughs") are refused. Anchors and aliases are
-  otherwise fine: the loader shares the aliased object, and the scan counts what later validation will walk.
+- YAML: safe loading only (no Python objects are ever constructed), built straight from the parser's events
+  without PyYAML's node graph, so a file costs about what its values cost (a node graph costs ~360 bytes per
+  value: 180 MB for a 1 MB list of numbers). While building, nesting deeper than ``MAX_DEPTH``, more than
+  ``MAX_NODES`` values, or aliases expanding the document by more than ``MAX_ALIAS_NODES`` values ("billion
+  laughs") are refused. Anchors and aliases are otherwise fine: an alias shares the anchored object, and the
+  count includes what later validation will walk.
 - JSON: ``NaN``, ``Infinity`` and numbers that overflow to infinity are refused, as are nesting deeper than
   ``MAX_DEPTH`` and more than ``MAX_NODES`` values.
 
@@ -82,55 +84,128 @@ def _limits_error(where: str, what: str, how_to_fix: str) -> UserError:
     return UserError(f"{where} {what}; {how_to_fix}.")
 
 
-def check_yaml_limits(text: str, where: str, how_to_fix: str) -> None:
-    """Scan the YAML event stream of ``text`` and refuse documents beyond the module's limits (nothing built)."""
-    loader = _Loader(text)
-    anchors: dict[str, int] = {}  # anchor → expanded node count
-    open_: list[tuple[str | None, int]] = []  # (anchor, total when it opened) per open collection
-    total = 0  # expanded nodes so far
-    physical = 0  # nodes written in the file
-    try:
-        while loader.check_event():
-            ev = loader.get_event()
-            if isinstance(ev, yaml.AliasEvent):
-                if ev.anchor not in anchors:
-                    raise _limits_error(where, f"uses the alias *{ev.anchor} before its anchor &{ev.anchor} is "
-                                               "complete", how_to_fix)
-                total += anchors[ev.anchor]
-                physical += 1
-                if total - physical > MAX_ALIAS_NODES:
-                    raise _limits_error(where, f"uses YAML aliases that expand to more than {MAX_ALIAS_NODES:,} "
-                                               "extra nodes (an alias bomb?)", how_to_fix)
-            elif isinstance(ev, yaml.ScalarEvent):
-                total += 1
-                physical += 1
-                if ev.anchor is not None:
-                    anchors[ev.anchor] = 1
-            elif isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
-                open_.append((ev.anchor, total))
-                total += 1
-                physical += 1
-                if len(open_) > MAX_DEPTH:
-                    raise _limits_error(where, f"nests deeper than {MAX_DEPTH} levels", how_to_fix)
-            elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
-                anchor, start = open_.pop()
-                if anchor is not None:
-                    anchors[anchor] = total - start
-            if total > MAX_NODES:
-                raise _limits_error(where, f"holds more than {MAX_NODES:,} values", how_to_fix)
-    except yaml.YAMLError:
-        return  # the loader reports syntax errors with their position
-    finally:
-        loader.dispose()
+_TAG = "tag:yaml.org,2002:"
+_PLAIN_COLLECTION_TAGS = (None, "!", _TAG + "seq", _TAG + "map")
+_NO_KEY = object()
+
+
+class _Frame:
+    __slots__ = ("obj", "is_map", "anchor", "start", "key", "merges")
+
+    def __init__(self, obj, is_map: bool, anchor: str | None, start: int):
+        self.obj, self.is_map, self.anchor, self.start = obj, is_map, anchor, start
+        self.key = _NO_KEY
+        self.merges: list[list[dict]] = []
+
+
+def _build(loader, where: str, how_to_fix: str) -> object:
+    """One YAML document built straight from the parser's events (no node graph: a file costs about what the
+    Python objects it holds cost), with the limits checked as it goes. Scalars are resolved and constructed by
+    PyYAML's safe constructor, so values are exactly ``yaml.safe_load``'s; merge keys (``<<``) behave as in
+    PyYAML; collection tags other than the plain ones are refused (sketchplan's files never use them)."""
+    anchors: dict[str, tuple[object, int]] = {}  # anchor → (object, expanded node count)
+    stack: list[_Frame] = []
+    total = physical = documents = 0
+    result = None
+
+    def bad(what: str) -> UserError:
+        return UserError(f"{where} is not valid YAML for sketchplan ({what}); {how_to_fix}.")
+
+    def emit(value, size: int) -> None:
+        nonlocal result
+        if not stack:
+            result = value
+            return
+        top = stack[-1]
+        if not top.is_map:
+            top.obj.append(value)
+        elif top.key is _NO_KEY:
+            if isinstance(value, (list, dict)):
+                raise bad("found an unhashable key")
+            top.key = value
+        else:
+            key, top.key = top.key, _NO_KEY
+            if key is _MERGE:
+                sources = value if isinstance(value, list) else [value]
+                if not all(isinstance(m, dict) for m in sources):
+                    raise bad("a merge key '<<' must name mappings")
+                top.merges.append(sources)
+            else:
+                top.obj[key] = value
+
+    while loader.check_event():
+        ev = loader.get_event()
+        if isinstance(ev, yaml.ScalarEvent):
+            tag = ev.tag if ev.tag not in (None, "!") else loader.resolve(yaml.ScalarNode, ev.value, ev.implicit)
+            if tag == _TAG + "merge" and stack and stack[-1].is_map and stack[-1].key is _NO_KEY:
+                value = _MERGE
+            elif tag == _TAG + "value":
+                value = ev.value
+            else:
+                construct = loader.yaml_constructors.get(tag)
+                if construct is None or construct is loader.yaml_constructors.get(None):
+                    raise bad(f"the tag {tag!r} is not allowed")
+                value = construct(loader, yaml.ScalarNode(tag, ev.value, ev.start_mark, ev.end_mark, ev.style))
+            total += 1
+            physical += 1
+            if ev.anchor is not None:
+                anchors[ev.anchor] = (value, 1)
+            emit(value, 1)
+        elif isinstance(ev, yaml.AliasEvent):
+            if ev.anchor not in anchors:
+                raise _limits_error(where, f"uses the alias *{ev.anchor} before its anchor &{ev.anchor} is "
+                                           "complete", how_to_fix)
+            value, size = anchors[ev.anchor]
+            total += size
+            physical += 1
+            if total - physical > MAX_ALIAS_NODES:
+                raise _limits_error(where, f"uses YAML aliases that expand to more than {MAX_ALIAS_NODES:,} "
+                                           "extra nodes (an alias bomb?)", how_to_fix)
+            emit(value, size)
+        elif isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            if ev.tag not in _PLAIN_COLLECTION_TAGS:
+                raise bad(f"the tag {ev.tag!r} is not allowed")
+            stack.append(_Frame({} if isinstance(ev, yaml.MappingStartEvent) else [],
+                                isinstance(ev, yaml.MappingStartEvent), ev.anchor, total))
+            total += 1
+            physical += 1
+            if len(stack) > MAX_DEPTH:
+                raise _limits_error(where, f"nests deeper than {MAX_DEPTH} levels", how_to_fix)
+        elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            frame = stack.pop()
+            obj = frame.obj
+            if frame.merges:  # explicit keys win, then earlier merges over later ones (as PyYAML)
+                merged: dict = {}
+                for sources in frame.merges:
+                    for m in reversed(sources):
+                        merged.update(m)
+                merged.update(obj)
+                obj = merged
+            if frame.anchor is not None:
+                anchors[frame.anchor] = (obj, total - frame.start)
+            emit(obj, total - frame.start)
+        elif isinstance(ev, yaml.DocumentStartEvent):
+            documents += 1
+            if documents > 1:
+                raise bad("it holds more than one document")
+        if total > MAX_NODES:
+            raise _limits_error(where, f"holds more than {MAX_NODES:,} values", how_to_fix)
+    return result
+
+
+_MERGE = object()
 
 
 def load_yaml(text: str, where: str, how_to_fix: str) -> object:
-    """Safe-load ``text`` after ``check_yaml_limits``; a syntax error is a ``UserError`` naming ``where``."""
-    check_yaml_limits(text, where, how_to_fix)
+    """Safe-load ``text`` (one document) within the module's limits; any problem is a ``UserError`` naming
+    ``where``. Never constructs Python objects other than plain data."""
+    loader = _Loader(text)
     try:
-        return yaml.load(text, Loader=_Loader)  # safe loader: never constructs Python objects
+        return _build(loader, where, how_to_fix)
     except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise UserError(f"{where} is not valid YAML ({_first_line(exc)}); {how_to_fix}.") from None
+    finally:
+        loader.dispose()
 
 
 def _finite(text: str) -> float:
