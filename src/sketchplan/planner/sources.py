@@ -125,7 +125,7 @@ def build_hf_config(path: str):
 
 
 #: modules an ``hf:`` configuration may build (each costs ~5 KB on the meta device; real models have < 10k)
-MAX_HF_MODULES = 30_000
+MAX_HF_MODULES = 20_000
 
 
 class _TooManyModules(Exception):
