@@ -3,7 +3,7 @@ planned by sketchplan (issue 17).
 
 For each model type in ``CONFIG_MAPPING_NAMES``: the default configuration is built (``AutoConfig.for_model``),
 its model class is taken from the first auto mapping that names the type (``AutoModel``'s first, then the task
-mappings), and the model is built under ``torch.device("meta")`` — nothing is allocated. A type whose
+mappings; for sub-configurations no mapping names, ``FooConfig`` → ``FooModel``), and the model is built under ``torch.device("meta")`` — nothing is allocated. A type whose
 configuration or model does not build is transformers' business and is listed as such. Every model that builds
 is then:
 
@@ -47,7 +47,7 @@ from sketchplan.errors import UserError
 from sketchplan.planner import make_plan
 from sketchplan.planner.analysis import analyze
 from sketchplan.planner.plan import Plan
-import yaml
+from sketchplan.inputs import load_yaml
 
 MAPPINGS = ["MODEL_MAPPING_NAMES"] + sorted(n for n in dir(modeling_auto)
                                              if n.startswith("MODEL_FOR_") and n.endswith("_MAPPING_NAMES"))
@@ -59,6 +59,10 @@ def model_class(t):
             cls = cls[0]
         if cls and hasattr(transformers, cls):
             return getattr(transformers, cls)
+    # sub-configurations (text or vision towers) that no auto mapping names: FooTextConfig -> FooTextModel
+    guess = getattr(transformers, CONFIG_MAPPING_NAMES[t].replace("Config", "Model"), None)
+    if isinstance(guess, type) and issubclass(guess, torch.nn.Module):
+        return guess
     return None
 
 def rss_mb():
@@ -122,8 +126,8 @@ def one(t):
         except UserError as exc:
             tight = free
             r["budget_plan"] = "infeasible: " + str(exc)[:80]
-        for p in (free, tight):
-            assert Plan.from_data(yaml.safe_load(p.to_yaml())) == p, "the plan does not load back"
+        for p in (free, tight):  # written and read back as a file would be
+            assert Plan.from_data(load_yaml(p.to_yaml(), "plan", "-")) == p, "the plan does not load back"
         r["plan_s"] = round(time.perf_counter() - t1, 2)
         r["stage"] = "planned" if r["exact"] else "inexact parameter count"
     except UserError as exc:
