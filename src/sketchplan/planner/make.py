@@ -203,8 +203,11 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     opts = defaults or OptimizerDefaults()
     spec, excluded, pspec = _validated(model, source)
     prec = Precision(param_dtype, grad_dtype, master_weights)
-    if world_size < 1:
-        raise UserError(f"world size {world_size} must be at least 1.")
+    from ..validate import MAX_WORLD_SIZE, number
+
+    world_size = number(world_size, "world size", lo=1, hi=MAX_WORLD_SIZE, integer=True)
+    if time_budget_ms is not None:
+        time_budget_ms = number(time_budget_ms, "time budget (ms)", lo=0, lo_open=True, example="500")
     budget_bytes = None if memory_budget is None else parse_size(memory_budget, "memory budget")
     reserve_bytes = parse_size(reserve, "reserve")
     budget = Budget(memory_bytes=budget_bytes, reserve_bytes=reserve_bytes)
