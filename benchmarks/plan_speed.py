@@ -92,8 +92,10 @@ def cli_seconds(model: str, budget: str, env: dict) -> float:
     times = []
     for _ in range(REPS):
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "sketchplan", "plan", "--model", model, "--memory-budget", budget,
-                        "--out", os.devnull], check=True, env=env, stdout=subprocess.DEVNULL)
+        with tempfile.TemporaryDirectory() as tmp:  # a real file: outputs are regular files (never /dev/null)
+            subprocess.run([sys.executable, "-m", "sketchplan", "plan", "--model", model, "--memory-budget", budget,
+                            "--out", os.path.join(tmp, "plan.yaml")], check=True, env=env,
+                           stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 

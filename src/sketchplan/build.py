@@ -71,6 +71,10 @@ def build_optimizer(plan: Plan, model: "torch.nn.Module", allow_mismatch: bool =
             if tuple(e.shape) != tuple(p.shape):
                 _problem(allow_mismatch, f"tensor {name!r} has shape {tuple(p.shape)} in the model but "
                                          f"{tuple(e.shape)} in the plan; regenerate the plan.")
+            elif getattr(e, "excluded", None) and p.requires_grad:  # the plan says why (e.g. a complex dtype)
+                warnings.warn(f"sketchplan: tensor {name!r} is left out of this optimizer: {e.excluded}.",
+                              RuntimeWarning, stacklevel=2)
+                cfg = None
             elif e.config() is None and p.requires_grad:
                 _problem(allow_mismatch, f"tensor {name!r} is trainable in the model but frozen in the plan; "
                                          "regenerate the plan.")

@@ -11,18 +11,49 @@ import sys
 from .errors import UserError
 
 
-def _csv(kind):
+#: items in one comma list (--methods, --ranks, ...): more would multiply the candidates past any use
+MAX_LIST = 64
+
+
+def _csv(kind, what: str = ""):
     def parse(text: str):
+        from .errors import UserError as _E
+        from .validate import MAX_INT, number
+
         items = [s.strip() for s in text.split(",") if s.strip()]
+        if len(items) > MAX_LIST:
+            raise argparse.ArgumentTypeError(f"{len(items)} items are too many; give at most {MAX_LIST}")
         if kind is int:
             out = []
             for s in items:
                 try:
-                    out.append(int(s))
-                except ValueError:
-                    raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-            return out
-        return items
+                    value = int(s) if s.lstrip("+-").isdigit() and len(s) < 100 else s
+                    out.append(number(value, what, lo=1, hi=MAX_INT, integer=True))
+                except _E as exc:
+                    raise argparse.ArgumentTypeError(str(exc).strip()) from None
+            return list(dict.fromkeys(out))
+        return list(dict.fromkeys(items))
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one sentence (a ``UserError``: exit 2, no usage dump, no SystemExit
+    from ``main``)."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message.rstrip('.')}; see `{self.prog} --help`.")
+
+
+def flag_size(what: str = ""):
+    """An argparse ``type=`` for a byte size (``24GiB``, ``80GB``, a byte count): finite, 0 to 2^63 bytes."""
+    def parse(text: str) -> int:
+        from .planner.sizes import parse_size
+
+        try:
+            return parse_size(text, what)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc).strip()) from None
+    parse.__name__ = "size"
     return parse
 
 
@@ -30,8 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     from .planner.candidates import (DEFAULT_BLOCK_SIZES, DEFAULT_GRAFTS, DEFAULT_METHODS, DEFAULT_MOMENTA,
                                      DEFAULT_RANKS)
 
-    p = argparse.ArgumentParser(prog="sketchplan", description="Plan optimizer memory: which optimizer fits this "
-                                "model, at which rank or block size.")
+    from .validate import MAX_WORLD_SIZE, flag_float, flag_int
+
+    p = _Parser(prog="sketchplan", description="Plan optimizer memory: which optimizer fits this "
+                "model, at which rank or block size.")
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"sketchplan {__version__}")
@@ -42,28 +75,31 @@ def _parser() -> argparse.ArgumentParser:
                     "or hf:PATH/config.json (with --update: default the plan's own model)")
     pl.add_argument("--update", metavar="PLAN", help="re-plan an existing plan with its own budget, settings and "
                     "candidates, and write it back (the reviewed way to accept a change)")
-    pl.add_argument("--memory-budget", help="device memory for params, grads, optimizer state and step workspace, "
-                    "e.g. 24GiB, 80GB, 512MiB (default: no limit)")
-    pl.add_argument("--reserve", default="0", help="memory kept free for activations (default 0)")
-    pl.add_argument("--time-budget-ms", type=float, help="amortised optimizer step time allowed, predicted with "
-                    "--hardware (default: no limit)")
+    pl.add_argument("--memory-budget", type=flag_size("memory budget"), help="device memory for params, grads, "
+                    "optimizer state and step workspace, e.g. 24GiB, 80GB, 512MiB (default: no limit)")
+    pl.add_argument("--reserve", default=0, type=flag_size("reserve"),
+                    help="memory kept free for activations (default 0)")
+    pl.add_argument("--time-budget-ms", type=flag_float(0, lo_open=True, example="500"), help="amortised optimizer "
+                    "step time allowed, predicted with --hardware (default: no limit)")
     pl.add_argument("--methods", type=_csv(str), default=list(DEFAULT_METHODS),
                     help=f"comma list (default {','.join(DEFAULT_METHODS)}; also extreme_tensoring, kradagrad)")
-    pl.add_argument("--ranks", type=_csv(int), default=list(DEFAULT_RANKS), help="Sketchy ranks")
-    pl.add_argument("--block-sizes", type=_csv(int), default=list(DEFAULT_BLOCK_SIZES), help="block sizes")
+    pl.add_argument("--ranks", type=_csv(int, "rank"), default=list(DEFAULT_RANKS), help="Sketchy ranks")
+    pl.add_argument("--block-sizes", type=_csv(int, "block size"), default=list(DEFAULT_BLOCK_SIZES),
+                    help="block sizes")
     pl.add_argument("--grafts", type=_csv(str), default=list(DEFAULT_GRAFTS), help="grafts offered")
     pl.add_argument("--momenta", type=_csv(str), default=list(DEFAULT_MOMENTA), help="momentum dtypes offered")
-    pl.add_argument("--world-size", type=int, default=1, help="data-parallel ranks (default 1)")
+    pl.add_argument("--world-size", type=flag_int(1, MAX_WORLD_SIZE), default=1,
+                    help="data-parallel ranks (default 1)")
     pl.add_argument("--shard-optimizer-state", action="store_true", help="ZeRO-1: split state across ranks")
     pl.add_argument("--param-dtype", help="dtype of parameters and gradients, e.g. bfloat16 (default: the model's)")
     pl.add_argument("--grad-dtype", help="gradient dtype if it differs from the parameters'")
     pl.add_argument("--master-weights", action="store_true", help="count a float32 master copy of trainable params")
     pl.add_argument("--state-dtype", default="float32", choices=["float32", "float64", "bfloat16"])
-    pl.add_argument("--merge-dims", type=int, default=1024)
-    pl.add_argument("--max-precond-dim", type=int, default=8192)
-    pl.add_argument("--precondition-frequency", type=int, default=10)
-    pl.add_argument("--lr", type=float, default=1e-3)
-    pl.add_argument("--weight-decay", type=float, default=0.0)
+    pl.add_argument("--merge-dims", type=flag_int(1, example="1024"), default=1024)
+    pl.add_argument("--max-precond-dim", type=flag_int(1, example="8192"), default=8192)
+    pl.add_argument("--precondition-frequency", type=flag_int(1, example="10"), default=10)
+    pl.add_argument("--lr", type=flag_float(0, lo_open=True, example="1e-3"), default=1e-3)
+    pl.add_argument("--weight-decay", type=flag_float(0, example="0.01"), default=0.0)
     pl.add_argument("--hardware", default="auto", help="hardware profile for predicted step times and kernel "
                     "variants: auto (the shipped profile matching this machine, else an analytic roofline), a "
                     "shipped profile NAME, or a FILE from `sketchplan profile` (default auto)")
@@ -77,9 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     ck = sub.add_parser("check", help="CI memory-regression check of a committed plan against today's model")
     ck.add_argument("plan")
     ck.add_argument("--model", help="the model today (default: the plan's model source)")
-    ck.add_argument("--tolerance", type=float, default=0.0, metavar="PCT",
+    ck.add_argument("--tolerance", type=flag_float(0, example="2"), default=0.0, metavar="PCT",
                     help="allowed growth of optimizer state, in percent (default 0)")
-    ck.add_argument("--budget", help="memory budget to enforce (default: the plan's budget minus its reserve)")
+    ck.add_argument("--budget", type=flag_size("budget"),
+                    help="memory budget to enforce (default: the plan's budget minus its reserve)")
     ck.add_argument("--measure", action="store_true", help="instantiate the optimizer, step it, and compare the "
                     "state it allocates with the prediction")
     ck.add_argument("--device", default="cpu", help="device for --measure: cpu or cuda[:i]")
@@ -92,17 +129,19 @@ def _parser() -> argparse.ArgumentParser:
                     "batches (cycled)")
     pr.add_argument("--loss", help="package.module:fn with fn(model, batch) -> loss (default: loss_fn in the data "
                     "module, else cross-entropy of model(x) against y for (x, y) batches)")
-    pr.add_argument("--steps", type=int, default=100)
-    pr.add_argument("--rank", type=int, default=256, help="FD sketch rank per axis (default 256)")
-    pr.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the probing run")
+    pr.add_argument("--steps", type=flag_int(1, 10**7, example="100"), default=100)
+    pr.add_argument("--rank", type=flag_int(1, 2**16, example="256"), default=256,
+                    help="FD sketch rank per axis (default 256)")
+    pr.add_argument("--lr", type=flag_float(0, example="1e-3"), default=1e-3,
+                    help="AdamW learning rate of the probing run")
     pr.add_argument("--out", required=True, help="spectrum file to write (YAML)")
 
     pf = sub.add_parser("profile", help="measure the optimizers' kernels on a device and write a hardware profile")
     pf.add_argument("--device", default="cpu", help="cpu, cuda, cuda:INDEX or tpu (default cpu)")
     pf.add_argument("--framework", default="torch", choices=["torch", "jax"])
     pf.add_argument("--quick", action="store_true", help="small size grid (under 2 minutes on a CPU)")
-    pf.add_argument("--threads", type=int, help="CPU threads torch uses while measuring (recorded in the "
-                    "fingerprint; default: torch's default)")
+    pf.add_argument("--threads", type=flag_int(1, 4096), help="CPU threads torch uses while measuring (recorded "
+                    "in the fingerprint; default: torch's default)")
     pf.add_argument("--out", help="profile YAML to write (default: NAME.yaml after the device fingerprint)")
 
     sh = sub.add_parser("show", help="render an existing plan")
@@ -132,12 +171,15 @@ def _cmd_update(args, console) -> int:
     from .planner.sources import load_spec
     from .report import render_plan
 
+    out = args.update if args.out is None else args.out
+    # writing the plan back over itself is what --update is for; every other input is protected
+    _outputs([("--update" if args.out is None else "--out", out)], _model_inputs(args.model) + _plan_inputs(args))
     old = Plan.load(args.update)
-    out = args.out or args.update
-    write_atomic_check(out)
     source = args.model or old.model.source
     if not source:
         raise UserError(f"plan {args.update!r} does not record its model; pass --model.")
+    if not args.model:
+        _outputs([("--update" if args.out is None else "--out", out)], _model_inputs(source))
     spec = load_spec(source)
     g, s, b = old.grid, old.settings, old.budget
     grid = dict(methods=g.methods, ranks=g.ranks, block_sizes=g.block_sizes, grafts=g.grafts,
@@ -147,7 +189,7 @@ def _cmd_update(args, console) -> int:
                     param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights,
                     hardware=args.hardware, **grid)
     render_plan(new, console, _mode(args), None if args.all else 60)
-    write_atomic(out, new.to_yaml())
+    write_atomic(out, new.to_yaml(), "--update" if args.out is None else "--out")
     delta = new.totals.state_bytes - old.totals.state_bytes
     console.print(f"plan updated: optimizer state {fmt_bytes(old.totals.state_bytes)} → "
                   f"{fmt_bytes(new.totals.state_bytes)} ({'+' if delta >= 0 else '-'}{fmt_bytes(abs(delta))}), "
@@ -165,23 +207,24 @@ def _cmd_check(args, console) -> int:
     from .planner.sources import load_model
     from .report import render_check
 
-    for path in (args.json, args.junit):
-        if path:
-            write_atomic_check(path)
-    if args.tolerance < 0:
-        raise UserError(f"--tolerance {args.tolerance:g} is negative; give a percentage ≥ 0.")
+    outputs = [("--json", args.json), ("--junit", args.junit)]
+    _outputs(outputs, [("plan", args.plan)] + _model_inputs(args.model))
+    if args.measure:
+        _measure_device(args.device)
     plan = Plan.load(args.plan)
     source = args.model or plan.model.source
     if not source:
         raise UserError(f"plan {args.plan!r} does not record its model; pass --model.")
-    budget = parse_size(args.budget, "budget") if args.budget else None
+    if not args.model:
+        _outputs(outputs, _model_inputs(source))
+    budget = args.budget
     report = check(plan, load_model(source, module=args.measure), plan_path=args.plan, tolerance_pct=args.tolerance, budget=budget,
                    measure=args.measure, device=args.device)
     render_check(report, console)
-    if args.json:
-        write_atomic(args.json, report.model_dump_json(indent=2) + "\n")
-    if args.junit:
-        write_atomic(args.junit, junit_xml(report) + "\n")
+    if args.json is not None:
+        write_atomic(args.json, report.model_dump_json(indent=2) + "\n", "--json")
+    if args.junit is not None:
+        write_atomic(args.junit, junit_xml(report) + "\n", "--junit")
     return report.exit_code
 
 
@@ -193,24 +236,25 @@ def _cmd_plan(args, console) -> int:
     from .planner.sources import load_spec
     from .report import render_plan
 
-    if args.update:
+    if args.update is not None:
         return _cmd_update(args, console)
     if not args.model:
         raise UserError("sketchplan plan needs --model (or --update PLAN to refresh an existing plan).")
-    if args.out:  # fail before the work when the output cannot be written
-        write_atomic_check(args.out)
+    # fail before the work when an output cannot be written or would overwrite an input
+    _outputs([("--out", args.out)], _model_inputs(args.model) + _plan_inputs(args))
     try:
         defaults = OptimizerDefaults(state_dtype=args.state_dtype, merge_dims=args.merge_dims,
                                      max_precond_dim=args.max_precond_dim,
                                      precondition_frequency=args.precondition_frequency, lr=args.lr,
                                      weight_decay=args.weight_decay)
     except ValueError as exc:
-        raise UserError(f"invalid optimizer option: {str(exc).splitlines()[-1].strip()}.") from None
-    for flag, dt in (("--param-dtype", args.param_dtype), ("--grad-dtype", args.grad_dtype)):
-        from .methods.layout import DTYPE_BYTES
+        from .validate import pydantic_message
 
-        if dt is not None and dt not in DTYPE_BYTES:
-            raise UserError(f"{flag} {dt!r} is not a dtype; use e.g. float32, bfloat16 or float16.")
+        raise UserError((pydantic_message(exc, "invalid optimizer option", _OPTION_FLAGS) if hasattr(exc, "errors")
+                         else f"invalid optimizer option: {exc}") + "; see `sketchplan plan --help`.") from None
+    for flag, dt in (("--param-dtype", args.param_dtype), ("--grad-dtype", args.grad_dtype)):
+        if dt is not None and dt not in _FLOAT_DTYPES:
+            raise UserError(f"{flag} {dt!r} is not a floating-point dtype; use one of {', '.join(_FLOAT_DTYPES)}.")
     spec = load_spec(args.model)
     plan: Plan = make_plan(spec, args.memory_budget, source=args.model, methods=args.methods, ranks=args.ranks,
                            block_sizes=args.block_sizes, grafts=args.grafts, momenta=args.momenta,
@@ -225,19 +269,46 @@ def _cmd_plan(args, console) -> int:
 
         for name in args.explain:
             render_explain(explain(plan, spec, name), console)
-    if args.out:
-        write_atomic(args.out, plan.to_yaml())
+    if args.out is not None:
+        write_atomic(args.out, plan.to_yaml(), "--out")
         console.print(f"plan written to [bold]{args.out}[/]")
     return 0
 
 
-def write_atomic_check(path: str) -> None:
-    from pathlib import Path
+#: the flags that set each optimizer option (messages name the flag, not the field)
+_OPTION_FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "merge_dims": "--merge-dims",
+                 "max_precond_dim": "--max-precond-dim", "precondition_frequency": "--precondition-frequency",
+                 "state_dtype": "--state-dtype"}
+_FLOAT_DTYPES = ("float32", "float64", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2")
 
-    parent = Path(path).parent
-    if str(parent) and not parent.is_dir():
-        raise UserError(f"cannot write {path!r}: directory {str(parent)!r} does not exist; create it or choose "
-                        "another --out path.")
+
+def _outputs(outputs: list[tuple[str, str | None]], inputs: list[tuple[str, str | None]] = ()) -> None:
+    """Refuse, before any work, outputs that cannot be written or that name an input (``outputs.prepare``)."""
+    from .outputs import prepare
+
+    prepare(outputs, inputs)
+
+
+def _model_inputs(source: str | None) -> list[tuple[str, str | None]]:
+    from .planner.sources import source_files
+
+    return source_files(source) if source else []
+
+
+def _plan_inputs(args) -> list[tuple[str, str | None]]:
+    out = [("--spectrum file", getattr(args, "spectrum", None))]
+    hw = getattr(args, "hardware", None)
+    if hw and hw != "auto":
+        out.append(("--hardware profile", hw))
+    return out
+
+
+def _measure_device(device: str) -> None:
+    """``check --measure`` allocates real tensors: only cpu and cuda[:INDEX] can hold them."""
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d{1,4})?", device.strip()):
+        raise UserError(f"--device {device!r} cannot hold the measured optimizer state; use cpu or cuda[:INDEX].")
 
 
 def _cmd_probe(args, console) -> int:
@@ -246,9 +317,7 @@ def _cmd_probe(args, console) -> int:
     from .planner.probe import probe
     from .planner.sources import build_factory, import_callable
 
-    write_atomic_check(args.out)
-    if args.steps <= 0 or args.rank <= 0:
-        raise UserError("--steps and --rank must be positive integers.")
+    _outputs([("--out", args.out)], _model_inputs(args.model) + _model_inputs(args.data) + _model_inputs(args.loss))
     model = build_factory(args.model, meta=False)
     data = import_callable(args.data, "--data")
     if args.loss:
@@ -256,9 +325,13 @@ def _cmd_probe(args, console) -> int:
     else:
         mod = importlib.import_module(args.data.partition(":")[0])
         loss = getattr(mod, "loss_fn", None) or _cross_entropy
-    batches = data()
+    try:
+        batches = data()
+    except Exception as exc:  # the user's data function
+        raise UserError(f"--data {args.data!r} raised {type(exc).__name__}: {_first_line(exc)}; fix the data "
+                        "function.") from None
     spec = probe(model, loss, batches, steps=args.steps, rank=args.rank, lr=args.lr, source=args.model, progress=True)
-    spec.save(args.out)
+    spec.save(args.out, "--out")
     console.print(f"probed {len(spec.tensors)} matrix tensors over {args.steps} steps (rank {args.rank}); "
                   f"spectra written to [bold]{args.out}[/]")
     return 0
@@ -276,11 +349,12 @@ def _cmd_profile(args, console) -> int:
 
     from .profiles.measure import describe, measure_profile
 
-    if args.out:
-        write_atomic_check(args.out)
+    from .profiles.fingerprint import detect, profile_name
+
+    # the default name comes from the device, so every output is checked before minutes of measuring
+    out = args.out if args.out is not None else f"{profile_name(detect(args.device, args.framework))}.yaml"
+    _outputs([("--out", out)])
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads} must be at least 1.")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -293,8 +367,7 @@ def _cmd_profile(args, console) -> int:
 
         profile = measure_profile(args.device, args.framework, quick=args.quick, progress=progress)
         bar.update(task, description="done", completed=bar.tasks[0].total)
-    out = args.out or f"{profile.name}.yaml"
-    profile.save(out)
+    profile.save(out, "--out")
     console.print(describe(profile))
     console.print(f"profile written to [bold]{out}[/]; use it with `sketchplan plan --hardware {out}`")
     return 0
@@ -304,9 +377,16 @@ def _cmd_show(args, console) -> int:
     from .planner.plan import Plan
     from .report import render_plan
 
+    if args.plot is not None:
+        from .plot import check_plot_path
+
+        _outputs([("--plot", args.plot)], [("plan", args.plan)])
+        check_plot_path(args.plot)
     plan = Plan.load(args.plan)
+    if args.plot is not None and plan.model.source:
+        _outputs([("--plot", args.plot)], _model_inputs(plan.model.source))
     render_plan(plan, console, _mode(args), None if args.all else 60)
-    if args.plot:
+    if args.plot is not None:
         from .planner.sources import load_spec
         from .plot import plot_plan
 
@@ -324,13 +404,17 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.text import Text
 
-    args = _parser().parse_args(argv)
+    err = Console(stderr=True)
+    try:
+        args = _parser().parse_args(argv)
+    except UserError as exc:  # a bad flag: one sentence, like every other bad input
+        err.print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
+        return 2
     import os
 
     # A pipe or CI log gets a readable width instead of rich's 80-column fallback.
     width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 150
     console = Console(width=width)
-    err = Console(stderr=True)
     try:
         if args.cmd == "plan":
             return _cmd_plan(args, console)
@@ -348,7 +432,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except MemoryError:  # the limits in validate/inputs should make this unreachable; never a traceback
+        err.print(Text("error: ", style="bold red") + Text("ran out of memory: the model or an input file is too "
+                                                            "large for this machine; check its sizes."), soft_wrap=True)
+        return 2
     return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

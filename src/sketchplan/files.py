@@ -2,13 +2,14 @@
 YAML with safe loading only, written atomically.
 
 ``YamlFile`` subclasses name what they are and how a user makes one again, so every bad file is refused with
-one sentence naming the file, the field and the fix.
+one sentence naming the file, the field and the fix. Reading goes through ``inputs`` (size, depth and alias
+limits), writing through ``outputs`` (checked targets, atomic and durable); every float field of every schema
+must be finite (``allow_inf_nan=False``).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -19,13 +20,12 @@ from .errors import UserError
 
 # libyaml's safe dumper/loader when available (10x faster on large plans), else the pure-Python safe ones.
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class StrictModel(BaseModel):
     """A schema that rejects unknown fields."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class YamlFile(StrictModel):
@@ -39,20 +39,18 @@ class YamlFile(StrictModel):
     def to_yaml(self) -> str:
         return yaml.dump(self.model_dump(mode="json"), Dumper=_Dumper, sort_keys=False, width=120)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        return write_atomic(path, self.to_yaml())
+    def save(self, path: str | os.PathLike, label: str = "output") -> Path:
+        return write_atomic(path, self.to_yaml(), label)
 
     @classmethod
     def load(cls, path: str | os.PathLike):
+        from .inputs import load_yaml, read_text
+
         p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{cls.kind} {str(p)!r} does not exist; {cls.how_to_make.format(path=p)}.")
-        try:
-            data = yaml.load(p.read_text(), Loader=_Loader)  # safe loader: never constructs objects
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"{cls.kind} {str(p)!r} is not valid YAML ({first}); {cls.how_to_fix}.") from None
-        return cls.from_data(data, f"{cls.kind} {str(p)!r}")
+        where = f"{cls.kind} {str(p)!r}"
+        text = read_text(p, cls.kind, cls.how_to_make.format(path=p), cls.how_to_fix)
+        data = load_yaml(text, where, cls.how_to_fix)  # safe loader with limits: never constructs objects
+        return cls.from_data(data, where)
 
     @classmethod
     def from_data(cls, data: object, where: str | None = None):
@@ -63,30 +61,16 @@ class YamlFile(StrictModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-            raise UserError(f"{where}: field {loc!r} is invalid ({msg}); fix that field or {cls.how_to_fix}.") \
-                from None
+            from .validate import pydantic_message
+
+            raise UserError(f"{pydantic_message(exc, where)}; fix that field or {cls.how_to_fix}.") from None
+        except RecursionError:
+            raise UserError(f"{where} nests too deeply; {cls.how_to_fix}.") from None
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically; a missing parent directory is a user error."""
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"cannot write {str(p)!r}: directory {str(parent)!r} does not exist; create it or choose "
-                        "another --out path.")
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p
+def write_atomic(path: str | os.PathLike, text: str | bytes, label: str = "output") -> Path:
+    """Write ``text`` to ``path`` atomically and durably; see ``outputs`` for the rules (symlinks, permissions,
+    refused targets, clean-up on every failure)."""
+    from .outputs import write_atomic as _write
+
+    return _write(path, text, label)

@@ -73,7 +73,7 @@ def plot_plan(plan: Plan, path: str, spec=None) -> None:
         raise UserError("--plot needs matplotlib; install it with `pip install 'sketchplan[plot]'`.") from None
     from .files import write_atomic
 
-    write_atomic(path, "")  # fail early (missing directory) with the usual message
+    fmt = check_plot_path(path)  # before drawing: a format matplotlib cannot write, a target that must not be
     gib = 2**30
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [1.6, 1]})
     keys, stacks = per_layer(plan)
@@ -106,5 +106,38 @@ def plot_plan(plan: Plan, path: str, spec=None) -> None:
     ax2.set_title("memory vs score frontier")
     ax2.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    import io
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=fmt, dpi=110)  # drawn in memory: a failure never touches the file
+    except Exception as exc:  # e.g. pgf without LaTeX
+        raise UserError(f"matplotlib cannot draw --plot {path!r} as {fmt} ({type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); use .png, .svg or .pdf.") \
+            from None
+    finally:
+        plt.close(fig)
+    write_atomic(path, buf.getvalue(), "--plot")
+
+
+def check_plot_path(path: str) -> str:
+    """The image format for ``path`` (its extension; ``png`` without one), or a ``UserError`` when matplotlib is
+    missing or cannot write that format, and when the path is not a writable output (``outputs``)."""
+    from pathlib import Path
+
+    from .outputs import check_output
+
+    check_output(path, "--plot")
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UserError("--plot needs matplotlib; install it with `pip install 'sketchplan[plot]'`.") from None
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    ext = Path(path).suffix.lower().lstrip(".")
+    if not ext:
+        return "png"
+    if ext not in formats:
+        raise UserError(f"--plot {path!r}: matplotlib cannot write .{ext} files; use one of "
+                        f"{', '.join('.' + f for f in sorted(formats))}.")
+    return ext

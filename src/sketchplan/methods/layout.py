@@ -29,6 +29,8 @@ DTYPE_BYTES: dict[str, int] = {
     "bool": 1,
     "float8_e4m3fn": 1,
     "float8_e5m2": 1,
+    "complex64": 8,
+    "complex128": 16,
 }
 
 METHODS = ("adam", "shampoo", "blocked_shampoo", "sketchy", "extreme_tensoring", "kradagrad")
@@ -144,7 +146,7 @@ class OptimizerDefaults(BaseModel):
       held a NaN or Inf.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     lr: float = Field(default=1e-3, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)

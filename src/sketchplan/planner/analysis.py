@@ -14,7 +14,9 @@ import math
 import sys
 from dataclasses import dataclass, field
 
-from ..methods.layout import StateTensor, dtype_bytes
+from ..errors import UserError
+from ..methods.layout import DTYPE_BYTES, StateTensor, dtype_bytes
+from ..validate import MAX_DIM, MAX_NUMEL, MAX_TENSORS
 from ..pytree import key_path_name
 
 
@@ -158,3 +160,29 @@ def analyze(model, source: str = "") -> ModelSpec:
 def model_fingerprint(model) -> str:
     """Fingerprint of a module's (or spec's) parameters, as stored in a plan."""
     return analyze(model).fingerprint
+
+
+def check_spec(spec, what: str) -> None:
+    """Refuse a model whose tensors no device could hold, or that has nothing to plan.
+
+    Shapes are lists of integers from 0 to ``MAX_DIM`` with at most ``MAX_NUMEL`` elements; dtypes are known
+    (``DTYPE_BYTES``); at most ``MAX_TENSORS`` tensors. Zero-sized and complex tensors are valid (the planner
+    gives them what they need, see ``planner.make``). Limits from ``sketchplan.validate``.
+    """
+    params = list(spec.params)
+    if len(params) > MAX_TENSORS:
+        raise UserError(f"{what} has {len(params):,} parameter tensors, more than the {MAX_TENSORS:,} sketchplan "
+                        "plans; check the model.")
+    for p in params:
+        if p.dtype not in DTYPE_BYTES:
+            raise UserError(f"{what}: tensor {p.name!r} has dtype {p.dtype!r}, which sketchplan cannot size; use one "
+                            f"of {', '.join(DTYPE_BYTES)}.")
+        numel = 1
+        for d in p.shape:
+            if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= MAX_DIM:
+                raise UserError(f"{what}: tensor {p.name!r} has shape {list(p.shape)}; every dimension must be an "
+                                f"integer from 0 to {MAX_DIM:,} (2^48).")
+            numel *= d
+        if numel > MAX_NUMEL:
+            raise UserError(f"{what}: tensor {p.name!r} of shape {list(p.shape)} has {numel:.3g} elements, more "
+                            f"than any device holds (at most 2^48 = {MAX_NUMEL:.3g}); check its shape.")

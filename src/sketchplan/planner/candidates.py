@@ -5,6 +5,11 @@ part of a candidate because they dominate memory once the preconditioner is subl
 (shape, dtype) the planner evaluates every candidate once — bytes from ``methods.state_layout``, workspace
 from ``methods.workspace_bytes``, score from ``planner.quality`` — and drops candidates that another beats
 or ties on all three.
+
+Tensors without elements (a zero-sized dimension) have nothing to precondition: every candidate on them is
+Adam, whose moments are empty. Blocked candidates that would cut one axis into more than
+``MAX_BLOCKS_PER_AXIS`` blocks, and candidates needing more than 2^63 bytes, are not offered (no device runs
+them); Adam, a fallback every grid can name, is offered instead when nothing else is left.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from ..errors import UserError
 from ..methods import METHOD_MODULES, state_layout, total_bytes, workspace_bytes
 from ..methods.layout import GRAFTS, MOMENTA, MethodConfig, OptimizerDefaults
 from . import quality
+from ..validate import MAX_BYTES
 
 DEFAULT_METHODS = ("adam", "shampoo", "blocked_shampoo", "sketchy")
 DEFAULT_RANKS = (16, 32, 64, 128, 256, 512)
@@ -74,7 +80,10 @@ def candidate_configs(methods=DEFAULT_METHODS, ranks=DEFAULT_RANKS, block_sizes=
 
 
 def evaluate(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, spectrum=None) -> Candidate:
-    """Exact bytes, workspace and score of one candidate on one shape (``spectrum``: measured, optional)."""
+    """Exact bytes, workspace and score of one candidate on one shape (``spectrum``: measured, optional).
+    On a tensor without elements every candidate is Adam (module docstring)."""
+    if _empty(shape):
+        cfg = ADAM
     return Candidate(cfg, total_bytes(state_layout(shape, cfg, opts)), workspace_bytes(shape, cfg, opts),
                      quality.score(shape, cfg, opts, spectrum))
 
@@ -83,11 +92,19 @@ def candidates_for(shape: tuple[int, ...], configs: list[MethodConfig], opts: Op
                    spectrum=None) -> list[Candidate]:
     """Evaluated candidates for ``shape``, without duplicates and without dominated ones, sorted by bytes."""
     seen: dict[tuple[int, int, float], Candidate] = {}
-    for cfg in configs:
+    if _empty(shape):
+        configs = [ADAM]
+    allowed = [cfg for cfg in configs if offered(shape, cfg, opts)] or [ADAM]
+    for cfg in allowed:
         c = evaluate(shape, cfg, opts, spectrum)
+        if c.state_bytes > MAX_BYTES or c.workspace_bytes > MAX_BYTES:
+            continue
         key = (c.state_bytes, c.workspace_bytes, round(c.score, 12))
         if key not in seen:  # the first config in grid order wins a tie (simplest: lower rank/block first)
             seen[key] = c
+    if not seen:
+        c = evaluate(shape, ADAM, opts, spectrum)
+        seen[(c.state_bytes, c.workspace_bytes, round(c.score, 12))] = c
     cands = sorted(seen.values(), key=lambda c: (c.state_bytes, c.workspace_bytes, -c.score))
     kept: list[Candidate] = []
     for c in cands:
@@ -96,3 +113,22 @@ def candidates_for(shape: tuple[int, ...], configs: list[MethodConfig], opts: Op
             continue
         kept.append(c)
     return kept
+
+
+ADAM = MethodConfig(method="adam")
+#: blocked candidates cutting one (merged) axis into more blocks than this are not offered
+MAX_BLOCKS_PER_AXIS = 2**13
+
+
+def _empty(shape: tuple[int, ...]) -> bool:
+    return any(d == 0 for d in shape)
+
+
+def offered(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> bool:
+    """False for a blocked candidate with more than ``MAX_BLOCKS_PER_AXIS`` blocks on an axis (listing them
+    would cost more time and memory than the plan is worth; no such blocking is sensible)."""
+    if cfg.block_size is None:
+        return True
+    from ..methods.blocking import merged_shape
+
+    return all(-(-d // cfg.block_size) <= MAX_BLOCKS_PER_AXIS for d in merged_shape(tuple(shape), opts.merge_dims))

@@ -111,7 +111,9 @@ def diff_tensors(plan: Plan, spec: ModelSpec, tol_pct: float) -> tuple[list[Tens
                 configs[p.name] = cfg
             continue
         cfg = e.config() if p.trainable else None
-        if p.trainable and cfg is None:  # frozen in the plan, trainable today: priced as Adam
+        if p.trainable and cfg is None and not e.excluded:  # frozen in the plan, trainable today: priced as Adam
+            cfg = adam
+        if cfg is not None and not _priceable(p.shape, cfg, opts):  # as the planner would give it
             cfg = adam
         new = total_bytes(state_layout(p.shape, cfg, opts)) if cfg else 0
         if cfg:
@@ -132,6 +134,14 @@ def diff_tensors(plan: Plan, spec: ModelSpec, tol_pct: float) -> tuple[list[Tens
         diffs.append(TensorDiff(name=e.name, status="removed", old_shape=list(e.shape), old_bytes=e.state_bytes,
                                 delta=-e.state_bytes, offending=True))
     return diffs, configs
+
+
+def _priceable(shape: tuple[int, ...], cfg: MethodConfig, opts) -> bool:
+    """Whether ``cfg`` can be priced on ``shape`` as planned: the planner gives Adam to tensors without elements
+    and never offers absurd blockings (``candidates``); a reshaped tensor is priced the same way."""
+    from .candidates import offered
+
+    return not any(d == 0 for d in shape) and offered(shape, cfg, opts)
 
 
 def predicted_peak(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig]) -> int:
@@ -159,6 +169,9 @@ def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 
     ``measurer``: when given, the planned optimizer is measured with it (``sketchplan.verify.check`` passes
     ``measure_plan``, which builds the torch optimizer; the planner itself never imports a framework)."""
     spec = analyze(model, source=plan.model.source)
+    from .analysis import check_spec
+
+    check_spec(spec, f"model {spec.source!r}" if spec.source else "the model")
     diffs, configs = diff_tensors(plan, spec, tolerance_pct)
     checks: list[CheckResult] = []
 

@@ -18,7 +18,7 @@ from ..profiles.cost import CostModel
 from ..profiles.registry import label as profile_label
 from ..profiles.registry import resolve as resolve_profile
 from . import candidates as cand
-from .analysis import ModelSpec, ParamSpec, analyze
+from .analysis import ModelSpec, ParamSpec, analyze, check_spec
 from .memory import FixedBytes, Precision, fixed_bytes, largest_rank, shard_units
 from .plan import Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry, Totals, WhatIf
 from .sizes import fmt_bytes, parse_size
@@ -26,6 +26,7 @@ from .solve import Infeasible, Item
 from .solve_time import InfeasibleTime, solve_two
 from .solve_time import binding as bind_report
 from .timing import StepTimer
+import dataclasses
 
 
 @dataclass
@@ -45,12 +46,47 @@ def _groups(spec: ModelSpec, configs: list[MethodConfig], opts: OptimizerDefault
             for (shape, name), ps in by_key.items()]
 
 
+def _exclusions(spec: ModelSpec) -> dict[str, str]:
+    """Trainable tensors sketchplan gives no optimizer, and why (recorded in their plan entries)."""
+    return {p.name: f"complex dtype {p.dtype}: sketchplan's optimizers update real tensors only; give this tensor "
+                    "its own optimizer (its parameter and gradient bytes are counted)"
+            for p in spec.trainable if p.dtype.startswith("complex")}
+
+
+def _plannable(spec: ModelSpec, excluded: dict[str, str]) -> ModelSpec:
+    """``spec`` with the excluded tensors treated as frozen (no candidates, no state, no score weight)."""
+    if not excluded:
+        return spec
+    return ModelSpec(params=[dataclasses.replace(p, trainable=False) if p.name in excluded else p
+                             for p in spec.params], buffers=spec.buffers, source=spec.source)
+
+
+def _validated(model, source: str) -> tuple[ModelSpec, dict[str, str], ModelSpec]:
+    """The model's spec (checked: shapes and dtypes a device could hold, something to plan), its exclusions
+    and the spec the solver sees."""
+    spec = analyze(model, source=source)
+    what = f"model {spec.source or source!r}" if (spec.source or source) else "the model"
+    check_spec(spec, what)
+    if not spec.params:
+        raise UserError(f"{what} has no parameters, so there is no optimizer state to plan; check that it builds "
+                        "its layers (a factory must return the model with its parameters).")
+    excluded = _exclusions(spec)
+    pspec = _plannable(spec, excluded)
+    if not pspec.trainable:
+        why = (f"all {len(spec.params)} parameter tensors are frozen (requires_grad=False)" if not excluded else
+               f"its trainable tensors are all excluded ({next(iter(excluded.values())).split(':')[0]})")
+        raise UserError(f"{what} has nothing to plan: {why}; make some parameters trainable.")
+    return spec, excluded, pspec
+
+
 def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate],
-             timer: StepTimer | None = None) -> list[TensorEntry]:
+             timer: StepTimer | None = None, excluded: dict[str, str] | None = None) -> list[TensorEntry]:
     out = []
+    excluded = excluded or {}
     for p in spec.params:
         c = choice.get(p.name)
-        e = TensorEntry(name=p.name, shape=list(p.shape), dtype=p.dtype, trainable=p.trainable, tied=list(p.tied))
+        e = TensorEntry(name=p.name, shape=list(p.shape), dtype=p.dtype, trainable=p.trainable, tied=list(p.tied),
+                        excluded=excluded.get(p.name))
         if c is not None:
             e.method, e.rank, e.block_size = c.cfg.method, c.cfg.rank, c.cfg.block_size
             e.graft, e.momentum = c.cfg.graft, c.cfg.momentum
@@ -82,7 +118,7 @@ def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDe
         by_method[c.cfg.method] = by_method.get(c.cfg.method, 0) + c.state_bytes
     per_rank = state
     if shard and world > 1:
-        units: list[int] = []
+        units: list[tuple[int, int]] = []
         for p in spec.trainable:
             units += shard_units(state_layout(p.shape, choice[p.name].cfg, opts), world)
         per_rank = largest_rank(units, world)
@@ -96,6 +132,8 @@ def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer=
     out = []
     cache: dict[tuple, cand.Candidate] = {}
     for cfg in alts:
+        if not all(cand.offered(p.shape, cfg, opts) for p in spec.trainable):
+            continue  # no device runs it (candidates.MAX_BLOCKS_PER_AXIS)
         choice = {}
         for p in spec.trainable:
             key = (p.shape, cfg)
@@ -111,11 +149,12 @@ def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer=
 
 
 def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ranks, block_sizes, hardware,
-              grid: CandidateGrid | None = None) -> Plan:
-    c = _costs(spec, choice, opts, world, shard)
+              grid: CandidateGrid | None = None, excluded: dict[str, str] | None = None) -> Plan:
+    pspec = _plannable(spec, excluded or {})
+    c = _costs(pspec, choice, opts, world, shard)
     profile = resolve_profile(hardware)
     timer = None if profile is None else StepTimer(CostModel(profile), opts)
-    entries = _entries(spec, choice, timer)
+    entries = _entries(spec, choice, timer, excluded)
     step_ms = None if timer is None else round(sum(e.step_ms or 0.0 for e in entries), 3)
     avail = None if budget.memory_bytes is None else budget.memory_bytes - budget.reserve_bytes
     totals = Totals(
@@ -136,7 +175,7 @@ def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ran
         grid=grid,
         tensors=entries,
         totals=totals,
-        what_if=_what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer),
+        what_if=_what_ifs(pspec, opts, fixed, avail, world, shard, ranks, block_sizes, timer),
         solver=solver,
     )
 
@@ -161,10 +200,13 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     """
     t0 = time.perf_counter()
     opts = defaults or OptimizerDefaults()
-    spec = analyze(model, source=source)
+    spec, excluded, pspec = _validated(model, source)
     prec = Precision(param_dtype, grad_dtype, master_weights)
-    if world_size < 1:
-        raise UserError(f"world size {world_size} must be at least 1.")
+    from ..validate import MAX_WORLD_SIZE, number
+
+    world_size = number(world_size, "world size", lo=1, hi=MAX_WORLD_SIZE, integer=True)
+    if time_budget_ms is not None:
+        time_budget_ms = number(time_budget_ms, "time budget (ms)", lo=0, lo_open=True, example="500")
     budget_bytes = None if memory_budget is None else parse_size(memory_budget, "memory budget")
     reserve_bytes = parse_size(reserve, "reserve")
     budget = Budget(memory_bytes=budget_bytes, reserve_bytes=reserve_bytes)
@@ -173,7 +215,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         from .spectrum import SpectrumFile
 
         spectrum = SpectrumFile.load(str(spectrum))
-    groups = _groups(spec, configs, opts, spectrum.tensors if spectrum is not None else None)
+    groups = _groups(pspec, configs, opts, spectrum.tensors if spectrum is not None else None)
     fixed = fixed_bytes(spec, prec)
     items = [Item(len(g.params), [c.state_bytes for c in g.cands], [c.workspace_bytes for c in g.cands],
                   [c.score * _numel(g.shape) for c in g.cands]) for g in groups]
@@ -205,7 +247,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         choice = _choice(groups, sol.assign)
         if avail is None:
             break
-        c = _costs(spec, choice, opts, world_size, shard)
+        c = _costs(pspec, choice, opts, world_size, shard)
         over = fixed.total + c.per_rank + c.workspace - avail
         if over <= 0:
             break
@@ -213,7 +255,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     else:  # pragma: no cover - the loop shrinks the budget each round
         raise UserError("could not fit the sharded optimizer state; raise --memory-budget.")
     binding, relax = bind_report(items, state_budget, time_budget_ms, sol)
-    n = max(1, spec.n_trainable)
+    n = max(1, pspec.n_trainable)
     gap = sol.gap / n
     price = sol.extra.get("price", 0.0) * 2**30 / n if binding and "memory" in binding else 0.0
     relax_info = {k: {"score": round(v["value"] / n, 6), "peak_bytes": float(fixed.total + v["bytes"]),
@@ -224,7 +266,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     grid = CandidateGrid(methods=list(methods), ranks=list(ranks), block_sizes=list(block_sizes),
                          grafts=list(grafts), momenta=list(momenta))
     return _assemble(spec, choice, opts, fixed, budget, prec, world_size, shard, info, ranks, block_sizes, hardware,
-                     grid)
+                     grid, excluded)
 
 
 def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = None, *, source: str = "",
@@ -238,24 +280,24 @@ def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None,
     """A plan with the given choice per tensor: ``configs`` is one ``MethodConfig`` for all trainable tensors, or a
     mapping name → ``MethodConfig`` (or a callable ``ParamSpec -> MethodConfig``). Bytes come from the layouts."""
     opts = defaults or OptimizerDefaults()
-    spec = analyze(model, source=source)
+    spec, excluded, pspec = _validated(model, source)
     if isinstance(configs, MethodConfig):
         pick = lambda p: configs  # noqa: E731
     elif callable(configs):
         pick = configs
     else:
-        missing = [p.name for p in spec.trainable if p.name not in configs]
+        missing = [p.name for p in pspec.trainable if p.name not in configs]
         if missing:
             raise UserError(f"no configuration given for tensor {missing[0]!r}.")
         pick = lambda p: configs[p.name]  # noqa: E731
-    choice = {p.name: cand.evaluate(p.shape, pick(p), opts) for p in spec.trainable}
+    choice = {p.name: cand.evaluate(p.shape, pick(p), opts) for p in pspec.trainable}
     budget = Budget(memory_bytes=None if memory_budget is None else parse_size(memory_budget, "memory budget"))
     info = SolverInfo(status="exact", gap=0.0, binding=None)
     used = {c.cfg for c in choice.values()}
     ranks = tuple(sorted({c.rank for c in used if c.rank}))
     blocks = tuple(sorted({c.block_size for c in used if c.block_size}))
     return _assemble(spec, choice, opts, fixed_bytes(spec, Precision()), budget, Precision(), 1, False, info,
-                     ranks, blocks, hardware)
+                     ranks, blocks, hardware, excluded=excluded)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -59,31 +59,62 @@ def fixed_bytes(spec: ModelSpec, prec: Precision) -> FixedBytes:
     )
 
 
-def shard_units(layout: list[StateTensor], world_size: int) -> list[int]:
-    """Pieces of one tensor's state for ZeRO-1 assignment.
+def shard_units(layout: list[StateTensor], world_size: int) -> list[tuple[int, int]]:
+    """Pieces of one tensor's state for ZeRO-1 assignment, as (bytes, count) pairs.
 
     A preconditioner block (a slice of a stacked ``blocks*`` tensor) is indivisible: its statistics, root or
     sketch must sit on one rank. Element-wise state (Adam moments, grafts, momentum, counters) is split evenly
     over the ranks, as ZeRO-1 does with its flat buffers.
     """
-    units: list[int] = []
+    units: list[tuple[int, int]] = []
     flat = 0
     for t in layout:
         if t.name.startswith("blocks") and t.shape:
-            units.extend([t.nbytes // t.shape[0]] * t.shape[0])
+            if t.shape[0]:
+                units.append((t.nbytes // t.shape[0], t.shape[0]))
         else:
             flat += t.nbytes
     if flat:
-        units.extend([-(-flat // world_size)] * world_size)
+        units.append((-(-flat // world_size), world_size))
     return units
 
 
-def largest_rank(units: list[int], world_size: int) -> int:
-    """Largest per-rank total when ``units`` are assigned longest-first to the least-loaded rank."""
+def largest_rank(units: list[tuple[int, int]], world_size: int) -> int:
+    """Largest per-rank total when the ``(bytes, count)`` units are assigned longest-first to the least-loaded
+    rank (LPT). Equal units are placed a level at a time: ranks with equal loads are interchangeable, so the
+    loads are kept as {load: number of ranks} and a batch of equal units fills the lowest level in whole rounds.
+    Exact (the same loads as one-by-one LPT) in time that grows with the distinct sizes, not with the count of
+    blocks or ranks."""
     if world_size <= 1:
-        return sum(units)
-    loads = [0] * world_size
-    heapq.heapify(loads)
-    for u in sorted(units, reverse=True):
-        heapq.heappush(loads, heapq.heappop(loads) + u)
-    return max(loads)
+        return sum(size * count for size, count in units)
+    merged: dict[int, int] = {}
+    for size, count in units:
+        if size > 0 and count > 0:
+            merged[size] = merged.get(size, 0) + count
+    levels: dict[int, int] = {0: world_size}  # load → ranks at that load
+    heap = [0]
+
+    def add(load: int, ranks: int) -> None:
+        if ranks <= 0:
+            return
+        if load not in levels:
+            levels[load] = 0
+            heapq.heappush(heap, load)
+        levels[load] += ranks
+
+    for u in sorted(merged, reverse=True):
+        c = merged[u]
+        while c:
+            low = heapq.heappop(heap)
+            n = levels.pop(low)
+            nxt = heap[0] if heap else None
+            k = None if nxt is None else -(-(nxt - low) // u)  # whole rounds the level stays the minimum
+            if k is not None and c >= k * n:
+                c -= k * n
+                add(low + k * u, n)
+            else:
+                r, rem = divmod(c, n)
+                c = 0
+                add(low + r * u, n - rem)
+                add(low + (r + 1) * u, rem)
+    return max(levels)

@@ -3,7 +3,9 @@
 A plan names the model (source, fingerprint, parameter counts), the hardware profile used, the budget, the
 optimizer defaults, one entry per parameter tensor (method and options, predicted state and workspace bytes),
 the totals and the what-if totals of single-method alternatives. Unknown fields and wrong types are rejected
-with a message naming the field. Files are written atomically (temporary file + rename).
+with a message naming the field and the accepted range: byte counts and counts are non-negative integers,
+floats are finite, scores lie in [0, 1], shapes and dtypes are ones a device could hold (``validate``). Files are
+written atomically (``outputs``).
 """
 
 from __future__ import annotations
@@ -11,27 +13,47 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
+from pydantic import field_validator, model_serializer
+from typing import Annotated
 
 from ..files import StrictModel as _Strict
 from ..files import YamlFile
 from ..methods.layout import Graft, Method, MethodConfig, Momentum, OptimizerDefaults
+from ..validate import MAX_BYTES, MAX_COUNT, MAX_DIM, MAX_INT, MAX_WORLD_SIZE
 
 SCHEMA_VERSION = 1
+
+#: a computed byte count or element count (sums over many tensors; exact integers)
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+#: a size a user gives (budget, reserve)
+Size = Annotated[int, Field(ge=0, le=MAX_BYTES)]
+Dim = Annotated[int, Field(ge=0, le=MAX_DIM)]
+Positive = Annotated[int, Field(gt=0, le=MAX_INT)]
+Score = Annotated[float, Field(ge=0, le=1)]
+Millis = Annotated[float, Field(ge=0)]
+
+
+def _known_dtype(v: str | None) -> str | None:
+    from ..methods.layout import DTYPE_BYTES
+
+    if v is not None and v not in DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {v!r}; use one of {', '.join(DTYPE_BYTES)}")
+    return v
 
 
 class ModelInfo(_Strict):
     source: str
     fingerprint: str = Field(description="sha256 over (name, shape, dtype, trainable) of every parameter")
-    n_params: int
-    n_trainable: int
-    n_tensors: int
-    buffers_bytes: int = 0
+    n_params: Count
+    n_trainable: Count
+    n_tensors: Count
+    buffers_bytes: Count = 0
 
 
 class Budget(_Strict):
-    memory_bytes: int | None = Field(default=None, ge=0)
-    reserve_bytes: int = Field(default=0, ge=0)
-    time_budget_ms: float | None = None
+    memory_bytes: Size | None = None
+    reserve_bytes: Size = 0
+    time_budget_ms: float | None = Field(default=None, gt=0)
 
 
 class Settings(_Strict):
@@ -40,16 +62,18 @@ class Settings(_Strict):
     param_dtype: str | None = Field(default=None, description="override of every parameter's dtype")
     grad_dtype: str | None = Field(default=None, description="gradient dtype; default: the parameter's")
     master_weights: bool = False
-    world_size: int = Field(default=1, ge=1)
+    world_size: int = Field(default=1, ge=1, le=MAX_WORLD_SIZE)
     shard_optimizer_state: bool = False
+
+    _dtypes = field_validator("param_dtype", "grad_dtype")(_known_dtype)
 
 
 class CandidateGrid(_Strict):
     """The candidates the plan chose from (so ``sketchplan plan --update`` can re-plan the same way)."""
 
     methods: list[Method]
-    ranks: list[int]
-    block_sizes: list[int]
+    ranks: list[Positive]
+    block_sizes: list[Positive]
     grafts: list[Graft]
     momenta: list[Momentum]
 
@@ -58,22 +82,33 @@ class TensorEntry(_Strict):
     """One parameter tensor and what the plan gives it (method fields are null for frozen tensors)."""
 
     name: str
-    shape: list[int]
+    shape: list[Dim]
     dtype: str
     trainable: bool = True
     tied: list[str] = Field(default_factory=list, description="other names of this same tensor")
     method: Method | None = None
-    rank: int | None = None
-    block_size: int | None = None
+    rank: Positive | None = None
+    block_size: Positive | None = None
     graft: Graft | None = None
     momentum: Momentum | None = None
-    state_bytes: int = 0
-    workspace_bytes: int = 0
-    score: float | None = None
-    step_ms: float | None = Field(default=None, description="predicted optimizer step time of this tensor, "
-                                  "amortised over precondition_frequency (with the plan's hardware profile)")
+    state_bytes: Count = 0
+    workspace_bytes: Count = 0
+    score: Score | None = None
+    step_ms: Millis | None = Field(default=None, description="predicted optimizer step time of this tensor, "
+                                   "amortised over precondition_frequency (with the plan's hardware profile)")
     variant: dict[str, str] | None = Field(default=None, description="fastest variant per kernel on the "
                                            "profiled device (fd_update, inv_root); the optimizer runs it")
+    excluded: str | None = Field(default=None, description="why this trainable tensor gets no optimizer from "
+                                 "sketchplan (e.g. a complex dtype); written only when set")
+
+    _dtype = field_validator("dtype")(_known_dtype)
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_exclusion(self, handler):
+        data = handler(self)
+        if isinstance(data, dict) and data.get("excluded") is None:
+            data.pop("excluded", None)  # plans without exclusions stay as they were
+        return data
 
     @model_validator(mode="after")
     def _method_options_valid(self) -> "TensorEntry":
@@ -101,25 +136,25 @@ class TensorEntry(_Strict):
 
 
 class Totals(_Strict):
-    params_bytes: int
-    grads_bytes: int
-    master_bytes: int = 0
-    state_bytes: int
-    state_bytes_per_rank: int | None = Field(default=None, description="largest rank's share when sharded")
-    workspace_bytes: int = Field(description="peak transient workspace of one step (largest tensor's)")
-    peak_bytes: int = Field(description="params + grads + master + state (largest rank) + workspace")
-    state_bytes_by_method: dict[str, int] = Field(default_factory=dict)
-    step_ms: float | None = None
-    score: float = Field(description="parameter-weighted preconditioning score in [0, 1]")
+    params_bytes: Count
+    grads_bytes: Count
+    master_bytes: Count = 0
+    state_bytes: Count
+    state_bytes_per_rank: Count | None = Field(default=None, description="largest rank's share when sharded")
+    workspace_bytes: Count = Field(description="peak transient workspace of one step (largest tensor's)")
+    peak_bytes: Count = Field(description="params + grads + master + state (largest rank) + workspace")
+    state_bytes_by_method: dict[str, Count] = Field(default_factory=dict)
+    step_ms: Millis | None = None
+    score: Score = Field(description="parameter-weighted preconditioning score in [0, 1]")
 
 
 class WhatIf(_Strict):
     label: str
-    state_bytes: int
-    peak_bytes: int
+    state_bytes: Count
+    peak_bytes: Count
     fits: bool
-    score: float
-    step_ms: float | None = Field(default=None, description="predicted step time with the plan's profile")
+    score: Score
+    step_ms: Millis | None = Field(default=None, description="predicted step time with the plan's profile")
 
 
 class SolverInfo(_Strict):
@@ -130,7 +165,7 @@ class SolverInfo(_Strict):
                                         "(parameter-weighted) gained per extra GiB")
     relax: dict[str, dict[str, float]] | None = Field(default=None, description="per binding budget: the score, "
                                                       "bytes and ms of the plan with that budget relaxed")
-    seconds: float | None = None
+    seconds: float | None = Field(default=None, ge=0)
 
 
 class Plan(YamlFile):

@@ -42,7 +42,7 @@ class _AxisSketch:
         frob = float((s2 * s2).sum())
         scaled = u * s2.sqrt()
         diag = (scaled * scaled).sum(1)
-        diag_mass = float((diag * diag).sum()) / frob if frob > 0 else 1.0
+        diag_mass = min(1.0, float((diag * diag).sum()) / frob) if frob > 0 else 1.0
         blocks = {}
         for b in BLOCK_SIZES:
             if b >= dim:
@@ -51,9 +51,9 @@ class _AxisSketch:
             for start in range(0, dim, b):
                 m = scaled[start:start + b].T @ scaled[start:start + b]
                 total += float((m * m).sum())
-            blocks[b] = total / frob if frob > 0 else 1.0
-        return AxisSpectrum(dim=dim, eigenvalues=[float(v) for v in s2], trace=self.trace,
-                            escaped=float(self.rho[0]), diag_mass=diag_mass, block_mass=blocks)
+            blocks[b] = min(1.0, total / frob) if frob > 0 else 1.0  # ≤ 1 up to rounding
+        return AxisSpectrum(dim=dim, eigenvalues=[max(0.0, float(v)) for v in s2], trace=self.trace,
+                            escaped=max(0.0, float(self.rho[0])), diag_mass=diag_mass, block_mass=blocks)
 
 
 def _unfold(g, axis: int):
@@ -66,8 +66,17 @@ def probe(model, loss_fn: Callable, batches: Iterable, steps: int = 100, rank: i
     """Train ``model`` for ``steps`` AdamW steps on ``batches`` (cycled) and return the measured spectra.
 
     ``loss_fn(model, batch) -> scalar loss``. Parameters are sketched in float32 on their own device.
+    Raises ``UserError`` for bad arguments, data that yields no batch, a loss function that fails or returns a
+    non-scalar, and a run in which no matrix gradient was ever finite (nothing would be measured).
     """
     import torch
+
+    from ..errors import UserError
+    from ..validate import number
+
+    steps = number(steps, "steps", lo=1, integer=True)
+    rank = number(rank, "rank", lo=1, integer=True)
+    lr = number(lr, "lr", lo=0, example="1e-3")
 
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     sketches: dict[str, tuple[tuple[int, ...], list[_AxisSketch]]] = {}
@@ -76,7 +85,12 @@ def probe(model, loss_fn: Callable, batches: Iterable, steps: int = 100, rank: i
         if len(merged) >= 2:
             sketches[n] = (merged, [_AxisSketch(d, rank, p.device, torch.float32) for d in merged])
     opt = torch.optim.AdamW([p for _, p in params], lr=lr)
-    it = itertools.cycle(batches) if not callable(batches) else batches()
+    try:
+        it = itertools.cycle(batches) if not callable(batches) else iter(batches())
+    except TypeError:
+        raise UserError(f"the probe's data (--data) is a {type(batches).__name__}, not an iterable of batches; "
+                        "return a list or generator of batches.") from None
+    finite = 0  # gradients sketched
     bar = None
     if progress:
         from rich.progress import Progress
@@ -87,8 +101,22 @@ def probe(model, loss_fn: Callable, batches: Iterable, steps: int = 100, rank: i
     try:
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model, next(it))
-            loss.backward()
+            try:
+                batch = next(it)
+            except StopIteration:
+                raise UserError("the probe's data (--data) yielded no batch; return a non-empty list or generator of "
+                                "batches.") from None
+            try:
+                loss = loss_fn(model, batch)
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    raise TypeError(f"it returned {type(loss).__name__}, not a scalar tensor")
+                loss.backward()
+            except UserError:
+                raise
+            except Exception as exc:  # the user's loss function or model
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise UserError(f"the probe's loss function (--loss) failed ({type(exc).__name__}: {msg[:200]}); check "
+                                "--loss, --data and the model.") from None
             with torch.no_grad():
                 for n, p in params:
                     if n not in sketches or p.grad is None:
@@ -97,7 +125,10 @@ def probe(model, loss_fn: Callable, batches: Iterable, steps: int = 100, rank: i
                     g = p.grad.detach().float().reshape(merged)
                     if not bool(torch.isfinite(g).all()):
                         continue
-                    sq = float((g * g).sum())
+                    sq = float((g.double() * g.double()).sum())
+                    if not math.isfinite(sq) or sq > 1e300:
+                        continue  # too large to sum: treated like a non-finite gradient
+                    finite += 1
                     for i, sk in enumerate(axes):
                         sk.trace += sq
                         sk.update(_unfold(g, i))
@@ -107,6 +138,9 @@ def probe(model, loss_fn: Callable, batches: Iterable, steps: int = 100, rank: i
     finally:
         if bar is not None:
             bar.stop()
+    if sketches and not finite:
+        raise UserError(f"no gradient was finite in {steps} probe steps (NaN or Inf in the data, the loss or the "
+                        "model), so no spectrum was measured; check the data and lower --lr.")
     tensors = {n: TensorSpectrum(shape=[int(d) for d in dict(params)[n].shape], merged=list(merged),
                                  axes=[sk.summary(d) for sk, d in zip(axes, merged)])
                for n, (merged, axes) in sketches.items()}

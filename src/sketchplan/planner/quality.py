@@ -23,6 +23,7 @@ diagonal at growing memory is what matters, and measured spectra (``sketchplan p
 from __future__ import annotations
 
 from functools import lru_cache
+import math
 
 from ..methods import METHOD_MODULES
 from ..methods.blocking import chunks, matrix_plan
@@ -35,9 +36,24 @@ MOMENTUM_FACTOR = {"float32": 1.0, "bfloat16": 0.995, "none": 0.92}
 SGD_FALLBACK_SCORE = 0.3
 
 
+#: above this many terms the harmonic sum is its exact head plus the Euler–Maclaurin tail (error < 1e-24)
+_HARMONIC_EXACT = 2**20
+
+
 @lru_cache(maxsize=None)
 def _harmonic(n: int, alpha: float) -> float:
-    return sum(j ** -alpha for j in range(1, n + 1))
+    """Σ_{j≤n} j^(−α), in constant time for large n (dimensions up to 2^48 are valid)."""
+    if n <= _HARMONIC_EXACT:
+        return sum(j ** -alpha for j in range(1, n + 1))
+    m = _HARMONIC_EXACT
+    if alpha == 1.0:
+        integral = math.log(n / m)
+    else:
+        integral = (n ** (1 - alpha) - m ** (1 - alpha)) / (1 - alpha)
+    f = lambda x: x ** -alpha  # noqa: E731
+    df = lambda x: -alpha * x ** (-alpha - 1)  # noqa: E731
+    # Σ_{j=m+1}^{n} f(j) = ∫_m^n f + (f(n) − f(m))/2 + (f'(n) − f'(m))/12 − …
+    return _harmonic(m, alpha) + integral + (f(n) - f(m)) / 2 + (df(n) - df(m)) / 12
 
 
 def top_mass(d: int, k: int, alpha: float = SPECTRUM_DECAY) -> float:

@@ -191,10 +191,12 @@ class TooLarge(Exception):
     """The exact search would keep more states than allowed."""
 
 
-def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: int = 200_000) -> Solution | None:
+def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: int = 200_000,
+          max_expansion: int = 1_000_000) -> Solution | None:
     """Exact optimum for one cap by a Pareto-list DP over copies, pruned with ``lower``.
 
-    Returns None when no assignment reaches ``lower``; raises ``TooLarge`` past ``max_states`` states.
+    Returns None when no assignment reaches ``lower``; raises ``TooLarge`` past ``max_states`` states, or when
+    one layer would expand to more than ``max_expansion`` states before pruning (each costs ~120 bytes).
     """
     allowed = [_allowed(it, cap) for it in items]
     if any(not a for a in allowed):
@@ -208,6 +210,8 @@ def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: in
     layers: list[list[tuple[int, float, int, int]]] = [[(0, 0.0, -1, -1)]]
     for i, g in enumerate(copies):
         it = items[g]
+        if len(layers[-1]) * len(allowed[g]) > max_expansion:  # the layer alone would cost gigabytes (albert)
+            raise TooLarge
         new = []
         for pi, (b, v, _, _) in enumerate(layers[-1]):
             for c in allowed[g]:

@@ -6,7 +6,13 @@ Everything is built on the meta device: shapes and dtypes only, nothing allocate
   BERT base/large, ViT-B/16 and L/16, Llama 7B/13B/70B, ResNet-18/50). Needs the ``hf`` extra.
 - ``package.module:factory``: a callable returning an ``nn.Module``, called under ``torch.device("meta")``.
 - A shapes file (``.yaml``/``.yml``/``.json``): ``params:`` list of ``{name, shape, dtype?, trainable?}``.
-- ``hf:PATH/config.json``: a local transformers configuration file.
+- ``hf:PATH/config.json``: a local transformers configuration file. Any error transformers raises while reading
+  the configuration or building the model (negative, fractional or inconsistent sizes, a class that is not a
+  model) is reported as one sentence quoting transformers' own message; a configuration that would build more
+  than ``MAX_HF_MODULES`` modules is refused while it builds (a layer count of 10^9 would otherwise exhaust
+  memory).
+
+Files are read through ``inputs`` (size, depth and alias limits; NaN and infinities refused).
 """
 
 from __future__ import annotations
@@ -86,39 +92,114 @@ def build_preset(name: str):
 
 def build_hf_config(path: str):
     """An ``nn.Module`` from a local transformers ``config.json`` (architecture from its ``architectures``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"configuration file {path!r} does not exist; give hf:PATH/config.json of a local file.")
-    try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"configuration file {path!r} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
-                        "fix the file.") from None
-    if not isinstance(data, dict) or "model_type" not in data:
-        raise UserError(f"configuration file {path!r} has no 'model_type'; use a transformers config.json.")
+    from ..inputs import load_json, read_text
+
+    where = f"configuration file {path!r}"
+    text = read_text(path, "configuration file", "give hf:PATH/config.json of a local file", "fix the file")
+    data = load_json(text, where, "fix the file")
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise UserError(f"{where} has no 'model_type'; use a transformers config.json.")
     tf = _transformers()
     try:
         config = tf.AutoConfig.for_model(**data)
-    except (ValueError, KeyError) as exc:
-        raise UserError(f"transformers cannot read {path!r} ({str(exc).splitlines()[0]}); check its model_type.") from None
+    except Exception as exc:  # transformers validates in many ways (ValueError, TypeError, KeyError, ...)
+        raise UserError(f"transformers cannot read {where} ({type(exc).__name__}: {_first_line(exc)}); fix the "
+                        "configuration.") from None
     archs = data.get("architectures") or []
-    model_cls = getattr(tf, archs[0], None) if archs else None
-    if model_cls is None:
-        return _on_meta(lambda: tf.AutoModel.from_config(config))
-    return _on_meta(lambda: model_cls(config))
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise UserError(f"{where}: 'architectures' must be a list of class names such as [\"LlamaForCausalLM\"].")
+    model_cls = None
+    if archs:
+        import torch.nn as nn
+
+        model_cls = getattr(tf, archs[0], None)
+        if not (isinstance(model_cls, type) and issubclass(model_cls, nn.Module)):
+            raise UserError(f"{where}: architecture {archs[0]!r} is not a transformers model class; name one such as "
+                            "LlamaForCausalLM, or remove 'architectures' to build the base model.")
+    build = (lambda: tf.AutoModel.from_config(config)) if model_cls is None else (lambda: model_cls(config))
+    try:
+        with _module_limit():
+            return _on_meta(build)
+    except _TooManyModules:
+        raise UserError(f"{where} builds more than {MAX_HF_MODULES:,} modules; check its layer and expert counts "
+                        "(or describe the model with a shapes file).") from None
+    except Exception as exc:
+        raise UserError(f"transformers cannot build a model from {where} ({type(exc).__name__}: "
+                        f"{_first_line(exc)}); fix the configuration.") from None
+
+
+#: modules an ``hf:`` configuration may build (each costs ~5 KB on the meta device; real models have < 10k)
+MAX_HF_MODULES = 20_000
+
+
+class _TooManyModules(Exception):
+    pass
+
+
+class _module_limit:
+    """Count ``nn.Module`` constructions while building; past ``MAX_HF_MODULES`` raise ``_TooManyModules``."""
+
+    def __enter__(self):
+        import torch.nn as nn
+
+        self._orig = nn.Module.__init__
+        count = [0]
+        orig = self._orig
+
+        def counting_init(module, *args, **kwargs):
+            count[0] += 1
+            if count[0] > MAX_HF_MODULES:
+                raise _TooManyModules()
+            orig(module, *args, **kwargs)
+
+        nn.Module.__init__ = counting_init
+        return self
+
+    def __exit__(self, *exc):
+        import torch.nn as nn
+
+        nn.Module.__init__ = self._orig
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def source_files(spec: str) -> list[tuple[str, str]]:
+    """The files a ``--model`` (or ``--data``/``--loss``) source reads, as (what, path): a shapes file, a
+    configuration, or the Python file of ``package.module``; outputs must never overwrite them. Never raises."""
+    if not spec or spec in PRESETS:
+        return []
+    if spec.startswith("hf:"):
+        return [("--model configuration", spec[3:])]
+    if spec.lower().endswith((".yaml", ".yml", ".json")):
+        return [("--model shapes file", spec)]
+    mod_name = spec.partition(":")[0]
+    if not mod_name:
+        return []
+    try:
+        import importlib.util
+
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        found = importlib.util.find_spec(mod_name)
+    except Exception:
+        return []
+    origin = getattr(found, "origin", None)
+    return [(f"module {mod_name!r}", origin)] if origin and os.path.isfile(origin) else []
 
 
 def load_shapes_file(path: str) -> ModelSpec:
     """A framework-neutral shapes file: ``params: [{name, shape, dtype?, trainable?}, ...]``."""
+    from ..inputs import load_json, load_yaml, read_text
+
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"shapes file {path!r} does not exist; check the path.")
-    try:
-        text = p.read_text()
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"shapes file {path!r} cannot be parsed ({first}); fix its syntax.") from None
+    text = read_text(p, "shapes file", "check the path", "fix the file")
+    where = f"shapes file {path!r}"
+    data = load_json(text, where, "fix its syntax") if p.suffix.lower() == ".json" else \
+        load_yaml(text, where, "fix its syntax")
     if not isinstance(data, dict) or not isinstance(data.get("params"), list) or not data["params"]:
         raise UserError(f"shapes file {path!r} needs a top-level 'params:' list of {{name, shape}} entries.")
     params, seen = [], set()
@@ -132,7 +213,11 @@ def load_shapes_file(path: str) -> ModelSpec:
         shape = e["shape"]
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                   for d in shape):
-            raise UserError(f"{where} ({e['name']!r}): 'shape' must be a list of non-negative integers.")
+            raise UserError(f"{where} ({str(e['name'])[:80]!r}): 'shape' must be a list of non-negative integers.")
+        if not isinstance(e["name"], (str, int)) or isinstance(e["name"], bool):
+            raise UserError(f"{where}: 'name' must be a string.")
+        if len(shape) > 64:
+            raise UserError(f"{where} ({str(e['name'])[:80]!r}): 'shape' has {len(shape)} dimensions; at most 64.")
         dtype = e.get("dtype", "float32")
         from ..methods.layout import DTYPE_BYTES
 

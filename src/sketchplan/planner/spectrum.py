@@ -29,17 +29,24 @@ from pydantic import Field
 
 from ..files import StrictModel as _S
 from ..files import YamlFile
+from typing import Annotated
+from pydantic import model_validator
+from ..validate import MAX_DIM, MAX_INT
+
+#: a measured non-negative quantity; bounded so that sums of a sketch's values stay finite
+_Mass = Annotated[float, Field(ge=0, le=1e300)]
+_Share = Annotated[float, Field(ge=0, le=1)]
 
 SPECTRUM_SCHEMA_VERSION = 1
 
 
 class AxisSpectrum(_S):
-    dim: int
-    eigenvalues: list[float]
-    trace: float
-    escaped: float = 0.0
-    diag_mass: float
-    block_mass: dict[int, float] = Field(default_factory=dict)
+    dim: int = Field(ge=1, le=MAX_DIM)
+    eigenvalues: list[_Mass] = Field(max_length=2**16)
+    trace: _Mass
+    escaped: _Mass = 0.0
+    diag_mass: _Share
+    block_mass: dict[Annotated[int, Field(ge=1, le=MAX_DIM)], _Share] = Field(default_factory=dict)
 
     def top_mass(self, k: int) -> float:
         """m(k): share of tr C in the top k eigenvalues (see module docstring)."""
@@ -78,9 +85,15 @@ class AxisSpectrum(_S):
 
 
 class TensorSpectrum(_S):
-    shape: list[int]
-    merged: list[int]
+    shape: list[Annotated[int, Field(ge=0, le=MAX_DIM)]]
+    merged: list[Annotated[int, Field(ge=1, le=MAX_DIM)]]
     axes: list[AxisSpectrum]
+
+    @model_validator(mode="after")
+    def _axes_match(self) -> "TensorSpectrum":
+        if [a.dim for a in self.axes] != list(self.merged):
+            raise ValueError("'axes' must hold one spectrum per merged dimension, with 'dim' equal to it")
+        return self
 
 
 class SpectrumFile(YamlFile):
@@ -88,8 +101,8 @@ class SpectrumFile(YamlFile):
     how_to_make: ClassVar[str] = "write one with `sketchplan probe --out {path}`"
     how_to_fix: ClassVar[str] = "write it again with `sketchplan probe`"
 
-    schema_version: int = SPECTRUM_SCHEMA_VERSION
+    schema_version: int = Field(default=SPECTRUM_SCHEMA_VERSION, ge=1, le=SPECTRUM_SCHEMA_VERSION)
     source: str = ""
-    steps: int
-    rank: int
+    steps: int = Field(ge=1, le=MAX_INT)
+    rank: int = Field(ge=1, le=MAX_INT)
     tensors: dict[str, TensorSpectrum]

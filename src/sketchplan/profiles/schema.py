@@ -3,17 +3,21 @@
 A profile holds, per kernel and variant (``kernels.calls.KERNEL_VARIANTS``), the median time of one problem at
 each measured size, and the roofline constants fitted from the same measurements (peak matrix-product FLOP/s,
 elementwise bandwidth, per-call overhead). ``profiles.cost.CostModel`` turns it into seconds per kernel call.
-Files are YAML, loaded with the safe loader; unknown fields and wrong types are rejected naming the field.
+Files are YAML, loaded with the safe loader; unknown fields and wrong types are rejected naming the field, and so
+are quantities out of their physical range (times, FLOP/s and bandwidths finite and positive, within bounds that
+keep every prediction finite).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar, Literal
+from typing import Annotated
 
 from pydantic import Field
 
 from ..files import StrictModel as _Strict
 from ..files import YamlFile
+from ..validate import MAX_BYTES, MAX_INT
 
 PROFILE_SCHEMA_VERSION = 1
 
@@ -23,10 +27,10 @@ class DeviceInfo(_Strict):
 
     kind: Literal["cpu", "cuda", "tpu", "other"]
     name: str = Field(description="CPU model or accelerator name")
-    memory_bytes: int | None = None
+    memory_bytes: int | None = Field(default=None, ge=0, le=MAX_BYTES)
     driver: str | None = None
     compute_capability: str | None = None
-    cores: int | None = Field(default=None, description="CPU cores used (threads) or accelerator SMs")
+    cores: int | None = Field(default=None, ge=1, le=2**20, description="CPU cores used (threads) or accelerator SMs")
     framework: str = Field(description="torch or jax")
     framework_version: str = ""
 
@@ -39,9 +43,9 @@ class DeviceInfo(_Strict):
 class Point(_Strict):
     """Median seconds of one problem of size ``dims`` (``reps`` timed repetitions after warm-up)."""
 
-    dims: list[int]
-    seconds: float = Field(gt=0)
-    reps: int = 1
+    dims: list[Annotated[int, Field(ge=1, le=MAX_INT)]] = Field(min_length=1, max_length=8)
+    seconds: float = Field(gt=0, le=1e6)
+    reps: int = Field(default=1, ge=1, le=10**12)
 
 
 class KernelTable(_Strict):
@@ -54,9 +58,9 @@ class KernelTable(_Strict):
 class Roofline(_Strict):
     """Analytic time of a problem: max(flops / peak_flops, bytes / bandwidth) + overhead_s."""
 
-    peak_flops: float = Field(gt=0, description="FLOP/s of the largest measured matrix product")
-    bandwidth: float = Field(gt=0, description="bytes/s of the largest measured elementwise pass")
-    overhead_s: float = Field(ge=0, description="time of the smallest measured call")
+    peak_flops: float = Field(ge=1e3, le=1e21, description="FLOP/s of the largest measured matrix product")
+    bandwidth: float = Field(ge=1e3, le=1e18, description="bytes/s of the largest measured elementwise pass")
+    overhead_s: float = Field(ge=0, le=10, description="time of the smallest measured call")
 
 
 class HardwareProfile(YamlFile):
