@@ -19,7 +19,8 @@ from ..profiles.registry import label as profile_label
 from ..profiles.registry import resolve as resolve_profile
 from . import candidates as cand
 from .analysis import ModelSpec, ParamSpec, analyze
-from .memory import FixedBytes, Precision, fixed_bytes, largest_rank, shard_units
+from .memory import FixedBytes, Precision, fixed_bytes
+from . import parallel as par_
 from .plan import Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry, Totals, WhatIf
 from .sizes import fmt_bytes, parse_size
 from .solve import Infeasible, Item
@@ -69,10 +70,16 @@ class _Costs:
     workspace: int
     score: float
     by_method: dict[str, int]
+    ranks: par_.RankState | None = None
+
+    @property
+    def extra(self) -> int:
+        """Per-rank bytes besides the largest rank's state and the workspace: direction exchange buffers."""
+        return self.ranks.exchange if self.ranks is not None else 0
 
 
-def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDefaults, world: int,
-           shard: bool) -> _Costs:
+def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDefaults,
+           par: par_.Parallel = par_.Parallel(), timer=None) -> _Costs:
     state = sum(c.state_bytes for c in choice.values())
     ws = max((c.workspace_bytes for c in choice.values()), default=0)
     w = sum(p.numel for p in spec.trainable)
@@ -80,16 +87,16 @@ def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDe
     by_method: dict[str, int] = {}
     for c in choice.values():
         by_method[c.cfg.method] = by_method.get(c.cfg.method, 0) + c.state_bytes
-    per_rank = state
-    if shard and world > 1:
-        units: list[int] = []
-        for p in spec.trainable:
-            units += shard_units(state_layout(p.shape, choice[p.name].cfg, opts), world)
-        per_rank = largest_rank(units, world)
-    return _Costs(state, per_rank, ws, score, by_method)
+    if par.world == 1:
+        return _Costs(state, state, ws, score, by_method)
+    rs = par_.rank_state(spec, {n: c.cfg for n, c in choice.items()}, opts, par, timer)
+    if par.sharded:
+        state = sum(rs.by_rank)
+    return _Costs(state, rs.largest, ws, score, by_method, rs)
 
 
-def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer=None) -> list[WhatIf]:
+def _what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer=None, cand_spec=None) -> list[WhatIf]:
+    cand_spec = cand_spec or spec
     alts = [MethodConfig(method="adam"), MethodConfig(method="shampoo")]
     alts += [MethodConfig(method="blocked_shampoo", block_size=b) for b in block_sizes]
     alts += [MethodConfig(method="sketchy", rank=k, graft="adafactor", momentum="bfloat16") for k in ranks]
@@ -97,33 +104,42 @@ def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer=
     cache: dict[tuple, cand.Candidate] = {}
     for cfg in alts:
         choice = {}
-        for p in spec.trainable:
+        for p in cand_spec.trainable:
             key = (p.shape, cfg)
             if key not in cache:
                 cache[key] = cand.evaluate(p.shape, cfg, opts)
             choice[p.name] = cache[key]
-        c = _costs(spec, choice, opts, world, shard)
-        peak = fixed.total + c.per_rank + c.workspace
-        ms = None if timer is None else round(sum(timer(p.shape, cfg)[0] for p in spec.trainable), 3)
+        c = _costs(spec, choice, opts, par, timer)
+        peak = fixed.total + c.per_rank + c.workspace + c.extra
+        ms = None if timer is None else round(sum(timer(p.shape, cfg)[0] for p in cand_spec.trainable), 3)
         out.append(WhatIf(label="all " + cfg.label(), state_bytes=c.state, peak_bytes=peak,
                           fits=avail is None or peak <= avail, score=round(c.score, 6), step_ms=ms))
     return out
 
 
-def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ranks, block_sizes, hardware,
+def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block_sizes, hardware,
               grid: CandidateGrid | None = None) -> Plan:
-    c = _costs(spec, choice, opts, world, shard)
     profile = resolve_profile(hardware)
     timer = None if profile is None else StepTimer(CostModel(profile), opts)
-    entries = _entries(spec, choice, timer)
+    c = _costs(spec, choice, opts, par, timer)
+    cand_spec = par_.local_spec(spec, par)
+    entries = _entries(cand_spec, choice, timer)
+    for e, p in zip(entries, spec.params):
+        e.shape = list(p.shape)  # the global shape; under FSDP the bytes and blocks are the local shard's
+        if c.ranks is not None and p.name in c.ranks.owners:
+            e.owners = c.ranks.owners[p.name]
+        if c.ranks is not None and p.name in c.ranks.rest_owner:
+            e.owner = c.ranks.rest_owner[p.name]
     step_ms = None if timer is None else round(sum(e.step_ms or 0.0 for e in entries), 3)
     avail = None if budget.memory_bytes is None else budget.memory_bytes - budget.reserve_bytes
     totals = Totals(
         params_bytes=fixed.params, grads_bytes=fixed.grads, master_bytes=fixed.master, state_bytes=c.state,
-        state_bytes_per_rank=c.per_rank if (shard and world > 1) else None, workspace_bytes=c.workspace,
-        peak_bytes=fixed.total + c.per_rank + c.workspace, state_bytes_by_method=c.by_method,
+        state_bytes_per_rank=c.per_rank if par.world > 1 else None, workspace_bytes=c.workspace,
+        peak_bytes=fixed.total + c.per_rank + c.workspace + c.extra, state_bytes_by_method=c.by_method,
         step_ms=step_ms, score=round(c.score, 6),
     )
+    if par.world > 1:
+        par_.fill_totals(totals, spec, prec, par, c.ranks)
     return Plan(
         created_by=f"sketchplan {__version__}",
         model=ModelInfo(source=spec.source, fingerprint=spec.fingerprint, n_params=spec.n_params,
@@ -131,12 +147,13 @@ def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ran
         hardware=None if profile is None else profile_label(profile),
         budget=budget,
         settings=Settings(param_dtype=prec.param_dtype, grad_dtype=prec.grad_dtype,
-                          master_weights=prec.master_weights, world_size=world, shard_optimizer_state=shard),
+                          master_weights=prec.master_weights, world_size=par.world,
+                          parallelism=par.kind, shard_group=par.shard_group),
         defaults=opts,
         grid=grid,
         tensors=entries,
         totals=totals,
-        what_if=_what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer),
+        what_if=_what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer, cand_spec),
         solver=solver,
     )
 
@@ -146,7 +163,8 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
               momenta=cand.DEFAULT_MOMENTA, defaults: OptimizerDefaults | None = None, reserve=0,
               world_size: int = 1, shard_optimizer_state: bool = False, param_dtype: str | None = None,
               grad_dtype: str | None = None, master_weights: bool = False, hardware=None,
-              spectrum=None, time_budget_ms: float | None = None) -> Plan:
+              spectrum=None, time_budget_ms: float | None = None, parallelism: str | None = None,
+              shard_group: int | None = None) -> Plan:
     """Choose one candidate per trainable tensor maximising the parameter-weighted score within the budget.
 
     ``model``: an ``nn.Module`` (meta device is fine) or a ``ModelSpec``. ``memory_budget``: bytes or a size
@@ -157,14 +175,17 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     ``variant`` (``planner.timing``) and the totals the step time; None predicts no times.
     ``time_budget_ms``: the amortised optimizer step time allowed (predicted with ``hardware``, ``auto`` when
     None); the solver then honours both budgets (``planner.solve_time``) and reports which binds and what
-    relaxing it would buy. Raises ``UserError`` when no plan fits, naming the minimum.
+    relaxing it would buy. ``world_size`` and ``parallelism`` (``ddp``, ``zero1``, ``zero2``, ``fsdp``,
+    ``hsdp`` with ``shard_group``; ``shard_optimizer_state`` is an alias of ``zero1``): the budget is per rank and
+    the totals carry per-rank figures (``planner.parallel``). Raises ``UserError`` when no plan fits, naming
+    the minimum.
     """
     t0 = time.perf_counter()
     opts = defaults or OptimizerDefaults()
     spec = analyze(model, source=source)
     prec = Precision(param_dtype, grad_dtype, master_weights)
-    if world_size < 1:
-        raise UserError(f"world size {world_size} must be at least 1.")
+    par = par_.parallel(parallelism, world_size, shard_group, shard_optimizer_state)
+    cand_spec = par_.local_spec(spec, par)
     budget_bytes = None if memory_budget is None else parse_size(memory_budget, "memory budget")
     reserve_bytes = parse_size(reserve, "reserve")
     budget = Budget(memory_bytes=budget_bytes, reserve_bytes=reserve_bytes)
@@ -173,10 +194,11 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         from .spectrum import SpectrumFile
 
         spectrum = SpectrumFile.load(str(spectrum))
-    groups = _groups(spec, configs, opts, spectrum.tensors if spectrum is not None else None)
-    fixed = fixed_bytes(spec, prec)
-    items = [Item(len(g.params), [c.state_bytes for c in g.cands], [c.workspace_bytes for c in g.cands],
-                  [c.score * _numel(g.shape) for c in g.cands]) for g in groups]
+    groups = _groups(cand_spec, configs, opts, spectrum.tensors if spectrum is not None else None)
+    fixed = par_.fixed_per_rank(spec, prec, par)
+    items = [Item(len(g.params), [_knapsack_bytes(g.shape, c, opts, par) for c in g.cands],
+                  [c.workspace_bytes for c in g.cands], [c.score * _numel(g.shape) for c in g.cands])
+             for g in groups]
     if time_budget_ms is not None:
         if time_budget_ms <= 0:
             raise UserError(f"time budget {time_budget_ms:g} ms must be positive.")
@@ -184,11 +206,12 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         timer = StepTimer(CostModel(resolve_profile(hardware)), opts)
         for g, it in zip(groups, items):
             it.time = [timer(g.shape, c.cfg)[0] for c in g.cands]
-    shard = shard_optimizer_state and world_size > 1
+    shard = par.owner
+    assign_timer = None if hardware is None else StepTimer(CostModel(resolve_profile(hardware)), opts)
     avail = None if budget_bytes is None else budget_bytes - reserve_bytes
     if avail is not None and fixed.total > avail:
         raise UserError(_fixed_too_big(fixed, budget_bytes, reserve_bytes))
-    state_budget = None if avail is None else (avail - fixed.total) * (world_size if shard else 1)
+    state_budget = None if avail is None else (avail - fixed.total) * par_.knapsack_scale(par)
     for _ in range(50):
         try:
             sol = solve_two(items, state_budget, time_budget_ms)
@@ -196,24 +219,24 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
             raise UserError(f"time budget {time_budget_ms:g} ms is below the fastest plan's predicted optimizer step, "
                             f"{inf.min_ms:.3g} ms; raise --time-budget-ms to at least {inf.min_ms:.3g}.") from None
         except Infeasible as inf:
-            if shard and state_budget < (avail - fixed.total) * world_size:
+            if shard and state_budget < (avail - fixed.total) * par_.knapsack_scale(par):
                 raise UserError(f"with --world-size {world_size} no plan fits {fmt_bytes(avail)} per rank because "
                                 "preconditioner blocks cannot be split across ranks; raise --memory-budget or use "
                                 "smaller --block-sizes.") from None
-            raise UserError(_infeasible(inf, groups, fixed, budget_bytes, reserve_bytes, world_size if shard else 1)) \
+            raise UserError(_infeasible(inf, groups, fixed, budget_bytes, reserve_bytes, par_.knapsack_scale(par))) \
                 from None
         choice = _choice(groups, sol.assign)
         if avail is None:
             break
-        c = _costs(spec, choice, opts, world_size, shard)
-        over = fixed.total + c.per_rank + c.workspace - avail
+        c = _costs(spec, choice, opts, par, assign_timer)
+        over = fixed.total + c.per_rank + c.workspace + c.extra - avail
         if over <= 0:
             break
         state_budget -= max(over, state_budget // 200, 1)
     else:  # pragma: no cover - the loop shrinks the budget each round
         raise UserError("could not fit the sharded optimizer state; raise --memory-budget.")
     binding, relax = bind_report(items, state_budget, time_budget_ms, sol)
-    n = max(1, spec.n_trainable)
+    n = max(1, cand_spec.n_trainable)  # the solver's scores are weighted by the (local) numel
     gap = sol.gap / n
     price = sol.extra.get("price", 0.0) * 2**30 / n if binding and "memory" in binding else 0.0
     relax_info = {k: {"score": round(v["value"] / n, 6), "peak_bytes": float(fixed.total + v["bytes"]),
@@ -223,8 +246,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     budget.time_budget_ms = time_budget_ms
     grid = CandidateGrid(methods=list(methods), ranks=list(ranks), block_sizes=list(block_sizes),
                          grafts=list(grafts), momenta=list(momenta))
-    return _assemble(spec, choice, opts, fixed, budget, prec, world_size, shard, info, ranks, block_sizes, hardware,
-                     grid)
+    return _assemble(spec, choice, opts, fixed, budget, prec, par, info, ranks, block_sizes, hardware, grid)
 
 
 def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = None, *, source: str = "",
@@ -254,8 +276,14 @@ def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None,
     used = {c.cfg for c in choice.values()}
     ranks = tuple(sorted({c.rank for c in used if c.rank}))
     blocks = tuple(sorted({c.block_size for c in used if c.block_size}))
-    return _assemble(spec, choice, opts, fixed_bytes(spec, Precision()), budget, Precision(), 1, False, info,
+    return _assemble(spec, choice, opts, fixed_bytes(spec, Precision()), budget, Precision(), par_.Parallel(), info,
                      ranks, blocks, hardware)
+
+
+def _knapsack_bytes(shape, c: cand.Candidate, opts: OptimizerDefaults, par: par_.Parallel) -> int:
+    if not (par.owner and par.kind == "ddp"):
+        return c.state_bytes
+    return par_.knapsack_bytes(c.state_bytes, par_.rest_bytes(state_layout(shape, c.cfg, opts)), par)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

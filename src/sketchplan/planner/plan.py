@@ -41,7 +41,10 @@ class Settings(_Strict):
     grad_dtype: str | None = Field(default=None, description="gradient dtype; default: the parameter's")
     master_weights: bool = False
     world_size: int = Field(default=1, ge=1)
-    shard_optimizer_state: bool = False
+    shard_optimizer_state: bool = Field(default=False, description="plans before 0.2: ZeRO-1 (now parallelism "
+                                        "zero1)")
+    parallelism: Literal["none", "ddp", "zero1", "zero2", "fsdp", "hsdp"] = "none"
+    shard_group: int | None = Field(default=None, ge=1, description="HSDP: ranks a parameter is sharded over")
 
 
 class CandidateGrid(_Strict):
@@ -74,6 +77,10 @@ class TensorEntry(_Strict):
                                   "amortised over precondition_frequency (with the plan's hardware profile)")
     variant: dict[str, str] | None = Field(default=None, description="fastest variant per kernel on the "
                                            "profiled device (fd_update, inv_root); the optimizer runs it")
+    owners: list[int] | None = Field(default=None, description="DDP/ZeRO: the rank that keeps and computes each "
+                                     "preconditioner block, in flat block order (methods.placement)")
+    owner: int | None = Field(default=None, description="ZeRO: the rank that keeps this tensor's element-wise "
+                              "state (moments, graft, momentum) and computes its update")
 
     def options(self) -> dict[str, str]:
         """The optimizer options the recorded variants set (``fd_variant``, ``root_method``)."""
@@ -95,8 +102,17 @@ class Totals(_Strict):
     state_bytes: int
     state_bytes_per_rank: int | None = Field(default=None, description="largest rank's share when sharded")
     workspace_bytes: int = Field(description="peak transient workspace of one step (largest tensor's)")
-    peak_bytes: int = Field(description="params + grads + master + state (largest rank) + workspace")
+    peak_bytes: int = Field(description="params + grads + master + state (largest rank) + workspace (+ per-rank "
+                            "communication buffers; with world size > 1 every term is the largest rank's)")
     state_bytes_by_method: dict[str, int] = Field(default_factory=dict)
+    state_bytes_by_rank: list[int] | None = Field(default=None, description="optimizer state of each rank "
+                                                  "(of one shard group under FSDP/HSDP)")
+    params_bytes_per_rank: int | None = None
+    grads_bytes_per_rank: int | None = None
+    master_bytes_per_rank: int | None = None
+    comm_bytes_per_rank: int | None = Field(default=None, description="communication buffers: DDP buckets, "
+                                            "FSDP2 all-gather/reduce-scatter, the direction exchange")
+    peak_bytes_per_rank: int | None = None
     step_ms: float | None = None
     score: float = Field(description="parameter-weighted preconditioning score in [0, 1]")
 
