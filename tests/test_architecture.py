@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "sketchplan.planner": 5,
     "sketchplan.build": 6,
     "sketchplan.verify": 7,
+    "sketchplan.checkpoint": 7,  # DCP save/load of a built optimizer (above build)
     "sketchplan.report": 8,
     "sketchplan.plot": 8,
     "sketchplan.testing": 8,

@@ -256,11 +256,15 @@ def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = 
 
 
 def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None, *, source: str = "",
-                      memory_budget=None, hardware=None) -> Plan:
+                      memory_budget=None, hardware=None, world_size: int = 1, parallelism: str | None = None,
+                      shard_group: int | None = None) -> Plan:
     """A plan with the given choice per tensor: ``configs`` is one ``MethodConfig`` for all trainable tensors, or a
-    mapping name → ``MethodConfig`` (or a callable ``ParamSpec -> MethodConfig``). Bytes come from the layouts."""
+    mapping name → ``MethodConfig`` (or a callable ``ParamSpec -> MethodConfig``). Bytes come from the layouts;
+    with ``world_size``/``parallelism`` the per-rank placement too (``planner.parallel``)."""
     opts = defaults or OptimizerDefaults()
     spec = analyze(model, source=source)
+    par = par_.parallel(parallelism, world_size, shard_group)
+    cand_spec = par_.local_spec(spec, par)
     if isinstance(configs, MethodConfig):
         pick = lambda p: configs  # noqa: E731
     elif callable(configs):
@@ -270,13 +274,14 @@ def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None,
         if missing:
             raise UserError(f"no configuration given for tensor {missing[0]!r}.")
         pick = lambda p: configs[p.name]  # noqa: E731
-    choice = {p.name: cand.evaluate(p.shape, pick(p), opts) for p in spec.trainable}
+    choice = {p.name: cand.evaluate(p.shape, pick(spec_p), opts)
+              for p, spec_p in zip(cand_spec.trainable, spec.trainable)}
     budget = Budget(memory_bytes=None if memory_budget is None else parse_size(memory_budget, "memory budget"))
     info = SolverInfo(status="exact", gap=0.0, binding=None)
     used = {c.cfg for c in choice.values()}
     ranks = tuple(sorted({c.rank for c in used if c.rank}))
     blocks = tuple(sorted({c.block_size for c in used if c.block_size}))
-    return _assemble(spec, choice, opts, fixed_bytes(spec, Precision()), budget, Precision(), par_.Parallel(), info,
+    return _assemble(spec, choice, opts, par_.fixed_per_rank(spec, Precision(), par), budget, Precision(), par, info,
                      ranks, blocks, hardware)
 
 
