@@ -121,6 +121,22 @@ def reference(cfg, opts, world: int, sharded: bool) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in m.named_parameters()}
 
 
+def run_check(rank: int, world: int, kind: str, method: str) -> dict:
+    """``sketchplan check --measure`` as ``torchrun`` runs it on every rank (verify.check with a meta model)."""
+    from sketchplan.planner.make import plan_from_configs
+    from sketchplan.verify import check
+
+    with torch.device("meta"):
+        meta = TinyLM()
+    plan = plan_from_configs(meta, configs()[method], defaults(), world_size=world, parallelism=kind)
+    with torch.device("meta"):
+        meta = TinyLM()
+    report = check(plan, meta, measure=True)
+    return {"kind": "check-" + kind, "method": method, "rank": rank, "ok": report.ok,
+            "measured": report.measured.measured_state_bytes, "note": report.measured.note,
+            "predicted": plan.totals.state_bytes_by_rank[rank]}
+
+
 def run_scenario(rank: int, world: int, kind: str, method: str, out_dir: str, ckpt_dir: str | None) -> dict:
     from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -154,6 +170,12 @@ def run_scenario(rank: int, world: int, kind: str, method: str, out_dir: str, ck
             save(opt, wrapped, ckpt_dir)
         if step == 1:
             report["state_bytes"] = state_bytes(opt)
+            from sketchplan.testing import assert_rank_matches_plan
+
+            try:
+                report["measured"] = assert_rank_matches_plan(opt, wrapped, plan)["measured_bytes"]
+            except AssertionError as exc:
+                report["measured"] = str(exc)
     full = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
             for n, p in m.named_parameters()}
     report["predicted_state_bytes"] = plan.totals.state_bytes_by_rank[rank % len(plan.totals.state_bytes_by_rank)]
@@ -204,8 +226,11 @@ def worker(rank: int, world: int, port: int, scenarios: list, out_dir: str) -> N
     try:
         for kind, method, ckpt in scenarios:
             try:
-                ckpt_dir = os.path.join(out_dir, f"ckpt-{kind}-{method}") if ckpt else None
-                reports.append(run_scenario(rank, world, kind, method, out_dir, ckpt_dir))
+                ckpt_dir = os.path.join(out_dir, f"ckpt-{kind}-{method}") if ckpt is True else None
+                if ckpt == "check":
+                    reports.append(run_check(rank, world, kind, method))
+                else:
+                    reports.append(run_scenario(rank, world, kind, method, out_dir, ckpt_dir))
             except Exception:  # noqa: BLE001 - reported to the test, which fails with the traceback
                 reports.append({"kind": kind, "method": method, "rank": rank, "error": traceback.format_exc()})
             dist.barrier()

@@ -13,6 +13,7 @@ METHODS = ["adam", "shampoo", "blocked_shampoo", "sketchy", "extreme_tensoring",
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     scenarios = [(kind, m, m in ("shampoo", "sketchy", "adam")) for kind in ("ddp", "zero1", "fsdp") for m in METHODS]
+    scenarios += [("zero1", "sketchy", "check"), ("fsdp", "shampoo", "check")]
     return dw.spawn(2, scenarios, str(tmp_path_factory.mktemp("dist2")))
 
 
@@ -27,10 +28,16 @@ def four_ranks(tmp_path_factory):
 def _check(reports, world):
     assert len(reports) == world
     for per_rank in zip(*reports):
+        if per_rank[0]["kind"].startswith("check-"):  # check --measure on every rank
+            for rep in per_rank:
+                assert "error" not in rep, rep["error"]
+                assert rep["ok"] and rep["measured"] == rep["predicted"], rep
+            continue
         for rep in per_rank:
             assert "error" not in rep, rep["error"]
             what = f"{rep['kind']}/{rep['method']} rank {rep['rank']}"
             assert rep["state_bytes"] == rep["predicted_state_bytes"], what
+            assert rep["measured"] == rep["state_bytes"], (what, rep["measured"])  # the testing helper agrees
             assert rep["in_sync"], what
             if "resume_bitexact" in rep:
                 assert rep["resume_bitexact"], what
@@ -45,7 +52,7 @@ def _check(reports, world):
 
 def test_two_ranks_every_method_ddp_zero_fsdp(two_ranks):
     _check(two_ranks, 2)
-    seen = {(r["kind"], r["method"]) for r in two_ranks[0]}
+    seen = {(r["kind"], r["method"]) for r in two_ranks[0] if not r["kind"].startswith("check")}
     assert seen == {(k, m) for k in ("ddp", "zero1", "fsdp") for m in METHODS}
 
 

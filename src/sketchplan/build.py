@@ -101,10 +101,11 @@ def build_optimizer(plan: Plan, model: "torch.nn.Module", allow_mismatch: bool =
     kind = s.parallelism if s.parallelism != "none" else ("zero1" if s.shard_optimizer_state else "ddp")
     all_params = [p for ps in groups.values() for p in ps]
     dist_opt.check_running(kind, s.world_size, s.shard_group, all_params, wrapped_ddp)
-    if s.world_size > 1:
+    if s.world_size > 1 or any(dist_opt.is_dtensor(p) for p in all_params):  # FSDP2, also on one rank
         names = {id(p): entries[n].name for n, p in model.named_parameters() if n in entries}
         return dist_opt.build_distributed(
-            param_groups, adam, plan.defaults, kind=kind, world=s.world_size, names=names,
+            param_groups, adam, plan.defaults, kind=kind if s.world_size > 1 else "fsdp", world=s.world_size,
+            names=names,
             owners={e.name: e.owners for e in plan.tensors if e.owners is not None},
             rest_owner={e.name: e.owner for e in plan.tensors if e.owner is not None})
     return SketchplanOptimizer(param_groups, adam, plan.defaults)

@@ -310,15 +310,16 @@ def check_running(kind: str, world: int, shard_group: int | None, params: list[t
     from ...errors import UserError
 
     dtensors = any(is_dtensor(p) for p in params)
-    running = dist.get_world_size(process_group) if dist.is_available() and dist.is_initialized() else 1
+    initialized = dist.is_available() and dist.is_initialized()
+    running = dist.get_world_size(process_group) if initialized else 1
     if world <= 1:
-        if dtensors or (wrapped_ddp and running > 1):
+        if (dtensors and running > 1) or (wrapped_ddp and running > 1):
             how = "fsdp" if dtensors else "ddp"
             raise UserError(f"the plan was made for a single device but the model runs on {running} ranks "
                             f"({'FSDP2 DTensor parameters' if dtensors else 'DistributedDataParallel'}); regenerate "
                             f"it with `sketchplan plan --world-size {running} --parallelism {how}`.")
         return
-    if running == 1:
+    if not initialized:
         raise UserError(f"the plan was made for {world} ranks ({kind}) but torch.distributed is not initialized; "
                         "start the script with torchrun (init_process_group), or plan with --world-size 1.")
     if kind in OWNER_KINDS:
