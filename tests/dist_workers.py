@@ -147,12 +147,18 @@ def run_scenario(rank: int, world: int, kind: str, method: str, out_dir: str, ck
     cfg, opts = configs()[method], defaults()
     with torch.device("meta"):
         meta = TinyLM()
-    plan = plan_from_configs(meta, cfg, opts, world_size=world, parallelism=kind)
+    group = 2 if kind == "hsdp" else None
+    plan = plan_from_configs(meta, cfg, opts, world_size=world, parallelism=kind, shard_group=group)
     m = model()
     if kind in ("fsdp", "hsdp"):
+        mesh = None
+        if kind == "hsdp":  # replicate over world/2 groups, shard inside each group of 2
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh("cpu", (world // 2, 2), mesh_dim_names=("replicate", "shard"))
         for b in m.layers:
-            fully_shard(b)
-        fully_shard(m)
+            fully_shard(b, mesh=mesh)
+        fully_shard(m, mesh=mesh)
         wrapped = m
     else:
         wrapped = DDP(m)
@@ -186,7 +192,7 @@ def run_scenario(rank: int, world: int, kind: str, method: str, out_dir: str, ck
     dist.broadcast(ref0, 0)
     report["in_sync"] = bool(torch.equal(flat, ref0))
     if rank == 0:
-        ref = reference(cfg, opts, world, kind in ("fsdp", "hsdp"))
+        ref = reference(cfg, opts, group or world, kind in ("fsdp", "hsdp"))
         errs = {n: float((full[n] - ref[n]).abs().max() / (ref[n].abs().max() + 1e-12)) for n in ref}
         report["max_rel_err"] = max(errs.values())
         report["worst"] = max(errs, key=errs.get)

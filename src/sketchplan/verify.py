@@ -229,6 +229,11 @@ def _measure_ranks(plan: Plan, model, configs: dict[str, MethodConfig], dev, ste
     from .planner.parallel import from_settings, unit_of
 
     par = from_settings(plan.settings)
+    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")  # started by torchrun
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(dev)
     running = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if running != par.world:
         raise UserError(f"the plan is for {par.world} ranks ({par.kind}); measure it on that many with `torchrun "
