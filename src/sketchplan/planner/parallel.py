@@ -26,8 +26,9 @@ Communication buffers the engine allocates, counted in the peak:
   being computed and the prefetched next one) plus the reduce-scatter input of the largest unit (its unsharded
   gradients). A unit is what ``fully_shard`` wraps: a module path up to its first integer component
   (``model.layers.7``), the rest forms the root unit;
-- the owner placement's direction exchange: ``all_gather_into_tensor`` of every rank's preconditioned blocks,
-  N · (largest rank's block elements) in the state dtype, plus this rank's send buffer.
+- the owner placement's direction exchange: ``all_gather`` of every rank's preconditioned blocks,
+  N · (largest rank's block elements) in float32, plus this rank's send buffer; under ZeRO the owners then
+  broadcast their updated parameters, one owner's packed tensors at a time (not alive with the directions).
 
 The single-device case is ``Parallel()`` (world size 1): everything whole, no buffers, as before.
 """
@@ -244,7 +245,7 @@ def units_for(p: ParamSpec, cfg: MethodConfig, opts: OptimizerDefaults, par: Par
                 secs[bshape] = _block_seconds(bshape, cfg, opts, timer)
             out.append(Unit(p.name, j, nb, secs[bshape], math.prod(bshape)))
     if par.kind != "ddp":
-        out.append(Unit(p.name, None, rest_bytes(layout), p.numel * 2e-9))
+        out.append(Unit(p.name, None, rest_bytes(layout), p.numel * 2e-9, p.numel))
     return out
 
 
@@ -324,13 +325,20 @@ def rank_state(spec: ModelSpec, configs: dict[str, MethodConfig], opts: Optimize
     out_owners: dict[str, list[int]] = {}
     out_rest: dict[str, int] = {}
     elems = [0] * par.world
+    owned_params = [0] * par.world
     for u, r in zip(units, who):
         if u.block is None:
             out_rest[u.tensor] = r
+            owned_params[r] += u.elements
         else:
             out_owners.setdefault(u.tensor, []).append(r)
             elems[r] += u.elements
-    exchange = (par.world + 1) * max(elems) * dtype_bytes(opts.state_dtype) if any(elems) else 0
+    # the all_gather of directions: a send buffer and N receive buffers (float32; 8 bytes for float64 state);
+    # then, under ZeRO, one owner's packed parameters at a time (broadcast)
+    wide = 8 if opts.state_dtype == "float64" else 4
+    exchange = (par.world + 1) * max(elems) * wide if any(elems) else 0
+    pwide = 8 if any(shapes[n].dtype == "float64" for n in configs) else 4
+    exchange = max(exchange, max(owned_params) * pwide)
     return RankState(loads, secs, out_owners, out_rest, exchange)
 
 

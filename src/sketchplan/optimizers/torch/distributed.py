@@ -167,6 +167,7 @@ class DistributedSketchplanOptimizer(SketchplanOptimizer):
         received = self._exchange_directions(pending)
         for item, blocks in zip(pending, received):
             self._finish(item, blocks)
+        del pending, received  # the direction buffers are free before the parameters are exchanged
         if shared:
             self._exchange_params(shared)
 
@@ -265,26 +266,26 @@ class DistributedSketchplanOptimizer(SketchplanOptimizer):
         apply_update(p, update, opts.lr, opts.weight_decay)
 
     def _exchange_params(self, params: list[torch.Tensor]) -> None:
-        """ZeRO: every tensor's owner sends its updated values; one all_gather brings every rank up to date."""
+        """ZeRO: each owner broadcasts its updated tensors, packed in one flat buffer per owner rank (one buffer of
+        the largest owner's size is alive at a time)."""
         pl = self.placement
-        sizes = [0] * pl.world
-        for p in params:
-            sizes[pl.rest_owner[id(p)]] += p.numel()
         dtype = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
-        send = torch.zeros(max(sizes), dtype=dtype, device=params[0].device)
-        mine = [p.reshape(-1).to(dtype) for p in params if pl.rest_owner[id(p)] == pl.rank]
-        if mine:
-            flat = torch.cat(mine)
-            send[:flat.numel()] = flat
-        recv = [torch.empty_like(send) for _ in range(pl.world)]
-        dist.all_gather(recv, send, group=pl.group)
-        offsets = [0] * pl.world
-        for p in params:
-            r = pl.rest_owner[id(p)]
-            n = p.numel()
+        for r in range(pl.world):
+            mine = [p for p in params if pl.rest_owner[id(p)] == r]
+            if not mine:
+                continue
+            if r == pl.rank:
+                buf = torch.cat([p.reshape(-1).to(dtype) for p in mine])
+            else:
+                buf = torch.empty(sum(p.numel() for p in mine), dtype=dtype, device=mine[0].device)
+            dist.broadcast(buf, src=dist.get_global_rank(pl.group, r) if pl.group is not None else r, group=pl.group)
             if r != pl.rank:
-                p.copy_(recv[r][offsets[r]:offsets[r] + n].reshape(p.shape).to(p.dtype))
-            offsets[r] += n
+                offset = 0
+                for p in mine:
+                    n = p.numel()
+                    p.copy_(buf[offset:offset + n].reshape(p.shape).to(p.dtype))
+                    offset += n
+            del buf
 
 
 OWNER_KINDS = ("ddp", "zero1", "zero2")
