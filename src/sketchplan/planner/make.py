@@ -314,6 +314,8 @@ def _fixed_too_big(fixed: FixedBytes, budget: int, reserve: int) -> str:
     what = f"parameters ({fmt_bytes(fixed.params)}) and gradients ({fmt_bytes(fixed.grads)})"
     if fixed.master:
         what += f" and master weights ({fmt_bytes(fixed.master)})"
+    if getattr(fixed, "comm", 0):
+        what += f" and communication buffers ({fmt_bytes(fixed.comm)})"
     return (f"memory budget {fmt_bytes(budget)}{f' minus reserve {fmt_bytes(reserve)}' if reserve else ''} is below "
             f"what {what} alone need ({fmt_bytes(fixed.total)}); raise --memory-budget to at least "
             f"{fmt_bytes(fixed.total + reserve)} plus optimizer state, or use a lower --param-dtype.")

@@ -277,7 +277,7 @@ class RankState:
     seconds_by_rank: list[float] = field(default_factory=list)
     owners: dict[str, list[int]] = field(default_factory=dict)  # tensor → owner per block
     rest_owner: dict[str, int] = field(default_factory=dict)  # tensor → owner of its element-wise rest (ZeRO)
-    exchange: int = 0  # bytes of the owner placement's direction exchange buffers on one rank
+    exchange: int = 0  # bytes of the owner placement's exchange buffers on one rank (largest tensor's)
 
     @property
     def largest(self) -> int:
@@ -324,19 +324,23 @@ def rank_state(spec: ModelSpec, configs: dict[str, MethodConfig], opts: Optimize
             secs[r] += u.seconds
     out_owners: dict[str, list[int]] = {}
     out_rest: dict[str, int] = {}
-    elems = [0] * par.world
     owned_params = [0] * par.world
+    per_tensor: dict[str, list[int]] = {}
     for u, r in zip(units, who):
         if u.block is None:
             out_rest[u.tensor] = r
             owned_params[r] += u.elements
         else:
             out_owners.setdefault(u.tensor, []).append(r)
-            elems[r] += u.elements
-    # the all_gather of directions: a send buffer and N receive buffers (float32; 8 bytes for float64 state);
-    # then, under ZeRO, one owner's packed parameters at a time (broadcast)
+            per_tensor.setdefault(u.tensor, [0] * par.world)[r] += u.elements
+    # directions are exchanged tensor by tensor: a broadcast of the tensor's directions when one rank owns all its
+    # blocks, else an all_gather (a send buffer and N receive buffers padded to the rank owning most of it), in
+    # float32 (8 bytes for float64 state); then, under ZeRO, one owner's packed parameters at a time (broadcast)
     wide = 8 if opts.state_dtype == "float64" else 4
-    exchange = (par.world + 1) * max(elems) * wide if any(elems) else 0
+    exchange = 0
+    for elems in per_tensor.values():
+        owners_of = sum(1 for e in elems if e)
+        exchange = max(exchange, (sum(elems) if owners_of == 1 else (par.world + 1) * max(elems)) * wide)
     pwide = 8 if any(shapes[n].dtype == "float64" for n in configs) else 4
     exchange = max(exchange, max(owned_params) * pwide)
     return RankState(loads, secs, out_owners, out_rest, exchange)

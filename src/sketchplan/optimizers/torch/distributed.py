@@ -9,8 +9,9 @@ is added: the gradients are already reduce-scattered by FSDP2. Ranks with an emp
 
 **Owner placement** (DDP-wrapped model, every rank holds the whole averaged gradient): each preconditioner block
 is owned by the rank the plan names (``TensorEntry.owners``); that rank updates the block's statistics,
-refreshes its roots and computes its preconditioned direction. One ``all_gather`` per step shares the
-directions (each rank sends its blocks, padded to the largest rank's count). Then grafting, momentum and the
+refreshes its roots and computes its preconditioned direction. The directions are shared tensor by tensor
+(so the buffers are the largest tensor's, not the model's): a ``broadcast`` from the owner when one rank owns
+all of a tensor's blocks, else an ``all_gather`` (each rank sends its blocks, padded to the largest share). Then grafting, momentum and the
 update run where the tensor's element-wise state lives: on every rank under DDP (all ranks then hold identical
 parameters without another collective), on the tensor's owner rank under ZeRO, which is followed by one
 ``all_gather`` of the updated parameters. Adam and extreme tensoring have no blocks: under DDP every rank steps
@@ -140,7 +141,6 @@ class DistributedSketchplanOptimizer(SketchplanOptimizer):
 
     def _owner_step(self) -> None:
         pl = self.placement
-        pending = []  # (p, grad, state, cfg, opts, mp, groups, mine) of matrix tensors
         shared = []  # tensors whose updated values the owners share (ZeRO)
         for group in self.param_groups:
             cfg, opts = group_config(group)
@@ -161,13 +161,12 @@ class DistributedSketchplanOptimizer(SketchplanOptimizer):
                      for s in states]
             grads = self.sanitize([p.grad for p in params], skips, states[0]["step"], opts)
             for p, g, s in zip(params, grads, states):
-                pending.append(self._own_blocks(rule, p, g, s, cfg, opts))
+                # one exchange per tensor: its buffers are the largest tensor's, not the model's
+                item = self._own_blocks(rule, p, g, s, cfg, opts)
+                self._finish(item, self._exchange_directions([item])[0])
+                del item
                 if id(p) in pl.rest_owner:
                     shared.append(p)
-        received = self._exchange_directions(pending)
-        for item, blocks in zip(pending, received):
-            self._finish(item, blocks)
-        del pending, received  # the direction buffers are free before the parameters are exchanged
         if shared:
             self._exchange_params(shared)
 
@@ -220,6 +219,24 @@ class DistributedSketchplanOptimizer(SketchplanOptimizer):
                 flat += grp.count
         if not order:
             return [{} for _ in pending]
+        owners = {r for *_, r in order}
+        if len(pending) == 1 and len(owners) == 1:  # one owner: a broadcast, no padding
+            it, (r,) = pending[0], owners
+            if r == pl.rank:
+                buf = torch.cat([it["mine"][gi].reshape(-1) for gi in sorted(it["mine"])]).to(torch.float32
+                                                                                             if it["g"].dtype != torch.float64 else torch.float64)
+            else:
+                buf = torch.empty(sum(n for *_, n, _ in order), dtype=torch.float64 if it["g"].dtype == torch.float64
+                                  else torch.float32, device=it["g"].device)
+            dist.broadcast(buf, src=dist.get_global_rank(pl.group, r) if pl.group is not None else r, group=pl.group)
+            out, offset = {}, 0
+            for gi, grp in enumerate(it["groups"]):
+                numel = grp.count
+                for d in grp.shape:
+                    numel *= d
+                out[gi] = buf[offset:offset + numel].reshape((grp.count,) + tuple(grp.shape)).to(it["g"].dtype)
+                offset += numel
+            return [out]
         sizes = [0] * pl.world
         for *_, numel, r in order:
             sizes[r] += numel
