@@ -174,6 +174,19 @@ def run_scenario(rank: int, world: int, kind: str, method: str, out_dir: str, ck
             from sketchplan.checkpoint import save
 
             save(opt, wrapped, ckpt_dir)
+            if kind == "fsdp" and method == "adam":  # what a reshard to another world size must restore
+                snap = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+                        for n, p in m.named_parameters()}
+                moments = {n: opt.state[p]["exp_avg_sq"] for n, p in m.named_parameters()}
+                full = {}
+                for n, p in m.named_parameters():
+                    from torch.distributed.tensor import DTensor
+
+                    full[n] = DTensor.from_local(moments[n], p.device_mesh, p.placements, shape=p.shape,
+                                                 stride=p.stride()).full_tensor()
+                if rank == 0:
+                    torch.save({"params": snap, "exp_avg_sq": full}, os.path.join(ckpt_dir, "..",
+                                                                                  "fsdp-adam-step10.pt"))
         if step == 1:
             report["state_bytes"] = state_bytes(opt)
             from sketchplan.testing import assert_rank_matches_plan

@@ -12,10 +12,17 @@ METHODS = ["adam", "shampoo", "blocked_shampoo", "sketchy", "extreme_tensoring",
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    scenarios = [(kind, m, m in ("shampoo", "sketchy", "adam")) for kind in ("ddp", "zero1", "fsdp") for m in METHODS]
+def two_ranks_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("dist2")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(two_ranks_dir):
+    resumed = {("ddp", "sketchy"), ("zero1", "shampoo"), ("zero1", "extreme_tensoring"), ("fsdp", "adam"),
+               ("fsdp", "shampoo")}
+    scenarios = [(kind, m, (kind, m) in resumed) for kind in ("ddp", "zero1", "fsdp") for m in METHODS]
     scenarios += [("zero1", "sketchy", "check"), ("fsdp", "shampoo", "check")]
-    return dw.spawn(2, scenarios, str(tmp_path_factory.mktemp("dist2")))
+    return dw.spawn(2, scenarios, str(two_ranks_dir))
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +67,52 @@ def test_two_ranks_every_method_ddp_zero_fsdp(two_ranks):
 
 def test_four_ranks(four_ranks):
     _check(four_ranks, 4)
+
+
+@pytest.fixture
+def one_rank_group():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _one_rank_fsdp(cfg):
+    import torch
+    from torch.distributed.fsdp import fully_shard
+
+    import sketchplan
+    from sketchplan.planner.make import plan_from_configs
+
+    with torch.device("meta"):
+        meta = dw.TinyLM()
+    m = dw.model(seed=5)
+    for b in m.layers:
+        fully_shard(b)
+    fully_shard(m)
+    return m, sketchplan.build_optimizer(plan_from_configs(meta, cfg, dw.defaults()), m)
+
+
+def test_fsdp_checkpoint_reshards_from_two_ranks_to_one(two_ranks, two_ranks_dir, one_rank_group):
+    """Adam's state under FSDP2 is saved as DTensors: a 2-rank checkpoint loads on 1 rank, bit for bit."""
+    import torch
+
+    from sketchplan import checkpoint
+
+    m, opt = _one_rank_fsdp(dw.configs()["adam"])
+    checkpoint.load(opt, m, str(two_ranks_dir / "ckpt-fsdp-adam"))
+    want = torch.load(two_ranks_dir / "fsdp-adam-step10.pt")
+    for n, p in m.named_parameters():
+        assert torch.equal(p.full_tensor(), want["params"][n]), n
+        assert torch.equal(opt.state[p]["exp_avg_sq"], want["exp_avg_sq"][n]), n
+        assert opt.state[p]["step"] == 10
+
+
+def test_checkpoint_with_per_rank_blocks_refuses_another_world_size(two_ranks, two_ranks_dir, one_rank_group):
+    from sketchplan import checkpoint
+    from sketchplan.errors import UserError
+
+    m, opt = _one_rank_fsdp(dw.configs()["shampoo"])
+    with pytest.raises(UserError, match="per-rank preconditioner state of 2 ranks; resume it on 2 ranks"):
+        checkpoint.load(opt, m, str(two_ranks_dir / "ckpt-fsdp-shampoo"))

@@ -10,7 +10,8 @@ parameters named by their fully qualified names, and:
   saved as a ``DTensor`` with the parameter's mesh and placements, so DCP can reshard it to another world size;
 - state that only one rank holds (its preconditioner blocks, its local sketch) is saved under a key naming the
   rank (``blocks0.stat0@rank1``): it can be resumed only on the same world size with the same plan;
-- the step counters are saved as 0-d tensors (equal on every rank holding them).
+- the step counters are saved as 0-d tensors (equal on every rank holding them), the non-finite skip counters
+  once (one rank's count).
 
 Resuming at the same world size is bit-exact (tests/test_distributed.py). Loading a checkpoint with per-rank state
 on a different world size is refused with one sentence. Works on a single process too (no process group).
@@ -62,11 +63,14 @@ def _optim_state(opt, model, allocate: bool) -> dict:
             for key, v in s.items():
                 if not torch.is_tensor(v):
                     continue
-                if hasattr(p, "_local_tensor") and not key.startswith("blocks") and tuple(v.shape) == tuple(local.shape):
+                if hasattr(p, "_local_tensor") and not key.startswith("blocks") and v.dim() \
+                        and tuple(v.shape) == tuple(local.shape):
                     from torch.distributed.tensor import DTensor
 
                     out[key] = DTensor.from_local(v, p.device_mesh, p.placements, run_check=False,
                                                   shape=p.shape, stride=p.stride())
+                elif key == "nonfinite_skips":
+                    out[key] = v  # a counter: saved once (DCP keeps one copy of a plain tensor), loaded on every rank
                 else:
                     out[f"{key}@rank{rank}"] = v
             state[name] = out
