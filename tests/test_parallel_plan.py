@@ -153,3 +153,16 @@ def test_readme_multi_gpu_example(tmp_path, capsys):
     assert main(["show", str(out)]) == 0
     assert "per rank (fsdp, 64 ranks)" in capsys.readouterr().out
     assert main(["check", str(out)]) == 0
+
+
+def test_update_keeps_the_parallelism(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    assert main(["plan", "--model", "examples.models:mlp", "--memory-budget", "64MiB", "--world-size", "4",
+                 "--parallelism", "zero2", "--out", str(out)]) == 0
+    before = Plan.load(out)
+    assert main(["plan", "--update", str(out)]) == 0
+    after = Plan.load(out)
+    assert (after.settings.parallelism, after.settings.world_size) == ("zero2", 4)
+    assert after.totals == before.totals
+    assert [e.owner for e in after.tensors] == [e.owner for e in before.tensors]
+    capsys.readouterr()

@@ -122,6 +122,9 @@ def _unwrap(model):
 
 def plan_assignments(plan: "Plan", params) -> dict[str, tuple[MethodConfig, OptimizerDefaults] | None]:
     """What each leaf of ``params`` gets from ``plan`` (None: frozen); ``UserError`` on any mismatch."""
+    if plan.settings.world_size > 1:
+        raise UserError(f"the plan was made for {plan.settings.world_size} ranks; multi-rank plans build torch "
+                        "optimizers (build_optimizer) only: plan with --world-size 1 for optax.")
     entries = {}
     for e in plan.tensors:
         for name in [e.name, *e.tied]:
