@@ -157,8 +157,8 @@ class DistributedSketchplanOptimizer(SketchplanOptimizer):
             states = [self.state_for(p, cfg, opts) for p in params]
             for s in states:
                 s["step"] += 1
-            skips = [s["nonfinite_skips"] if "nonfinite_skips" in s else torch.zeros((), dtype=torch.int32)
-                     for s in states]
+            skips = [s["nonfinite_skips"] if "nonfinite_skips" in s else
+                     torch.zeros((), dtype=torch.int32, device=p.device) for p, s in zip(params, states)]
             grads = self.sanitize([p.grad for p in params], skips, states[0]["step"], opts)
             for p, g, s in zip(params, grads, states):
                 # one exchange per tensor: its buffers are the largest tensor's, not the model's
