@@ -2,7 +2,7 @@
 FSDP2 (``fully_shard``) matches a single-process run written without distributed code (same seed, same data
 split) over 20 steps; each rank allocates exactly the plan's per-rank state; ranks stay in sync; a DCP checkpoint
 saved at step 10 resumes to bit-identical parameters at step 20; ``check --measure`` per rank agrees. HSDP runs on
-4 ranks. One spawn per world size keeps it fast."""
+4 ranks (every method under FSDP2 there too). One spawn per world size keeps it fast."""
 
 import pytest
 
@@ -29,8 +29,10 @@ def two_ranks(two_ranks_dir):
 def four_ranks(tmp_path_factory):
     # resume at 4 ranks under FSDP2: under DDP the first step after a restart reduces gradients in DDP's initial
     # bucket layout, not the rebuilt one, and a 4-rank gloo ring then sums in another order (2 ranks: exact)
-    scenarios = [("zero1", "blocked_shampoo", False), ("fsdp", "kradagrad", True), ("ddp", "sketchy", False),
-                 ("hsdp", "sketchy", False)]  # HSDP: 2 replicas × shard groups of 2 (a 2-D device mesh)
+    scenarios = [("fsdp", m, m == "kradagrad") for m in METHODS]
+    scenarios += [("ddp", "adam", False), ("ddp", "sketchy", False), ("ddp", "kradagrad", False),
+                  ("zero1", "blocked_shampoo", False), ("zero2", "extreme_tensoring", False),
+                  ("hsdp", "sketchy", False)]  # HSDP: 2 replicas × shard groups of 2 (a 2-D device mesh)
     return dw.spawn(4, scenarios, str(tmp_path_factory.mktemp("dist4")))
 
 
