@@ -153,6 +153,7 @@ def test_readme_multi_gpu_example(tmp_path, capsys):
     assert main(["show", str(out)]) == 0
     assert "per rank (fsdp, 64 ranks)" in capsys.readouterr().out
     assert main(["check", str(out)]) == 0
+    assert "predicted peak per rank (fsdp, 64 ranks)" in capsys.readouterr().out
 
 
 def test_update_keeps_the_parallelism(tmp_path, capsys):

@@ -199,8 +199,10 @@ def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 
     if budget is None and plan.budget.memory_bytes is not None:
         budget = plan.budget.memory_bytes - plan.budget.reserve_bytes
     if budget is not None:
+        par = parallel.from_settings(plan.settings)
+        where = f" per rank ({par.kind}, {par.world} ranks)" if par.world > 1 else ""
         checks.append(CheckResult(name="budget", ok=peak <= budget,
-                                  message=f"predicted peak {peak:,} bytes vs budget {budget:,} bytes"))
+                                  message=f"predicted peak{where} {peak:,} bytes vs budget {budget:,} bytes"))
 
     measured = None
     if measurer is not None and structural:

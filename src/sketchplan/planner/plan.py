@@ -70,7 +70,8 @@ class TensorEntry(_Strict):
     block_size: int | None = None
     graft: Graft | None = None
     momentum: Momentum | None = None
-    state_bytes: int = 0
+    state_bytes: int = Field(default=0, description="optimizer state of this tensor (under FSDP/HSDP: of its shard "
+                             "on rank 0, the largest)")
     workspace_bytes: int = 0
     score: float | None = None
     step_ms: float | None = Field(default=None, description="predicted optimizer step time of this tensor, "
