@@ -239,7 +239,9 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     n = max(1, cand_spec.n_trainable)  # the solver's scores are weighted by the (local) numel
     gap = sol.gap / n
     price = sol.extra.get("price", 0.0) * 2**30 / n if binding and "memory" in binding else 0.0
-    relax_info = {k: {"score": round(v["value"] / n, 6), "peak_bytes": float(fixed.total + v["bytes"]),
+    price *= par_.knapsack_scale(par)  # per GiB of one rank's memory
+    scale = par_.knapsack_scale(par)  # the solver's bytes are summed over the ranks (owner placement): ~ per rank
+    relax_info = {k: {"score": round(v["value"] / n, 6), "peak_bytes": float(fixed.total + -(-v["bytes"] // scale)),
                       "step_ms": round(v["time_ms"], 3)} for k, v in relax.items()} or None
     info = SolverInfo(status=sol.status, gap=gap, binding=binding, price_per_gib=price, relax=relax_info,
                       seconds=round(time.perf_counter() - t0, 4))
