@@ -373,6 +373,13 @@ def build_distributed(param_groups: list[dict], cfg: MethodConfig, opts: Optimiz
     from ...methods.placement import block_counts
 
     rank = dist.get_rank(process_group)
+    if kind == "zero2" and rank == 0:
+        import warnings
+
+        warnings.warn("sketchplan runs a zero2 plan on DistributedDataParallel: optimizer state and master weights "
+                      "are placed as planned, but DDP keeps whole gradients on every rank (the plan counts 1/N); "
+                      "for sharded gradients shard the model with fully_shard and plan --parallelism fsdp.",
+                      RuntimeWarning, stacklevel=3)
     if kind in SHARD_KINDS:
         placement = Placement("shard", rank, world, process_group)
     else:
