@@ -82,6 +82,12 @@ def configs():
     }
 
 
+def mixed(p):
+    """A plan mixing methods tensor by tensor (several param groups, diagonal and matrix methods together)."""
+    order = list(configs().values())
+    return order[sum(map(ord, p.name)) % len(order)]
+
+
 def defaults():
     from sketchplan.methods.layout import OptimizerDefaults
 
@@ -93,13 +99,22 @@ def state_bytes(opt) -> int:
 
 
 def reference(cfg, opts, world: int, sharded: bool) -> dict[str, torch.Tensor]:
+    from sketchplan.methods.layout import MethodConfig
+
     """Single process, no torch.distributed: the whole batch; under FSDP every parameter's dim-0 chunks
     (torch.chunk, as fully_shard cuts them) are separate tensors of one plain optimizer, as each rank sees them."""
     from sketchplan.optimizers.torch import SketchplanOptimizer, group_options
 
     m = model()
     params = dict(m.named_parameters())
-    if sharded:
+    if callable(cfg) and not isinstance(cfg, MethodConfig):  # a per-tensor mix: the single-device plan's optimizer
+        import sketchplan
+        from sketchplan.planner.make import plan_from_configs
+
+        with torch.device("meta"):
+            meta = TinyLM()
+        opt = sketchplan.build_optimizer(plan_from_configs(meta, cfg, opts), m)
+    elif sharded:
         views = {n: [c.detach().clone().requires_grad_(True) for c in torch.chunk(p.detach(), world) if c.numel()]
                  for n, p in params.items()}
         opt = SketchplanOptimizer([{"params": [c for cs in views.values() for c in cs],
@@ -144,7 +159,7 @@ def run_scenario(rank: int, world: int, kind: str, method: str, out_dir: str, ck
     import sketchplan
     from sketchplan.planner.make import plan_from_configs
 
-    cfg, opts = configs()[method], defaults()
+    cfg, opts = (mixed if method == "mixed" else configs()[method]), defaults()
     with torch.device("meta"):
         meta = TinyLM()
     group = 2 if kind == "hsdp" else None
