@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     "sketchplan.testing": 9,
     "sketchplan.cli": 9,
     "sketchplan.__main__": 9,
+    "sketchplan.checkpoint": 8,  # DCP save/load of a built optimizer (above build)
 }
 #: Components on the top layer form one group (the CLI renders with report and plot).
 TOP = {"sketchplan.report", "sketchplan.plot", "sketchplan.testing", "sketchplan.cli", "sketchplan.__main__"}

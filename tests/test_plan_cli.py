@@ -88,7 +88,11 @@ def test_sharding_reports_largest_rank():
     t = plan.totals
     assert t.state_bytes_per_rank is not None
     assert t.state_bytes / 8 <= t.state_bytes_per_rank < t.state_bytes
-    assert t.peak_bytes == t.params_bytes + t.grads_bytes + t.state_bytes_per_rank + t.workspace_bytes
+    # ZeRO-1 (what --shard-optimizer-state means): whole parameters and gradients, DDP's gradient buckets
+    assert t.params_bytes_per_rank == t.params_bytes and t.grads_bytes_per_rank == t.grads_bytes
+    assert t.peak_bytes == (t.params_bytes + t.grads_bytes + t.state_bytes_per_rank + t.workspace_bytes
+                            + t.comm_bytes_per_rank)
+    assert t.comm_bytes_per_rank >= t.grads_bytes
     assert t.peak_bytes <= 2 * 2**30
 
 

@@ -52,6 +52,11 @@ def build_optimizer(plan: Plan, model: "torch.nn.Module", allow_mismatch: bool =
     """
     require("torch", "build_optimizer")
     from .optimizers.torch import SketchplanOptimizer, group_options
+    from .optimizers.torch import distributed as dist_opt
+
+    wrapped = _unwrap(model)  # DDP prefixes every name with ``module.``: plan names are the inner module's
+    wrapped_ddp = wrapped is not model
+    model = wrapped
 
     adam = MethodConfig(method="adam")
     entries: dict[str, TensorEntry] = {}
@@ -96,11 +101,34 @@ def build_optimizer(plan: Plan, model: "torch.nn.Module", allow_mismatch: bool =
                         "require grad.")
     param_groups = [{"params": ps, **group_options(cfg, plan.defaults), **dict(variant)}
                     for (cfg, variant), ps in groups.items()]
+    s = plan.settings
+    kind = s.parallelism if s.parallelism != "none" else ("zero1" if s.shard_optimizer_state else "ddp")
+    all_params = [p for ps in groups.values() for p in ps]
+    dist_opt.check_running(kind, s.world_size, s.shard_group, all_params, wrapped_ddp)
+    if s.world_size > 1 or any(dist_opt.is_dtensor(p) for p in all_params):  # FSDP2, also on one rank
+        names = {id(p): entries[n].name for n, p in model.named_parameters() if n in entries}
+        return dist_opt.build_distributed(
+            param_groups, adam, plan.defaults, kind=kind if s.world_size > 1 else "fsdp", world=s.world_size,
+            names=names,
+            owners={e.name: e.owners for e in plan.tensors if e.owners is not None},
+            rest_owner={e.name: e.owner for e in plan.tensors if e.owner is not None})
     return SketchplanOptimizer(param_groups, adam, plan.defaults)
+
+
+def _unwrap(model):
+    """The module a ``DistributedDataParallel`` wrapper holds (names without ``module.``), else ``model``."""
+    import torch
+
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.module
+    return model
 
 
 def plan_assignments(plan: "Plan", params) -> dict[str, tuple[MethodConfig, OptimizerDefaults] | None]:
     """What each leaf of ``params`` gets from ``plan`` (None: frozen); ``UserError`` on any mismatch."""
+    if plan.settings.world_size > 1:
+        raise UserError(f"the plan was made for {plan.settings.world_size} ranks; multi-rank plans build torch "
+                        "optimizers (build_optimizer) only: plan with --world-size 1 for optax.")
     entries = {}
     for e in plan.tensors:
         for name in [e.name, *e.tied]:

@@ -90,7 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--momenta", type=_csv(str), default=list(DEFAULT_MOMENTA), help="momentum dtypes offered")
     pl.add_argument("--world-size", type=flag_int(1, MAX_WORLD_SIZE), default=1,
                     help="data-parallel ranks (default 1)")
-    pl.add_argument("--shard-optimizer-state", action="store_true", help="ZeRO-1: split state across ranks")
+    pl.add_argument("--parallelism", choices=["ddp", "zero1", "zero2", "fsdp", "hsdp"],
+                    help="how the ranks share the model: ddp, zero1, zero2, fsdp (FSDP2 fully_shard) or hsdp "
+                    "(default ddp when --world-size > 1); the budget is per rank")
+    pl.add_argument("--shard-group", type=flag_int(1, MAX_WORLD_SIZE),
+                    help="hsdp: ranks a parameter is sharded over (divides --world-size)")
+    pl.add_argument("--shard-optimizer-state", action="store_true", help="alias of --parallelism zero1")
     pl.add_argument("--param-dtype", help="dtype of parameters and gradients, e.g. bfloat16 (default: the model's)")
     pl.add_argument("--grad-dtype", help="gradient dtype if it differs from the parameters'")
     pl.add_argument("--master-weights", action="store_true", help="count a float32 master copy of trainable params")
@@ -171,6 +176,8 @@ def _cmd_update(args, console) -> int:
     from .planner.sources import load_spec
     from .report import render_plan
 
+    from .planner.parallel import settings_kwargs
+
     out = args.update if args.out is None else args.out
     # writing the plan back over itself is what --update is for; every other input is protected
     _outputs([("--update" if args.out is None else "--out", out)], _model_inputs(args.model) + _plan_inputs(args))
@@ -185,7 +192,7 @@ def _cmd_update(args, console) -> int:
     grid = dict(methods=g.methods, ranks=g.ranks, block_sizes=g.block_sizes, grafts=g.grafts,
                 momenta=g.momenta) if g else {}
     new = make_plan(spec, b.memory_bytes, source=source, defaults=old.defaults, reserve=b.reserve_bytes,
-                    world_size=s.world_size, shard_optimizer_state=s.shard_optimizer_state,
+                    **settings_kwargs(s),
                     param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights,
                     hardware=args.hardware, **grid)
     render_plan(new, console, _mode(args), None if args.all else 60)
@@ -260,6 +267,7 @@ def _cmd_plan(args, console) -> int:
                            block_sizes=args.block_sizes, grafts=args.grafts, momenta=args.momenta,
                            defaults=defaults, reserve=args.reserve, world_size=args.world_size,
                            shard_optimizer_state=args.shard_optimizer_state, param_dtype=args.param_dtype,
+                           parallelism=args.parallelism, shard_group=args.shard_group,
                            grad_dtype=args.grad_dtype, master_weights=args.master_weights, spectrum=args.spectrum,
                            hardware=args.hardware, time_budget_ms=args.time_budget_ms)
     render_plan(plan, console, _mode(args), None if args.all else 60)

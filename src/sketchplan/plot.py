@@ -44,7 +44,9 @@ def frontier(plan: Plan, spec, points: int = 24) -> list[tuple[int, float]]:
     kw = dict(methods=grid.methods, ranks=grid.ranks, block_sizes=grid.block_sizes, grafts=grid.grafts,
               momenta=grid.momenta) if grid else {}
     s = plan.settings
-    common = dict(defaults=plan.defaults, world_size=s.world_size, shard_optimizer_state=s.shard_optimizer_state,
+    from .planner.parallel import settings_kwargs
+
+    common = dict(defaults=plan.defaults, **settings_kwargs(s),
                   param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights, **kw)
     top = make_plan(spec, None, **common)
     hi = top.totals.peak_bytes

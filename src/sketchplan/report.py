@@ -93,6 +93,22 @@ def _ms(ms: float) -> str:
     return f"{ms:.3f}" if ms < 10 else f"{ms:,.1f}"
 
 
+def _per_rank_rows(t: Table, plan: Plan) -> None:
+    """The largest rank's share of each term (``planner.parallel``)."""
+    tot, s = plan.totals, plan.settings
+    kind = s.parallelism if s.parallelism != "none" else ("zero1" if s.shard_optimizer_state else "ddp")
+    group = f", shard group {s.shard_group}" if s.shard_group else ""
+    t.add_row(Text(f"per rank ({kind}, {s.world_size} ranks{group})", style="bold"), "")
+    t.add_row("  parameters", fmt_bytes(tot.params_bytes_per_rank or 0))
+    t.add_row("  gradients", fmt_bytes(tot.grads_bytes_per_rank or 0))
+    if tot.master_bytes_per_rank:
+        t.add_row("  master weights (fp32)", fmt_bytes(tot.master_bytes_per_rank))
+    t.add_row("  optimizer state (largest rank)", fmt_bytes(tot.state_bytes_per_rank or 0))
+    if tot.state_bytes_by_rank and len(set(tot.state_bytes_by_rank)) > 1:
+        t.add_row("  optimizer state (smallest rank)", fmt_bytes(min(tot.state_bytes_by_rank)))
+    t.add_row("  communication buffers", fmt_bytes(tot.comm_bytes_per_rank or 0))
+
+
 def totals_table(plan: Plan) -> Table:
     tot, b = plan.totals, plan.budget
     t = Table(title="Totals (predicted)", box=box.SIMPLE_HEAD, title_justify="left", show_header=False)
@@ -108,7 +124,10 @@ def totals_table(plan: Plan) -> Table:
     for m, v in sorted(tot.state_bytes_by_method.items(), key=lambda kv: -kv[1]):
         t.add_row(f"  {m}", fmt_bytes(v))
     t.add_row("step workspace (peak)", fmt_bytes(tot.workspace_bytes))
-    t.add_row(Text("peak", style="bold"), Text(fmt_bytes(tot.peak_bytes), style="bold"))
+    if tot.peak_bytes_per_rank is not None:
+        _per_rank_rows(t, plan)
+    t.add_row(Text("peak" + (" per rank" if tot.peak_bytes_per_rank is not None else ""), style="bold"),
+              Text(fmt_bytes(tot.peak_bytes), style="bold"))
     if b.memory_bytes is not None:
         avail = b.memory_bytes - b.reserve_bytes
         t.add_row("budget" + (f" (minus reserve {fmt_bytes(b.reserve_bytes)})" if b.reserve_bytes else ""),

@@ -110,6 +110,8 @@ def measure_plan(plan: Plan, model, spec: ModelSpec, configs: dict[str, MethodCo
             raise UserError(f"--device {device} asked for CUDA but torch sees no CUDA device; use --device cpu.")
     except RuntimeError:
         raise UserError(f"--device {device!r} is not a torch device; use cpu or cuda[:i].") from None
+    if plan.settings.world_size > 1:
+        return _measure_ranks(plan, model, configs, dev, steps)
     limit = limit if limit is not None else _device_limit(dev)
     shapes = {p.name: p for p in spec.params}
     opts = plan.defaults
@@ -167,3 +169,104 @@ def measure_plan(plan: Plan, model, spec: ModelSpec, configs: dict[str, MethodCo
                        predicted_state_bytes=sum(r.predicted_bytes for r in rows),
                        measured_state_bytes=sum(r.measured_bytes for r in rows),
                        peak_allocated_bytes=peak_bytes, predicted_peak_bytes=plan.totals.peak_bytes)
+
+
+def measure_rank(optimizer, model, plan: Plan) -> dict:
+    """This rank's allocated optimizer state against the plan's per-rank prediction, tensor by tensor (call it
+    inside a multi-process run, after the first ``step()`` or ``optimizer.allocate_state()``).
+
+    Returns ``{"rank", "world_size", "parallelism", "predicted_bytes", "measured_bytes", "tensors": [{"name",
+    "predicted_bytes", "measured_bytes"}]}``; the prediction of a tensor is its method's layout cut to this rank's
+    blocks and element-wise owner (DDP/ZeRO) or of its local shard (FSDP/HSDP), ``methods.placement``.
+    """
+    torch = require("torch", "measure_rank")
+    import torch.distributed as dist
+
+    from .build import _unwrap
+    from .methods.placement import local_layout, local_shape, owned_by_group
+    from .planner.parallel import from_settings
+
+    par = from_settings(plan.settings)
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    entries = {}
+    for e in plan.tensors:
+        for n in [e.name, *e.tied]:
+            entries[n] = e
+    rows = []
+    for name, p in _unwrap(model).named_parameters():
+        e = entries.get(name)
+        cfg = e.config() if e is not None else None
+        if cfg is None or not p.requires_grad:
+            continue
+        layout = state_layout(tuple(e.shape), cfg, plan.defaults)
+        if par.sharded:
+            shape = local_shape(tuple(e.shape), par.shards, rank % par.shards)
+            layout = state_layout(shape, cfg, plan.defaults) if all(shape) else []
+        elif par.owner:
+            keep = par.kind == "ddp" or e.owner == rank
+            matrix = bool(e.owners)
+            layout = local_layout(layout, owned_by_group(e.owners or [], layout, rank), keep)
+            if not keep and not matrix:
+                layout = []
+        state = optimizer.state.get(p, {})
+        measured = sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+        rows.append({"name": name, "predicted_bytes": total_bytes(layout), "measured_bytes": measured})
+    by_rank = plan.totals.state_bytes_by_rank
+    return {"rank": rank, "world_size": par.world, "parallelism": par.kind,
+            "predicted_bytes": by_rank[rank % len(by_rank)] if by_rank else plan.totals.state_bytes,
+            "measured_bytes": sum(r["measured_bytes"] for r in rows), "tensors": rows}
+
+
+def _measure_ranks(plan: Plan, model, configs: dict[str, MethodConfig], dev, steps: int) -> Measurement:
+    """``check --measure`` of a multi-rank plan, run on every rank (``torchrun --nproc-per-node N -m sketchplan
+    check PLAN --measure``): the model is materialised (same seed on every rank), wrapped as the plan says (DDP, or
+    ``fully_shard`` per unit then the root), the planned optimizer steps, and this rank's state is compared with
+    the plan's per-rank prediction (``measure_rank``)."""
+    import torch
+    import torch.distributed as dist
+
+    from .build import build_optimizer
+    from .planner.parallel import from_settings, unit_of
+
+    par = from_settings(plan.settings)
+    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")  # started by torchrun
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(dev)
+    running = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if running != par.world:
+        raise UserError(f"the plan is for {par.world} ranks ({par.kind}); measure it on that many with `torchrun "
+                        f"--nproc-per-node {par.world} -m sketchplan check PLAN --measure`, or inside your run with "
+                        "sketchplan.testing.assert_rank_matches_plan.")
+    if not is_torch_module(model):
+        raise UserError("check --measure of a multi-rank plan needs a torch model (a preset or package.module:factory).")
+    model = materialise(model, dev)
+    torch.manual_seed(0)
+    _randomise(list(model.parameters()), dev)
+    if par.sharded:
+        from torch.distributed.fsdp import fully_shard
+
+        units = {unit_of(n) for n, _ in model.named_parameters()} - {""}
+        for name, mod in model.named_modules():
+            if name in units:
+                fully_shard(mod)
+        fully_shard(model)
+        wrapped = model
+    else:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    opt = build_optimizer(plan, wrapped)
+    for _ in range(steps):
+        for p in model.parameters():
+            if p.requires_grad:
+                p.grad = torch.randn_like(p).mul_(1e-2)
+        opt.step()
+    m = measure_rank(opt, wrapped, plan)
+    rows = [MeasuredTensor(name=t["name"], predicted_bytes=t["predicted_bytes"], measured_bytes=t["measured_bytes"],
+                           method=configs[t["name"]].label()) for t in m["tensors"] if t["name"] in configs]
+    return Measurement(device=str(dev), mode="materialised",
+                       note=f"rank {m['rank']} of {par.world} ({par.kind}); whole model materialised with random "
+                            f"weights; {steps} steps", tensors=rows,
+                       predicted_state_bytes=sum(r.predicted_bytes for r in rows),
+                       measured_state_bytes=sum(r.measured_bytes for r in rows),
+                       predicted_peak_bytes=plan.totals.peak_bytes)

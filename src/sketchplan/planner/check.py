@@ -22,10 +22,12 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..methods import state_layout, total_bytes, workspace_bytes
+from ..methods import state_layout, total_bytes
+from ..methods import state_layout as _layout
 from ..methods.layout import MethodConfig
 from .analysis import ModelSpec, analyze
-from .memory import Precision, fixed_bytes, largest_rank, shard_units
+from . import parallel
+from .memory import Precision
 from .plan import Plan
 
 REPORT_SCHEMA_VERSION = 1
@@ -98,6 +100,11 @@ def diff_tensors(plan: Plan, spec: ModelSpec, tol_pct: float) -> tuple[list[Tens
     opts = plan.defaults
     planned = {e.name: e for e in plan.tensors}
     adam = MethodConfig(method="adam")
+    par = parallel.from_settings(plan.settings)
+
+    def state_layout(shape, cfg, opts):  # noqa: F811 - per-tensor bytes are the (largest) local shard's under FSDP
+        return _layout(parallel.local_shape(shape, par.shards, 0) if par.sharded else shape, cfg, opts)
+
     diffs: list[TensorDiff] = []
     configs: dict[str, MethodConfig] = {}
     for p in spec.params:
@@ -147,14 +154,21 @@ def _priceable(shape: tuple[int, ...], cfg: MethodConfig, opts) -> bool:
 def predicted_peak(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig]) -> int:
     """Today's predicted peak with the plan's settings (same memory model as ``make_plan``)."""
     s = plan.settings
-    fixed = fixed_bytes(spec, Precision(s.param_dtype, s.grad_dtype, s.master_weights)).total
+    prec = Precision(s.param_dtype, s.grad_dtype, s.master_weights)
+    par = parallel.from_settings(s)
+    fixed = parallel.fixed_per_rank(spec, prec, par).total
     shapes = {p.name: p.shape for p in spec.params}
     state = sum(total_bytes(state_layout(shapes[n], c, plan.defaults)) for n, c in configs.items())
-    if s.shard_optimizer_state and s.world_size > 1:
-        units = [u for n, c in configs.items()
-                 for u in shard_units(state_layout(shapes[n], c, plan.defaults), s.world_size)]
-        state = largest_rank(units, s.world_size)
-    ws = max((workspace_bytes(shapes[n], c, plan.defaults) for n, c in configs.items()), default=0)
+    if par.world > 1:
+        owners = {e.name: e.owners for e in plan.tensors if e.owners is not None}
+        rest = {e.name: e.owner for e in plan.tensors if e.owner is not None}
+        try:  # the plan's own assignment; a changed model falls back to a fresh one
+            ranks = parallel.rank_state(spec, configs, plan.defaults, par, owners=owners, rest_owner=rest) \
+                if par.owner else parallel.rank_state(spec, configs, plan.defaults, par)
+        except (KeyError, IndexError, ValueError):
+            ranks = parallel.rank_state(spec, configs, plan.defaults, par)
+        state = ranks.largest + ranks.exchange
+    ws = parallel.largest_workspace(parallel.local_spec(spec, par), configs, plan.defaults)
     return fixed + state + ws
 
 
@@ -198,8 +212,10 @@ def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 
     if budget is None and plan.budget.memory_bytes is not None:
         budget = plan.budget.memory_bytes - plan.budget.reserve_bytes
     if budget is not None:
+        par = parallel.from_settings(plan.settings)
+        where = f" per rank ({par.kind}, {par.world} ranks)" if par.world > 1 else ""
         checks.append(CheckResult(name="budget", ok=peak <= budget,
-                                  message=f"predicted peak {peak:,} bytes vs budget {budget:,} bytes"))
+                                  message=f"predicted peak{where} {peak:,} bytes vs budget {budget:,} bytes"))
 
     measured = None
     if measurer is not None and structural:

@@ -7,6 +7,7 @@ optimizers' layouts) → solve the knapsack → one entry per tensor, totals, wh
 from __future__ import annotations
 
 import time
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -19,14 +20,14 @@ from ..profiles.registry import label as profile_label
 from ..profiles.registry import resolve as resolve_profile
 from . import candidates as cand
 from .analysis import ModelSpec, ParamSpec, analyze, check_spec
-from .memory import FixedBytes, Precision, fixed_bytes, largest_rank, shard_units
+from .memory import FixedBytes, Precision, fixed_bytes
+from . import parallel as par_
 from .plan import Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry, Totals, WhatIf
 from .sizes import fmt_bytes, parse_size
 from .solve import Infeasible, Item
 from .solve_time import InfeasibleTime, solve_two
 from .solve_time import binding as bind_report
 from .timing import StepTimer
-import dataclasses
 
 
 @dataclass
@@ -105,10 +106,16 @@ class _Costs:
     workspace: int
     score: float
     by_method: dict[str, int]
+    ranks: par_.RankState | None = None
+
+    @property
+    def extra(self) -> int:
+        """Per-rank bytes besides the largest rank's state and the workspace: direction exchange buffers."""
+        return self.ranks.exchange if self.ranks is not None else 0
 
 
-def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDefaults, world: int,
-           shard: bool) -> _Costs:
+def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDefaults,
+           par: par_.Parallel = par_.Parallel(), timer=None) -> _Costs:
     state = sum(c.state_bytes for c in choice.values())
     ws = max((c.workspace_bytes for c in choice.values()), default=0)
     w = sum(p.numel for p in spec.trainable)
@@ -116,53 +123,62 @@ def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDe
     by_method: dict[str, int] = {}
     for c in choice.values():
         by_method[c.cfg.method] = by_method.get(c.cfg.method, 0) + c.state_bytes
-    per_rank = state
-    if shard and world > 1:
-        units: list[tuple[int, int]] = []
-        for p in spec.trainable:
-            units += shard_units(state_layout(p.shape, choice[p.name].cfg, opts), world)
-        per_rank = largest_rank(units, world)
-    return _Costs(state, per_rank, ws, score, by_method)
+    if par.world == 1:
+        return _Costs(state, state, ws, score, by_method)
+    rs = par_.rank_state(spec, {n: c.cfg for n, c in choice.items()}, opts, par, timer)
+    if par.sharded:
+        state = sum(rs.by_rank)
+    return _Costs(state, rs.largest, ws, score, by_method, rs)
 
 
-def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer=None) -> list[WhatIf]:
+def _what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer=None, cand_spec=None) -> list[WhatIf]:
+    cand_spec = cand_spec or spec
     alts = [MethodConfig(method="adam"), MethodConfig(method="shampoo")]
     alts += [MethodConfig(method="blocked_shampoo", block_size=b) for b in block_sizes]
     alts += [MethodConfig(method="sketchy", rank=k, graft="adafactor", momentum="bfloat16") for k in ranks]
     out = []
     cache: dict[tuple, cand.Candidate] = {}
     for cfg in alts:
-        if not all(cand.offered(p.shape, cfg, opts) for p in spec.trainable):
+        if not all(cand.offered(p.shape, cfg, opts) for p in cand_spec.trainable):
             continue  # no device runs it (candidates.MAX_BLOCKS_PER_AXIS)
         choice = {}
-        for p in spec.trainable:
+        for p in cand_spec.trainable:
             key = (p.shape, cfg)
             if key not in cache:
                 cache[key] = cand.evaluate(p.shape, cfg, opts)
             choice[p.name] = cache[key]
-        c = _costs(spec, choice, opts, world, shard)
-        peak = fixed.total + c.per_rank + c.workspace
-        ms = None if timer is None else round(sum(timer(p.shape, cfg)[0] for p in spec.trainable), 3)
+        c = _costs(spec, choice, opts, par, timer)
+        peak = fixed.total + c.per_rank + c.workspace + c.extra
+        ms = None if timer is None else round(sum(timer(p.shape, cfg)[0] for p in cand_spec.trainable), 3)
         out.append(WhatIf(label="all " + cfg.label(), state_bytes=c.state, peak_bytes=peak,
                           fits=avail is None or peak <= avail, score=round(c.score, 6), step_ms=ms))
     return out
 
 
-def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ranks, block_sizes, hardware,
+def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block_sizes, hardware,
               grid: CandidateGrid | None = None, excluded: dict[str, str] | None = None) -> Plan:
     pspec = _plannable(spec, excluded or {})
-    c = _costs(pspec, choice, opts, world, shard)
     profile = resolve_profile(hardware)
     timer = None if profile is None else StepTimer(CostModel(profile), opts)
-    entries = _entries(spec, choice, timer, excluded)
+    c = _costs(pspec, choice, opts, par, timer)
+    cand_spec = par_.local_spec(pspec, par)
+    entries = _entries(par_.local_spec(spec, par), choice, timer, excluded)
+    for e, p in zip(entries, spec.params):
+        e.shape = list(p.shape)  # the global shape; under FSDP the bytes and blocks are the local shard's
+        if c.ranks is not None and p.name in c.ranks.owners:
+            e.owners = c.ranks.owners[p.name]
+        if c.ranks is not None and p.name in c.ranks.rest_owner:
+            e.owner = c.ranks.rest_owner[p.name]
     step_ms = None if timer is None else round(sum(e.step_ms or 0.0 for e in entries), 3)
     avail = None if budget.memory_bytes is None else budget.memory_bytes - budget.reserve_bytes
     totals = Totals(
         params_bytes=fixed.params, grads_bytes=fixed.grads, master_bytes=fixed.master, state_bytes=c.state,
-        state_bytes_per_rank=c.per_rank if (shard and world > 1) else None, workspace_bytes=c.workspace,
-        peak_bytes=fixed.total + c.per_rank + c.workspace, state_bytes_by_method=c.by_method,
+        state_bytes_per_rank=c.per_rank if par.world > 1 else None, workspace_bytes=c.workspace,
+        peak_bytes=fixed.total + c.per_rank + c.workspace + c.extra, state_bytes_by_method=c.by_method,
         step_ms=step_ms, score=round(c.score, 6),
     )
+    if par.world > 1:
+        par_.fill_totals(totals, spec, prec, par, c.ranks)
     return Plan(
         created_by=f"sketchplan {__version__}",
         model=ModelInfo(source=spec.source, fingerprint=spec.fingerprint, n_params=spec.n_params,
@@ -170,12 +186,13 @@ def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ran
         hardware=None if profile is None else profile_label(profile),
         budget=budget,
         settings=Settings(param_dtype=prec.param_dtype, grad_dtype=prec.grad_dtype,
-                          master_weights=prec.master_weights, world_size=world, shard_optimizer_state=shard),
+                          master_weights=prec.master_weights, world_size=par.world,
+                          parallelism=par.kind, shard_group=par.shard_group),
         defaults=opts,
         grid=grid,
         tensors=entries,
         totals=totals,
-        what_if=_what_ifs(pspec, opts, fixed, avail, world, shard, ranks, block_sizes, timer),
+        what_if=_what_ifs(pspec, opts, fixed, avail, par, ranks, block_sizes, timer, cand_spec),
         solver=solver,
     )
 
@@ -185,7 +202,8 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
               momenta=cand.DEFAULT_MOMENTA, defaults: OptimizerDefaults | None = None, reserve=0,
               world_size: int = 1, shard_optimizer_state: bool = False, param_dtype: str | None = None,
               grad_dtype: str | None = None, master_weights: bool = False, hardware=None,
-              spectrum=None, time_budget_ms: float | None = None) -> Plan:
+              spectrum=None, time_budget_ms: float | None = None, parallelism: str | None = None,
+              shard_group: int | None = None) -> Plan:
     """Choose one candidate per trainable tensor maximising the parameter-weighted score within the budget.
 
     ``model``: an ``nn.Module`` (meta device is fine) or a ``ModelSpec``. ``memory_budget``: bytes or a size
@@ -196,7 +214,10 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     ``variant`` (``planner.timing``) and the totals the step time; None predicts no times.
     ``time_budget_ms``: the amortised optimizer step time allowed (predicted with ``hardware``, ``auto`` when
     None); the solver then honours both budgets (``planner.solve_time``) and reports which binds and what
-    relaxing it would buy. Raises ``UserError`` when no plan fits, naming the minimum.
+    relaxing it would buy. ``world_size`` and ``parallelism`` (``ddp``, ``zero1``, ``zero2``, ``fsdp``,
+    ``hsdp`` with ``shard_group``; ``shard_optimizer_state`` is an alias of ``zero1``): the budget is per rank and
+    the totals carry per-rank figures (``planner.parallel``). Raises ``UserError`` when no plan fits, naming
+    the minimum.
     """
     t0 = time.perf_counter()
     opts = defaults or OptimizerDefaults()
@@ -207,6 +228,8 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     world_size = number(world_size, "world size", lo=1, hi=MAX_WORLD_SIZE, integer=True)
     if time_budget_ms is not None:
         time_budget_ms = number(time_budget_ms, "time budget (ms)", lo=0, lo_open=True, example="500")
+    par = par_.parallel(parallelism, world_size, shard_group, shard_optimizer_state)
+    cand_spec = par_.local_spec(pspec, par)
     budget_bytes = None if memory_budget is None else parse_size(memory_budget, "memory budget")
     reserve_bytes = parse_size(reserve, "reserve")
     budget = Budget(memory_bytes=budget_bytes, reserve_bytes=reserve_bytes)
@@ -215,10 +238,11 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         from .spectrum import SpectrumFile
 
         spectrum = SpectrumFile.load(str(spectrum))
-    groups = _groups(pspec, configs, opts, spectrum.tensors if spectrum is not None else None)
-    fixed = fixed_bytes(spec, prec)
-    items = [Item(len(g.params), [c.state_bytes for c in g.cands], [c.workspace_bytes for c in g.cands],
-                  [c.score * _numel(g.shape) for c in g.cands]) for g in groups]
+    groups = _groups(cand_spec, configs, opts, spectrum.tensors if spectrum is not None else None)
+    fixed = par_.fixed_per_rank(spec, prec, par)
+    items = [Item(len(g.params), [_knapsack_bytes(g.shape, c, opts, par) for c in g.cands],
+                  [c.workspace_bytes for c in g.cands], [c.score * _numel(g.shape) for c in g.cands])
+             for g in groups]
     if time_budget_ms is not None:
         if time_budget_ms <= 0:
             raise UserError(f"time budget {time_budget_ms:g} ms must be positive.")
@@ -226,11 +250,12 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         timer = StepTimer(CostModel(resolve_profile(hardware)), opts)
         for g, it in zip(groups, items):
             it.time = [timer(g.shape, c.cfg)[0] for c in g.cands]
-    shard = shard_optimizer_state and world_size > 1
+    shard = par.owner
+    assign_timer = None if hardware is None else StepTimer(CostModel(resolve_profile(hardware)), opts)
     avail = None if budget_bytes is None else budget_bytes - reserve_bytes
     if avail is not None and fixed.total > avail:
         raise UserError(_fixed_too_big(fixed, budget_bytes, reserve_bytes))
-    state_budget = None if avail is None else (avail - fixed.total) * (world_size if shard else 1)
+    state_budget = None if avail is None else (avail - fixed.total) * par_.knapsack_scale(par)
     for _ in range(50):
         try:
             sol = solve_two(items, state_budget, time_budget_ms)
@@ -238,35 +263,37 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
             raise UserError(f"time budget {time_budget_ms:g} ms is below the fastest plan's predicted optimizer step, "
                             f"{inf.min_ms:.3g} ms; raise --time-budget-ms to at least {inf.min_ms:.3g}.") from None
         except Infeasible as inf:
-            if shard and state_budget < (avail - fixed.total) * world_size:
+            if shard and state_budget < (avail - fixed.total) * par_.knapsack_scale(par):
                 raise UserError(f"with --world-size {world_size} no plan fits {fmt_bytes(avail)} per rank because "
                                 "preconditioner blocks cannot be split across ranks; raise --memory-budget or use "
                                 "smaller --block-sizes.") from None
-            raise UserError(_infeasible(inf, groups, fixed, budget_bytes, reserve_bytes, world_size if shard else 1)) \
+            raise UserError(_infeasible(inf, groups, fixed, budget_bytes, reserve_bytes, par_.knapsack_scale(par))) \
                 from None
         choice = _choice(groups, sol.assign)
         if avail is None:
             break
-        c = _costs(pspec, choice, opts, world_size, shard)
-        over = fixed.total + c.per_rank + c.workspace - avail
+        c = _costs(pspec, choice, opts, par, assign_timer)
+        over = fixed.total + c.per_rank + c.workspace + c.extra - avail
         if over <= 0:
             break
         state_budget -= max(over, state_budget // 200, 1)
     else:  # pragma: no cover - the loop shrinks the budget each round
         raise UserError("could not fit the sharded optimizer state; raise --memory-budget.")
     binding, relax = bind_report(items, state_budget, time_budget_ms, sol)
-    n = max(1, pspec.n_trainable)
+    n = max(1, cand_spec.n_trainable)  # the solver's scores are weighted by the (local) numel
     gap = sol.gap / n
     price = sol.extra.get("price", 0.0) * 2**30 / n if binding and "memory" in binding else 0.0
-    relax_info = {k: {"score": round(v["value"] / n, 6), "peak_bytes": float(fixed.total + v["bytes"]),
+    price *= par_.knapsack_scale(par)  # per GiB of one rank's memory
+    scale = par_.knapsack_scale(par)  # the solver's bytes are summed over the ranks (owner placement): ~ per rank
+    relax_info = {k: {"score": round(v["value"] / n, 6), "peak_bytes": float(fixed.total + -(-v["bytes"] // scale)),
                       "step_ms": round(v["time_ms"], 3)} for k, v in relax.items()} or None
     info = SolverInfo(status=sol.status, gap=gap, binding=binding, price_per_gib=price, relax=relax_info,
                       seconds=round(time.perf_counter() - t0, 4))
     budget.time_budget_ms = time_budget_ms
     grid = CandidateGrid(methods=list(methods), ranks=list(ranks), block_sizes=list(block_sizes),
                          grafts=list(grafts), momenta=list(momenta))
-    return _assemble(spec, choice, opts, fixed, budget, prec, world_size, shard, info, ranks, block_sizes, hardware,
-                     grid, excluded)
+    return _assemble(spec, choice, opts, fixed, budget, prec, par, info, ranks, block_sizes, hardware, grid,
+                     excluded)
 
 
 def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = None, *, source: str = "",
@@ -276,11 +303,15 @@ def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = 
 
 
 def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None, *, source: str = "",
-                      memory_budget=None, hardware=None) -> Plan:
+                      memory_budget=None, hardware=None, world_size: int = 1, parallelism: str | None = None,
+                      shard_group: int | None = None) -> Plan:
     """A plan with the given choice per tensor: ``configs`` is one ``MethodConfig`` for all trainable tensors, or a
-    mapping name → ``MethodConfig`` (or a callable ``ParamSpec -> MethodConfig``). Bytes come from the layouts."""
+    mapping name → ``MethodConfig`` (or a callable ``ParamSpec -> MethodConfig``). Bytes come from the layouts;
+    with ``world_size``/``parallelism`` the per-rank placement too (``planner.parallel``)."""
     opts = defaults or OptimizerDefaults()
     spec, excluded, pspec = _validated(model, source)
+    par = par_.parallel(parallelism, world_size, shard_group)
+    cand_spec = par_.local_spec(pspec, par)
     if isinstance(configs, MethodConfig):
         pick = lambda p: configs  # noqa: E731
     elif callable(configs):
@@ -290,14 +321,21 @@ def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None,
         if missing:
             raise UserError(f"no configuration given for tensor {missing[0]!r}.")
         pick = lambda p: configs[p.name]  # noqa: E731
-    choice = {p.name: cand.evaluate(p.shape, pick(p), opts) for p in pspec.trainable}
+    choice = {p.name: cand.evaluate(p.shape, pick(spec_p), opts)
+              for p, spec_p in zip(cand_spec.trainable, pspec.trainable)}
     budget = Budget(memory_bytes=None if memory_budget is None else parse_size(memory_budget, "memory budget"))
     info = SolverInfo(status="exact", gap=0.0, binding=None)
     used = {c.cfg for c in choice.values()}
     ranks = tuple(sorted({c.rank for c in used if c.rank}))
     blocks = tuple(sorted({c.block_size for c in used if c.block_size}))
-    return _assemble(spec, choice, opts, fixed_bytes(spec, Precision()), budget, Precision(), 1, False, info,
+    return _assemble(spec, choice, opts, par_.fixed_per_rank(spec, Precision(), par), budget, Precision(), par, info,
                      ranks, blocks, hardware, excluded=excluded)
+
+
+def _knapsack_bytes(shape, c: cand.Candidate, opts: OptimizerDefaults, par: par_.Parallel) -> int:
+    if not (par.owner and par.kind == "ddp"):
+        return c.state_bytes
+    return par_.knapsack_bytes(c.state_bytes, par_.rest_bytes(state_layout(shape, c.cfg, opts)), par)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -323,6 +361,8 @@ def _fixed_too_big(fixed: FixedBytes, budget: int, reserve: int) -> str:
     what = f"parameters ({fmt_bytes(fixed.params)}) and gradients ({fmt_bytes(fixed.grads)})"
     if fixed.master:
         what += f" and master weights ({fmt_bytes(fixed.master)})"
+    if getattr(fixed, "comm", 0):
+        what += f" and communication buffers ({fmt_bytes(fixed.comm)})"
     return (f"memory budget {fmt_bytes(budget)}{f' minus reserve {fmt_bytes(reserve)}' if reserve else ''} is below "
             f"what {what} alone need ({fmt_bytes(fixed.total)}); raise --memory-budget to at least "
             f"{fmt_bytes(fixed.total + reserve)} plus optimizer state, or use a lower --param-dtype.")

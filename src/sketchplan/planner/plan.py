@@ -63,7 +63,11 @@ class Settings(_Strict):
     grad_dtype: str | None = Field(default=None, description="gradient dtype; default: the parameter's")
     master_weights: bool = False
     world_size: int = Field(default=1, ge=1, le=MAX_WORLD_SIZE)
-    shard_optimizer_state: bool = False
+    shard_optimizer_state: bool = Field(default=False, description="plans before 0.2: ZeRO-1 (now parallelism "
+                                        "zero1)")
+    parallelism: Literal["none", "ddp", "zero1", "zero2", "fsdp", "hsdp"] = "none"
+    shard_group: int | None = Field(default=None, ge=1, le=MAX_WORLD_SIZE,
+                                    description="HSDP: ranks a parameter is sharded over")
 
     _dtypes = field_validator("param_dtype", "grad_dtype")(_known_dtype)
 
@@ -91,13 +95,18 @@ class TensorEntry(_Strict):
     block_size: Positive | None = None
     graft: Graft | None = None
     momentum: Momentum | None = None
-    state_bytes: Count = 0
+    state_bytes: Count = Field(default=0, description="optimizer state of this tensor (under FSDP/HSDP: of its "
+                               "shard on rank 0, the largest)")
     workspace_bytes: Count = 0
     score: Score | None = None
     step_ms: Millis | None = Field(default=None, description="predicted optimizer step time of this tensor, "
                                    "amortised over precondition_frequency (with the plan's hardware profile)")
     variant: dict[str, str] | None = Field(default=None, description="fastest variant per kernel on the "
                                            "profiled device (fd_update, inv_root); the optimizer runs it")
+    owners: list[int] | None = Field(default=None, description="DDP/ZeRO: the rank that keeps and computes each "
+                                     "preconditioner block, in flat block order (methods.placement)")
+    owner: int | None = Field(default=None, ge=0, description="ZeRO: the rank that keeps this tensor's element-wise "
+                              "state (moments, graft, momentum) and computes its update")
     excluded: str | None = Field(default=None, description="why this trainable tensor gets no optimizer from "
                                  "sketchplan (e.g. a complex dtype); written only when set")
 
@@ -142,8 +151,17 @@ class Totals(_Strict):
     state_bytes: Count
     state_bytes_per_rank: Count | None = Field(default=None, description="largest rank's share when sharded")
     workspace_bytes: Count = Field(description="peak transient workspace of one step (largest tensor's)")
-    peak_bytes: Count = Field(description="params + grads + master + state (largest rank) + workspace")
+    peak_bytes: Count = Field(description="params + grads + master + state (largest rank) + workspace (+ per-rank "
+                              "communication buffers; with world size > 1 every term is the largest rank's)")
     state_bytes_by_method: dict[str, Count] = Field(default_factory=dict)
+    state_bytes_by_rank: list[Count] | None = Field(default=None, description="optimizer state of each rank "
+                                                    "(of one shard group under FSDP/HSDP)")
+    params_bytes_per_rank: Count | None = None
+    grads_bytes_per_rank: Count | None = None
+    master_bytes_per_rank: Count | None = None
+    comm_bytes_per_rank: Count | None = Field(default=None, description="communication buffers: DDP buckets, "
+                                              "FSDP2 all-gather/reduce-scatter, the direction exchange")
+    peak_bytes_per_rank: Count | None = None
     step_ms: Millis | None = None
     score: Score = Field(description="parameter-weighted preconditioning score in [0, 1]")
 

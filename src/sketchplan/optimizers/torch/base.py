@@ -91,6 +91,13 @@ class SketchplanOptimizer(torch.optim.Optimizer):
             state["step"] = 0
         return state
 
+    def allocate_state(self) -> None:
+        """Allocate (zeros) the state of every parameter, as its first step would (checkpoint loading)."""
+        for group in self.param_groups:
+            cfg, opts = group_config(group)
+            for p in group["params"]:
+                self.state_for(p, cfg, opts)
+
     def sanitize(self, grads: list[torch.Tensor], skips: list[torch.Tensor], step: int,
                  opts: OptimizerDefaults) -> list[torch.Tensor]:
         """Gradients with any non-finite tensor replaced by zeros; each such tensor adds 1 to its skip counter.

@@ -1,0 +1,285 @@
+"""Workers of the multi-process tests (``torch.multiprocessing.spawn``, gloo on CPU): a tiny transformer trained
+under DDP, ZeRO-1 and FSDP2 with every method, against single-process references written without any
+distributed code. Each worker writes a JSON report per scenario; the tests assert on the reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import traceback
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+V, D, T, BATCH = 24, 16, 6, 8
+STEPS = 20
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(D)
+        self.qkv = nn.Linear(D, 3 * D, bias=False)  # a key bias has a zero gradient (softmax shift)
+        self.proj = nn.Linear(D, D, bias=False)
+        self.up = nn.Linear(D, 2 * D)
+        self.down = nn.Linear(2 * D, D)
+
+    def forward(self, x):
+        h = self.norm(x)
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        att = torch.softmax(q @ k.transpose(1, 2) / D**0.5, dim=-1)
+        x = x + self.proj(att @ v)
+        return x + self.down(torch.relu(self.up(x)))
+
+
+class TinyLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(V, D)
+        self.layers = nn.ModuleList([Block(), Block()])
+        self.head = nn.Linear(D, V, bias=False)
+
+    def forward(self, idx):
+        x = self.embed(idx)
+        for b in self.layers:
+            x = b(x)
+        return self.head(x)
+
+
+def model(seed: int = 0) -> TinyLM:
+    torch.manual_seed(seed)
+    return TinyLM()
+
+
+def batches(steps: int = STEPS):
+    g = torch.Generator().manual_seed(123)
+    return [torch.randint(0, V, (BATCH, T + 1), generator=g) for _ in range(steps)]
+
+
+def loss_of(m, batch):
+    logits = m(batch[:, :-1])
+    return nn.functional.cross_entropy(logits.reshape(-1, V), batch[:, 1:].reshape(-1))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def configs():
+    from sketchplan.methods.layout import MethodConfig
+
+    return {
+        "adam": MethodConfig(method="adam"),
+        "shampoo": MethodConfig(method="shampoo", graft="adam"),
+        "blocked_shampoo": MethodConfig(method="blocked_shampoo", block_size=8, graft="adafactor"),
+        "sketchy": MethodConfig(method="sketchy", rank=4, graft="adam"),
+        "extreme_tensoring": MethodConfig(method="extreme_tensoring", momentum="float32"),
+        "kradagrad": MethodConfig(method="kradagrad", block_size=16, graft="sgd", momentum="none"),
+    }
+
+
+def mixed(p):
+    """A plan mixing methods tensor by tensor (several param groups, diagonal and matrix methods together)."""
+    order = list(configs().values())
+    return order[sum(map(ord, p.name)) % len(order)]
+
+
+def defaults():
+    from sketchplan.methods.layout import OptimizerDefaults
+
+    return OptimizerDefaults(lr=3e-3, shampoo_eps=1e-6, precondition_frequency=5, et_max_dim=8, merge_dims=8)
+
+
+def state_bytes(opt) -> int:
+    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+
+
+def reference(cfg, opts, world: int, sharded: bool) -> dict[str, torch.Tensor]:
+    from sketchplan.methods.layout import MethodConfig
+
+    """Single process, no torch.distributed: the whole batch; under FSDP every parameter's dim-0 chunks
+    (torch.chunk, as fully_shard cuts them) are separate tensors of one plain optimizer, as each rank sees them."""
+    from sketchplan.optimizers.torch import SketchplanOptimizer, group_options
+
+    m = model()
+    params = dict(m.named_parameters())
+    if callable(cfg) and not isinstance(cfg, MethodConfig):  # a per-tensor mix: the single-device plan's optimizer
+        import sketchplan
+        from sketchplan.planner.make import plan_from_configs
+
+        with torch.device("meta"):
+            meta = TinyLM()
+        opt = sketchplan.build_optimizer(plan_from_configs(meta, cfg, opts), m)
+    elif sharded:
+        views = {n: [c.detach().clone().requires_grad_(True) for c in torch.chunk(p.detach(), world) if c.numel()]
+                 for n, p in params.items()}
+        opt = SketchplanOptimizer([{"params": [c for cs in views.values() for c in cs],
+                                    **group_options(cfg, opts)}], cfg, opts)
+    else:
+        opt = SketchplanOptimizer([{"params": list(params.values()), **group_options(cfg, opts)}], cfg, opts)
+    for batch in batches():
+        m.zero_grad()
+        loss_of(m, batch).backward()
+        if sharded:
+            for n, p in params.items():
+                for c, gc in zip(views[n], torch.chunk(p.grad, world)):
+                    c.grad = gc.clone()
+        opt.step()
+        if sharded:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(torch.cat([c.detach() for c in views[n]]))
+    return {n: p.detach().clone() for n, p in m.named_parameters()}
+
+
+def run_check(rank: int, world: int, kind: str, method: str) -> dict:
+    """``sketchplan check --measure`` as ``torchrun`` runs it on every rank (verify.check with a meta model)."""
+    from sketchplan.planner.make import plan_from_configs
+    from sketchplan.verify import check
+
+    with torch.device("meta"):
+        meta = TinyLM()
+    plan = plan_from_configs(meta, configs()[method], defaults(), world_size=world, parallelism=kind)
+    with torch.device("meta"):
+        meta = TinyLM()
+    report = check(plan, meta, measure=True)
+    return {"kind": "check-" + kind, "method": method, "rank": rank, "ok": report.ok,
+            "measured": report.measured.measured_state_bytes, "note": report.measured.note,
+            "predicted": plan.totals.state_bytes_by_rank[rank]}
+
+
+def run_scenario(rank: int, world: int, kind: str, method: str, out_dir: str, ckpt_dir: str | None) -> dict:
+    from torch.distributed.fsdp import fully_shard
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import sketchplan
+    from sketchplan.planner.make import plan_from_configs
+
+    cfg, opts = (mixed if method == "mixed" else configs()[method]), defaults()
+    with torch.device("meta"):
+        meta = TinyLM()
+    group = 2 if kind == "hsdp" else None
+    plan = plan_from_configs(meta, cfg, opts, world_size=world, parallelism=kind, shard_group=group)
+    m = model()
+    if kind in ("fsdp", "hsdp"):
+        mesh = None
+        if kind == "hsdp":  # replicate over world/2 groups, shard inside each group of 2
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh("cpu", (world // 2, 2), mesh_dim_names=("replicate", "shard"))
+        for b in m.layers:
+            fully_shard(b, mesh=mesh)
+        fully_shard(m, mesh=mesh)
+        wrapped = m
+    else:
+        wrapped = DDP(m)
+    opt = sketchplan.build_optimizer(plan, wrapped)
+    data = batches()
+    per = BATCH // world
+    report = {"kind": kind, "method": method, "rank": rank}
+    for step, batch in enumerate(data, 1):
+        opt.zero_grad()
+        loss_of(wrapped, batch[rank * per:(rank + 1) * per]).backward()
+        opt.step()
+        if step == 10 and ckpt_dir:
+            from sketchplan.checkpoint import save
+
+            save(opt, wrapped, ckpt_dir)
+            if kind == "fsdp" and method == "adam":  # what a reshard to another world size must restore
+                snap = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+                        for n, p in m.named_parameters()}
+                moments = {n: opt.state[p]["exp_avg_sq"] for n, p in m.named_parameters()}
+                full = {}
+                for n, p in m.named_parameters():
+                    from torch.distributed.tensor import DTensor
+
+                    full[n] = DTensor.from_local(moments[n], p.device_mesh, p.placements, shape=p.shape,
+                                                 stride=p.stride()).full_tensor()
+                if rank == 0:
+                    torch.save({"params": snap, "exp_avg_sq": full}, os.path.join(ckpt_dir, "..",
+                                                                                  "fsdp-adam-step10.pt"))
+        if step == 1:
+            report["state_bytes"] = state_bytes(opt)
+            from sketchplan.testing import assert_rank_matches_plan
+
+            try:
+                report["measured"] = assert_rank_matches_plan(opt, wrapped, plan)["measured_bytes"]
+            except AssertionError as exc:
+                report["measured"] = str(exc)
+    full = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for n, p in m.named_parameters()}
+    report["predicted_state_bytes"] = plan.totals.state_bytes_by_rank[rank % len(plan.totals.state_bytes_by_rank)]
+    report["single_device_state_bytes"] = plan_from_configs(meta, cfg, opts).totals.state_bytes
+    # ranks in sync: every rank's full parameters equal rank 0's bit for bit
+    flat = torch.cat([t.reshape(-1) for t in full.values()])
+    ref0 = flat.clone()
+    dist.broadcast(ref0, 0)
+    report["in_sync"] = bool(torch.equal(flat, ref0))
+    if rank == 0:
+        ref = reference(cfg, opts, group or world, kind in ("fsdp", "hsdp"))
+        errs = {n: float((full[n] - ref[n]).abs().max() / (ref[n].abs().max() + 1e-12)) for n in ref}
+        report["max_rel_err"] = max(errs.values())
+        report["worst"] = max(errs, key=errs.get)
+        moved = max(float((full[n] - model().state_dict()[n]).abs().max()) for n in ref)
+        report["moved"] = moved
+    if ckpt_dir:
+        report["final"] = {n: t.tolist() for n, t in full.items()}
+        # resume from step 10 in a fresh model and optimizer: steps 11..20 must give the same parameters
+        from sketchplan.checkpoint import load
+
+        m2 = model(seed=99)
+        if kind in ("fsdp", "hsdp"):
+            for b in m2.layers:
+                fully_shard(b)
+            fully_shard(m2)
+            w2 = m2
+        else:
+            w2 = DDP(m2)
+        opt2 = sketchplan.build_optimizer(plan, w2)
+        load(opt2, w2, ckpt_dir)
+        for batch in data[10:]:
+            opt2.zero_grad()
+            loss_of(w2, batch[rank * per:(rank + 1) * per]).backward()
+            opt2.step()
+        full2 = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach() for n, p in m2.named_parameters()}
+        report["resume_bitexact"] = all(torch.equal(full[n], full2[n]) for n in full)
+        del report["final"]
+    return report
+
+
+def worker(rank: int, world: int, port: int, scenarios: list, out_dir: str) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    reports = []
+    try:
+        for kind, method, ckpt in scenarios:
+            try:
+                ckpt_dir = os.path.join(out_dir, f"ckpt-{kind}-{method}") if ckpt is True else None
+                if ckpt == "check":
+                    reports.append(run_check(rank, world, kind, method))
+                else:
+                    reports.append(run_scenario(rank, world, kind, method, out_dir, ckpt_dir))
+            except Exception:  # noqa: BLE001 - reported to the test, which fails with the traceback
+                reports.append({"kind": kind, "method": method, "rank": rank, "error": traceback.format_exc()})
+            dist.barrier()
+    finally:
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(reports, f)
+        dist.destroy_process_group()
+
+
+def spawn(world: int, scenarios: list, out_dir: str) -> list[list[dict]]:
+    import torch.multiprocessing as mp
+
+    mp.spawn(worker, args=(world, free_port(), scenarios, out_dir), nprocs=world, join=True)
+    out = []
+    for r in range(world):
+        with open(os.path.join(out_dir, f"rank{r}.json")) as f:
+            out.append(json.load(f))
+    return out
