@@ -29,6 +29,7 @@ def _csv(kind):
 def _parser() -> argparse.ArgumentParser:
     from .planner.candidates import (DEFAULT_BLOCK_SIZES, DEFAULT_GRAFTS, DEFAULT_METHODS, DEFAULT_MOMENTA,
                                      DEFAULT_RANKS)
+    from .planner.time_bound import DEFAULT_MAX_STEP_VS_ADAM
 
     p = argparse.ArgumentParser(prog="sketchplan", description="Plan optimizer memory: which optimizer fits this "
                                 "model, at which rank or block size.")
@@ -46,7 +47,10 @@ def _parser() -> argparse.ArgumentParser:
                     "e.g. 24GiB, 80GB, 512MiB (default: no limit)")
     pl.add_argument("--reserve", default="0", help="memory kept free for activations (default 0)")
     pl.add_argument("--time-budget-ms", type=float, help="amortised optimizer step time allowed, predicted with "
-                    "--hardware (default: no limit)")
+                    "--hardware (default: --max-step-vs-adam times all-Adam's step)")
+    pl.add_argument("--max-step-vs-adam", type=float, default=DEFAULT_MAX_STEP_VS_ADAM, metavar="X",
+                    help="default time bound: the optimizer step at most X times all-Adam's predicted step "
+                    f"(default {DEFAULT_MAX_STEP_VS_ADAM:g}; inf: no bound; see docs/hardware-profiles.md)")
     pl.add_argument("--methods", type=_csv(str), default=list(DEFAULT_METHODS),
                     help=f"comma list (default {','.join(DEFAULT_METHODS)}; also extreme_tensoring, kradagrad)")
     pl.add_argument("--ranks", type=_csv(int), default=list(DEFAULT_RANKS), help="Sketchy ranks")
@@ -145,7 +149,8 @@ def _cmd_update(args, console) -> int:
     new = make_plan(spec, b.memory_bytes, source=source, defaults=old.defaults, reserve=b.reserve_bytes,
                     world_size=s.world_size, shard_optimizer_state=s.shard_optimizer_state,
                     param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights,
-                    hardware=args.hardware, **grid)
+                    hardware=args.hardware, max_step_vs_adam=args.max_step_vs_adam, **grid,
+                    time_budget_ms=b.time_budget_ms if b.time_budget_source == "--time-budget-ms" else None)
     render_plan(new, console, _mode(args), None if args.all else 60)
     write_atomic(out, new.to_yaml())
     delta = new.totals.state_bytes - old.totals.state_bytes
@@ -217,7 +222,8 @@ def _cmd_plan(args, console) -> int:
                            defaults=defaults, reserve=args.reserve, world_size=args.world_size,
                            shard_optimizer_state=args.shard_optimizer_state, param_dtype=args.param_dtype,
                            grad_dtype=args.grad_dtype, master_weights=args.master_weights, spectrum=args.spectrum,
-                           hardware=args.hardware, time_budget_ms=args.time_budget_ms)
+                           hardware=args.hardware, time_budget_ms=args.time_budget_ms,
+                           max_step_vs_adam=args.max_step_vs_adam)
     render_plan(plan, console, _mode(args), None if args.all else 60)
     if args.explain:
         from .planner.explain import explain

@@ -118,8 +118,14 @@ def totals_table(plan: Plan) -> Table:
     t.add_row("score (parameter-weighted)", f"{tot.score:.4f}")
     if tot.step_ms is not None:
         t.add_row("optimizer step (predicted, amortised)", f"{_ms(tot.step_ms)} ms")
+        if tot.adam_step_ms:
+            t.add_row("  vs all-Adam's step", f"{tot.step_ms / tot.adam_step_ms:.2f}× ({_ms(tot.adam_step_ms)} ms)")
+        if tot.forward_backward_ms:
+            t.add_row("  vs forward+backward (6·N·8192 tokens)",
+                      f"{100 * tot.step_ms / tot.forward_backward_ms:.1f}% ({_ms(tot.forward_backward_ms)} ms)")
     if b.time_budget_ms is not None:
-        t.add_row("time budget", f"{b.time_budget_ms:g} ms")
+        t.add_row("time budget", f"{_ms(b.time_budget_ms)} ms" + (f" ({b.time_budget_source})"
+                                                                  if b.time_budget_source else ""))
     if plan.solver is not None:
         s = plan.solver
         t.add_row("solver", f"{s.status}, gap ≤ {s.gap:.2e}" + (f", {s.binding} binds" if s.binding else ""))

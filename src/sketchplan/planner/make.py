@@ -18,6 +18,7 @@ from ..profiles.cost import CostModel
 from ..profiles.registry import label as profile_label
 from ..profiles.registry import resolve as resolve_profile
 from . import candidates as cand
+from . import time_bound
 from .analysis import ModelSpec, ParamSpec, analyze
 from .memory import FixedBytes, Precision, fixed_bytes, largest_rank, shard_units
 from .plan import Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry, Totals, WhatIf
@@ -25,6 +26,7 @@ from .sizes import fmt_bytes, parse_size
 from .solve import Infeasible, Item
 from .solve_time import InfeasibleTime, solve_two
 from .solve_time import binding as bind_report
+from .time_bound import DEFAULT_MAX_STEP_VS_ADAM
 from .timing import StepTimer
 
 
@@ -35,13 +37,14 @@ class _Group:
     cands: list[cand.Candidate]
 
 
-def _groups(spec: ModelSpec, configs: list[MethodConfig], opts: OptimizerDefaults, spectra=None) -> list[_Group]:
+def _groups(spec: ModelSpec, configs: list[MethodConfig], opts: OptimizerDefaults, spectra=None,
+            timer=None) -> list[_Group]:
     """Tensors of one shape share their candidates, except probed ones: each has its own measured spectrum."""
     spectra = spectra or {}
     by_key: OrderedDict[tuple, list[ParamSpec]] = OrderedDict()
     for p in spec.trainable:
         by_key.setdefault((p.shape, p.name if p.name in spectra else None), []).append(p)
-    return [_Group(shape, ps, cand.candidates_for(shape, configs, opts, spectra.get(name)))
+    return [_Group(shape, ps, cand.candidates_for(shape, configs, opts, spectra.get(name), timer))
             for (shape, name), ps in by_key.items()]
 
 
@@ -123,6 +126,9 @@ def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ran
         state_bytes_per_rank=c.per_rank if (shard and world > 1) else None, workspace_bytes=c.workspace,
         peak_bytes=fixed.total + c.per_rank + c.workspace, state_bytes_by_method=c.by_method,
         step_ms=step_ms, score=round(c.score, 6),
+        adam_step_ms=None if timer is None else round(time_bound.adam_step_ms(spec, timer), 3),
+        forward_backward_ms=None if profile is None else round(time_bound.forward_backward_ms(spec.n_trainable,
+                                                                                               profile), 3),
     )
     return Plan(
         created_by=f"sketchplan {__version__}",
@@ -146,7 +152,8 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
               momenta=cand.DEFAULT_MOMENTA, defaults: OptimizerDefaults | None = None, reserve=0,
               world_size: int = 1, shard_optimizer_state: bool = False, param_dtype: str | None = None,
               grad_dtype: str | None = None, master_weights: bool = False, hardware=None,
-              spectrum=None, time_budget_ms: float | None = None) -> Plan:
+              spectrum=None, time_budget_ms: float | None = None,
+              max_step_vs_adam: float | None = DEFAULT_MAX_STEP_VS_ADAM) -> Plan:
     """Choose one candidate per trainable tensor maximising the parameter-weighted score within the budget.
 
     ``model``: an ``nn.Module`` (meta device is fine) or a ``ModelSpec``. ``memory_budget``: bytes or a size
@@ -157,7 +164,10 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     ``variant`` (``planner.timing``) and the totals the step time; None predicts no times.
     ``time_budget_ms``: the amortised optimizer step time allowed (predicted with ``hardware``, ``auto`` when
     None); the solver then honours both budgets (``planner.solve_time``) and reports which binds and what
-    relaxing it would buy. Raises ``UserError`` when no plan fits, naming the minimum.
+    relaxing it would buy. ``max_step_vs_adam``: without ``time_budget_ms`` but with ``hardware``, the time
+    budget is this multiple of all-Adam's predicted step (the default bound, ``planner.time_bound``; None or
+    ``inf``: no bound). The bound applied and where it came from are written to ``plan.budget``.
+    Raises ``UserError`` when no plan fits, naming the minimum.
     """
     t0 = time.perf_counter()
     opts = defaults or OptimizerDefaults()
@@ -173,17 +183,17 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         from .spectrum import SpectrumFile
 
         spectrum = SpectrumFile.load(str(spectrum))
-    groups = _groups(spec, configs, opts, spectrum.tensors if spectrum is not None else None)
-    fixed = fixed_bytes(spec, prec)
-    items = [Item(len(g.params), [c.state_bytes for c in g.cands], [c.workspace_bytes for c in g.cands],
-                  [c.score * _numel(g.shape) for c in g.cands]) for g in groups]
     if time_budget_ms is not None:
         if time_budget_ms <= 0:
             raise UserError(f"time budget {time_budget_ms:g} ms must be positive.")
         hardware = "auto" if hardware is None else hardware
-        timer = StepTimer(CostModel(resolve_profile(hardware)), opts)
-        for g, it in zip(groups, items):
-            it.time = [timer(g.shape, c.cfg)[0] for c in g.cands]
+    timer = None if hardware is None else StepTimer(CostModel(resolve_profile(hardware)), opts)
+    time_budget_ms, time_source = time_bound.choose(spec, timer, time_budget_ms, max_step_vs_adam)
+    groups = _groups(spec, configs, opts, spectrum.tensors if spectrum is not None else None, timer)
+    fixed = fixed_bytes(spec, prec)
+    items = [Item(len(g.params), [c.state_bytes for c in g.cands], [c.workspace_bytes for c in g.cands],
+                  [c.score * _numel(g.shape) for c in g.cands],
+                  None if timer is None else [c.time_ms for c in g.cands]) for g in groups]
     shard = shard_optimizer_state and world_size > 1
     avail = None if budget_bytes is None else budget_bytes - reserve_bytes
     if avail is not None and fixed.total > avail:
@@ -193,8 +203,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         try:
             sol = solve_two(items, state_budget, time_budget_ms)
         except InfeasibleTime as inf:
-            raise UserError(f"time budget {time_budget_ms:g} ms is below the fastest plan's predicted optimizer step, "
-                            f"{inf.min_ms:.3g} ms; raise --time-budget-ms to at least {inf.min_ms:.3g}.") from None
+            raise UserError(time_bound.infeasible_message(time_budget_ms, time_source, inf.min_ms)) from None
         except Infeasible as inf:
             if shard and state_budget < (avail - fixed.total) * world_size:
                 raise UserError(f"with --world-size {world_size} no plan fits {fmt_bytes(avail)} per rank because "
@@ -220,7 +229,8 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
                       "step_ms": round(v["time_ms"], 3)} for k, v in relax.items()} or None
     info = SolverInfo(status=sol.status, gap=gap, binding=binding, price_per_gib=price, relax=relax_info,
                       seconds=round(time.perf_counter() - t0, 4))
-    budget.time_budget_ms = time_budget_ms
+    budget.time_budget_ms = None if time_budget_ms is None else round(time_budget_ms, 3)
+    budget.time_budget_source = time_source
     grid = CandidateGrid(methods=list(methods), ranks=list(ranks), block_sizes=list(block_sizes),
                          grafts=list(grafts), momenta=list(momenta))
     return _assemble(spec, choice, opts, fixed, budget, prec, world_size, shard, info, ranks, block_sizes, hardware,

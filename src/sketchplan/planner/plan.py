@@ -32,6 +32,7 @@ class Budget(_Strict):
     memory_bytes: int | None = Field(default=None, ge=0)
     reserve_bytes: int = Field(default=0, ge=0)
     time_budget_ms: float | None = None
+    time_budget_source: str | None = None  # "--time-budget-ms" or the default bound's rule (planner.time_bound)
 
 
 class Settings(_Strict):
@@ -98,6 +99,9 @@ class Totals(_Strict):
     peak_bytes: int = Field(description="params + grads + master + state (largest rank) + workspace")
     state_bytes_by_method: dict[str, int] = Field(default_factory=dict)
     step_ms: float | None = None
+    adam_step_ms: float | None = Field(default=None, description="all-Adam's predicted step on the same profile")
+    forward_backward_ms: float | None = Field(default=None, description="predicted forward+backward of one "
+                                              "training step, 6·N·tokens FLOPs (planner.time_bound)")
     score: float = Field(description="parameter-weighted preconditioning score in [0, 1]")
 
 
