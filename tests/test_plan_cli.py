@@ -174,7 +174,7 @@ def test_time_budget_is_honoured_and_binding_reported():
 
     hw = shipped_profiles()[0]
     spec = load_spec("examples.models:mlp")
-    free = make_plan(spec, "64MiB", hardware=hw)
+    free = make_plan(spec, "64MiB", hardware=hw, max_step_vs_adam=float("inf"))  # no default time bound
     assert free.totals.step_ms is not None
     tb = free.totals.step_ms * 0.5
     plan = make_plan(spec, "64MiB", hardware=hw, time_budget_ms=tb)

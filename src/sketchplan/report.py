@@ -215,16 +215,25 @@ def render_explain(ex, console: Console) -> None:
     console.print(Text.assemble("Why ", (ex.name, "bold"), f" ({shape}) got ", (ex.chosen, "bold")))
     if not ex.rows:
         return
+    if ex.note:
+        console.print(ex.note)
+    if ex.binding and "time" in ex.binding:
+        console.print(f"The time budget binds ({ex.time_budget_ms:,.1f} ms; the plan's step is predicted at "
+                      f"{ex.step_ms:,.1f} ms): a candidate that adds step time is taken only where its score gain per "
+                      "millisecond beats the other tensors'.")
     if ex.price_per_gib:
         console.print(f"The {ex.binding or 'memory'} budget binds: at the optimum one more GiB is worth "
                       f"{ex.price_per_gib:.3g} of model score (the shadow price). An alternative is worth taking "
                       "when its score change per GiB beats that price.")
-    else:
+    elif not ex.binding:
         console.print("No budget binds: every tensor gets its best-scoring candidate (fewest bytes among ties).")
     t = Table(box=box.SIMPLE_HEAD, title="Efficient candidates (score against bytes)", title_justify="left")
     for col, j in (("", "center"), ("candidate", "left"), ("state", "right"), ("workspace", "right"),
                    ("score", "right"), ("model score per GiB vs chosen", "right"), ("verdict", "left")):
         t.add_column(col, justify=j)
+    timed = any(r.step_ms is not None for r in ex.rows)
+    if timed:
+        t.add_column("step ms", justify="right")
     price = ex.price_per_gib or 0.0
     for r in ex.rows:
         if r.chosen:
@@ -239,6 +248,12 @@ def render_explain(ex, console: Console) -> None:
                     "worth it, but did not fit"
             else:
                 verdict = "saves bytes but loses more score" if r.gain_per_gib >= price else "cheaper, not needed"
+            ch = next(x for x in ex.rows if x.chosen)
+            if r.score <= ch.score + 1e-12 and r.state_bytes >= ch.state_bytes:
+                verdict = "no better score, more bytes"
+            elif timed and r.step_ms is not None and ch.step_ms is not None and r.step_ms > ch.step_ms \
+                    and ex.binding and "time" in ex.binding and r.score > ch.score:
+                verdict = f"better, but +{r.step_ms - ch.step_ms:.3g} ms (time budget)"
         t.add_row("▶" if r.chosen else "", r.label, fb(r.state_bytes), fb(r.workspace_bytes), f"{r.score:.3f}",
-                  per, verdict)
+                  per, verdict, *([("" if r.step_ms is None else f"{r.step_ms:.3g}")] if timed else []))
     console.print(t)

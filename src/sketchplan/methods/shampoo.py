@@ -42,7 +42,8 @@ def kept_rank(cfg: MethodConfig, block: int) -> int:
 
 
 def plan_for(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> MatrixPlan:
-    return matrix_plan(shape, cfg.block_size, opts.merge_dims, opts.max_precond_dim)
+    return matrix_plan(shape, cfg.block_size, opts.merge_dims, opts.max_precond_dim, cfg.batch_dims, cfg.splits,
+                       cfg.split_axis)
 
 
 def factor_layout(mp: MatrixPlan, names: tuple[str, str], dtype: str) -> list[StateTensor]:

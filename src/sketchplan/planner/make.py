@@ -18,7 +18,7 @@ from ..profiles.cost import CostModel
 from ..profiles.registry import label as profile_label
 from ..profiles.registry import resolve as resolve_profile
 from . import candidates as cand
-from . import time_bound
+from . import structure, time_bound
 from .analysis import ModelSpec, ParamSpec, analyze
 from .memory import FixedBytes, Precision, fixed_bytes, largest_rank, shard_units
 from .plan import Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry, Totals, WhatIf
@@ -43,9 +43,13 @@ def _groups(spec: ModelSpec, configs: list[MethodConfig], opts: OptimizerDefault
     spectra = spectra or {}
     by_key: OrderedDict[tuple, list[ParamSpec]] = OrderedDict()
     for p in spec.trainable:
-        by_key.setdefault((p.shape, p.name if p.name in spectra else None), []).append(p)
-    return [_Group(shape, ps, cand.candidates_for(shape, configs, opts, spectra.get(name), timer))
-            for (shape, name), ps in by_key.items()]
+        key = (p.shape, p.name if p.name in spectra else None, p.batch_dims, p.splits, p.split_axis)
+        by_key.setdefault(key, []).append(p)
+    out = []
+    for (shape, name, *_), ps in by_key.items():
+        own = [c for c in (structure.structured(cfg, ps[0]) for cfg in configs) if c is not None]
+        out.append(_Group(shape, ps, cand.candidates_for(shape, own, opts, spectra.get(name), timer)))
+    return out
 
 
 def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate],
@@ -57,6 +61,8 @@ def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate],
         if c is not None:
             e.method, e.rank, e.block_size = c.cfg.method, c.cfg.rank, c.cfg.block_size
             e.graft, e.momentum = c.cfg.graft, c.cfg.momentum
+            e.batch_dims, e.split_axis = c.cfg.batch_dims, c.cfg.split_axis
+            e.splits = list(c.cfg.splits) if c.cfg.splits else None
             e.state_bytes, e.workspace_bytes, e.score = c.state_bytes, c.workspace_bytes, round(c.score, 6)
             if timer is not None:
                 ms, picks = timer(p.shape, c.cfg)
@@ -172,6 +178,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     t0 = time.perf_counter()
     opts = defaults or OptimizerDefaults()
     spec = analyze(model, source=source)
+    spec.params = structure.annotate(spec.params)  # by name where no module told (shapes files, pytrees)
     prec = Precision(param_dtype, grad_dtype, master_weights)
     if world_size < 1:
         raise UserError(f"world size {world_size} must be at least 1.")
@@ -229,7 +236,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
                       "step_ms": round(v["time_ms"], 3)} for k, v in relax.items()} or None
     info = SolverInfo(status=sol.status, gap=gap, binding=binding, price_per_gib=price, relax=relax_info,
                       seconds=round(time.perf_counter() - t0, 4))
-    budget.time_budget_ms = None if time_budget_ms is None else round(time_budget_ms, 3)
+    budget.time_budget_ms = time_budget_ms
     budget.time_budget_source = time_source
     grid = CandidateGrid(methods=list(methods), ranks=list(ranks), block_sizes=list(block_sizes),
                          grafts=list(grafts), momenta=list(momenta))
@@ -258,7 +265,8 @@ def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None,
         if missing:
             raise UserError(f"no configuration given for tensor {missing[0]!r}.")
         pick = lambda p: configs[p.name]  # noqa: E731
-    choice = {p.name: cand.evaluate(p.shape, pick(p), opts) for p in spec.trainable}
+    choice = {p.name: cand.evaluate(p.shape, structure.structured(pick(p), p) or pick(p), opts)
+              for p in spec.trainable}
     budget = Budget(memory_bytes=None if memory_budget is None else parse_size(memory_budget, "memory budget"))
     info = SolverInfo(status="exact", gap=0.0, binding=None)
     used = {c.cfg for c in choice.values()}

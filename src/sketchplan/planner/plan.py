@@ -68,6 +68,9 @@ class TensorEntry(_Strict):
     block_size: int | None = None
     graft: Graft | None = None
     momentum: Momentum | None = None
+    batch_dims: int = Field(default=0, description="leading axes indexing independent matrices (stacked experts)")
+    splits: list[int] | None = Field(default=None, description="fused segment sizes along split_axis (gate|up)")
+    split_axis: int = 0
     state_bytes: int = 0
     workspace_bytes: int = 0
     score: float | None = None
@@ -86,7 +89,9 @@ class TensorEntry(_Strict):
         if self.method is None:
             return None
         return MethodConfig(method=self.method, rank=self.rank, block_size=self.block_size,
-                            graft=self.graft or "adam", momentum=self.momentum or "float32")
+                            graft=self.graft or "adam", momentum=self.momentum or "float32",
+                            batch_dims=self.batch_dims, splits=tuple(self.splits) if self.splits else None,
+                            split_axis=self.split_axis)
 
 
 class Totals(_Strict):

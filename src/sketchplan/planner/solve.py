@@ -191,11 +191,14 @@ class TooLarge(Exception):
     """The exact search would keep more states than allowed."""
 
 
-def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: int = 200_000) -> Solution | None:
+def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: int = 20_000,
+          max_work: int = 100_000) -> Solution | None:
     """Exact optimum for one cap by a Pareto-list DP over copies, pruned with ``lower``.
 
-    Returns None when no assignment reaches ``lower``; raises ``TooLarge`` past ``max_states`` states.
+    Returns None when no assignment reaches ``lower``; raises ``TooLarge`` past ``max_states`` states in one layer
+    or ``max_work`` states generated in all (planning stays well under a second; the greedy's bound stands).
     """
+    work = 0
     allowed = [_allowed(it, cap) for it in items]
     if any(not a for a in allowed):
         return None
@@ -215,6 +218,9 @@ def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: in
                 nv = v + it.value[c]
                 if nb <= budget and nv + best_rest[i + 1] >= lower - TOL:
                     new.append((nb, nv, pi, c))
+        work += len(new)
+        if work > max_work:
+            raise TooLarge
         new.sort(key=lambda s: (s[0], -s[1]))
         pareto, top = [], -math.inf
         for s in new:

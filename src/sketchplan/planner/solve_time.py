@@ -165,7 +165,7 @@ def solve_two(items: list[Item], budget: int | None, time_budget: float | None,
 
     def at(lam: float) -> Solution:
         nonlocal best, upper
-        sol = solve(_priced(items, lam), budget)
+        sol = solve(_priced(items, lam), budget, exact_limit=0)  # the LP bound suffices inside the search
         upper = min(upper, sol.upper_bound + lam * time_budget)
         t = total_time(items, sol.assign)
         if t <= time_budget + 1e-12:
@@ -188,7 +188,7 @@ def solve_two(items: list[Item], budget: int | None, time_budget: float | None,
             hi = mid
         else:
             lo = mid
-        if hi - lo <= 1e-9 * hi:
+        if hi - lo <= 1e-3 * hi:  # the repair pass spends what the last halvings would refine
             break
     best.upper_bound = max(min(upper, base.upper_bound), best.value)
     best.status = "exact" if best.gap <= TOL * max(1.0, abs(best.upper_bound)) else "near-exact"
