@@ -9,8 +9,9 @@ four optimizers, each trained STEPS steps from the same initialisation and data 
 (a) AdamW (torch.optim.AdamW);
 (b) the best single-method uniform configuration that fits the budget (highest predicted score among Adam,
     Shampoo, blocked Shampoo B ∈ UNIFORM_BLOCKS and Sketchy k ∈ UNIFORM_RANKS with Adam or Adafactor grafting);
-(c) the default plan: ``make_plan(model, budget, hardware="auto")`` with the default grid and the default time
-    bound (3× all-Adam's predicted step; ``planner.time_bound``);
+(c) the default plan: ``make_plan(model, budget, hardware="auto", tokens_per_step=TOKENS)`` with the default grid
+    and the default time bound (the larger of 3× all-Adam's predicted step and 25% of the predicted
+    forward+backward at the task's tokens per step; ``planner.time_bound``);
 (d) the spectrum plan: (c) with ``spectrum=`` a ``probe`` of PROBE_STEPS AdamW steps (FD rank PROBE_RANK).
 The same learning rate for all (every matrix method is grafted onto Adam's step size), cosine schedule.
 
@@ -55,6 +56,7 @@ BUDGET_VS_ADAM = 1.5
 UNIFORM_RANKS = (4, 8, 16, 32, 64)
 UNIFORM_BLOCKS = (32, 64)
 PROBE_STEPS, PROBE_RANK = 30, 32
+TOKENS = {"lm": 16 * 64, "digits": 64}  # tokens (samples × positions) per training step
 ARMS = ("(a) AdamW", "(b) best uniform", "(c) default plan", "(d) spectrum plan")
 
 
@@ -112,11 +114,12 @@ def plans(task: Task) -> dict:
     fits = [(plan_from_configs(meta, c, o, hardware="auto"), c) for c in uniform]
     fits = [(p, c) for p, c in fits if p.totals.peak_bytes <= budget]
     best_uniform = max(fits, key=lambda pc: pc[0].totals.score)[0]
-    default = make_plan(meta, budget, defaults=o, hardware="auto")
+    default = make_plan(meta, budget, defaults=o, hardware="auto", tokens_per_step=TOKENS[task.name])
     t = time.perf_counter()
     spectra = probe(task.model(0), task.loss, task.batches(99), steps=PROBE_STEPS, rank=PROBE_RANK, lr=LR[task.name])
     probe_s = time.perf_counter() - t
-    spectrum = make_plan(meta, budget, defaults=o, hardware="auto", spectrum=spectra)
+    spectrum = make_plan(meta, budget, defaults=o, hardware="auto", spectrum=spectra,
+                         tokens_per_step=TOKENS[task.name])
     return {"budget": budget, "adam": adam, "(b) best uniform": best_uniform, "(c) default plan": default,
             "(d) spectrum plan": spectrum, "probe_s": probe_s}
 
@@ -182,7 +185,9 @@ def main() -> None:
     for n, task in tasks.items():
         inf = info[n]
         lines += [f"## {n}: {STEPS[n]} steps, lr {LR[n]}, memory budget {inf['budget']:,} B "
-                  f"({BUDGET_VS_ADAM}× all-Adam's peak), probe {PROBE_STEPS} steps in {inf['probe_s']:.0f} s", ""]
+                  f"({BUDGET_VS_ADAM}× all-Adam's peak), probe {PROBE_STEPS} steps in {inf['probe_s']:.0f} s", "",
+                  f"Default time bound of (c): {inf['(c) default plan'].budget.time_budget_ms:.3f} ms "
+                  f"({inf['(c) default plan'].budget.time_budget_source}).", ""]
         lines += ["| optimizer | configuration | predicted score | state (B) | predicted step (ms) | "
                   "measured opt.step median (ms) | val loss @ equal steps | val loss @ equal wall-clock | "
                   "train time (s) |", "|---|---|---|---|---|---|---|---|---|"]

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--max-step-vs-adam", type=float, default=DEFAULT_MAX_STEP_VS_ADAM, metavar="X",
                     help="default time bound: the optimizer step at most X times all-Adam's predicted step "
                     f"(default {DEFAULT_MAX_STEP_VS_ADAM:g}; inf: no bound; see docs/hardware-profiles.md)")
+    pl.add_argument("--tokens-per-step", type=int, metavar="N", help="tokens (samples × positions) per training "
+                    "step: the forward+backward estimate uses it, and the default time bound is then at least 25%% "
+                    "of that forward+backward (default: shown at 8,192, bound by --max-step-vs-adam alone)")
     pl.add_argument("--methods", type=_csv(str), default=list(DEFAULT_METHODS),
                     help=f"comma list (default {','.join(DEFAULT_METHODS)}; also extreme_tensoring, kradagrad)")
     pl.add_argument("--ranks", type=_csv(int), default=list(DEFAULT_RANKS), help="Sketchy ranks")
@@ -223,7 +226,7 @@ def _cmd_plan(args, console) -> int:
                            shard_optimizer_state=args.shard_optimizer_state, param_dtype=args.param_dtype,
                            grad_dtype=args.grad_dtype, master_weights=args.master_weights, spectrum=args.spectrum,
                            hardware=args.hardware, time_budget_ms=args.time_budget_ms,
-                           max_step_vs_adam=args.max_step_vs_adam)
+                           max_step_vs_adam=args.max_step_vs_adam, tokens_per_step=args.tokens_per_step)
     render_plan(plan, console, _mode(args), None if args.all else 60)
     if args.explain:
         from .planner.explain import explain

@@ -121,7 +121,7 @@ def totals_table(plan: Plan) -> Table:
         if tot.adam_step_ms:
             t.add_row("  vs all-Adam's step", f"{tot.step_ms / tot.adam_step_ms:.2f}× ({_ms(tot.adam_step_ms)} ms)")
         if tot.forward_backward_ms:
-            t.add_row("  vs forward+backward (6·N·8192 tokens)",
+            t.add_row(f"  vs forward+backward (6·N·{tot.tokens_per_step or 8192:,} tokens)",
                       f"{100 * tot.step_ms / tot.forward_backward_ms:.1f}% ({_ms(tot.forward_backward_ms)} ms)")
     if b.time_budget_ms is not None:
         t.add_row("time budget", f"{_ms(b.time_budget_ms)} ms" + (f" ({b.time_budget_source})"

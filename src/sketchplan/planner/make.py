@@ -120,7 +120,7 @@ def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer=
 
 
 def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ranks, block_sizes, hardware,
-              grid: CandidateGrid | None = None) -> Plan:
+              grid: CandidateGrid | None = None, tokens_per_step: int | None = None) -> Plan:
     c = _costs(spec, choice, opts, world, shard)
     profile = resolve_profile(hardware)
     timer = None if profile is None else StepTimer(CostModel(profile), opts)
@@ -133,8 +133,9 @@ def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ran
         peak_bytes=fixed.total + c.per_rank + c.workspace, state_bytes_by_method=c.by_method,
         step_ms=step_ms, score=round(c.score, 6),
         adam_step_ms=None if timer is None else round(time_bound.adam_step_ms(spec, timer), 3),
-        forward_backward_ms=None if profile is None else round(time_bound.forward_backward_ms(spec.n_trainable,
-                                                                                               profile), 3),
+        forward_backward_ms=None if profile is None else round(time_bound.forward_backward_ms(
+            spec.n_trainable, profile, tokens_per_step or time_bound.DEFAULT_TOKENS_PER_STEP), 3),
+        tokens_per_step=None if profile is None else tokens_per_step or time_bound.DEFAULT_TOKENS_PER_STEP,
     )
     return Plan(
         created_by=f"sketchplan {__version__}",
@@ -159,7 +160,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
               world_size: int = 1, shard_optimizer_state: bool = False, param_dtype: str | None = None,
               grad_dtype: str | None = None, master_weights: bool = False, hardware=None,
               spectrum=None, time_budget_ms: float | None = None,
-              max_step_vs_adam: float | None = DEFAULT_MAX_STEP_VS_ADAM) -> Plan:
+              max_step_vs_adam: float | None = DEFAULT_MAX_STEP_VS_ADAM, tokens_per_step: int | None = None) -> Plan:
     """Choose one candidate per trainable tensor maximising the parameter-weighted score within the budget.
 
     ``model``: an ``nn.Module`` (meta device is fine) or a ``ModelSpec``. ``memory_budget``: bytes or a size
@@ -172,7 +173,8 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     None); the solver then honours both budgets (``planner.solve_time``) and reports which binds and what
     relaxing it would buy. ``max_step_vs_adam``: without ``time_budget_ms`` but with ``hardware``, the time
     budget is this multiple of all-Adam's predicted step (the default bound, ``planner.time_bound``; None or
-    ``inf``: no bound). The bound applied and where it came from are written to ``plan.budget``.
+    ``inf``: no bound), raised to a quarter of the predicted forward+backward when ``tokens_per_step`` is given.
+    The bound applied and where it came from are written to ``plan.budget``.
     Raises ``UserError`` when no plan fits, naming the minimum.
     """
     t0 = time.perf_counter()
@@ -195,7 +197,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
             raise UserError(f"time budget {time_budget_ms:g} ms must be positive.")
         hardware = "auto" if hardware is None else hardware
     timer = None if hardware is None else StepTimer(CostModel(resolve_profile(hardware)), opts)
-    time_budget_ms, time_source = time_bound.choose(spec, timer, time_budget_ms, max_step_vs_adam)
+    time_budget_ms, time_source = time_bound.choose(spec, timer, time_budget_ms, max_step_vs_adam, tokens_per_step)
     groups = _groups(spec, configs, opts, spectrum.tensors if spectrum is not None else None, timer)
     fixed = fixed_bytes(spec, prec)
     items = [Item(len(g.params), [c.state_bytes for c in g.cands], [c.workspace_bytes for c in g.cands],
@@ -241,7 +243,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     grid = CandidateGrid(methods=list(methods), ranks=list(ranks), block_sizes=list(block_sizes),
                          grafts=list(grafts), momenta=list(momenta))
     return _assemble(spec, choice, opts, fixed, budget, prec, world_size, shard, info, ranks, block_sizes, hardware,
-                     grid)
+                     grid, tokens_per_step)
 
 
 def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = None, *, source: str = "",

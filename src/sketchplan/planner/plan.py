@@ -107,6 +107,7 @@ class Totals(_Strict):
     adam_step_ms: float | None = Field(default=None, description="all-Adam's predicted step on the same profile")
     forward_backward_ms: float | None = Field(default=None, description="predicted forward+backward of one "
                                               "training step, 6·N·tokens FLOPs (planner.time_bound)")
+    tokens_per_step: int | None = Field(default=None, description="tokens per step behind forward_backward_ms")
     score: float = Field(description="parameter-weighted preconditioning score in [0, 1]")
 
 
