@@ -212,7 +212,12 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         try:
             sol = solve_two(items, state_budget, time_budget_ms)
         except InfeasibleTime as inf:
-            raise UserError(time_bound.infeasible_message(time_budget_ms, time_source, inf.min_ms)) from None
+            if time_source == "--time-budget-ms":
+                raise UserError(time_bound.infeasible_message(time_budget_ms, time_source, inf.min_ms)) from None
+            # a default bound never makes a memory-feasible plan infeasible: it rises to the fastest plan that fits
+            time_budget_ms = inf.min_ms * (1 + 1e-9)
+            time_source += f"; raised to the fastest plan that fits the memory budget ({inf.min_ms:.4g} ms)"
+            sol = solve_two(items, state_budget, time_budget_ms)
         except Infeasible as inf:
             if shard and state_budget < (avail - fixed.total) * world_size:
                 raise UserError(f"with --world-size {world_size} no plan fits {fmt_bytes(avail)} per rank because "

@@ -32,7 +32,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from ..methods import METHOD_MODULES
-from ..methods.blocking import matrix_plan
+from ..methods.blocking import cached_plan
 from ..methods.layout import MethodConfig, OptimizerDefaults
 
 DIAGONAL_SCORE = 0.5
@@ -70,7 +70,7 @@ def score(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, sp
     ``spectrum``: the tensor's measured ``TensorSpectrum`` (``planner.spectrum``); when given and its merged
     shape matches, measured shares replace the prior.
     """
-    mp = matrix_plan(tuple(shape), cfg.block_size, opts.merge_dims, opts.max_precond_dim, cfg.batch_dims, cfg.splits,
+    mp = cached_plan(tuple(shape), cfg.block_size, opts.merge_dims, opts.max_precond_dim, cfg.batch_dims, cfg.splits,
                      cfg.split_axis)
     if spectrum is not None and (tuple(spectrum.merged) != mp.merged or mp.batched or mp.splits):
         spectrum = None

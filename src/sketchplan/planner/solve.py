@@ -192,13 +192,14 @@ class TooLarge(Exception):
 
 
 def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: int = 20_000,
-          max_work: int = 100_000) -> Solution | None:
+          max_work: int = 30_000, spent: list[int] | None = None) -> Solution | None:
     """Exact optimum for one cap by a Pareto-list DP over copies, pruned with ``lower``.
 
     Returns None when no assignment reaches ``lower``; raises ``TooLarge`` past ``max_states`` states in one layer
     or ``max_work`` states generated in all (planning stays well under a second; the greedy's bound stands).
+    ``spent``: a one-element counter shared by the calls of one solve, so that ``max_work`` bounds them together.
     """
-    work = 0
+    spent = [0] if spent is None else spent
     allowed = [_allowed(it, cap) for it in items]
     if any(not a for a in allowed):
         return None
@@ -218,8 +219,8 @@ def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: in
                 nv = v + it.value[c]
                 if nb <= budget and nv + best_rest[i + 1] >= lower - TOL:
                     new.append((nb, nv, pi, c))
-        work += len(new)
-        if work > max_work:
+        spent[0] += len(new)
+        if spent[0] > max_work:
             raise TooLarge
         new.sort(key=lambda s: (s[0], -s[1]))
         pareto, top = [], -math.inf
@@ -283,10 +284,11 @@ def solve(items: list[Item], budget: int | None, exact_limit: int = 64) -> Solut
     if sum(it.count for it in items) <= exact_limit:
         try:
             results = []
+            spent = [0]
             for cap in caps:
                 ms = min_state(items, cap)
                 if ms is not None and ms[0] + cap <= budget:
-                    sol = exact(items, budget - cap, cap, best.value)
+                    sol = exact(items, budget - cap, cap, best.value, spent=spent)
                     if sol is not None:
                         results.append(sol)
         except TooLarge:
