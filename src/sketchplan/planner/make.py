@@ -107,13 +107,14 @@ def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer=
     for cfg in alts:
         choice = {}
         for p in spec.trainable:
-            key = (p.shape, cfg)
+            own = structure.structured(cfg, p) or cfg
+            key = (p.shape, own)
             if key not in cache:
-                cache[key] = cand.evaluate(p.shape, cfg, opts)
+                cache[key] = cand.evaluate(p.shape, own, opts)
             choice[p.name] = cache[key]
         c = _costs(spec, choice, opts, world, shard)
         peak = fixed.total + c.per_rank + c.workspace
-        ms = None if timer is None else round(sum(timer(p.shape, cfg)[0] for p in spec.trainable), 3)
+        ms = None if timer is None else round(sum(timer(p.shape, choice[p.name].cfg)[0] for p in spec.trainable), 3)
         out.append(WhatIf(label="all " + cfg.label(), state_bytes=c.state, peak_bytes=peak,
                           fits=avail is None or peak <= avail, score=round(c.score, 6), step_ms=ms))
     return out

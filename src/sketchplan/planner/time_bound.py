@@ -15,7 +15,7 @@ multiple needs no assumption about batch size or sequence length (the forward+ba
 is the bound; the forward+backward estimate is shown beside it for context (``forward_backward_ms``).
 
 Why the forward+backward term. What a practitioner pays for is wall-clock to a loss: the optimizer's step competes
-with the forward+backward, not with Adam's step. On small models (``benchmarks/results/autotune_value.md``: a
+with the forward+backward, not with Adam's step. On small models (``benchmarks/results/autotune_value_adam_bound.md``: a
 1M-parameter char-LM whose forward+backward is ~25× Adam's step) 3× Adam allowed almost no preconditioning, and
 the plan was not better than AdamW at equal wall-clock. With the batch known, adding up to a quarter of the
 forward+backward to each step is worth it when preconditioning saves more than a fifth of the steps, which the
