@@ -39,6 +39,8 @@ FAMILY = {"gemm": "gemm", "lowrank_apply": "gemm", "inv_root": "decomposition", 
 VERSION = 1
 
 Measure = Callable[[str, str, tuple[int, ...]], float]
+#: Ratios measured by this process (also the uncached ones of a busy machine: measured once per process).
+_MEASURED: dict[str, dict] = {}
 
 
 def _cache_file(profile: HardwareProfile, info: DeviceInfo) -> Path:
@@ -126,8 +128,8 @@ def scaled(profile: HardwareProfile, info: DeviceInfo, table: dict[str, list[lis
 def calibrate(profile: HardwareProfile, info: DeviceInfo, measure: Measure | None = None) -> HardwareProfile | None:
     """The scaled profile for this host (cached ratios, else measured now); None when it cannot be measured."""
     path = _cache_file(profile, info)
-    table = None
-    if path.is_file():
+    table = _MEASURED.get(str(path)) if measure is None else None
+    if table is None and path.is_file():
         try:
             data = json.loads(path.read_text())
             if data.get("version") == VERSION and set(data.get("ratios", {})) == set(REFERENCE):
@@ -144,6 +146,7 @@ def calibrate(profile: HardwareProfile, info: DeviceInfo, measure: Measure | Non
                 return None
             measure = torch_measure(info.cores)
         table = ratios(profile, measure)
+        _MEASURED[str(path)] = table
         busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > (info.cores or os.cpu_count() or 1)
         try:
             if busy:
