@@ -48,7 +48,7 @@ def test_default_bound_is_stated_recorded_and_met(gpt2):
     plan = make_plan(gpt2, "4GiB", hardware=PROFILE)
     adam = _adam_ms(gpt2)
     assert plan.budget.time_budget_ms == pytest.approx(3 * adam, rel=1e-6)
-    assert plan.budget.time_budget_source.startswith("default: 3× all-Adam")
+    assert plan.budget.time_budget_source.startswith("default: 3x all-Adam")
     assert plan.totals.step_ms <= plan.budget.time_budget_ms * (1 + 1e-6)
     assert plan.totals.adam_step_ms == pytest.approx(adam, rel=1e-6)
     assert plan.totals.forward_backward_ms == pytest.approx(

@@ -55,7 +55,7 @@ def choose(spec, timer, time_budget_ms: float | None, max_step_vs_adam: float | 
                         "multiple of at least 1 (or inf for no bound).")
     adam = adam_step_ms(spec, timer)
     bound = max_step_vs_adam * adam
-    source = f"default: {max_step_vs_adam:g}× all-Adam's predicted step ({adam:.4g} ms)"
+    source = f"default: {max_step_vs_adam:g}x all-Adam's predicted step ({adam:.4g} ms)"
     if tokens_per_step:
         fb = forward_backward_ms(spec.n_trainable, timer.cost.profile, tokens_per_step)
         if fb is not None and DEFAULT_MAX_STEP_VS_FB * fb > bound:
