@@ -17,7 +17,10 @@ consecutive steps (≥ 20, holding ``CYCLES`` root refreshes). "measured" is the
 plan predicts (every root refresh amortised over PF steps); the median of the non-refresh steps is compared with
 the predicted every-step part as well. Errors are (predicted − measured) / measured. The machine is shared: the
 ``slowdown`` column times reference kernels around each row against the profile, and the adjusted error scales
-the prediction by it (both are reported).
+the prediction by it (both are reported). The calibrated error re-predicts the same plan (same kernels, same
+variants) with the profile scaled by ``profiles.calibrate`` measured just before the row (per kernel family, at
+two sizes, interpolated in log-work): what ``--hardware auto`` does on a machine whose state differs from the
+profile's.
 """
 
 from __future__ import annotations
@@ -102,6 +105,26 @@ def split_prediction(plan, opts, cost: CostModel) -> float:
     return total * 1e3
 
 
+def predicted_ms(plan, opts, cost: CostModel) -> float:
+    """The plan's amortised step under ``cost``, with the plan's own kernel variants."""
+    total = 0.0
+    for e in plan.tensors:
+        cfg = e.config()
+        if cfg is None:
+            continue
+        for c in METHOD_MODULES[cfg.method].kernel_calls(tuple(e.shape), cfg, opts):
+            total += cost.call(c, (e.variant or {}).get(c.kernel)).seconds / c.every
+    return total * 1e3
+
+
+def calibrated_cost(profile) -> CostModel:
+    """The profile scaled by a calibration measured now at its thread count (not cached)."""
+    from sketchplan.profiles.calibrate import ratios, scaled, torch_measure
+
+    table = ratios(profile, torch_measure(profile.device.cores))
+    return CostModel(scaled(profile, profile.device, table))
+
+
 def slowdown(cost: CostModel) -> float:
     """Measured / profiled time of reference kernels now (a shared CPU's load changes between the profile run
     and this one): the geometric mean over a matrix product, an eigh root and an elementwise pass."""
@@ -143,11 +166,12 @@ def main() -> None:
         torch.set_num_threads(profile.device.cores)
     opts = OptimizerDefaults(precondition_frequency=PF)
     cost = CostModel(profile)
-    rows, errs, adj_errs = [], [], []
+    rows, errs, adj_errs, cal_errs = [], [], [], []
     for mname, factory in MODELS.items():
         model = factory()
         for pname, plan in plans(model, profile, opts).items():
             before = slowdown(cost)
+            pred_cal = predicted_ms(plan, opts, calibrated_cost(profile))
             mean_ms, plain_ms = measure(model, plan)
             load = (before * slowdown(cost)) ** 0.5
             pred = plan.totals.step_ms
@@ -156,10 +180,12 @@ def main() -> None:
             adj = (pred * load - mean_ms) / mean_ms
             errs.append(abs(err))
             adj_errs.append(abs(adj))
+            cal = (pred_cal - mean_ms) / mean_ms
+            cal_errs.append(abs(cal))
             methods = ", ".join(f"{m}" for m in sorted(plan.totals.state_bytes_by_method))
             rows.append(f"| {mname} | {pname} ({methods}) | {pred:,.1f} | {mean_ms:,.1f} | {err:+.1%} | "
                         f"{pred_plain:,.1f} | {plain_ms:,.1f} | {(pred_plain - plain_ms) / plain_ms:+.1%} | "
-                        f"{load:.2f} | {adj:+.1%} |")
+                        f"{load:.2f} | {adj:+.1%} | {pred_cal:,.1f} | {cal:+.1%} |")
             print(rows[-1], flush=True)
     head = [
         "# Predicted vs measured optimizer step time",
@@ -177,11 +203,13 @@ def main() -> None:
         f"on 2 cores). The mix's grid: ranks {MIX_RANKS}, block sizes {MIX_BLOCKS}.",
         "",
         "| model | plan (methods) | predicted ms/step | measured ms/step | error | predicted plain ms | measured plain "
-        "ms | error | slowdown | adjusted error |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "ms | error | slowdown | adjusted error | calibrated prediction ms | calibrated error |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     tail = ["", f"Amortised step, {len(errs)} rows: median |error| {statistics.median(errs):.1%}, worst "
-                f"{max(errs):.1%}; load-adjusted: median {statistics.median(adj_errs):.1%}, worst {max(adj_errs):.1%}."]
+                f"{max(errs):.1%}; load-adjusted: median {statistics.median(adj_errs):.1%}, worst {max(adj_errs):.1%}; "
+                f"calibrated (profiles.calibrate): median {statistics.median(cal_errs):.1%}, worst {max(cal_errs):.1%}. "
+                f"Goal: median ≤ 10%, worst ≤ 25%."]
     text = "\n".join(head + rows + tail) + "\n"
     print(tail[-1])
     OUT.parent.mkdir(exist_ok=True)

@@ -97,3 +97,46 @@ def test_binding_constraint_reported():
     with pytest.raises(InfeasibleTime) as exc:
         solve_two(items, 500, 0.5)
     assert exc.value.min_ms == 1.0
+
+
+def brute_min_time(items, budget):
+    copies = [g for g, it in enumerate(items) for _ in range(it.count)]
+    best = None
+    for choice in itertools.product(*[range(len(items[g].bytes)) for g in copies]):
+        b = sum(items[g].bytes[c] for g, c in zip(copies, choice)) + max(items[g].ws[c] for g, c in zip(copies, choice))
+        if b <= budget:
+            t = sum(items[g].time[c] for g, c in zip(copies, choice))
+            best = t if best is None else min(best, t)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_every_time_budget_from_the_fastest_feasible_plan_gets_a_plan(seed):
+    # the fastest plan is computed under the memory budget: exactly at its time a plan exists, just below none
+    rng = random.Random(300 + seed)
+    items = rand_items(rng, rng.randint(1, 3), 2, 4)
+    budget = rng.randint(40, 300)
+    t_min = brute_min_time(items, budget)
+    if t_min is None:
+        return
+    sol = solve_two(items, budget, t_min * (1 + 1e-12))
+    assert sol.extra["time_ms"] <= t_min * (1 + 1e-9) and sol.state_bytes + sol.workspace_bytes <= budget
+    assert sol.value == pytest.approx(brute(items, budget, t_min * (1 + 1e-12)), rel=1e-9)
+    if t_min > 1e-6:
+        with pytest.raises(InfeasibleTime) as exc:
+            solve_two(items, budget, t_min * (1 - 1e-6))
+        assert exc.value.min_ms == pytest.approx(t_min, rel=1e-9)
+
+
+def test_fastest_is_the_per_tensor_fastest_when_it_fits_and_large_instances_get_a_plan_at_it():
+    from sketchplan.planner.solve_time import fastest
+
+    rng = random.Random(7)
+    items = rand_items(rng, 8, 50, 8)
+    big = 10**9
+    t, assign, exact = fastest(items, big)
+    assert exact and t == pytest.approx(sum(min(it.time) * it.count for it in items))
+    # a budget that excludes nothing: the time budget at exactly the fastest plan's time is honoured
+    sol = solve_two(items, big, t * (1 + 1e-12))
+    assert sol.extra["time_ms"] <= t * (1 + 1e-9)
+    assert sol.value >= sum(items[g].value[c] * n for g, a in enumerate(assign) for c, n in a.items()) - 1e-9

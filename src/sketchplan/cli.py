@@ -57,9 +57,19 @@ def flag_size(what: str = ""):
     return parse
 
 
+def _step_ratio(text: str) -> float:
+    """``--max-step-vs-adam``: a positive number, or ``inf`` for no default time bound."""
+    if text.strip().lower() == "inf":
+        return float("inf")
+    from .validate import flag_float
+
+    return flag_float(0, lo_open=True, example="3")(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     from .planner.candidates import (DEFAULT_BLOCK_SIZES, DEFAULT_GRAFTS, DEFAULT_METHODS, DEFAULT_MOMENTA,
                                      DEFAULT_RANKS)
+    from .planner.time_bound import DEFAULT_MAX_STEP_VS_ADAM
 
     from .validate import MAX_WORLD_SIZE, flag_float, flag_int
 
@@ -80,7 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--reserve", default=0, type=flag_size("reserve"),
                     help="memory kept free for activations (default 0)")
     pl.add_argument("--time-budget-ms", type=flag_float(0, lo_open=True, example="500"), help="amortised optimizer "
-                    "step time allowed, predicted with --hardware (default: no limit)")
+                    "step time allowed, predicted with --hardware (default: --max-step-vs-adam times all-Adam's "
+                    "step)")
+    pl.add_argument("--max-step-vs-adam", type=_step_ratio, default=DEFAULT_MAX_STEP_VS_ADAM, metavar="X",
+                    help="default time bound: the optimizer step at most X times all-Adam's predicted step "
+                    f"(default {DEFAULT_MAX_STEP_VS_ADAM:g}; inf: no bound; see docs/hardware-profiles.md)")
+    pl.add_argument("--tokens-per-step", type=flag_int(1, example="8192"), metavar="N", help="tokens (samples × "
+                    "positions) per training step: the forward+backward estimate uses it, and the default time bound "
+                    "is then at least 25%% of that forward+backward (default: shown at 8,192, bound by "
+                    "--max-step-vs-adam alone)")
     pl.add_argument("--methods", type=_csv(str), default=list(DEFAULT_METHODS),
                     help=f"comma list (default {','.join(DEFAULT_METHODS)}; also extreme_tensoring, kradagrad)")
     pl.add_argument("--ranks", type=_csv(int, "rank"), default=list(DEFAULT_RANKS), help="Sketchy ranks")
@@ -194,7 +212,8 @@ def _cmd_update(args, console) -> int:
     new = make_plan(spec, b.memory_bytes, source=source, defaults=old.defaults, reserve=b.reserve_bytes,
                     **settings_kwargs(s),
                     param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights,
-                    hardware=args.hardware, **grid)
+                    hardware=args.hardware, max_step_vs_adam=args.max_step_vs_adam, **grid,
+                    time_budget_ms=b.time_budget_ms if b.time_budget_source == "--time-budget-ms" else None)
     render_plan(new, console, _mode(args), None if args.all else 60)
     write_atomic(out, new.to_yaml(), "--update" if args.out is None else "--out")
     delta = new.totals.state_bytes - old.totals.state_bytes
@@ -269,7 +288,8 @@ def _cmd_plan(args, console) -> int:
                            shard_optimizer_state=args.shard_optimizer_state, param_dtype=args.param_dtype,
                            parallelism=args.parallelism, shard_group=args.shard_group,
                            grad_dtype=args.grad_dtype, master_weights=args.master_weights, spectrum=args.spectrum,
-                           hardware=args.hardware, time_budget_ms=args.time_budget_ms)
+                           hardware=args.hardware, time_budget_ms=args.time_budget_ms,
+                           max_step_vs_adam=args.max_step_vs_adam, tokens_per_step=args.tokens_per_step)
     render_plan(plan, console, _mode(args), None if args.all else 60)
     if args.explain:
         from .planner.explain import explain

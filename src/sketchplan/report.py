@@ -137,8 +137,14 @@ def totals_table(plan: Plan) -> Table:
     t.add_row("score (parameter-weighted)", f"{tot.score:.4f}")
     if tot.step_ms is not None:
         t.add_row("optimizer step (predicted, amortised)", f"{_ms(tot.step_ms)} ms")
+        if tot.adam_step_ms:
+            t.add_row("  vs all-Adam's step", f"{tot.step_ms / tot.adam_step_ms:.2f}× ({_ms(tot.adam_step_ms)} ms)")
+        if tot.forward_backward_ms:
+            t.add_row(f"  vs forward+backward (6·N·{tot.tokens_per_step or 8192:,} tokens)",
+                      f"{100 * tot.step_ms / tot.forward_backward_ms:.1f}% ({_ms(tot.forward_backward_ms)} ms)")
     if b.time_budget_ms is not None:
-        t.add_row("time budget", f"{b.time_budget_ms:g} ms")
+        t.add_row("time budget", f"{_ms(b.time_budget_ms)} ms" + (f" ({b.time_budget_source})"
+                                                                  if b.time_budget_source else ""))
     if plan.solver is not None:
         s = plan.solver
         t.add_row("solver", f"{s.status}, gap ≤ {s.gap:.2e}" + (f", {s.binding} binds" if s.binding else ""))
@@ -228,16 +234,25 @@ def render_explain(ex, console: Console) -> None:
     console.print(Text.assemble("Why ", (ex.name, "bold"), f" ({shape}) got ", (ex.chosen, "bold")))
     if not ex.rows:
         return
+    if ex.note:
+        console.print(ex.note)
+    if ex.binding and "time" in ex.binding:
+        console.print(f"The time budget binds ({ex.time_budget_ms:,.1f} ms; the plan's step is predicted at "
+                      f"{ex.step_ms:,.1f} ms): a candidate that adds step time is taken only where its score gain per "
+                      "millisecond beats the other tensors'.")
     if ex.price_per_gib:
         console.print(f"The {ex.binding or 'memory'} budget binds: at the optimum one more GiB is worth "
                       f"{ex.price_per_gib:.3g} of model score (the shadow price). An alternative is worth taking "
                       "when its score change per GiB beats that price.")
-    else:
+    elif not ex.binding:
         console.print("No budget binds: every tensor gets its best-scoring candidate (fewest bytes among ties).")
     t = Table(box=box.SIMPLE_HEAD, title="Efficient candidates (score against bytes)", title_justify="left")
     for col, j in (("", "center"), ("candidate", "left"), ("state", "right"), ("workspace", "right"),
                    ("score", "right"), ("model score per GiB vs chosen", "right"), ("verdict", "left")):
         t.add_column(col, justify=j)
+    timed = any(r.step_ms is not None for r in ex.rows)
+    if timed:
+        t.add_column("step ms", justify="right")
     price = ex.price_per_gib or 0.0
     for r in ex.rows:
         if r.chosen:
@@ -252,6 +267,12 @@ def render_explain(ex, console: Console) -> None:
                     "worth it, but did not fit"
             else:
                 verdict = "saves bytes but loses more score" if r.gain_per_gib >= price else "cheaper, not needed"
+            ch = next(x for x in ex.rows if x.chosen)
+            if r.score <= ch.score + 1e-12 and r.state_bytes >= ch.state_bytes:
+                verdict = "no better score, more bytes"
+            elif timed and r.step_ms is not None and ch.step_ms is not None and r.step_ms > ch.step_ms \
+                    and ex.binding and "time" in ex.binding and r.score > ch.score:
+                verdict = f"better, but +{r.step_ms - ch.step_ms:.3g} ms (time budget)"
         t.add_row("▶" if r.chosen else "", r.label, fb(r.state_bytes), fb(r.workspace_bytes), f"{r.score:.3f}",
-                  per, verdict)
+                  per, verdict, *([("" if r.step_ms is None else f"{r.step_ms:.3g}")] if timed else []))
     console.print(t)

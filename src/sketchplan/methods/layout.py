@@ -88,6 +88,11 @@ class MethodConfig(BaseModel):
     block_size: int | None = Field(default=None, gt=0)
     graft: Graft = "adam"
     momentum: Momentum = "float32"
+    # structure of the tensor (methods.blocking rule 3): leading axes that index independent matrices (stacked
+    # experts), and fused segment sizes along matrix axis ``split_axis`` (gate|up, q|k|v); the planner sets them
+    batch_dims: int = Field(default=0, ge=0)
+    splits: tuple[int, ...] | None = None
+    split_axis: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> "MethodConfig":
@@ -108,6 +113,10 @@ class MethodConfig(BaseModel):
             inner.append(f"k={self.rank}")
         if self.block_size is not None:
             inner.append(f"B={self.block_size}")
+        if self.batch_dims and self.method in MATRIX_METHODS:
+            inner.append("per expert")
+        if self.splits and self.method in MATRIX_METHODS:
+            inner.append("split " + "|".join(map(str, self.splits)))
         text = self.method + (f"({', '.join(inner)})" if inner else "")
         if self.method in MATRIX_METHODS:
             mom = {"none": "nomom", "float32": "fp32", "bfloat16": "bf16"}[self.momentum]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 from ..kernels.calls import KernelCall, gemm, pointwise
-from .blocking import MatrixPlan, matrix_plan
+from .blocking import MatrixPlan, cached_plan
 from .common import diagonal_tail
 from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
 from .step_calls import matrix_frame_calls, unfold_copies
@@ -42,7 +42,8 @@ def kept_rank(cfg: MethodConfig, block: int) -> int:
 
 
 def plan_for(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> MatrixPlan:
-    return matrix_plan(shape, cfg.block_size, opts.merge_dims, opts.max_precond_dim)
+    return cached_plan(tuple(shape), cfg.block_size, opts.merge_dims, opts.max_precond_dim, cfg.batch_dims,
+                       cfg.splits, cfg.split_axis)
 
 
 def factor_layout(mp: MatrixPlan, names: tuple[str, str], dtype: str) -> list[StateTensor]:

@@ -30,6 +30,9 @@ class ParamSpec:
     trainable: bool = True
     module: str = ""
     tied: tuple[str, ...] = ()
+    batch_dims: int = 0  # leading axes indexing independent matrices (stacked experts; planner.structure)
+    splits: tuple[int, ...] | None = None  # fused segment sizes along matrix axis split_axis (gate|up, q|k|v)
+    split_axis: int = 0
 
     @property
     def numel(self) -> int:
@@ -152,6 +155,9 @@ def analyze(model, source: str = "") -> ModelSpec:
             module=name.rsplit(".", 1)[0] if "." in name else "",
             tied=tuple(aliases[key]),
         ))
+    from .structure import annotate
+
+    params = annotate(params, model)
     buffers = [BufferSpec(n, tuple(int(d) for d in b.shape), torch_dtype_name(b.dtype))
                for n, b in model.named_buffers()]
     return ModelSpec(params=params, buffers=buffers, source=source)

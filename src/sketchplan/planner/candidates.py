@@ -3,8 +3,10 @@
 A candidate is a ``MethodConfig``: method, rank or block size, graft and momentum (grafting and momentum are
 part of a candidate because they dominate memory once the preconditioner is sublinear). For each distinct
 (shape, dtype) the planner evaluates every candidate once — bytes from ``methods.state_layout``, workspace
-from ``methods.workspace_bytes``, score from ``planner.quality`` — and drops candidates that another beats
-or ties on all three.
+from ``methods.workspace_bytes``, score from ``planner.quality``, and with a hardware profile the predicted
+amortised step time (``planner.timing``) — and drops candidates that another beats or ties on all of them.
+Time is part of the dominance test: without it Adam (more bytes than a sublinear Sketchy, a lower score) would
+be pruned before the time budget is considered, and the fastest plan would be lost.
 
 Tensors without elements (a zero-sized dimension) have nothing to precondition: every candidate on them is
 Adam, whose moments are empty. Blocked candidates that would cut one axis into more than
@@ -14,7 +16,7 @@ them); Adam, a fallback every grid can name, is offered instead when nothing els
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import UserError
 from ..methods import METHOD_MODULES, state_layout, total_bytes, workspace_bytes
@@ -35,6 +37,7 @@ class Candidate:
     state_bytes: int
     workspace_bytes: int
     score: float
+    time_ms: float = 0.0  # predicted amortised step time (0 without a hardware profile)
 
 
 def check_grid(methods, ranks, block_sizes, grafts, momenta) -> None:
@@ -89,9 +92,10 @@ def evaluate(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults,
 
 
 def candidates_for(shape: tuple[int, ...], configs: list[MethodConfig], opts: OptimizerDefaults,
-                   spectrum=None) -> list[Candidate]:
-    """Evaluated candidates for ``shape``, without duplicates and without dominated ones, sorted by bytes."""
-    seen: dict[tuple[int, int, float], Candidate] = {}
+                   spectrum=None, timer=None) -> list[Candidate]:
+    """Evaluated candidates for ``shape``, without duplicates and without dominated ones (in bytes, workspace,
+    score and, with ``timer`` (``planner.timing.StepTimer``), predicted step time), sorted by bytes."""
+    seen: dict[tuple, Candidate] = {}
     if _empty(shape):
         configs = [ADAM]
     allowed = [cfg for cfg in configs if offered(shape, cfg, opts)] or [ADAM]
@@ -99,17 +103,21 @@ def candidates_for(shape: tuple[int, ...], configs: list[MethodConfig], opts: Op
         c = evaluate(shape, cfg, opts, spectrum)
         if c.state_bytes > MAX_BYTES or c.workspace_bytes > MAX_BYTES:
             continue
-        key = (c.state_bytes, c.workspace_bytes, round(c.score, 12))
+        if timer is not None:
+            c = replace(c, time_ms=timer(shape, cfg)[0])
+        key = (c.state_bytes, c.workspace_bytes, round(c.score, 12), round(c.time_ms, 9))
         if key not in seen:  # the first config in grid order wins a tie (simplest: lower rank/block first)
             seen[key] = c
     if not seen:
         c = evaluate(shape, ADAM, opts, spectrum)
-        seen[(c.state_bytes, c.workspace_bytes, round(c.score, 12))] = c
+        if timer is not None:
+            c = replace(c, time_ms=timer(shape, ADAM)[0])
+        seen[(c.state_bytes, c.workspace_bytes, round(c.score, 12), round(c.time_ms, 9))] = c
     cands = sorted(seen.values(), key=lambda c: (c.state_bytes, c.workspace_bytes, -c.score))
     kept: list[Candidate] = []
     for c in cands:
         if any(o.state_bytes <= c.state_bytes and o.workspace_bytes <= c.workspace_bytes and o.score >= c.score
-               for o in kept):
+               and o.time_ms <= c.time_ms for o in kept):
             continue
         kept.append(c)
     return kept

@@ -4,7 +4,9 @@ Lists the tensor's efficient candidates (the upper convex hull of score against 
 state bytes, workspace, score and value per byte, marks the chosen one, and compares every alternative with the
 budget's shadow price at the optimum (the parameter-weighted score one more GiB would buy). A costlier
 candidate was not taken because its score gain per GiB is below that price; a cheaper one because it gives up
-more score than its saved bytes are worth.
+more score than its saved bytes are worth. With a hardware profile every row also shows its predicted step time,
+and a candidate the time budget excludes says so. A vector (merged order 1) also lists the best matrix
+candidate and why the score model gives it nothing over the diagonal one (``planner.quality``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Row:
     score: float
     chosen: bool
     gain_per_gib: float | None  # score (parameter-weighted, whole model) per GiB relative to the chosen one
+    step_ms: float | None = None
 
 
 @dataclass
@@ -38,6 +41,28 @@ class Explanation:
     price_per_gib: float | None
     binding: str | None
     rows: list[Row]
+    note: str | None = None
+    time_budget_ms: float | None = None
+    step_ms: float | None = None  # the whole plan's predicted step
+
+
+def _timer(plan: Plan):
+    """The plan's profile as a step timer, when it can be resolved again (None otherwise)."""
+    if not plan.hardware:
+        return None
+    from ..errors import UserError as _UE
+    from ..profiles.cost import CostModel
+    from ..profiles.registry import label, resolve
+    from .timing import StepTimer
+
+    for name in (plan.hardware, "auto"):
+        try:
+            prof = resolve(name)
+        except (_UE, OSError, ValueError):
+            continue
+        if prof is not None and label(prof) == plan.hardware:
+            return StepTimer(CostModel(prof), plan.defaults)
+    return None
 
 
 def explain(plan: Plan, spec: ModelSpec, name: str) -> Explanation:
@@ -53,7 +78,8 @@ def explain(plan: Plan, spec: ModelSpec, name: str) -> Explanation:
     configs = cand.candidate_configs(*(tuple(getattr(grid, f)) for f in
                                        ("methods", "ranks", "block_sizes", "grafts", "momenta"))) if grid else []
     shape = tuple(entry.shape)
-    cands = cand.candidates_for(shape, configs, plan.defaults)
+    timer = _timer(plan)
+    cands = cand.candidates_for(shape, configs, plan.defaults, timer=timer)
     if not any(c.cfg == chosen for c in cands):
         cands.append(cand.evaluate(shape, chosen, plan.defaults))
     numel = 1
@@ -66,12 +92,39 @@ def explain(plan: Plan, spec: ModelSpec, name: str) -> Explanation:
 
     item = Item(1, [c.state_bytes for c in cands], [c.workspace_bytes for c in cands], [c.score for c in cands])
     keep = set(_hull(list(range(len(cands))), item)) | {cands.index(ch)}
+    if timer is not None:  # the fastest candidate too: what the time budget can always afford
+        keep.add(min(range(len(cands)), key=lambda i: (cands[i].time_ms, -cands[i].score)))
+    shown = [cands[i] for i in keep]
+    note = None
+    from ..methods import METHOD_MODULES
+    from ..methods.blocking import merged_shape
+
+    if len(merged_shape(shape, plan.defaults.merge_dims)) == 1:
+        mats = [c for c in (cand.evaluate(shape, cfg, plan.defaults) for cfg in configs)
+                if METHOD_MODULES[c.cfg.method].MATRIX]
+        if mats:
+            m = max(mats, key=lambda c: (c.score, -c.state_bytes))
+            if timer is not None:
+                from dataclasses import replace
+
+                m = replace(m, time_ms=timer(shape, m.cfg)[0])
+            if all(x.cfg != m.cfg for x in shown):
+                shown.append(m)
+            from .quality import VECTOR_MATRIX_GAIN
+
+            note = (f"{entry.name} is a vector ({shape[0]:,} elements): a matrix method would keep a "
+                    f"{shape[0]:,}×{shape[0]:,} factor ({m.cfg.label()}: {m.state_bytes:,} B of state vs "
+                    f"{ch.state_bytes:,} B). The calibrated score model credits preconditioning a vector with "
+                    f"{VECTOR_MATRIX_GAIN:g} of the gap to Shampoo's score (no measured gain; see "
+                    "docs/score-model.md), so the matrix candidate scores {:.3f}, no better than the diagonal one, "
+                    "and costs more bytes and time.".format(m.score))
     rows = []
-    for c in sorted((cands[i] for i in keep), key=lambda c: c.state_bytes):
+    for c in sorted(shown, key=lambda c: c.state_bytes):
         db = c.state_bytes - ch.state_bytes
         ds = (c.score - ch.score) * numel / total
         gain = None if db == 0 else ds / (db / 2**30)
-        rows.append(Row(c.cfg.label(), c.state_bytes, c.workspace_bytes, c.score, c.cfg == chosen, gain))
+        rows.append(Row(c.cfg.label(), c.state_bytes, c.workspace_bytes, c.score, c.cfg == chosen, gain,
+                        c.time_ms if timer is not None else None))
     s = plan.solver
     return Explanation(entry.name, shape, numel, MethodConfig.label(chosen), s.price_per_gib if s else None,
-                       s.binding if s else None, rows)
+                       s.binding if s else None, rows, note, plan.budget.time_budget_ms, plan.totals.step_ms)

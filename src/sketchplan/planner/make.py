@@ -22,12 +22,14 @@ from . import candidates as cand
 from .analysis import ModelSpec, ParamSpec, analyze, check_spec
 from .memory import FixedBytes, Precision, fixed_bytes
 from . import parallel as par_
+from . import structure, time_bound
 from .plan import Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry, Totals, WhatIf
 from .sizes import fmt_bytes, parse_size
 from .solve import Infeasible, Item
 from .solve_time import InfeasibleTime, solve_two
 from .solve_time import binding as bind_report
 from .timing import StepTimer
+from .time_bound import DEFAULT_MAX_STEP_VS_ADAM
 
 
 @dataclass
@@ -37,14 +39,19 @@ class _Group:
     cands: list[cand.Candidate]
 
 
-def _groups(spec: ModelSpec, configs: list[MethodConfig], opts: OptimizerDefaults, spectra=None) -> list[_Group]:
+def _groups(spec: ModelSpec, configs: list[MethodConfig], opts: OptimizerDefaults, spectra=None,
+            timer=None) -> list[_Group]:
     """Tensors of one shape share their candidates, except probed ones: each has its own measured spectrum."""
     spectra = spectra or {}
     by_key: OrderedDict[tuple, list[ParamSpec]] = OrderedDict()
     for p in spec.trainable:
-        by_key.setdefault((p.shape, p.name if p.name in spectra else None), []).append(p)
-    return [_Group(shape, ps, cand.candidates_for(shape, configs, opts, spectra.get(name)))
-            for (shape, name), ps in by_key.items()]
+        key = (p.shape, p.name if p.name in spectra else None, p.batch_dims, p.splits, p.split_axis)
+        by_key.setdefault(key, []).append(p)
+    out = []
+    for (shape, name, *_), ps in by_key.items():
+        own = [c for c in (structure.structured(cfg, ps[0]) for cfg in configs) if c is not None]
+        out.append(_Group(shape, ps, cand.candidates_for(shape, own, opts, spectra.get(name), timer)))
+    return out
 
 
 def _exclusions(spec: ModelSpec) -> dict[str, str]:
@@ -91,6 +98,8 @@ def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate],
         if c is not None:
             e.method, e.rank, e.block_size = c.cfg.method, c.cfg.rank, c.cfg.block_size
             e.graft, e.momentum = c.cfg.graft, c.cfg.momentum
+            e.batch_dims, e.split_axis = c.cfg.batch_dims, c.cfg.split_axis
+            e.splits = list(c.cfg.splits) if c.cfg.splits else None
             e.state_bytes, e.workspace_bytes, e.score = c.state_bytes, c.workspace_bytes, round(c.score, 6)
             if timer is not None:
                 ms, picks = timer(p.shape, c.cfg)
@@ -143,20 +152,23 @@ def _what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer=None, can
             continue  # no device runs it (candidates.MAX_BLOCKS_PER_AXIS)
         choice = {}
         for p in cand_spec.trainable:
-            key = (p.shape, cfg)
+            own = structure.structured(cfg, p) or cfg
+            key = (p.shape, own)
             if key not in cache:
-                cache[key] = cand.evaluate(p.shape, cfg, opts)
+                cache[key] = cand.evaluate(p.shape, own, opts)
             choice[p.name] = cache[key]
         c = _costs(spec, choice, opts, par, timer)
         peak = fixed.total + c.per_rank + c.workspace + c.extra
-        ms = None if timer is None else round(sum(timer(p.shape, cfg)[0] for p in cand_spec.trainable), 3)
+        ms = None if timer is None else round(sum(timer(p.shape, choice[p.name].cfg)[0]
+                                                  for p in cand_spec.trainable), 3)
         out.append(WhatIf(label="all " + cfg.label(), state_bytes=c.state, peak_bytes=peak,
                           fits=avail is None or peak <= avail, score=round(c.score, 6), step_ms=ms))
     return out
 
 
 def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block_sizes, hardware,
-              grid: CandidateGrid | None = None, excluded: dict[str, str] | None = None) -> Plan:
+              grid: CandidateGrid | None = None, excluded: dict[str, str] | None = None,
+              tokens_per_step: int | None = None) -> Plan:
     pspec = _plannable(spec, excluded or {})
     profile = resolve_profile(hardware)
     timer = None if profile is None else StepTimer(CostModel(profile), opts)
@@ -175,6 +187,10 @@ def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block
         params_bytes=fixed.params, grads_bytes=fixed.grads, master_bytes=fixed.master, state_bytes=c.state,
         state_bytes_per_rank=c.per_rank if par.world > 1 else None, workspace_bytes=c.workspace,
         peak_bytes=fixed.total + c.per_rank + c.workspace + c.extra, state_bytes_by_method=c.by_method,
+        adam_step_ms=None if timer is None else round(time_bound.adam_step_ms(cand_spec, timer), 3),
+        forward_backward_ms=None if profile is None else round(time_bound.forward_backward_ms(
+            pspec.n_trainable, profile, tokens_per_step or time_bound.DEFAULT_TOKENS_PER_STEP), 3),
+        tokens_per_step=None if profile is None else tokens_per_step or time_bound.DEFAULT_TOKENS_PER_STEP,
         step_ms=step_ms, score=round(c.score, 6),
     )
     if par.world > 1:
@@ -203,6 +219,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
               world_size: int = 1, shard_optimizer_state: bool = False, param_dtype: str | None = None,
               grad_dtype: str | None = None, master_weights: bool = False, hardware=None,
               spectrum=None, time_budget_ms: float | None = None, parallelism: str | None = None,
+              max_step_vs_adam: float | None = DEFAULT_MAX_STEP_VS_ADAM, tokens_per_step: int | None = None,
               shard_group: int | None = None) -> Plan:
     """Choose one candidate per trainable tensor maximising the parameter-weighted score within the budget.
 
@@ -216,12 +233,17 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     None); the solver then honours both budgets (``planner.solve_time``) and reports which binds and what
     relaxing it would buy. ``world_size`` and ``parallelism`` (``ddp``, ``zero1``, ``zero2``, ``fsdp``,
     ``hsdp`` with ``shard_group``; ``shard_optimizer_state`` is an alias of ``zero1``): the budget is per rank and
-    the totals carry per-rank figures (``planner.parallel``). Raises ``UserError`` when no plan fits, naming
+    the totals carry per-rank figures (``planner.parallel``). ``max_step_vs_adam``: without ``time_budget_ms``
+    but with ``hardware``, the time budget is this multiple of all-Adam's predicted step (the default bound,
+    ``planner.time_bound``; None or ``inf``: no bound), raised to a quarter of the predicted forward+backward when
+    ``tokens_per_step`` is given. The bound applied and where it came from are written to ``plan.budget``. Raises ``UserError`` when no plan fits, naming
     the minimum.
     """
     t0 = time.perf_counter()
     opts = defaults or OptimizerDefaults()
     spec, excluded, pspec = _validated(model, source)
+    spec.params = structure.annotate(spec.params)  # by name where no module told (shapes files, pytrees)
+    pspec = _plannable(spec, excluded)
     prec = Precision(param_dtype, grad_dtype, master_weights)
     from ..validate import MAX_WORLD_SIZE, number
 
@@ -238,18 +260,17 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         from .spectrum import SpectrumFile
 
         spectrum = SpectrumFile.load(str(spectrum))
-    groups = _groups(cand_spec, configs, opts, spectrum.tensors if spectrum is not None else None)
+    if time_budget_ms is not None:
+        hardware = "auto" if hardware is None else hardware
+    timer = None if hardware is None else StepTimer(CostModel(resolve_profile(hardware)), opts)
+    time_budget_ms, time_source = time_bound.choose(cand_spec, timer, time_budget_ms, max_step_vs_adam,
+                                                    tokens_per_step)
+    groups = _groups(cand_spec, configs, opts, spectrum.tensors if spectrum is not None else None, timer)
     fixed = par_.fixed_per_rank(spec, prec, par)
     items = [Item(len(g.params), [_knapsack_bytes(g.shape, c, opts, par) for c in g.cands],
-                  [c.workspace_bytes for c in g.cands], [c.score * _numel(g.shape) for c in g.cands])
+                  [c.workspace_bytes for c in g.cands], [c.score * _numel(g.shape) for c in g.cands],
+                  None if timer is None else [c.time_ms for c in g.cands])
              for g in groups]
-    if time_budget_ms is not None:
-        if time_budget_ms <= 0:
-            raise UserError(f"time budget {time_budget_ms:g} ms must be positive.")
-        hardware = "auto" if hardware is None else hardware
-        timer = StepTimer(CostModel(resolve_profile(hardware)), opts)
-        for g, it in zip(groups, items):
-            it.time = [timer(g.shape, c.cfg)[0] for c in g.cands]
     shard = par.owner
     assign_timer = None if hardware is None else StepTimer(CostModel(resolve_profile(hardware)), opts)
     avail = None if budget_bytes is None else budget_bytes - reserve_bytes
@@ -260,8 +281,12 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         try:
             sol = solve_two(items, state_budget, time_budget_ms)
         except InfeasibleTime as inf:
-            raise UserError(f"time budget {time_budget_ms:g} ms is below the fastest plan's predicted optimizer step, "
-                            f"{inf.min_ms:.3g} ms; raise --time-budget-ms to at least {inf.min_ms:.3g}.") from None
+            if time_source == "--time-budget-ms":
+                raise UserError(time_bound.infeasible_message(time_budget_ms, time_source, inf.min_ms)) from None
+            # a default bound never makes a memory-feasible plan infeasible: it rises to the fastest plan that fits
+            time_budget_ms = inf.min_ms * (1 + 1e-9)
+            time_source += f"; raised to the fastest plan that fits the memory budget ({inf.min_ms:.4g} ms)"
+            sol = solve_two(items, state_budget, time_budget_ms)
         except Infeasible as inf:
             if shard and state_budget < (avail - fixed.total) * par_.knapsack_scale(par):
                 raise UserError(f"with --world-size {world_size} no plan fits {fmt_bytes(avail)} per rank because "
@@ -290,10 +315,11 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     info = SolverInfo(status=sol.status, gap=gap, binding=binding, price_per_gib=price, relax=relax_info,
                       seconds=round(time.perf_counter() - t0, 4))
     budget.time_budget_ms = time_budget_ms
+    budget.time_budget_source = time_source
     grid = CandidateGrid(methods=list(methods), ranks=list(ranks), block_sizes=list(block_sizes),
                          grafts=list(grafts), momenta=list(momenta))
     return _assemble(spec, choice, opts, fixed, budget, prec, par, info, ranks, block_sizes, hardware, grid,
-                     excluded)
+                     excluded, tokens_per_step)
 
 
 def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = None, *, source: str = "",
@@ -321,7 +347,7 @@ def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None,
         if missing:
             raise UserError(f"no configuration given for tensor {missing[0]!r}.")
         pick = lambda p: configs[p.name]  # noqa: E731
-    choice = {p.name: cand.evaluate(p.shape, pick(spec_p), opts)
+    choice = {p.name: cand.evaluate(p.shape, structure.structured(pick(spec_p), p) or pick(spec_p), opts)
               for p, spec_p in zip(cand_spec.trainable, pspec.trainable)}
     budget = Budget(memory_bytes=None if memory_budget is None else parse_size(memory_budget, "memory budget"))
     info = SolverInfo(status="exact", gap=0.0, binding=None)

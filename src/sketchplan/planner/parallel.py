@@ -35,6 +35,8 @@ The single-device case is ``Parallel()`` (world size 1): everything whole, no bu
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import re
 from functools import lru_cache
@@ -118,7 +120,8 @@ def local_spec(spec: ModelSpec, par: Parallel, index: int = 0) -> ModelSpec:
     Shard 0 holds the largest shard of every tensor, so its state is the largest rank's."""
     if not par.sharded:
         return spec
-    params = [ParamSpec(p.name, local_shape(p.shape, par.shards, index), p.dtype, p.trainable, p.module, p.tied)
+    # the structure (stacked experts along dim 0) survives dim-0 sharding; fused splits may not: dropped
+    params = [dataclasses.replace(p, shape=local_shape(p.shape, par.shards, index), splits=None, split_axis=0)
               for p in spec.params]
     return ModelSpec(params=params, buffers=spec.buffers, source=spec.source)
 

@@ -54,6 +54,7 @@ class Budget(_Strict):
     memory_bytes: Size | None = None
     reserve_bytes: Size = 0
     time_budget_ms: float | None = Field(default=None, gt=0)
+    time_budget_source: str | None = None  # "--time-budget-ms" or the default bound's rule (planner.time_bound)
 
 
 class Settings(_Strict):
@@ -95,6 +96,10 @@ class TensorEntry(_Strict):
     block_size: Positive | None = None
     graft: Graft | None = None
     momentum: Momentum | None = None
+    batch_dims: int = Field(default=0, ge=0, description="leading axes indexing independent matrices (stacked "
+                            "experts)")
+    splits: list[int] | None = Field(default=None, description="fused segment sizes along split_axis (gate|up)")
+    split_axis: int = Field(default=0, ge=0)
     state_bytes: Count = Field(default=0, description="optimizer state of this tensor (under FSDP/HSDP: of its "
                                "shard on rank 0, the largest)")
     workspace_bytes: Count = 0
@@ -141,7 +146,9 @@ class TensorEntry(_Strict):
         if self.method is None:
             return None
         return MethodConfig(method=self.method, rank=self.rank, block_size=self.block_size,
-                            graft=self.graft or "adam", momentum=self.momentum or "float32")
+                            graft=self.graft or "adam", momentum=self.momentum or "float32",
+                            batch_dims=self.batch_dims, splits=tuple(self.splits) if self.splits else None,
+                            split_axis=self.split_axis)
 
 
 class Totals(_Strict):
@@ -163,6 +170,10 @@ class Totals(_Strict):
                                               "FSDP2 all-gather/reduce-scatter, the direction exchange")
     peak_bytes_per_rank: Count | None = None
     step_ms: Millis | None = None
+    adam_step_ms: Millis | None = Field(default=None, description="all-Adam's predicted step on the same profile")
+    forward_backward_ms: Millis | None = Field(default=None, description="predicted forward+backward of one "
+                                               "training step, 6·N·tokens FLOPs (planner.time_bound)")
+    tokens_per_step: Count | None = Field(default=None, description="tokens per step behind forward_backward_ms")
     score: Score = Field(description="parameter-weighted preconditioning score in [0, 1]")
 
 

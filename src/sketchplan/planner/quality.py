@@ -16,6 +16,13 @@ The default model is a documented prior, used until a measured spectrum replaces
   float32 1, bfloat16 0.995, none 0.92. A matrix method that falls back on a tensor (a scalar, a dimension
   above ``max_precond_dim``) scores as its graft: δ, or 0.3 for sgd.
 
+- Vectors (merged order 1: biases, norm gains, 1-D parameters): a matrix method would keep a d×d factor (full-matrix
+  AdaGrad on the vector). The score model gives it no credit over its diagonal graft (``VECTOR_MATRIX_GAIN`` = 0:
+  it scores as the graft), so the diagonal method, cheaper and faster, dominates it. Why: the reference Shampoo
+  implementations precondition vectors too, but nothing measured shows it pays; in
+  ``benchmarks/results/autotune_value.md`` the plans that won train vectors with Adam. A measured spectrum
+  (``--spectrum``) does not change this: the probe sketches only matrices.
+
 The planner maximises the parameter-weighted mean of these scores; the ordering full > blocked > sketched >
 diagonal at growing memory is what matters, and measured spectra (``sketchplan probe``) refine it.
 """
@@ -26,7 +33,7 @@ from functools import lru_cache
 import math
 
 from ..methods import METHOD_MODULES
-from ..methods.blocking import chunks, matrix_plan
+from ..methods.blocking import cached_plan
 from ..methods.layout import MethodConfig, OptimizerDefaults
 
 DIAGONAL_SCORE = 0.5
@@ -34,6 +41,8 @@ SPECTRUM_DECAY = 1.0
 GRAFT_FACTOR = {"adam": 1.0, "rmsprop": 0.99, "adafactor": 0.98, "sgd": 0.85}
 MOMENTUM_FACTOR = {"float32": 1.0, "bfloat16": 0.995, "none": 0.92}
 SGD_FALLBACK_SCORE = 0.3
+#: Credit a matrix method gets over its diagonal graft on a vector (module docstring): none.
+VECTOR_MATRIX_GAIN = 0.0
 
 
 #: above this many terms the harmonic sum is its exact head plus the Euler–Maclaurin tail (error < 1e-24)
@@ -77,8 +86,9 @@ def score(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, sp
     ``spectrum``: the tensor's measured ``TensorSpectrum`` (``planner.spectrum``); when given and its merged
     shape matches, measured shares replace the prior.
     """
-    mp = matrix_plan(tuple(shape), cfg.block_size, opts.merge_dims, opts.max_precond_dim)
-    if spectrum is not None and tuple(spectrum.merged) != mp.merged:
+    mp = cached_plan(tuple(shape), cfg.block_size, opts.merge_dims, opts.max_precond_dim, cfg.batch_dims, cfg.splits,
+                     cfg.split_axis)
+    if spectrum is not None and (tuple(spectrum.merged) != mp.merged or mp.batched or mp.splits):
         spectrum = None
     diag = DIAGONAL_SCORE if spectrum is None else sum(a.diag_mass for a in spectrum.axes) / len(spectrum.axes)
     mom = MOMENTUM_FACTOR[cfg.momentum]
@@ -86,11 +96,17 @@ def score(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, sp
     if not method.MATRIX:
         return method.SCORE_FACTOR * diag * mom
     graft = GRAFT_FACTOR[cfg.graft]
+    if mp.fallback is None and mp.order == 1 and spectrum is None and not mp.batched:
+        base = (SGD_FALLBACK_SCORE if cfg.graft == "sgd" else DIAGONAL_SCORE * graft) * mom
+        full = method.SCORE_FACTOR * graft * mom
+        return base + VECTOR_MATRIX_GAIN * max(0.0, full - base)
     if mp.fallback is not None:
         return (SGD_FALLBACK_SCORE * (diag / DIAGONAL_SCORE) if cfg.graft == "sgd" else diag * graft) * mom
     caps = []
-    for i, d in enumerate(mp.merged):
-        block = max(chunks(d, cfg.block_size))
+    for i, d in enumerate(mp.matrix_dims):
+        block = max(g[i] for g, _ in mp.groups)  # the largest block on this axis (segments cut it too)
+        if mp.splits and mp.splits[i]:
+            d = max(mp.splits[i])  # fused segments are independent matrices
         rank = min(method.kept_rank(cfg, block), block)
         caps.append(axis_capture(d, block, rank) if spectrum is None else spectrum.axes[i].capture(block, rank))
     if spectrum is None:

@@ -191,13 +191,15 @@ class TooLarge(Exception):
     """The exact search would keep more states than allowed."""
 
 
-def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: int = 200_000,
-          max_expansion: int = 1_000_000) -> Solution | None:
+def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: int = 20_000,
+          max_work: int = 30_000, spent: list[int] | None = None) -> Solution | None:
     """Exact optimum for one cap by a Pareto-list DP over copies, pruned with ``lower``.
 
-    Returns None when no assignment reaches ``lower``; raises ``TooLarge`` past ``max_states`` states, or when
-    one layer would expand to more than ``max_expansion`` states before pruning (each costs ~120 bytes).
+    Returns None when no assignment reaches ``lower``; raises ``TooLarge`` past ``max_states`` states in one layer
+    or ``max_work`` states generated in all (planning stays well under a second; the greedy's bound stands).
+    ``spent``: a one-element counter shared by the calls of one solve, so that ``max_work`` bounds them together.
     """
+    spent = [0] if spent is None else spent
     allowed = [_allowed(it, cap) for it in items]
     if any(not a for a in allowed):
         return None
@@ -210,7 +212,7 @@ def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: in
     layers: list[list[tuple[int, float, int, int]]] = [[(0, 0.0, -1, -1)]]
     for i, g in enumerate(copies):
         it = items[g]
-        if len(layers[-1]) * len(allowed[g]) > max_expansion:  # the layer alone would cost gigabytes (albert)
+        if len(layers[-1]) * len(allowed[g]) > max_work - spent[0]:  # the layer alone would exceed the work cap
             raise TooLarge
         new = []
         for pi, (b, v, _, _) in enumerate(layers[-1]):
@@ -219,6 +221,9 @@ def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: in
                 nv = v + it.value[c]
                 if nb <= budget and nv + best_rest[i + 1] >= lower - TOL:
                     new.append((nb, nv, pi, c))
+        spent[0] += len(new)
+        if spent[0] > max_work:
+            raise TooLarge
         new.sort(key=lambda s: (s[0], -s[1]))
         pareto, top = [], -math.inf
         for s in new:
@@ -281,10 +286,11 @@ def solve(items: list[Item], budget: int | None, exact_limit: int = 64) -> Solut
     if sum(it.count for it in items) <= exact_limit:
         try:
             results = []
+            spent = [0]
             for cap in caps:
                 ms = min_state(items, cap)
                 if ms is not None and ms[0] + cap <= budget:
-                    sol = exact(items, budget - cap, cap, best.value)
+                    sol = exact(items, budget - cap, cap, best.value, spent=spent)
                     if sol is not None:
                         results.append(sol)
         except TooLarge:

@@ -5,7 +5,12 @@ Maximise Σ v  subject to  Σ b + max w ≤ M  and  Σ t ≤ T.
 Lagrangian relaxation of the time constraint (Fisher 1981): for a price λ ≥ 0 (value per millisecond) the
 memory-only problem with values v − λ·t is solved by ``solve.solve``. λ = 0 is the memory-only optimum; if it
 meets T the time budget does not bind. Otherwise λ is bisected to the smallest price whose solution meets T,
-and a repair pass spends the slack of both budgets on single-copy upgrades. Weak duality gives the proof:
+and a repair pass spends the slack of both budgets on single-copy upgrades.
+
+Exact in the time dimension. The fastest plan that fits the memory budget (``fastest``) is found first: each
+tensor's fastest candidate when those fit together (all-Adam, typically: exact), else the memory knapsack with
+value −time. A time budget below it is infeasible and the error names it; every time budget at or above it
+gets a plan, because the repaired fastest plan is a feasible starting point the λ search can only improve. Weak duality gives the proof:
 for every λ, UB_mem(v − λt) + λ·T ≥ the optimum, so the plan's gap is bounded by the smallest such value
 seen. Small instances (few combinations) are enumerated exactly instead.
 
@@ -103,8 +108,29 @@ def _enumerate(items: list[Item], budget: int, time_budget: float) -> Solution |
     return Solution(assign, v, v, b, w, status="exact")
 
 
+def fastest(items: list[Item], budget: int | None) -> tuple[float, list[dict[int, int]], bool]:
+    """The least total step time of any assignment that fits ``budget``, that assignment, and whether it is exact.
+
+    When every copy's fastest candidate (best value among equally fast ones) fits together the answer is exact;
+    otherwise the memory knapsack maximising −time (``solve.solve``) gives it within its own gap.
+    """
+    ts = _times(items)
+    assign = []
+    for it, tg in zip(items, ts):
+        c = min(range(len(it.bytes)), key=lambda i: (tg[i], -it.value[i], it.bytes[i]))
+        assign.append({c: it.count})
+    state, ws = _bytes(items, assign)
+    if budget is None or state + ws <= budget:
+        return total_time(items, assign), assign, True
+    neg = [replace(it, value=[-t for t in tg]) for it, tg in zip(items, ts)]
+    sol = solve(neg, budget)  # raises Infeasible when nothing fits the memory budget
+    return total_time(items, sol.assign), sol.assign, sol.status == "exact"
+
+
 def _combinations(items: list[Item]) -> float:
-    return math.prod(float(len(it.bytes)) ** it.count for it in items)
+    """How many assignments there are (inf beyond float range: many copies of many candidates)."""
+    log = sum(it.count * math.log(len(it.bytes)) for it in items)
+    return math.inf if log > 700 else math.exp(log)
 
 
 def solve_two(items: list[Item], budget: int | None, time_budget: float | None,
@@ -120,11 +146,11 @@ def solve_two(items: list[Item], budget: int | None, time_budget: float | None,
     base.extra["time_ms"] = total_time(items, base.assign)
     if time_budget is None:
         return base
-    min_t = sum(min(tg) * it.count for it, tg in zip(items, _times(items)))
-    if min_t > time_budget + 1e-12:
-        raise InfeasibleTime(min_t)
     if base.extra["time_ms"] <= time_budget + 1e-12:
         return base
+    min_t, fast_assign, _ = fastest(items, budget)
+    if min_t > time_budget + 1e-12:
+        raise InfeasibleTime(min_t)
     if _combinations(items) <= enumerate_limit:
         sol = _enumerate(items, budget, time_budget)
         if sol is None:
@@ -133,12 +159,15 @@ def solve_two(items: list[Item], budget: int | None, time_budget: float | None,
         return sol
     scale = max((max(it.value) for it in items), default=1.0) / max(min_t, 1e-9) + 1.0
     lo, hi = 0.0, scale * 1e-6
-    best: Solution | None = None
+    start = [dict(a) for a in fast_assign]
+    _repair(items, start, budget, time_budget)
+    state, ws = _bytes(items, start)
+    best: Solution | None = Solution(start, _value(items, start), _value(items, start), state, ws)
     upper = math.inf
 
     def at(lam: float) -> Solution:
         nonlocal best, upper
-        sol = solve(_priced(items, lam), budget)
+        sol = solve(_priced(items, lam), budget, exact_limit=0)  # the LP bound suffices inside the search
         upper = min(upper, sol.upper_bound + lam * time_budget)
         t = total_time(items, sol.assign)
         if t <= time_budget + 1e-12:
@@ -161,9 +190,8 @@ def solve_two(items: list[Item], budget: int | None, time_budget: float | None,
             hi = mid
         else:
             lo = mid
-        if hi - lo <= 1e-9 * hi:
+        if hi - lo <= 1e-3 * hi:  # the repair pass spends what the last halvings would refine
             break
-    assert best is not None  # the price that meets T was found above
     best.upper_bound = max(min(upper, base.upper_bound), best.value)
     best.status = "exact" if best.gap <= TOL * max(1.0, abs(best.upper_bound)) else "near-exact"
     best.extra["time_ms"] = total_time(items, best.assign)

@@ -2,7 +2,9 @@
 
 - ``auto``: the fingerprint of this machine's default device (CUDA when torch sees one, else the CPU) is
   matched against the profiles shipped in ``profiles/data/*.yaml`` (same kind, name, core count, framework);
-  without a match, the analytic roofline fallback for that device (``analytic_profile``), flagged as such.
+  a shipped profile of the same device at another thread count is scaled by a calibration measured here
+  (``profiles.calibrate``, cached); without either, the analytic roofline fallback for that device
+  (``analytic_profile``), flagged as such.
 - ``NAME``: a shipped profile by name (``sketchplan profile`` names them after the fingerprint).
 - ``FILE``: a profile YAML written by ``sketchplan profile --out FILE``.
 """
@@ -48,6 +50,14 @@ def resolve(hardware: str | os.PathLike | HardwareProfile | None) -> HardwarePro
         for p in shipped_profiles():
             if p.device.matches(info):
                 return p
+        for p in shipped_profiles():
+            d = p.device
+            if (d.kind, d.name, d.framework) == (info.kind, info.name, info.framework) and d.kind == "cpu":
+                from .calibrate import calibrate
+
+                scaled = calibrate(p, info)
+                if scaled is not None:
+                    return scaled
         return analytic_profile(info)
     for p in shipped_profiles():
         if p.name == text:
@@ -61,4 +71,8 @@ def resolve(hardware: str | os.PathLike | HardwareProfile | None) -> HardwarePro
 
 def label(profile: HardwareProfile) -> str:
     """How a plan records its profile: the name, marked when it is the analytic fallback."""
-    return profile.name if profile.measured else f"{profile.name} (analytic fallback, not measured)"
+    if not profile.measured:
+        return f"{profile.name} (analytic fallback, not measured)"
+    if "-scaled-" in profile.name:
+        return f"{profile.name} ({profile.created_by})"
+    return profile.name

@@ -23,8 +23,7 @@ from typing import Callable
 
 from ...kernels.jax.support import require_jax
 from ...methods.blocking import BlockGroup
-from ...methods.blocking import cached_partition as _partition
-from ...methods.blocking import cached_plan as _plan
+from ...methods.blocking import config_plan, plan_partition
 from ...methods.layout import MethodConfig, OptimizerDefaults
 from .common import apply_momentum, graft_direction, sanitize
 
@@ -97,10 +96,10 @@ def matrix_step(hooks: MatrixHooks, grad, state: dict, step, cfg: MethodConfig, 
     grad = sanitize(st, grad)
     g = grad.astype(jnp.dtype(opts.state_dtype))
     a = graft_direction(st, g, cfg.graft, opts, step)
-    mp = _plan(tuple(grad.shape), cfg.block_size, opts.merge_dims, opts.max_precond_dim)
+    mp = config_plan(tuple(grad.shape), cfg, opts)
     direction = a
     if mp.fallback is None:
-        groups = _partition(mp.merged, cfg.block_size)
+        groups = plan_partition(mp)
         g_blocks = to_blocks(g.reshape(mp.merged), groups)
 
         def with_statistics(s):

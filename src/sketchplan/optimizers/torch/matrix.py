@@ -25,8 +25,7 @@ from typing import Callable
 import torch
 
 from ...methods.blocking import BlockGroup
-from ...methods.blocking import cached_partition as _partition
-from ...methods.blocking import cached_plan as _plan
+from ...methods.blocking import config_plan, plan_partition
 from ...methods.layout import MethodConfig, OptimizerDefaults
 from .base import MethodRule, SketchplanOptimizer
 from .common import apply_momentum, apply_update, graft_direction
@@ -100,10 +99,10 @@ class MatrixRule(MethodRule):
         step = state["step"]
         g = grad.to(getattr(torch, opts.state_dtype))
         a = graft_direction(state, g, cfg.graft, opts, step)
-        mp = _plan(tuple(p.shape), cfg.block_size, opts.merge_dims, opts.max_precond_dim)
+        mp = config_plan(tuple(p.shape), cfg, opts)
         direction = a
         if mp.fallback is None:
-            groups = _partition(mp.merged, cfg.block_size)
+            groups = plan_partition(mp)
             g_blocks = to_blocks(g.reshape(mp.merged), groups)
             if (step - 1) % opts.stats_every == 0:
                 for gi, gb in enumerate(g_blocks):

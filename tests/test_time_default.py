@@ -1,0 +1,73 @@
+"""The default step-time bound (planner.time_bound) and time-aware candidate pruning."""
+
+import pytest
+
+from sketchplan.methods.layout import MethodConfig, OptimizerDefaults
+from sketchplan.planner import candidates as cand
+from sketchplan.planner import make_plan
+from sketchplan.planner.sources import load_spec
+from sketchplan.planner.timing import StepTimer
+from sketchplan.profiles.cost import CostModel
+from sketchplan.profiles.registry import resolve
+
+PROFILE = "cpu-amd-epyc-1t-torch"
+
+
+def test_pruning_keeps_the_fastest_candidate():
+    # without time, Adam (more bytes than a sublinear Sketchy, lower score) is dominated; with time it must stay,
+    # and the kept set must contain a candidate as fast as the fastest of the whole grid
+    opts = OptimizerDefaults()
+    timer = StepTimer(CostModel(resolve(PROFILE)), opts)
+    configs = cand.candidate_configs()
+    shape = (768, 768)  # GPT-2's attention projection: untimed pruning dropped every fast candidate
+    all_t = min(timer(shape, c)[0] for c in configs)
+    kept = cand.candidates_for(shape, configs, opts, timer=timer)
+    assert min(c.time_ms for c in kept) == pytest.approx(all_t)
+    assert any(c.cfg.method == "adam" for c in kept)
+    untimed = cand.candidates_for(shape, configs, opts)
+    assert min(timer(shape, c.cfg)[0] for c in untimed) > 10 * all_t  # the bug this guards against
+    # nothing kept is dominated in (bytes, workspace, score, time) by another kept candidate
+    for a in kept:
+        for b in kept:
+            if a is not b:
+                assert not (b.state_bytes <= a.state_bytes and b.workspace_bytes <= a.workspace_bytes
+                            and b.score >= a.score and b.time_ms <= a.time_ms)
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return load_spec("gpt2")
+
+
+def _adam_ms(spec):
+    timer = StepTimer(CostModel(resolve(PROFILE)), OptimizerDefaults())
+    return sum(timer(p.shape, MethodConfig(method="adam"))[0] for p in spec.trainable)
+
+
+def test_default_bound_is_stated_recorded_and_met(gpt2):
+    plan = make_plan(gpt2, "4GiB", hardware=PROFILE)
+    adam = _adam_ms(gpt2)
+    assert plan.budget.time_budget_ms == pytest.approx(3 * adam, rel=1e-6)
+    assert plan.budget.time_budget_source.startswith("default: 3x all-Adam")
+    assert plan.totals.step_ms <= plan.budget.time_budget_ms * (1 + 1e-6)
+    assert plan.totals.adam_step_ms == pytest.approx(adam, rel=1e-6)
+    assert plan.totals.forward_backward_ms == pytest.approx(
+        6 * gpt2.n_trainable * 8192 / resolve(PROFILE).roofline.peak_flops * 1e3, rel=1e-6)
+    free = make_plan(gpt2, "4GiB", hardware=PROFILE, max_step_vs_adam=float("inf"))
+    assert free.budget.time_budget_ms is None and free.totals.step_ms > 10 * adam  # the bound is what limits it
+    assert plan.totals.score > 0.5  # better than all-Adam's diagonal score within the bound
+
+
+def test_time_budget_of_one_and_a_half_adam_is_honoured(gpt2):
+    adam = _adam_ms(gpt2)
+    plan = make_plan(gpt2, "4GiB", hardware=PROFILE, time_budget_ms=1.5 * adam)
+    assert plan.totals.step_ms <= 1.5 * adam * (1 + 1e-6)
+    assert plan.budget.time_budget_source == "--time-budget-ms"
+    assert plan.solver.binding is not None and "time" in plan.solver.binding
+
+
+def test_time_budget_below_the_fastest_plan_names_it(gpt2):
+    from sketchplan.errors import UserError
+
+    with pytest.raises(UserError, match="below the fastest plan that fits the memory budget"):
+        make_plan(gpt2, "4GiB", hardware=PROFILE, time_budget_ms=1.0)
