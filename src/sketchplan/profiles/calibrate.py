@@ -10,9 +10,11 @@ problem builders as ``sketchplan profile`` (``profiles.measure``): the fastest o
 shared machine's load only ever adds time and the cache should describe the machine, not the moment.
 
 The ratios are cached (``$SKETCHPLAN_CACHE`` or ``~/.cache/sketchplan``, ``calibration/*.json``, keyed by the
-profile, the CPU, the thread count and the framework version), so a machine measures once (about a second);
-ratios measured while the machine is busier than its cores (1-minute load average above the thread count) are
-used for that plan but not cached.
+profile, the CPU, the thread count and the framework version), so a machine measures once (about a second) and
+planning stays framework-free afterwards. Ratios measured while the machine is busier than its cores (1-minute
+load average above the thread count) are cached too, with that load recorded, so that a busy machine does not
+re-measure (and import torch) on every plan; ``SKETCHPLAN_RECALIBRATE=1`` measures again (do it on a quiet
+machine).
 The plan names the scaled profile (``<profile>-scaled-<N>t``) and its ratios. ``SKETCHPLAN_NO_CALIBRATION=1``
 skips the measurement (the analytic fallback is used instead).
 """
@@ -129,7 +131,7 @@ def calibrate(profile: HardwareProfile, info: DeviceInfo, measure: Measure | Non
     """The scaled profile for this host (cached ratios, else measured now); None when it cannot be measured."""
     path = _cache_file(profile, info)
     table = _MEASURED.get(str(path)) if measure is None else None
-    if table is None and path.is_file():
+    if table is None and path.is_file() and not os.environ.get("SKETCHPLAN_RECALIBRATE"):
         try:
             data = json.loads(path.read_text())
             if data.get("version") == VERSION and set(data.get("ratios", {})) == set(REFERENCE):
@@ -147,13 +149,13 @@ def calibrate(profile: HardwareProfile, info: DeviceInfo, measure: Measure | Non
             measure = torch_measure(info.cores)
         table = ratios(profile, measure)
         _MEASURED[str(path)] = table
-        busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > (info.cores or os.cpu_count() or 1)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         try:
-            if busy:
-                raise OSError("busy machine: not cached")
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"version": VERSION, "profile": profile.name, "ratios": table}))
+            tmp.write_text(json.dumps({"version": VERSION, "profile": profile.name, "ratios": table,
+                                       "load_average": load, "busy": load is not None and
+                                       load > (info.cores or os.cpu_count() or 1)}))
             tmp.replace(path)
         except OSError:
             pass
