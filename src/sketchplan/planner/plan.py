@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from pydantic import Field
-from pydantic import field_validator, model_serializer
+from pydantic import field_validator, model_serializer, model_validator
+from typing import get_args
 from typing import Annotated
 
 from ..files import StrictModel as _Strict
@@ -102,6 +103,25 @@ class TensorEntry(_Strict):
                                  "sketchplan (e.g. a complex dtype); written only when set")
 
     _dtype = field_validator("dtype")(_known_dtype)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TensorEntry":
+        """The method's options are a valid configuration, and recorded kernel variants are ones the optimizer
+        runs (a plan is built into an optimizer without further checks)."""
+        if self.method is not None:
+            try:
+                self.config()
+            except ValueError as exc:
+                errs = getattr(exc, "errors", None)
+                raise ValueError(errs()[0]["msg"].removeprefix("Value error, ") if errs else str(exc)) from None
+        from ..kernels.calls import VARIANT_OPTIONS
+
+        for kernel, value in (self.variant or {}).items():
+            option = VARIANT_OPTIONS.get(kernel)
+            allowed = get_args(OptimizerDefaults.model_fields[option].annotation) if option else ()
+            if allowed and value not in allowed:
+                raise ValueError(f"variant {kernel}: {value!r} is not one of {', '.join(allowed)}")
+        return self
 
     @model_serializer(mode="wrap")
     def _omit_unset_exclusion(self, handler):

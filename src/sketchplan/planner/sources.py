@@ -217,11 +217,12 @@ def load_shapes_file(path: str) -> ModelSpec:
         dtype = e.get("dtype", "float32")
         from ..optimizers.layout import DTYPE_BYTES
 
-        if dtype not in DTYPE_BYTES:
-            raise UserError(f"{where} ({e['name']!r}): unknown dtype {dtype!r}; use e.g. float32 or bfloat16.")
+        if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+            raise UserError(f"{where} ({str(e['name'])[:80]!r}): unknown dtype {str(dtype)[:40]!r}; use e.g. float32 "
+                            "or bfloat16.")
         trainable = e.get("trainable", True)
         if not isinstance(trainable, bool):
-            raise UserError(f"{where} ({e['name']!r}): 'trainable' must be true or false.")
+            raise UserError(f"{where} ({str(e['name'])[:80]!r}): 'trainable' must be true or false.")
         name = str(e["name"])
         if name in seen:
             raise UserError(f"{where}: name {name!r} appears twice; names must be unique.")
