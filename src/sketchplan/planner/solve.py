@@ -192,12 +192,15 @@ class TooLarge(Exception):
 
 
 def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: int = 200_000,
-          max_expansion: int = 1_000_000) -> Solution | None:
+          max_expansion: int = 1_000_000, work: list[int] | None = None) -> Solution | None:
     """Exact optimum for one cap by a Pareto-list DP over copies, pruned with ``lower``.
 
-    Returns None when no assignment reaches ``lower``; raises ``TooLarge`` past ``max_states`` states, or when
-    one layer would expand to more than ``max_expansion`` states before pruning (each costs ~120 bytes).
+    Returns None when no assignment reaches ``lower``; raises ``TooLarge`` past ``max_states`` states, when one
+    layer would expand to more than ``max_expansion`` states before pruning (each costs ~120 bytes), or when
+    the states expanded so far, counted in ``work[0]`` (shared by the calls of one solve), pass ``max_expansion``
+    twice over (decision_transformer spent 43 s here).
     """
+    work = [0] if work is None else work
     allowed = [_allowed(it, cap) for it in items]
     if any(not a for a in allowed):
         return None
@@ -210,7 +213,9 @@ def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: in
     layers: list[list[tuple[int, float, int, int]]] = [[(0, 0.0, -1, -1)]]
     for i, g in enumerate(copies):
         it = items[g]
-        if len(layers[-1]) * len(allowed[g]) > max_expansion:  # the layer alone would cost gigabytes (albert)
+        expand = len(layers[-1]) * len(allowed[g])
+        work[0] += expand
+        if expand > max_expansion or work[0] > 2 * max_expansion:  # gigabytes (albert) or minutes of work
             raise TooLarge
         new = []
         for pi, (b, v, _, _) in enumerate(layers[-1]):
@@ -281,10 +286,11 @@ def solve(items: list[Item], budget: int | None, exact_limit: int = 64) -> Solut
     if sum(it.count for it in items) <= exact_limit:
         try:
             results = []
+            work = [0]
             for cap in caps:
                 ms = min_state(items, cap)
                 if ms is not None and ms[0] + cap <= budget:
-                    sol = exact(items, budget - cap, cap, best.value)
+                    sol = exact(items, budget - cap, cap, best.value, work=work)
                     if sol is not None:
                         results.append(sol)
         except TooLarge:
