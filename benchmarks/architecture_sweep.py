@@ -14,7 +14,8 @@ is then:
 
 A failure in either is sketchplan's. Each type runs in a worker process with a time limit; a crash or a hang of
 one type is recorded and the sweep goes on. Writes ``benchmarks/results/architecture_sweep.md`` (date, machine,
-load average, every failure, a summary of what the models contain) and ``architecture_sweep.json``.
+load average, every failure, a summary of what the models contain) and ``architecture_sweep.json``; an
+interrupted run resumes from ``architecture_sweep.jsonl``.
 
     PYTHONPATH=src python benchmarks/architecture_sweep.py [--limit N] [--types a,b,c] [--timeout S]
 """
@@ -305,6 +306,8 @@ def main() -> None:
     results = run(types, args.timeout, args.batch, jsonl)
     (RESULTS / "architecture_sweep.json").write_text(json.dumps(results, indent=1) + "\n")
     print(write_table(results, total, time.perf_counter() - t0, transformers.__version__))
+    if len(results) == len(types):
+        jsonl.unlink()  # complete: the resumable log is no longer needed (the .json holds every record)
 
 
 if __name__ == "__main__":

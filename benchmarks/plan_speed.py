@@ -60,8 +60,10 @@ def compare(baseline: str) -> str:
 
             def run(env, model, budget) -> float:
                 t = time.perf_counter()
+                # a real file: an older sketchplan replaces an output atomically, which would replace /dev/null
                 subprocess.run([sys.executable, "-m", "sketchplan", "plan", "--model", model, "--memory-budget",
-                                budget, "--out", os.devnull], check=True, env=env, stdout=subprocess.DEVNULL)
+                                budget, "--out", str(Path(tmp) / "plan.yaml")], check=True, env=env,
+                               stdout=subprocess.DEVNULL)
                 return time.perf_counter() - t
 
             for env in envs.values():  # fill both preset caches

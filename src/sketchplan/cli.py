@@ -205,7 +205,8 @@ def _cmd_update(args, console) -> int:
         raise UserError(f"plan {args.update!r} does not record its model; pass --model.")
     if not args.model:
         _outputs([("--update" if args.out is None else "--out", out)], _model_inputs(source))
-    spec = load_spec(source)
+    with _recorded_model(args.model, args.update):
+        spec = load_spec(source)
     g, s, b = old.grid, old.settings, old.budget
     grid = dict(methods=g.methods, ranks=g.ranks, block_sizes=g.block_sizes, grafts=g.grafts,
                 momenta=g.momenta) if g else {}
@@ -244,7 +245,9 @@ def _cmd_check(args, console) -> int:
     if not args.model:
         _outputs(outputs, _model_inputs(source))
     budget = args.budget
-    report = check(plan, load_model(source, module=args.measure), plan_path=args.plan, tolerance_pct=args.tolerance, budget=budget,
+    with _recorded_model(args.model, args.plan):
+        model = load_model(source, module=args.measure)
+    report = check(plan, model, plan_path=args.plan, tolerance_pct=args.tolerance, budget=budget,
                    measure=args.measure, device=args.device)
     render_check(report, console)
     if args.json is not None:
@@ -329,6 +332,22 @@ def _plan_inputs(args) -> list[tuple[str, str | None]]:
     if hw and hw != "auto":
         out.append(("--hardware profile", hw))
     return out
+
+
+class _recorded_model:
+    """When the model comes from the plan (no --model), a failure to load it says so, naming the plan."""
+
+    def __init__(self, given: str | None, plan: str):
+        self.given, self.plan = given, plan
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if self.given is None and isinstance(exc, UserError):
+            raise UserError(f"{str(exc).rstrip('.')} (the model recorded in plan {self.plan!r}; pass --model to "
+                            "give it).") from None
+        return False
 
 
 def _measure_device(device: str) -> None:

@@ -139,8 +139,8 @@ def _build(loader, where: str, how_to_fix: str) -> object:
             tag = ev.tag if ev.tag not in (None, "!") else loader.resolve(yaml.ScalarNode, ev.value, ev.implicit)
             if tag == _TAG + "merge" and stack and stack[-1].is_map and stack[-1].key is _NO_KEY:
                 value = _MERGE
-            elif tag == _TAG + "value":
-                value = ev.value
+            elif tag == _TAG + "value" and stack and stack[-1].is_map and stack[-1].key is _NO_KEY:
+                value = ev.value  # '=' as a key is a string (as PyYAML); as a value it has no constructor
             else:
                 construct = loader.yaml_constructors.get(tag)
                 if construct is None or construct is loader.yaml_constructors.get(None):

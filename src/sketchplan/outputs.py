@@ -78,7 +78,8 @@ def check_output(path: str | os.PathLike, label: str = "output") -> Path:
     if "\0" in text:
         raise UserError(f"{shown} contains a NUL character; give a plain file name.")
     if text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
-        raise UserError(f"{shown} names a directory; give a file path such as {text.rstrip('/') or '.'}/plan.yaml.")
+        raise UserError(f"{shown} names a directory; give the path of a file (inside it, or without the trailing "
+                        "slash).")
     p = Path(text)
     try:
         if p.is_symlink():

@@ -123,7 +123,7 @@ def pydantic_message(exc, where: str, names: dict[str, str] | None = None) -> st
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
     else:
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         msg = msg[0].lower() + msg[1:] if msg else err["type"]
         if err["type"] == "finite_number":
             msg = "input should be a finite number, not inf or nan"

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
-from pydantic import field_validator, model_serializer
+from pydantic import Field
+from pydantic import field_validator, model_serializer, model_validator
+from typing import get_args
 from typing import Annotated
 
 from ..files import StrictModel as _Strict
@@ -117,24 +118,32 @@ class TensorEntry(_Strict):
 
     _dtype = field_validator("dtype")(_known_dtype)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "TensorEntry":
+        """The method's options are a valid configuration, and recorded kernel variants are ones the optimizer
+        runs (a plan is built into an optimizer without further checks)."""
+        if self.method is not None:
+            try:
+                self.config()
+            except ValueError as exc:
+                errs = getattr(exc, "errors", None)
+                why = errs()[0]["msg"].removeprefix("Value error, ") if callable(errs) else str(exc)
+                raise ValueError(f"tensor {self.name!r}: {why}") from None
+        from ..kernels.calls import VARIANT_OPTIONS
+
+        for kernel, value in (self.variant or {}).items():
+            option = VARIANT_OPTIONS.get(kernel)
+            allowed = get_args(OptimizerDefaults.model_fields[option].annotation) if option else ()
+            if allowed and value not in allowed:
+                raise ValueError(f"variant {kernel}: {value!r} is not one of {', '.join(allowed)}")
+        return self
+
     @model_serializer(mode="wrap")
     def _omit_unset_exclusion(self, handler):
         data = handler(self)
         if isinstance(data, dict) and data.get("excluded") is None:
             data.pop("excluded", None)  # plans without exclusions stay as they were
         return data
-
-    @model_validator(mode="after")
-    def _method_options_valid(self) -> "TensorEntry":
-        """A method entry must be a valid ``MethodConfig`` (e.g. Sketchy needs a rank), checked when loading."""
-        if self.method is not None:
-            try:
-                self.config()
-            except ValueError as exc:
-                errors = getattr(exc, "errors", None)
-                why = errors()[0]["msg"].removeprefix("Value error, ") if callable(errors) else str(exc)
-                raise ValueError(f"tensor {self.name!r}: {why}") from None
-        return self
 
     def options(self) -> dict[str, str]:
         """The optimizer options the recorded variants set (``fd_variant``, ``root_method``)."""
