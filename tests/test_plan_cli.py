@@ -37,7 +37,8 @@ def test_llama7b_plan_fits_where_adam_does_not(tmp_path, capsys):
     plan = Plan.load(out_path)
     t = plan.totals
     assert t.peak_bytes <= 80 * 2**30
-    assert t.peak_bytes == t.params_bytes + t.grads_bytes + t.master_bytes + t.state_bytes + t.workspace_bytes
+    assert t.peak_bytes == (t.params_bytes + t.buffers_bytes + t.grads_bytes + t.master_bytes + t.state_bytes
+                            + t.workspace_bytes)
     assert t.state_bytes == sum(e.state_bytes for e in plan.tensors)
     adam = next(w for w in plan.what_if if w.label == "all adam")
     assert not adam.fits and adam.peak_bytes > 100 * 2**30  # params + grads + 2 moments ≈ 108 GB
@@ -88,7 +89,7 @@ def test_sharding_reports_largest_rank():
     t = plan.totals
     assert t.state_bytes_per_rank is not None
     assert t.state_bytes / 8 <= t.state_bytes_per_rank < t.state_bytes
-    assert t.peak_bytes == t.params_bytes + t.grads_bytes + t.state_bytes_per_rank + t.workspace_bytes
+    assert t.peak_bytes == t.params_bytes + t.buffers_bytes + t.grads_bytes + t.state_bytes_per_rank + t.workspace_bytes
     assert t.peak_bytes <= 2 * 2**30
 
 
@@ -176,7 +177,7 @@ def test_time_budget_is_honoured_and_binding_reported():
     spec = load_spec("examples.models:mlp")
     free = make_plan(spec, "64MiB", hardware=hw)
     assert free.totals.step_ms is not None
-    tb = free.totals.step_ms * 0.5
+    tb = free.totals.step_ms * 0.15  # a full-score plan can be several times faster than the unbudgeted one
     plan = make_plan(spec, "64MiB", hardware=hw, time_budget_ms=tb)
     assert plan.totals.step_ms <= tb * (1 + 1e-6) and plan.totals.score <= free.totals.score
     assert "time" in plan.solver.binding and plan.solver.relax["time"]["score"] >= plan.totals.score

@@ -110,7 +110,7 @@ def totals_table(plan: Plan) -> Table:
     t.add_row("step workspace (peak)", fmt_bytes(tot.workspace_bytes))
     t.add_row(Text("peak", style="bold"), Text(fmt_bytes(tot.peak_bytes), style="bold"))
     if b.memory_bytes is not None:
-        avail = b.memory_bytes - b.reserve_bytes
+        avail = b.available()
         t.add_row("budget" + (f" (minus reserve {fmt_bytes(b.reserve_bytes)})" if b.reserve_bytes else ""),
                   fmt_bytes(avail))
         head = avail - tot.peak_bytes
@@ -147,7 +147,7 @@ def what_if_table(plan: Plan) -> Table:
 
 def _fits(plan: Plan) -> bool:
     b = plan.budget
-    return b.memory_bytes is None or plan.totals.peak_bytes <= b.memory_bytes - b.reserve_bytes
+    return b.memory_bytes is None or plan.totals.peak_bytes <= b.available()
 
 
 def render_plan(plan: Plan, console: Console, mode: str = "class", max_rows: int | None = 60) -> None:

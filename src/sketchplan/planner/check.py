@@ -22,10 +22,10 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..methods import state_layout, total_bytes, workspace_bytes
+from ..methods import state_layout, total_bytes
 from ..methods.layout import MethodConfig
 from .analysis import ModelSpec, analyze
-from .memory import Precision, fixed_bytes, largest_rank, shard_units
+from .memory import Precision, fixed_bytes, largest_rank, shard_units, step_peak
 from .plan import Plan
 
 REPORT_SCHEMA_VERSION = 1
@@ -137,15 +137,20 @@ def diff_tensors(plan: Plan, spec: ModelSpec, tol_pct: float) -> tuple[list[Tens
 def predicted_peak(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig]) -> int:
     """Today's predicted peak with the plan's settings (same memory model as ``make_plan``)."""
     s = plan.settings
-    fixed = fixed_bytes(spec, Precision(s.param_dtype, s.grad_dtype, s.master_weights)).total
+    fixed = fixed_bytes(spec, Precision(s.param_dtype, s.grad_dtype, s.master_weights))
     shapes = {p.name: p.shape for p in spec.params}
     state = sum(total_bytes(state_layout(shapes[n], c, plan.defaults)) for n, c in configs.items())
     if s.shard_optimizer_state and s.world_size > 1:
         units = [u for n, c in configs.items()
                  for u in shard_units(state_layout(shapes[n], c, plan.defaults), s.world_size)]
         state = largest_rank(units, s.world_size)
-    ws = max((workspace_bytes(shapes[n], c, plan.defaults) for n, c in configs.items()), default=0)
-    return fixed + state + ws
+    from .transients import step_workspace
+
+    options = {e.name: e.options() for e in plan.tensors}
+    ws = step_workspace([(p.shape, p.dtype, configs[p.name], options.get(p.name, {})) for p in spec.params
+                         if p.name in configs], plan.defaults, s.param_dtype)[0]
+    act = plan.totals.activation_bytes
+    return step_peak(fixed, state, ws, spec.buffers_bytes if plan.totals.buffers_bytes else 0, act)
 
 
 #: Measures a plan on a device: (plan, model, spec, configs) → Measurement (``sketchplan.verify.measure_plan``).
@@ -183,7 +188,7 @@ def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 
 
     peak = predicted_peak(plan, spec, configs)
     if budget is None and plan.budget.memory_bytes is not None:
-        budget = plan.budget.memory_bytes - plan.budget.reserve_bytes
+        budget = plan.budget.available()
     if budget is not None:
         checks.append(CheckResult(name="budget", ok=peak <= budget,
                                   message=f"predicted peak {peak:,} bytes vs budget {budget:,} bytes"))

@@ -19,8 +19,9 @@ from ..profiles.registry import label as profile_label
 from ..profiles.registry import resolve as resolve_profile
 from . import candidates as cand
 from .analysis import ModelSpec, ParamSpec, analyze
-from .memory import FixedBytes, Precision, fixed_bytes, largest_rank, shard_units
-from .plan import Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry, Totals, WhatIf
+from .memory import FixedBytes, Precision, fixed_bytes, largest_rank, shard_units, step_peak
+from .plan import (ActivationInfo, Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry,
+                   Totals, WhatIf)
 from .sizes import fmt_bytes, parse_size
 from .solve import Infeasible, Item
 from .solve_time import InfeasibleTime, solve_two
@@ -69,12 +70,16 @@ class _Costs:
     workspace: int
     score: float
     by_method: dict[str, int]
+    tensor_workspace: int = 0
 
 
 def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDefaults, world: int,
-           shard: bool) -> _Costs:
+           shard: bool, param_dtype: str | None = None) -> _Costs:
+    from .transients import step_workspace
+
     state = sum(c.state_bytes for c in choice.values())
-    ws = max((c.workspace_bytes for c in choice.values()), default=0)
+    ws, ws_tensors = step_workspace([(p.shape, p.dtype, choice[p.name].cfg, {}) for p in spec.trainable], opts,
+                                    param_dtype)
     w = sum(p.numel for p in spec.trainable)
     score = sum(choice[p.name].score * p.numel for p in spec.trainable) / w if w else 1.0
     by_method: dict[str, int] = {}
@@ -86,10 +91,11 @@ def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDe
         for p in spec.trainable:
             units += shard_units(state_layout(p.shape, choice[p.name].cfg, opts), world)
         per_rank = largest_rank(units, world)
-    return _Costs(state, per_rank, ws, score, by_method)
+    return _Costs(state, per_rank, ws, score, by_method, ws_tensors)
 
 
-def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer=None) -> list[WhatIf]:
+def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer=None, act=None,
+              param_dtype=None) -> list[WhatIf]:
     alts = [MethodConfig(method="adam"), MethodConfig(method="shampoo")]
     alts += [MethodConfig(method="blocked_shampoo", block_size=b) for b in block_sizes]
     alts += [MethodConfig(method="sketchy", rank=k, graft="adafactor", momentum="bfloat16") for k in ranks]
@@ -102,8 +108,8 @@ def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer=
             if key not in cache:
                 cache[key] = cand.evaluate(p.shape, cfg, opts)
             choice[p.name] = cache[key]
-        c = _costs(spec, choice, opts, world, shard)
-        peak = fixed.total + c.per_rank + c.workspace
+        c = _costs(spec, choice, opts, world, shard, param_dtype)
+        peak = step_peak(fixed, c.per_rank, c.workspace, spec.buffers_bytes, act)
         ms = None if timer is None else round(sum(timer(p.shape, cfg)[0] for p in spec.trainable), 3)
         out.append(WhatIf(label="all " + cfg.label(), state_bytes=c.state, peak_bytes=peak,
                           fits=avail is None or peak <= avail, score=round(c.score, 6), step_ms=ms))
@@ -111,17 +117,23 @@ def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer=
 
 
 def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ranks, block_sizes, hardware,
-              grid: CandidateGrid | None = None) -> Plan:
-    c = _costs(spec, choice, opts, world, shard)
+              grid: CandidateGrid | None = None, activations: ActivationInfo | None = None) -> Plan:
+    from .transients import step_workspace
+
+    c = _costs(spec, choice, opts, world, shard, prec.param_dtype)
     profile = resolve_profile(hardware)
     timer = None if profile is None else StepTimer(CostModel(profile), opts)
     entries = _entries(spec, choice, timer)
     step_ms = None if timer is None else round(sum(e.step_ms or 0.0 for e in entries), 3)
-    avail = None if budget.memory_bytes is None else budget.memory_bytes - budget.reserve_bytes
+    avail = budget.available()
+    ws, ws_tensors = step_workspace([(tuple(e.shape), e.dtype, e.config(), e.options()) for e in entries
+                                     if e.method is not None], opts, prec.param_dtype)
+    act = None if activations is None or activations.source != "fake-tensor trace" else activations.peak_bytes
     totals = Totals(
         params_bytes=fixed.params, grads_bytes=fixed.grads, master_bytes=fixed.master, state_bytes=c.state,
-        state_bytes_per_rank=c.per_rank if (shard and world > 1) else None, workspace_bytes=c.workspace,
-        peak_bytes=fixed.total + c.per_rank + c.workspace, state_bytes_by_method=c.by_method,
+        state_bytes_per_rank=c.per_rank if (shard and world > 1) else None, workspace_bytes=ws,
+        kernel_scratch_bytes=ws - ws_tensors, buffers_bytes=spec.buffers_bytes, activation_bytes=act,
+        peak_bytes=step_peak(fixed, c.per_rank, ws, spec.buffers_bytes, act), state_bytes_by_method=c.by_method,
         step_ms=step_ms, score=round(c.score, 6),
     )
     return Plan(
@@ -136,8 +148,9 @@ def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ran
         grid=grid,
         tensors=entries,
         totals=totals,
-        what_if=_what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer),
+        what_if=_what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer, act, prec.param_dtype),
         solver=solver,
+        activations=activations,
     )
 
 
@@ -146,7 +159,8 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
               momenta=cand.DEFAULT_MOMENTA, defaults: OptimizerDefaults | None = None, reserve=0,
               world_size: int = 1, shard_optimizer_state: bool = False, param_dtype: str | None = None,
               grad_dtype: str | None = None, master_weights: bool = False, hardware=None,
-              spectrum=None, time_budget_ms: float | None = None) -> Plan:
+              spectrum=None, time_budget_ms: float | None = None, activations=None, example_inputs=None,
+              headroom: float | None = None) -> Plan:
     """Choose one candidate per trainable tensor maximising the parameter-weighted score within the budget.
 
     ``model``: an ``nn.Module`` (meta device is fine) or a ``ModelSpec``. ``memory_budget``: bytes or a size
@@ -157,7 +171,12 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     ``variant`` (``planner.timing``) and the totals the step time; None predicts no times.
     ``time_budget_ms``: the amortised optimizer step time allowed (predicted with ``hardware``, ``auto`` when
     None); the solver then honours both budgets (``planner.solve_time``) and reports which binds and what
-    relaxing it would buy. Raises ``UserError`` when no plan fits, naming the minimum.
+    relaxing it would buy. ``example_inputs``: a callable returning the inputs of one training batch (a dict of
+    keyword arguments, a tuple of positional ones, or one tensor); the forward and backward are traced with fake
+    tensors (``planner.activations``) and the budget then covers the whole training step. ``activations``: an
+    ``ActivationInfo`` traced before (``planner.activations.trace_activations``). ``headroom``: the fraction of
+    the budget left to the allocator (default ``planner.activations.DEFAULT_HEADROOM`` with traced activations,
+    0 without). Raises ``UserError`` when no plan fits, naming the minimum.
     """
     t0 = time.perf_counter()
     opts = defaults or OptimizerDefaults()
@@ -167,7 +186,18 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         raise UserError(f"world size {world_size} must be at least 1.")
     budget_bytes = None if memory_budget is None else parse_size(memory_budget, "memory budget")
     reserve_bytes = parse_size(reserve, "reserve")
-    budget = Budget(memory_bytes=budget_bytes, reserve_bytes=reserve_bytes)
+    if example_inputs is not None and activations is None:
+        from .activations import trace_activations
+
+        activations = trace_activations(model, example_inputs)
+    act = activations.peak_bytes if activations is not None and activations.source == "fake-tensor trace" else None
+    if headroom is None:
+        from .activations import DEFAULT_HEADROOM
+
+        headroom = DEFAULT_HEADROOM if act is not None else 0.0
+    if not 0 <= headroom < 1:
+        raise UserError(f"headroom {headroom:g} must be a fraction in [0, 1), e.g. --headroom 0.1.")
+    budget = Budget(memory_bytes=budget_bytes, reserve_bytes=reserve_bytes, headroom=headroom)
     configs = cand.candidate_configs(tuple(methods), tuple(ranks), tuple(block_sizes), tuple(grafts), tuple(momenta))
     if isinstance(spectrum, (str, bytes)) or hasattr(spectrum, "__fspath__"):
         from .spectrum import SpectrumFile
@@ -185,10 +215,15 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         for g, it in zip(groups, items):
             it.time = [timer(g.shape, c.cfg)[0] for c in g.cands]
     shard = shard_optimizer_state and world_size > 1
-    avail = None if budget_bytes is None else budget_bytes - reserve_bytes
+    avail = budget.available()
+    kept = fixed.total + spec.buffers_bytes + max(0, (act or 0) - fixed.grads)
     if avail is not None and fixed.total > avail:
         raise UserError(_fixed_too_big(fixed, budget_bytes, reserve_bytes))
-    state_budget = None if avail is None else (avail - fixed.total) * (world_size if shard else 1)
+    if avail is not None and kept > avail:
+        from .activations import too_big
+
+        raise UserError(too_big(activations, kept, budget_bytes, headroom))
+    state_budget = None if avail is None else (avail - kept) * (world_size if shard else 1)
     for _ in range(50):
         try:
             sol = solve_two(items, state_budget, time_budget_ms)
@@ -196,17 +231,17 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
             raise UserError(f"time budget {time_budget_ms:g} ms is below the fastest plan's predicted optimizer step, "
                             f"{inf.min_ms:.3g} ms; raise --time-budget-ms to at least {inf.min_ms:.3g}.") from None
         except Infeasible as inf:
-            if shard and state_budget < (avail - fixed.total) * world_size:
+            if shard and state_budget < (avail - kept) * world_size:
                 raise UserError(f"with --world-size {world_size} no plan fits {fmt_bytes(avail)} per rank because "
                                 "preconditioner blocks cannot be split across ranks; raise --memory-budget or use "
                                 "smaller --block-sizes.") from None
-            raise UserError(_infeasible(inf, groups, fixed, budget_bytes, reserve_bytes, world_size if shard else 1)) \
-                from None
+            raise UserError(_infeasible(inf, groups, fixed, budget_bytes, reserve_bytes, world_size if shard else 1,
+                                        kept - fixed.total + int(budget_bytes * headroom))) from None
         choice = _choice(groups, sol.assign)
         if avail is None:
             break
-        c = _costs(spec, choice, opts, world_size, shard)
-        over = fixed.total + c.per_rank + c.workspace - avail
+        c = _costs(spec, choice, opts, world_size, shard, param_dtype)
+        over = step_peak(fixed, c.per_rank, c.workspace, spec.buffers_bytes, act) - avail
         if over <= 0:
             break
         state_budget -= max(over, state_budget // 200, 1)
@@ -224,7 +259,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     grid = CandidateGrid(methods=list(methods), ranks=list(ranks), block_sizes=list(block_sizes),
                          grafts=list(grafts), momenta=list(momenta))
     return _assemble(spec, choice, opts, fixed, budget, prec, world_size, shard, info, ranks, block_sizes, hardware,
-                     grid)
+                     grid, activations)
 
 
 def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = None, *, source: str = "",
@@ -287,11 +322,11 @@ def _fixed_too_big(fixed: FixedBytes, budget: int, reserve: int) -> str:
 
 
 def _infeasible(inf: Infeasible, groups: list[_Group], fixed: FixedBytes, budget: int, reserve: int,
-                world: int) -> str:
-    need = fixed.total + reserve + -(-inf.min_bytes // world)
+                world: int, extra: int = 0) -> str:
+    need = fixed.total + reserve + extra + -(-inf.min_bytes // world)
     big = max(range(len(groups)), key=lambda g: sum(groups[g].cands[c].state_bytes * n
                                                     for c, n in inf.assign[g].items()))
     label = groups[big].cands[next(iter(inf.assign[big]))].cfg.label()
     return (f"memory budget {fmt_bytes(budget)} is below the minimum any plan needs, {fmt_bytes(need)} "
             f"(reached with mostly {label}); raise --memory-budget to at least {fmt_bytes(need)}"
-            f"{' or lower --reserve' if reserve else ''}.")
+            f"{' or lower --reserve' if reserve else ''}{' or lower --batch-size/--seq-len' if extra else ''}.")

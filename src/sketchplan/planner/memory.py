@@ -8,7 +8,10 @@
   longest-processing-time assignment, and the largest rank's share is what must fit;
 - workspace: the largest transient of the step (tensors are stepped one after another, so the peak is the
   largest single tensor's, not the sum).
-peak = parameters + gradients + master weights + state (largest rank) + workspace.
+peak = parameters + buffers + master weights + state (largest rank)
+       + max(gradients + optimizer-step workspace, forward+backward high-water mark above parameters and buffers)
+(the backward's figure includes the gradients it creates; without a trace it is 0 and activations are left to
+the reserve). ``step_peak`` computes it.
 """
 
 from __future__ import annotations
@@ -87,3 +90,9 @@ def largest_rank(units: list[int], world_size: int) -> int:
     for u in sorted(units, reverse=True):
         heapq.heappush(loads, heapq.heappop(loads) + u)
     return max(loads)
+
+
+def step_peak(fixed: FixedBytes, state: int, workspace: int, buffers: int = 0, activations: int | None = None) -> int:
+    """The training step's high-water mark (module docstring): the optimizer step (gradients and its transients
+    on top of everything kept) or the forward+backward (activations and the gradients as they appear)."""
+    return fixed.params + buffers + fixed.master + state + max(fixed.grads + workspace, activations or 0)

@@ -32,6 +32,27 @@ class Budget(_Strict):
     memory_bytes: int | None = Field(default=None, ge=0)
     reserve_bytes: int = Field(default=0, ge=0)
     time_budget_ms: float | None = None
+    headroom: float = Field(default=0.0, ge=0, lt=1, description="fraction of the memory budget left free for "
+                            "the allocator's fragmentation (planner.activations.DEFAULT_HEADROOM)")
+
+    def available(self) -> int | None:
+        """Bytes the predicted peak may use: the budget less the headroom fraction and the reserve."""
+        if self.memory_bytes is None:
+            return None
+        return int(self.memory_bytes * (1 - self.headroom)) - self.reserve_bytes
+
+
+class ActivationInfo(_Strict):
+    """Where the plan's activation figure came from (``planner.activations``)."""
+
+    source: Literal["fake-tensor trace", "reserve"]
+    peak_bytes: int = Field(ge=0, description="high-water mark of forward + backward above parameters and "
+                            "buffers (activations, gradients as backward creates them, temporaries)")
+    forward_bytes: int | None = Field(default=None, description="the same at the end of the forward")
+    checkpointed_peak_bytes: int | None = Field(default=None, description="the peak with activation "
+                                                "checkpointing enabled, when the model supports it")
+    checkpointing: bool = Field(default=False, description="whether the traced model had checkpointing on")
+    inputs: str = Field(default="", description="the inputs traced, e.g. 'input_ids (8, 2048) int64'")
 
 
 class Settings(_Strict):
@@ -94,8 +115,15 @@ class Totals(_Strict):
     master_bytes: int = 0
     state_bytes: int
     state_bytes_per_rank: int | None = Field(default=None, description="largest rank's share when sharded")
-    workspace_bytes: int = Field(description="peak transient workspace of one step (largest tensor's)")
-    peak_bytes: int = Field(description="params + grads + master + state (largest rank) + workspace")
+    workspace_bytes: int = Field(description="high-water mark of the optimizer step's transients (largest param "
+                                 "group's, kernel scratch included)")
+    kernel_scratch_bytes: int = Field(default=0, description="part of workspace_bytes that is kernels' internal "
+                                      "scratch (eigh/SVD work buffers; a documented bound, no tensor)")
+    buffers_bytes: int = Field(default=0, description="module buffers (running statistics, position tables)")
+    activation_bytes: int | None = Field(default=None, description="forward+backward high-water mark above "
+                                         "parameters and buffers (traced), when known")
+    peak_bytes: int = Field(description="params + buffers + master + state (largest rank) + max(grads + "
+                            "workspace, activation_bytes)")
     state_bytes_by_method: dict[str, int] = Field(default_factory=dict)
     step_ms: float | None = None
     score: float = Field(description="parameter-weighted preconditioning score in [0, 1]")
@@ -138,6 +166,7 @@ class Plan(YamlFile):
     totals: Totals
     what_if: list[WhatIf] = Field(default_factory=list)
     solver: SolverInfo | None = None
+    activations: ActivationInfo | None = None
 
     def entry(self, name: str) -> TensorEntry:
         for e in self.tensors:
