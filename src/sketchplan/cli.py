@@ -45,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--memory-budget", help="device memory for params, grads, optimizer state and step workspace, "
                     "e.g. 24GiB, 80GB, 512MiB (default: no limit)")
     pl.add_argument("--reserve", default="0", help="memory kept free for activations (default 0)")
+    pl.add_argument("--batch-size", type=int, help="trace one forward and backward at this batch size with fake "
+                    "tensors; the budget then covers the whole training step")
+    pl.add_argument("--seq-len", type=int, help="tokens per sequence of the traced batch (language models)")
+    pl.add_argument("--inputs", metavar="MODULE:FUNCTION", help="the traced batch: FUNCTION(batch_size, seq_len) "
+                    "returns a dict of keyword arguments, a tuple or a tensor (default for presets: token ids "
+                    "or images with labels)")
+    pl.add_argument("--headroom", type=float, help="fraction of the budget left to the allocator's fragmentation "
+                    "(default 0.10 with --batch-size, else 0)")
     pl.add_argument("--time-budget-ms", type=float, help="amortised optimizer step time allowed, predicted with "
                     "--hardware (default: no limit)")
     pl.add_argument("--methods", type=_csv(str), default=list(DEFAULT_METHODS),
@@ -212,7 +220,14 @@ def _cmd_plan(args, console) -> int:
         if dt is not None and dt not in DTYPE_BYTES:
             raise UserError(f"{flag} {dt!r} is not a dtype; use e.g. float32, bfloat16 or float16.")
     spec = load_spec(args.model)
-    plan: Plan = make_plan(spec, args.memory_budget, source=args.model, methods=args.methods, ranks=args.ranks,
+    activations = None
+    if args.batch_size is not None:
+        from .planner.activations import trace_source
+
+        activations = trace_source(args.model, args.batch_size, args.seq_len, args.inputs)
+    elif args.seq_len is not None or args.inputs is not None:
+        raise UserError("--seq-len and --inputs describe the traced batch; give --batch-size too.")
+    plan: Plan = make_plan(spec, args.memory_budget, activations=activations, headroom=args.headroom, source=args.model, methods=args.methods, ranks=args.ranks,
                            block_sizes=args.block_sizes, grafts=args.grafts, momenta=args.momenta,
                            defaults=defaults, reserve=args.reserve, world_size=args.world_size,
                            shard_optimizer_state=args.shard_optimizer_state, param_dtype=args.param_dtype,

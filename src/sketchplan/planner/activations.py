@@ -5,7 +5,8 @@ dtypes only: nothing is allocated), runs one forward and ``loss.backward()`` on 
 ``MemTracker`` (``torch.distributed._tools.mem_tracker``, which counts every tensor an operator creates and frees)
 and records the high-water mark above parameters and buffers: activations, the gradients as backward creates
 them and the kernels' temporaries. The loss is the model's own when it returns one (transformers models given
-``labels``), else the sum of its first output. When the model supports activation checkpointing
+``labels``), else the sum of its first output; the outputs stay alive through the backward, as in
+``out = model(**batch); out.loss.backward()`` (a loop that drops them first peaks lower by the logits). When the model supports activation checkpointing
 (transformers' ``gradient_checkpointing_enable``) it is traced both ways.
 
 Presets get a default batch from ``--batch-size`` and ``--seq-len`` (token ids and labels for language models,
@@ -177,6 +178,29 @@ def preset_inputs(model, batch_size: int, seq_len: int | None = None) -> Callabl
                         "labels": torch.randint(0, vocab, (batch_size, seq_len))}
     return lambda: {"input_ids": torch.randint(0, vocab, (batch_size, seq_len)),
                     "labels": torch.randint(0, vocab, (batch_size, seq_len))}
+
+
+def trace_source(source: str, batch_size: int, seq_len: int | None = None, inputs: str | None = None
+                 ) -> ActivationInfo:
+    """``--batch-size``: trace the model named by ``--model`` on ``--inputs`` (``module:function`` called with
+    the batch size and sequence length) or, for transformers models, on ``preset_inputs``."""
+    from .sources import import_callable, load_model
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size} must be at least 1.")
+    model = load_model(source, module=True)
+    from .analysis import is_torch_module
+
+    if not is_torch_module(model):
+        raise UserError(f"model {source!r} has no torch forward to trace (a shapes file or a JAX model); give "
+                        "--reserve SIZE for activations instead of --batch-size.")
+    if inputs is not None:
+        fn = import_callable(inputs, "--inputs")
+        return trace_activations(model, lambda: fn(batch_size, seq_len))
+    if getattr(model, "config", None) is None:
+        raise UserError(f"--batch-size needs example inputs for {source!r}: give --inputs module:function "
+                        "(called with the batch size and sequence length) or use --reserve SIZE.")
+    return trace_activations(model, preset_inputs(model, batch_size, seq_len))
 
 
 def too_big(info: ActivationInfo | None, kept: int, budget: int, headroom: float) -> str:

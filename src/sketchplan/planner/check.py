@@ -11,7 +11,8 @@ config and the plan's defaults, through the optimizers' layouts):
 - budget: today's predicted peak against ``budget`` (default: the plan's budget minus its reserve);
 - measure (optional, ``sketchplan.verify``): the planned optimizer is instantiated on a device, takes real steps, and the bytes of the
   state it actually allocated are compared with the plan, tensor by tensor — any difference fails; on CUDA
-  the peak allocated memory of the step is reported next to the predicted peak.
+  the step's peak (torch's ``MemTracker`` on CPU, ``max_memory_allocated`` on CUDA) must not exceed the
+  predicted peak.
 
 Exit codes of the CLI: 0 all checks pass, 1 a regression, 2 bad input.
 """
@@ -207,10 +208,13 @@ def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 
             f"{len(bad)} tensor(s) allocate other bytes than predicted: " +
             ", ".join(f"{t.name} {t.predicted_bytes:,} → {t.measured_bytes:,}" for t in bad[:5])))
         if measured.peak_allocated_bytes is not None:
+            ok = measured.predicted_peak_bytes is None or measured.peak_allocated_bytes <= measured.predicted_peak_bytes
             checks.append(CheckResult(
-                name="measured-peak", ok=True,
-                message=f"peak allocated during the step {measured.peak_allocated_bytes:,} bytes; predicted peak "
-                        f"{measured.predicted_peak_bytes:,} bytes (reported, not enforced)"))
+                name="measured-peak", ok=ok,
+                message=f"peak allocated during the optimizer step {measured.peak_allocated_bytes:,} bytes "
+                        f"({'MemTracker' if measured.device == 'cpu' else 'max_memory_allocated'}) vs predicted "
+                        f"peak {measured.predicted_peak_bytes:,} bytes" + ("" if ok else
+                                                                          ": the prediction is too low")))
 
     all_ok = all(c.ok for c in checks)
     shown = [d for d in diffs if d.status != "same" or d.offending]
