@@ -83,27 +83,70 @@ def _describe(inputs) -> str:
                      if isinstance(v, torch.Tensor))
 
 
+def _live_bytes_mode():
+    """A dispatch mode counting the bytes of live tensor storages (``MemTracker``'s accounting without its
+    per-module snapshots, which cost O(modules) per operator): every storage an operator returns is counted
+    once, until it is freed."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class LiveBytes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen: dict[int, weakref.ref] = {}
+            self.now = 0
+            self.peak = 0
+
+        def track(self, t) -> None:
+            st = t.untyped_storage()
+            key = id(st)
+            ref = self.seen.get(key)
+            if ref is not None and ref() is st:
+                return
+            nbytes = st.nbytes()
+            self.now += nbytes
+            self.peak = max(self.peak, self.now)
+
+            def gone(_, key=key, nbytes=nbytes):
+                self.now -= nbytes
+                self.seen.pop(key, None)
+
+            self.seen[key] = weakref.ref(st, gone)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    self.track(t)
+            return out
+
+    import torch
+
+    return LiveBytes()
+
+
 def _trace_once(model, example_inputs: Callable[[], Any]) -> tuple[int, int, str]:
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.distributed._tools.mem_tracker import MemTracker
 
     mode = FakeTensorMode(allow_non_fake_inputs=False)
     fake = _fake_model(model, mode)
     fake.train()
     with mode:
         inputs = example_inputs()
-        kept = sum(p.numel() * p.element_size() for p in fake.parameters())
-        kept += sum(b.numel() * b.element_size() for b in fake.buffers())
         for p in fake.parameters():
             p.grad = None
-        mt = MemTracker()
-        mt.track_external(fake)
-        with mt:
+        tracker = _live_bytes_mode()
+        for t in [*fake.parameters(), *fake.buffers()]:
+            tracker.track(t)
+        kept = tracker.now
+        with tracker:
             out = _call(fake, inputs)
-            fwd = sum(s["Total"] for s in mt.get_tracker_snapshot("current").values())
+            fwd = tracker.now
             _loss(out).backward()
-        peak = sum(s["Total"] for s in mt.get_tracker_snapshot("peak").values())
+        peak = tracker.peak
         inputs_bytes = 0
         for t in (inputs.values() if isinstance(inputs, dict) else
                   (inputs if isinstance(inputs, (tuple, list)) else [inputs])):
