@@ -166,3 +166,29 @@ def test_traced_plan_covers_the_whole_step_and_refuses_a_batch_that_cannot_fit()
     big = trace_activations(meta, preset_inputs(meta, 64, 128))
     with pytest.raises(UserError, match="lower --batch-size"):
         make_plan(meta, "16MiB", activations=big)
+
+
+def test_cli_traces_a_preset_and_bad_inputs_exit_2_writing_nothing(tmp_path, capsys):
+    from sketchplan.cli import main
+
+    out = tmp_path / "p.yaml"
+    assert main(["plan", "--model", "gpt2", "--memory-budget", "4GiB", "--batch-size", "2", "--seq-len", "64",
+                 "--out", str(out)]) == 0
+    plan = __import__("sketchplan").Plan.load(str(out))
+    assert plan.activations.source == "fake-tensor trace" and "input_ids (2, 64)" in plan.activations.inputs
+    assert plan.totals.peak_bytes <= 4 * 2**30 * (1 - plan.budget.headroom)
+    shapes = tmp_path / "s.yaml"
+    shapes.write_text("params: [{name: w, shape: [64, 64]}]\n")
+    bad = [
+        (["--model", str(shapes), "--batch-size", "2"], "--reserve"),                    # no forward to trace
+        (["--model", "examples.models:mlp", "--batch-size", "2"], "--inputs"),          # no input factory
+        (["--model", "gpt2", "--batch-size", "64", "--seq-len", "1024"], "--batch-size"),  # cannot fit
+        (["--model", "gpt2", "--seq-len", "64"], "--batch-size"),
+    ]
+    for argv, fix in bad:
+        dest = tmp_path / "never.yaml"
+        capsys.readouterr()
+        assert main(["plan", "--memory-budget", "2GiB", "--out", str(dest), *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert fix in err and "Traceback" not in err and err.count("\n") <= 2, err
+        assert not dest.exists()
