@@ -151,6 +151,7 @@ def _cmd_update(args, console) -> int:
     grid = dict(methods=g.methods, ranks=g.ranks, block_sizes=g.block_sizes, grafts=g.grafts,
                 momenta=g.momenta) if g else {}
     new = make_plan(spec, b.memory_bytes, source=source, defaults=old.defaults, reserve=b.reserve_bytes,
+                    activations=old.activations, headroom=b.headroom,
                     world_size=s.world_size, shard_optimizer_state=s.shard_optimizer_state,
                     param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights,
                     hardware=args.hardware, **grid)
