@@ -191,6 +191,8 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
 
         activations = trace_activations(model, example_inputs)
     act = activations.peak_bytes if activations is not None and activations.source == "fake-tensor trace" else None
+    if activations is None and reserve_bytes:
+        activations = ActivationInfo(source="reserve", peak_bytes=reserve_bytes)  # a guess, kept out of the peak
     if headroom is None:
         from .activations import DEFAULT_HEADROOM
 
