@@ -21,7 +21,7 @@ from .blocking import MatrixPlan, matrix_plan
 from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor
 from .step_calls import matrix_frame_calls, unfold_copies
-from .transients import Live, eigh_scratch_bytes, matrix_step, mode_products, svd_scratch_bytes, unfold_copy
+from .transients import Live, matrix_step, mode_products, safe_eigh, svd_scratch_bytes, unfold_copy
 
 NAME = "sketchy"
 MATRIX = True
@@ -76,9 +76,7 @@ def fd_transients(live: Live, count: int, d: int, k: int, m: int, sb: int, varia
         a2 = live.alloc(c * d * d * sb)          # X Xᵀ
         gram = live.alloc(c * d * d * sb)
         live.free(a1 + a2)
-        ev = live.alloc(c * d * sb + c * d * d * sb)
-        live.scratch(eigh_scratch_bytes(d, sb))
-        live.isfinite(c * d * d, sb)
+        ev = safe_eigh(live, c, d, sb)
         left = live.alloc(c * d * sb * 2 + c * d * d * sb)   # flipped and clamped values, flipped vectors
         live.free(ev + gram)
         r = d
@@ -87,9 +85,7 @@ def fd_transients(live: Live, count: int, d: int, k: int, m: int, sb: int, varia
         r = min(d, w)
         if variant == "gram_small":
             g = live.alloc(c * w * w * sb)       # Yᵀ Y
-            ev = live.alloc(c * w * sb + c * w * w * sb)
-            live.scratch(eigh_scratch_bytes(w, sb))
-            live.isfinite(c * w * w, sb)
+            ev = safe_eigh(live, c, w, sb)
             live.free(g)
             fl = live.alloc(c * w * sb * 3 + c * w * w * sb)  # flipped values, vectors, √
             yv = live.alloc(c * d * w * sb)      # Y V
@@ -103,12 +99,14 @@ def fd_transients(live: Live, count: int, d: int, k: int, m: int, sb: int, varia
             q = 0
             if variant == "qr_svd":
                 q = live.alloc(c * w * r * sb + c * r * d * sb)   # Q and R of Yᵀ
-            out = live.alloc(c * d * r * sb + c * r * sb + c * r * w * sb)   # U, s, Vᵀ
-            live.scratch(svd_scratch_bytes(d if not q else r, w if not q else d, sb))
-            live.isfinite(c * d * r, sb)
-            left = live.alloc(c * r * sb)        # s²
-            live.free(q + y + (c * r * sb + c * r * w * sb))
-            left += c * d * r * sb
+            live.spike(c * d * r * sb + c * r * sb + c * r * w * sb)   # U, s, Vᵀ of the attempt that failed
+            y64 = live.alloc(c * d * w * 8) if sb < 8 else 0         # the float64 retry
+            q64 = live.alloc((c * w * r + c * r * d) * 8) if q and sb < 8 else 0
+            out = live.alloc((c * d * r + c * r + c * r * w) * max(sb, 8))
+            live.scratch(svd_scratch_bytes(d if not q else r, w if not q else d, max(sb, 8)))
+            live.spike(16)                       # finiteness of the sums
+            left = live.alloc(c * r * sb + c * d * r * sb)   # s², cast back; U cast back
+            live.free(out + y64 + q64 + q + y)
     new = live.alloc(c * k * sb * 2 + c * d * k * sb + c * sb)   # σ² − c, clamped; U[:, :k]; ρ
     live.free(left)
     return new

@@ -175,12 +175,12 @@ def mode_products(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: 
 
 
 def eigh_power(live: Live, count: int, d: int, sb: int) -> int:
-    """``roots.symmetric_power`` (float32 path): eigh's eigenvalues and vectors, the scaled vectors and
-    V diag(λᵃ) Vᵀ. Returns the bytes of the result, which the caller keeps until its next axis."""
-    w = live.alloc(count * d * sb)
-    v = live.alloc(count * d * d * sb)
-    live.scratch(eigh_scratch_bytes(d, sb))
-    live.isfinite(count * d * d, sb)       # isfinite(v)
+    """``roots.symmetric_power``: eigh's eigenvalues and vectors, the scaled vectors and V diag(λᵃ) Vᵀ, with
+    ``roots.safe_eigh``'s float64 retry (real training does hit it: float32 eigh fails on rank-deficient
+    statistics): the float64 copy of the statistic and float64 eigenpairs, then their cast back. Returns the
+    bytes of the result, which the caller keeps until its next axis."""
+    ev = safe_eigh(live, count, d, sb)
+    w, v = count * d * sb, ev - count * d * sb
     live.spike(2 * count * d * sb)         # clamp_min, + ε
     scale = live.alloc(count * d * sb)
     t = live.alloc(count * d * d * sb)     # V · scale
@@ -190,6 +190,25 @@ def eigh_power(live: Live, count: int, d: int, sb: int) -> int:
     live.free(v)
     live.free(w)
     return out
+
+
+def safe_eigh(live: Live, count: int, d: int, sb: int) -> int:
+    """``roots.safe_eigh`` of (count, d, d) matrices in a dtype of ``sb`` bytes, the float64 retry included (the
+    float32 attempt raised, its outputs dropped): the float64 copy and eigenpairs (16·d² bytes at once), then
+    the cast back. Leaves the eigenvalues and vectors alive and returns their bytes."""
+    if sb < 8:
+        m64 = live.alloc(count * d * d * 8)
+        ev64 = live.alloc(count * d * d * 8 + count * d * 8)
+        live.scratch(eigh_scratch_bytes(d, 8))
+        live.free(m64)
+        live.spike(16)                     # finiteness of the sums
+        ev = live.alloc(count * d * d * sb + count * d * sb)
+        live.free(ev64)
+    else:
+        ev = live.alloc(count * d * d * sb + count * d * sb)
+        live.scratch(eigh_scratch_bytes(d, sb))
+        live.spike(16)
+    return ev
 
 
 def eigh_roots(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:

@@ -127,7 +127,7 @@ def _live_bytes_mode():
     return LiveBytes()
 
 
-def _trace_once(model, example_inputs: Callable[[], Any]) -> tuple[int, int, str]:
+def _trace_once(model, example_inputs: Callable[[], Any]) -> tuple[int, int, str, int]:
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -147,6 +147,8 @@ def _trace_once(model, example_inputs: Callable[[], Any]) -> tuple[int, int, str
             fwd = tracker.now
             _loss(out).backward()
         peak = tracker.peak
+        grads = sum(p.grad.numel() * p.grad.element_size() for p in fake.parameters() if p.grad is not None)
+        retained = tracker.now - kept - grads
         inputs_bytes = 0
         for t in (inputs.values() if isinstance(inputs, dict) else
                   (inputs if isinstance(inputs, (tuple, list)) else [inputs])):
@@ -154,7 +156,7 @@ def _trace_once(model, example_inputs: Callable[[], Any]) -> tuple[int, int, str
                 inputs_bytes += t.numel() * t.element_size()
         desc = _describe(inputs)
     # the inputs live outside the tracker (created before it); count them: the batch is in memory too
-    return peak - kept + inputs_bytes, fwd - kept + inputs_bytes, desc
+    return peak - kept + inputs_bytes, fwd - kept + inputs_bytes, desc, retained + inputs_bytes
 
 
 def trace_activations(model, example_inputs: Callable[[], Any]) -> ActivationInfo:
@@ -170,7 +172,7 @@ def trace_activations(model, example_inputs: Callable[[], Any]) -> ActivationInf
         raise UserError("example inputs must be a callable returning the batch (a dict, a tuple or a tensor); "
                         "give --inputs module:function or use --reserve.")
     try:
-        peak, fwd, desc = _trace_once(model, example_inputs)
+        peak, fwd, desc, retained = _trace_once(model, example_inputs)
         ckpt = None
         on = bool(getattr(model, "is_gradient_checkpointing", False))
         if getattr(model, "supports_gradient_checkpointing", False) and hasattr(model, "gradient_checkpointing_enable"):
@@ -189,7 +191,8 @@ def trace_activations(model, example_inputs: Callable[[], Any]) -> ActivationInf
     if on and ckpt is not None:
         peak, ckpt = ckpt, ckpt
     return ActivationInfo(source="fake-tensor trace", peak_bytes=max(0, peak), forward_bytes=max(0, fwd),
-                          checkpointed_peak_bytes=ckpt, checkpointing=on, inputs=desc)
+                          checkpointed_peak_bytes=ckpt, checkpointing=on, inputs=desc,
+                          retained_bytes=max(0, retained))
 
 
 def preset_inputs(model, batch_size: int, seq_len: int | None = None) -> Callable[[], Any]:

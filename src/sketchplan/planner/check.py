@@ -151,7 +151,8 @@ def predicted_peak(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig]
     ws = step_workspace([(p.shape, p.dtype, configs[p.name], options.get(p.name, {})) for p in spec.params
                          if p.name in configs], plan.defaults, s.param_dtype)[0]
     act = plan.totals.activation_bytes
-    return step_peak(fixed, state, ws, spec.buffers_bytes if plan.totals.buffers_bytes else 0, act)
+    ret = plan.activations.retained_bytes if act is not None and plan.activations is not None else 0
+    return step_peak(fixed, state, ws, spec.buffers_bytes if plan.totals.buffers_bytes else 0, act, ret)
 
 
 #: Measures a plan on a device: (plan, model, spec, configs) → Measurement (``sketchplan.verify.measure_plan``).

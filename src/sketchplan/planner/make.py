@@ -95,7 +95,7 @@ def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDe
 
 
 def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer=None, act=None,
-              param_dtype=None) -> list[WhatIf]:
+              param_dtype=None, ret=0) -> list[WhatIf]:
     alts = [MethodConfig(method="adam"), MethodConfig(method="shampoo")]
     alts += [MethodConfig(method="blocked_shampoo", block_size=b) for b in block_sizes]
     alts += [MethodConfig(method="sketchy", rank=k, graft="adafactor", momentum="bfloat16") for k in ranks]
@@ -109,7 +109,7 @@ def _what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer=
                 cache[key] = cand.evaluate(p.shape, cfg, opts)
             choice[p.name] = cache[key]
         c = _costs(spec, choice, opts, world, shard, param_dtype)
-        peak = step_peak(fixed, c.per_rank, c.workspace, spec.buffers_bytes, act)
+        peak = step_peak(fixed, c.per_rank, c.workspace, spec.buffers_bytes, act, ret)
         ms = None if timer is None else round(sum(timer(p.shape, cfg)[0] for p in spec.trainable), 3)
         out.append(WhatIf(label="all " + cfg.label(), state_bytes=c.state, peak_bytes=peak,
                           fits=avail is None or peak <= avail, score=round(c.score, 6), step_ms=ms))
@@ -129,11 +129,12 @@ def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ran
     ws, ws_tensors = step_workspace([(tuple(e.shape), e.dtype, e.config(), e.options()) for e in entries
                                      if e.method is not None], opts, prec.param_dtype)
     act = None if activations is None or activations.source != "fake-tensor trace" else activations.peak_bytes
+    ret = 0 if act is None else activations.retained_bytes
     totals = Totals(
         params_bytes=fixed.params, grads_bytes=fixed.grads, master_bytes=fixed.master, state_bytes=c.state,
         state_bytes_per_rank=c.per_rank if (shard and world > 1) else None, workspace_bytes=ws,
         kernel_scratch_bytes=ws - ws_tensors, buffers_bytes=spec.buffers_bytes, activation_bytes=act,
-        peak_bytes=step_peak(fixed, c.per_rank, ws, spec.buffers_bytes, act), state_bytes_by_method=c.by_method,
+        peak_bytes=step_peak(fixed, c.per_rank, ws, spec.buffers_bytes, act, ret), state_bytes_by_method=c.by_method,
         step_ms=step_ms, score=round(c.score, 6),
     )
     return Plan(
@@ -148,7 +149,8 @@ def _assemble(spec, choice, opts, fixed, budget, prec, world, shard, solver, ran
         grid=grid,
         tensors=entries,
         totals=totals,
-        what_if=_what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer, act, prec.param_dtype),
+        what_if=_what_ifs(spec, opts, fixed, avail, world, shard, ranks, block_sizes, timer, act, prec.param_dtype,
+                          ret),
         solver=solver,
         activations=activations,
     )
@@ -218,7 +220,8 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
             it.time = [timer(g.shape, c.cfg)[0] for c in g.cands]
     shard = shard_optimizer_state and world_size > 1
     avail = budget.available()
-    kept = fixed.total + spec.buffers_bytes + max(0, (act or 0) - fixed.grads)
+    ret = activations.retained_bytes if act is not None else 0
+    kept = fixed.total + spec.buffers_bytes + max(0, (act or 0) - fixed.grads, ret)
     if avail is not None and fixed.total > avail:
         raise UserError(_fixed_too_big(fixed, budget_bytes, reserve_bytes))
     if avail is not None and kept > avail:
@@ -243,7 +246,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         if avail is None:
             break
         c = _costs(spec, choice, opts, world_size, shard, param_dtype)
-        over = step_peak(fixed, c.per_rank, c.workspace, spec.buffers_bytes, act) - avail
+        over = step_peak(fixed, c.per_rank, c.workspace, spec.buffers_bytes, act, ret) - avail
         if over <= 0:
             break
         state_budget -= max(over, state_budget // 200, 1)

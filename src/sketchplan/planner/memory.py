@@ -10,8 +10,9 @@
   largest single tensor's, not the sum).
 peak = parameters + buffers + master weights + state (largest rank)
        + max(gradients + optimizer-step workspace, forward+backward high-water mark above parameters and buffers)
-(the backward's figure includes the gradients it creates; without a trace it is 0 and activations are left to
-the reserve). ``step_peak`` computes it.
+(the backward's figure includes the gradients it creates; the optimizer step also holds the batch and the
+outputs still referenced, ``ActivationInfo.retained_bytes``; without a trace both are 0 and activations are left
+to the reserve). ``step_peak`` computes it.
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ def largest_rank(units: list[int], world_size: int) -> int:
     return max(loads)
 
 
-def step_peak(fixed: FixedBytes, state: int, workspace: int, buffers: int = 0, activations: int | None = None) -> int:
+def step_peak(fixed: FixedBytes, state: int, workspace: int, buffers: int = 0, activations: int | None = None,
+              retained: int = 0) -> int:
     """The training step's high-water mark (module docstring): the optimizer step (gradients and its transients
-    on top of everything kept) or the forward+backward (activations and the gradients as they appear)."""
-    return fixed.params + buffers + fixed.master + state + max(fixed.grads + workspace, activations or 0)
+    on top of everything kept, with the batch and the outputs the backward leaves alive, ``retained``) or the
+    forward+backward (activations and the gradients as they appear)."""
+    return fixed.params + buffers + fixed.master + state + max(fixed.grads + workspace + retained, activations or 0)

@@ -52,6 +52,8 @@ class ActivationInfo(_Strict):
     checkpointed_peak_bytes: int | None = Field(default=None, description="the peak with activation "
                                                 "checkpointing enabled, when the model supports it")
     checkpointing: bool = Field(default=False, description="whether the traced model had checkpointing on")
+    retained_bytes: int = Field(default=0, ge=0, description="bytes alive after the backward besides parameters, "
+                                "buffers and gradients (the batch, the outputs and loss): held during the step")
     inputs: str = Field(default="", description="the inputs traced, e.g. 'input_ids (8, 2048) int64'")
 
 
