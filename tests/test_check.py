@@ -133,8 +133,8 @@ def test_measure_materialised_custom_model_zero_difference(tmp_path, capsys):
     assert all(t.measured_bytes == t.predicted_bytes for t in report.measured.tensors)
     assert report.measured.measured_state_bytes == report.old_state_bytes
     peak = next(c for c in report.checks if c.name == "measured-peak")
-    m = report.measured  # MemTracker's step peak on CPU: under the prediction, and close to it
-    assert peak.ok and m.peak_allocated_bytes <= m.predicted_peak_bytes <= 1.05 * m.peak_allocated_bytes
+    m = report.measured  # MemTracker's step peak on CPU, under the prediction (which also bounds eigh's scratch
+    assert peak.ok and 0 < m.peak_allocated_bytes <= m.predicted_peak_bytes  # and float64 retries, not hit here)
 
 
 def test_measure_fails_when_the_measured_peak_is_above_the_prediction(tmp_path, capsys):
