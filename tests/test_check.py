@@ -132,6 +132,20 @@ def test_measure_materialised_custom_model_zero_difference(tmp_path, capsys):
     assert {t.name for t in report.measured.tensors} == {e.name for e in Plan.load(path).tensors}
     assert all(t.measured_bytes == t.predicted_bytes for t in report.measured.tensors)
     assert report.measured.measured_state_bytes == report.old_state_bytes
+    peak = next(c for c in report.checks if c.name == "measured-peak")
+    m = report.measured  # MemTracker's step peak on CPU, under the prediction (which also bounds eigh's scratch
+    assert peak.ok and 0 < m.peak_allocated_bytes <= m.predicted_peak_bytes  # and float64 retries, not hit here)
+
+
+def test_measure_fails_when_the_measured_peak_is_above_the_prediction(tmp_path, capsys):
+    path = tmp_path / "mlp.yaml"
+    assert main(["plan", "--model", "examples.models:mlp", "--out", str(path), "--methods", "adam"]) == 0
+    plan = Plan.load(path)
+    plan.totals.peak_bytes = plan.totals.params_bytes  # a prediction that forgot gradients, state and transients
+    path.write_text(plan.to_yaml())
+    capsys.readouterr()
+    code, out, _ = run(capsys, "check", str(path), "--measure")
+    assert code == 1 and "the prediction is too low" in out
 
 
 def test_measure_sampled_when_model_is_a_shapes_file(tmp_path):

@@ -37,7 +37,8 @@ def test_llama7b_plan_fits_where_adam_does_not(tmp_path, capsys):
     plan = Plan.load(out_path)
     t = plan.totals
     assert t.peak_bytes <= 80 * 2**30
-    assert t.peak_bytes == t.params_bytes + t.grads_bytes + t.master_bytes + t.state_bytes + t.workspace_bytes
+    assert t.peak_bytes == (t.params_bytes + t.buffers_bytes + t.grads_bytes + t.master_bytes + t.state_bytes
+                            + t.workspace_bytes)
     assert t.state_bytes == sum(e.state_bytes for e in plan.tensors)
     adam = next(w for w in plan.what_if if w.label == "all adam")
     assert not adam.fits and adam.peak_bytes > 100 * 2**30  # params + grads + 2 moments ≈ 108 GB
@@ -90,8 +91,8 @@ def test_sharding_reports_largest_rank():
     assert t.state_bytes / 8 <= t.state_bytes_per_rank < t.state_bytes
     # ZeRO-1 (what --shard-optimizer-state means): whole parameters and gradients, DDP's gradient buckets
     assert t.params_bytes_per_rank == t.params_bytes and t.grads_bytes_per_rank == t.grads_bytes
-    assert t.peak_bytes == (t.params_bytes + t.grads_bytes + t.state_bytes_per_rank + t.workspace_bytes
-                            + t.comm_bytes_per_rank)
+    assert t.peak_bytes == (t.params_bytes + t.buffers_bytes + t.grads_bytes + t.state_bytes_per_rank
+                            + t.workspace_bytes + t.comm_bytes_per_rank)
     assert t.comm_bytes_per_rank >= t.grads_bytes
     assert t.peak_bytes <= 2 * 2**30
 

@@ -24,8 +24,19 @@ def test_pruning_keeps_the_fastest_candidate():
     kept = cand.candidates_for(shape, configs, opts, timer=timer)
     assert min(c.time_ms for c in kept) == pytest.approx(all_t)
     assert any(c.cfg.method == "adam" for c in kept)
-    untimed = cand.candidates_for(shape, configs, opts)
-    assert min(timer(shape, c.cfg)[0] for c in untimed) > 10 * all_t  # the bug this guards against
+    # the bug this guards against, made explicit: a fast candidate with more bytes and a lower score than a slow
+    # one survives only when time is part of the dominance test
+    fast, slow = MethodConfig(method="adam"), MethodConfig(method="sketchy", rank=16)
+    fake = {fast: cand.Candidate(fast, 100, 0, 0.5), slow: cand.Candidate(slow, 10, 0, 0.9)}
+    times = {fast: (1.0, {}), slow: (50.0, {})}
+    real = cand.evaluate
+    try:
+        cand.evaluate = lambda shape, cfg, opts, spectrum=None: fake[cfg]
+        assert [c.cfg for c in cand.candidates_for(shape, [fast, slow], opts)] == [slow]
+        timed = cand.candidates_for(shape, [fast, slow], opts, timer=lambda sh, cfg: times[cfg])
+        assert {c.cfg for c in timed} == {fast, slow}
+    finally:
+        cand.evaluate = real
     # nothing kept is dominated in (bytes, workspace, score, time) by another kept candidate
     for a in kept:
         for b in kept:

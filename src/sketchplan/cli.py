@@ -99,6 +99,15 @@ def _parser() -> argparse.ArgumentParser:
                     "positions) per training step: the forward+backward estimate uses it, and the default time bound "
                     "is then at least 25%% of that forward+backward (default: shown at 8,192, bound by "
                     "--max-step-vs-adam alone)")
+    pl.add_argument("--batch-size", type=flag_int(1, example="8"), help="trace one forward and backward at this "
+                    "batch size with fake tensors; the budget then covers the whole training step")
+    pl.add_argument("--seq-len", type=flag_int(1, example="2048"), help="tokens per sequence of the traced batch "
+                    "(language models)")
+    pl.add_argument("--inputs", metavar="MODULE:FUNCTION", help="the traced batch: FUNCTION(batch_size, seq_len) "
+                    "returns a dict of keyword arguments, a tuple or a tensor (default for presets: token ids "
+                    "or images with labels)")
+    pl.add_argument("--headroom", type=flag_float(0, 1, hi_open=True, example="0.1"), help="fraction of the budget "
+                    "left to the allocator's fragmentation (default 0.10 with --batch-size, else 0)")
     pl.add_argument("--methods", type=_csv(str), default=list(DEFAULT_METHODS),
                     help=f"comma list (default {','.join(DEFAULT_METHODS)}; also extreme_tensoring, kradagrad)")
     pl.add_argument("--ranks", type=_csv(int, "rank"), default=list(DEFAULT_RANKS), help="Sketchy ranks")
@@ -212,6 +221,7 @@ def _cmd_update(args, console) -> int:
                 momenta=g.momenta) if g else {}
     new = make_plan(spec, b.memory_bytes, source=source, defaults=old.defaults, reserve=b.reserve_bytes,
                     **settings_kwargs(s),
+                    activations=old.activations, headroom=b.headroom,
                     param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights,
                     hardware=args.hardware, max_step_vs_adam=args.max_step_vs_adam, **grid,
                     time_budget_ms=b.time_budget_ms if b.time_budget_source == "--time-budget-ms" else None)
@@ -285,7 +295,14 @@ def _cmd_plan(args, console) -> int:
         if dt is not None and dt not in _FLOAT_DTYPES:
             raise UserError(f"{flag} {dt!r} is not a floating-point dtype; use one of {', '.join(_FLOAT_DTYPES)}.")
     spec = load_spec(args.model)
-    plan: Plan = make_plan(spec, args.memory_budget, source=args.model, methods=args.methods, ranks=args.ranks,
+    activations = None
+    if args.batch_size is not None:
+        from .planner.activations import trace_source
+
+        activations = trace_source(args.model, args.batch_size, args.seq_len, args.inputs)
+    elif args.seq_len is not None or args.inputs is not None:
+        raise UserError("--seq-len and --inputs describe the traced batch; give --batch-size too.")
+    plan: Plan = make_plan(spec, args.memory_budget, activations=activations, headroom=args.headroom, source=args.model, methods=args.methods, ranks=args.ranks,
                            block_sizes=args.block_sizes, grafts=args.grafts, momenta=args.momenta,
                            defaults=defaults, reserve=args.reserve, world_size=args.world_size,
                            shard_optimizer_state=args.shard_optimizer_state, param_dtype=args.param_dtype,

@@ -124,14 +124,21 @@ def totals_table(plan: Plan) -> Table:
     for m, v in sorted(tot.state_bytes_by_method.items(), key=lambda kv: -kv[1]):
         t.add_row(f"  {m}", fmt_bytes(v))
     t.add_row("step workspace (peak)", fmt_bytes(tot.workspace_bytes))
+    if tot.buffers_bytes:
+        t.add_row("buffers", fmt_bytes(tot.buffers_bytes))
+    if plan.activations is not None and tot.activation_bytes is not None:
+        a = plan.activations
+        t.add_row("forward+backward (traced, fake tensors)", fmt_bytes(tot.activation_bytes))
+        if a.checkpointed_peak_bytes is not None and not a.checkpointing:
+            t.add_row("  with activation checkpointing", fmt_bytes(a.checkpointed_peak_bytes))
     if tot.peak_bytes_per_rank is not None:
         _per_rank_rows(t, plan)
     t.add_row(Text("peak" + (" per rank" if tot.peak_bytes_per_rank is not None else ""), style="bold"),
               Text(fmt_bytes(tot.peak_bytes), style="bold"))
     if b.memory_bytes is not None:
-        avail = b.memory_bytes - b.reserve_bytes
-        t.add_row("budget" + (f" (minus reserve {fmt_bytes(b.reserve_bytes)})" if b.reserve_bytes else ""),
-                  fmt_bytes(avail))
+        avail = b.available()
+        t.add_row("budget" + (f" (minus reserve {fmt_bytes(b.reserve_bytes)})" if b.reserve_bytes else "")
+                  + (f" (minus {b.headroom:.0%} allocator headroom)" if b.headroom else ""), fmt_bytes(avail))
         head = avail - tot.peak_bytes
         t.add_row("headroom", Text(fmt_bytes(head), style="green" if head >= 0 else "red"))
     t.add_row("score (parameter-weighted)", f"{tot.score:.4f}")
@@ -172,7 +179,7 @@ def what_if_table(plan: Plan) -> Table:
 
 def _fits(plan: Plan) -> bool:
     b = plan.budget
-    return b.memory_bytes is None or plan.totals.peak_bytes <= b.memory_bytes - b.reserve_bytes
+    return b.memory_bytes is None or plan.totals.peak_bytes <= b.available()
 
 
 def render_plan(plan: Plan, console: Console, mode: str = "class", max_rows: int | None = 60) -> None:

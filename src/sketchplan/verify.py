@@ -96,6 +96,21 @@ def _peak_tracker(device):
     return lambda: None
 
 
+def _tracked_step(model, opt, device) -> int | None:
+    """One optimizer step; on CPU under torch's ``MemTracker`` (parameters, buffers, gradients, state and every
+    tensor the step creates), returning its peak bytes. On CUDA ``max_memory_allocated`` is read instead."""
+    if device.type != "cpu":
+        opt.step()
+        return None
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    mt = MemTracker()
+    mt.track_external(model, opt)
+    with mt:
+        opt.step()
+    return sum(s["Total"] for s in mt.get_tracker_snapshot("peak").values())
+
+
 def measure_plan(plan: Plan, model, spec: ModelSpec, configs: dict[str, MethodConfig], *, device: str = "cpu",
                  limit: int | None = None, steps: int = 1) -> Measurement:
     torch = require("torch", "check --measure")
@@ -128,10 +143,11 @@ def measure_plan(plan: Plan, model, spec: ModelSpec, configs: dict[str, MethodCo
         _randomise(params, dev)
         opt = build_optimizer(plan, model)
         peak = _peak_tracker(dev)
+        cpu_peak = 0
         for _ in range(steps):
             _grads(params)
-            opt.step()
-        peak_bytes = peak()
+            cpu_peak = max(cpu_peak, _tracked_step(model, opt, dev) or 0)
+        peak_bytes = peak() if dev.type == "cuda" else cpu_peak
         named = dict(model.named_parameters())
         rows = [MeasuredTensor(name=n, predicted_bytes=predicted(n, c), measured_bytes=_state_bytes(opt, named[n]),
                                method=c.label()) for n, c in configs.items()]

@@ -56,6 +56,26 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
     return METHOD_MODULES[cfg.method].workspace_bytes(tuple(int(d) for d in shape), cfg, opts)
 
 
+def workspace_of(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, param_dtype: str = "float32",
+                 scratch: bool = True) -> int:
+    """``workspace_bytes`` for a parameter of ``param_dtype``; ``scratch=False`` leaves out kernels' internal work
+    buffers (the tensor-level figure torch's ``MemTracker`` sees)."""
+    return METHOD_MODULES[cfg.method].workspace_bytes(tuple(int(d) for d in shape), cfg, opts, param_dtype, scratch)
+
+
+def group_workspace_bytes(tensors: list[tuple[tuple[int, ...], str]], cfg: MethodConfig, opts: OptimizerDefaults,
+                          scratch: bool = True) -> int:
+    """High-water mark of one step of a param group of (shape, parameter dtype) tensors that share ``cfg``.
+
+    Adam steps the group with multi-tensor kernels (``adam.group_workspace_bytes``); the other methods step
+    tensor after tensor, so the group's figure is its largest tensor's, or the sanitising pass over the group
+    (a float32 sum per tensor, their stack and flags: at most 16 bytes per tensor) when that is larger.
+    """
+    if cfg.method == "adam":
+        return adam.group_workspace_bytes([(tuple(int(d) for d in s), dt) for s, dt in tensors], cfg, opts)
+    return max([16 * len(tensors)] + [workspace_of(s, cfg, opts, dt, scratch) for s, dt in tensors])
+
+
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list:
     """The kernel calls one step of ``cfg.method`` makes for a parameter of ``shape`` (``kernels.calls``)."""
     return METHOD_MODULES[cfg.method].kernel_calls(tuple(int(d) for d in shape), cfg, opts)
@@ -64,5 +84,5 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
 __all__ = [
     "DTYPE_BYTES", "GRAFTS", "MATRIX_METHODS", "METHODS", "METHOD_MODULES", "MOMENTA", "MethodConfig",
     "OptimizerDefaults", "SKIP_COUNTER", "StateTensor", "dtype_bytes", "kernel_calls", "state_layout",
-    "total_bytes", "workspace_bytes",
+    "total_bytes", "workspace_bytes", "workspace_of", "group_workspace_bytes",
 ]

@@ -36,9 +36,75 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
     return out
 
 
-def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
-    """Largest step temporary: the denominator √v̂ + ε, one param-shaped tensor in the state dtype."""
-    return math.prod(shape) * dtype_bytes(opts.state_dtype)
+#: The multi-tensor step runs over consecutive chunks of a param group holding at most this many elements (a
+#: larger tensor is a chunk of its own), so its temporaries stay bounded whatever the group's size: at most
+#: 14 bytes per element (bfloat16 parameters, float32 state) · 2²⁴ = 224 MiB, and the kernel launches of a
+#: 7B-parameter model grow from ~8 to ~8·420 per step.
+CHUNK_ELEMENTS = 2**24
+
+
+def chunks(numels: list[int], limit: int = CHUNK_ELEMENTS) -> list[list[int]]:
+    """Indices of the consecutive chunks ``_adamw_foreach`` steps together: greedy, each ≤ ``limit`` elements
+    unless a single tensor is larger."""
+    out: list[list[int]] = []
+    size = 0
+    for i, n in enumerate(numels):
+        if out and size + n <= limit:
+            out[-1].append(i)
+            size += n
+        else:
+            out.append([i])
+            size = n
+    return out
+
+
+def chunk_transients(tensors: list[tuple[int, str]], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
+    """High-water mark of ``_adamw_foreach`` over one chunk of (numel, parameter dtype) tensors, in bytes.
+
+    Gradients of another dtype than v are cast (kept); a momentum of another dtype gets the cast gradient
+    (temporary); the denominators √v̂ + ε are one list; when parameter, numerator and denominator dtypes differ
+    anywhere in the chunk, the update goes through the cast numerators (temporary), the quotients and their
+    cast to the parameter dtype (temporary).
+    """
+    from .transients import Live
+
+    sb = dtype_bytes(opts.state_dtype)
+    mb = dtype_bytes(cfg.momentum) if cfg.momentum != "none" else sb
+    live = Live()
+    n = sum(k for k, _ in tensors)
+    g = live.alloc(sum(k * sb for k, dt in tensors if dt != opts.state_dtype))
+    if cfg.momentum != "none" and cfg.momentum != opts.state_dtype:
+        live.spike(n * mb)
+    denom = live.alloc(n * sb)
+    num_dtype = cfg.momentum if cfg.momentum != "none" else opts.state_dtype
+    same = all(dt == num_dtype == opts.state_dtype for _, dt in tensors)
+    if not same:
+        casts = live.alloc(n * sb if num_dtype != opts.state_dtype else 0)
+        upd = live.alloc(n * sb)
+        live.free(casts)
+        live.spike(sum(k * dtype_bytes(dt) for k, dt in tensors if dt != opts.state_dtype))
+        live.free(upd)
+    live.free(denom + g)
+    return live.peak
+
+
+def group_workspace_bytes(tensors: list[tuple[tuple[int, ...], str]], cfg: MethodConfig,
+                          opts: OptimizerDefaults) -> int:
+    """High-water mark of one AdamW step over a whole param group of (shape, parameter dtype) tensors, in the
+    order the group holds them: the sanitising pass (a float32 sum per tensor, their stack, the flags: at most
+    16 bytes per tensor) or the largest chunk's temporaries (``chunks``, ``chunk_transients``)."""
+    numels = [math.prod(s) for s, _ in tensors]
+    peak = 16 * len(tensors)
+    for idx in chunks(numels):
+        peak = max(peak, chunk_transients([(numels[i], tensors[i][1]) for i in idx], cfg, opts))
+    return peak
+
+
+def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults,
+                    param_dtype: str = "float32", scratch: bool = True) -> int:
+    """The step's temporaries when this tensor is alone in its param group (a lower bound of the group's:
+    ``group_workspace_bytes``, which the planner uses for the step)."""
+    return group_workspace_bytes([(shape, param_dtype)], cfg, opts)
 
 
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:

@@ -29,8 +29,10 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
     return shampoo.layout(shape, cfg, opts)
 
 
-def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
-    return shampoo.workspace_bytes(shape, cfg, opts)
+def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults,
+                    param_dtype: str = "float32", scratch: bool = True) -> int:
+    """Shampoo's step transients (``shampoo.workspace_bytes``) with the blocks stacked per group."""
+    return shampoo.workspace_bytes(shape, cfg, opts, param_dtype, scratch)
 
 
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:

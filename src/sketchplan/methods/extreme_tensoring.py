@@ -82,9 +82,39 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
     return out + momentum_layout(shape, cfg.momentum) + [SKIP_COUNTER]
 
 
-def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
-    """Largest step temporary: G² (for the slice sums) and the broadcast denominator, param-shaped each."""
-    return 2 * math.prod(shape) * dtype_bytes(opts.state_dtype)
+def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults,
+                    param_dtype: str = "float32", scratch: bool = True) -> int:
+    """High-water mark of one step over this parameter beyond params, grads and state (``transients.Live``).
+
+    The gradient in the state dtype (a copy for other parameter dtypes), G², per mode the slice sums and the
+    factor, and the broadcast denominator growing mode by mode (the previous partial product alive while the
+    next is formed); then G / denominator, momentum and the update.
+    """
+    from .transients import Live, momentum_update
+
+    sb, pb = dtype_bytes(opts.state_dtype), dtype_bytes(param_dtype)
+    n = math.prod(shape)
+    dims = tensor_dims(tuple(shape), opts.et_max_dim)
+    live = Live(scratch)
+    cast = live.alloc(n * sb) if pb != sb else 0
+    sq = live.alloc(n * sb)
+    denom = factor = 0
+    for i, d in enumerate(dims):
+        live.spike(d * sb)                   # slice sums
+        f = live.alloc(d * sb)               # (acc + ε)^(1/2p)
+        if i == 0:
+            denom = f
+        else:
+            live.free(factor if i > 1 else 0)
+            new = live.alloc(math.prod(dims[: i + 1]) * sb)
+            live.free(denom)
+            denom = new
+        factor = f
+    direction = live.alloc(n * sb)           # G / denominator
+    live.free(denom + (factor if len(dims) > 1 else 0) + sq)
+    momentum_update(live, n, cfg, opts, sb, pb)
+    live.free(direction + cast)
+    return live.peak
 
 
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:

@@ -18,10 +18,11 @@ import math
 
 from ..kernels.calls import KernelCall, gemm, pointwise
 from .common import diagonal_tail, stats_weights
-from .layout import MethodConfig, OptimizerDefaults, StateTensor
-from .shampoo import apply_roots_calls, factor_layout, factor_workspace, plan_for
+from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
+from .shampoo import apply_roots_calls, factor_layout, plan_for, precondition_transients
 from .shampoo import kept_rank as shampoo_kept_rank
 from .step_calls import matrix_frame_calls, unfold_copies
+from .transients import Live, eigh_roots, matrix_step, unfold_copy
 
 NAME = "kradagrad"
 MATRIX = True
@@ -41,8 +42,50 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
     return factor_layout(mp, ("inv", "root"), opts.state_dtype) + diagonal_tail(shape, cfg, opts)
 
 
-def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
-    return factor_workspace(plan_for(shape, cfg, opts), shape, opts.state_dtype)
+def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults,
+                    param_dtype: str = "float32", scratch: bool = True) -> int:
+    """High-water mark of one KrADagrad step beyond params, grads and state (``transients.matrix_step``).
+
+    First step: L̃₀ = I/ε from ``eye`` and its quotient (2·d² for the largest axis). Statistics, per axis:
+    the (scaled) unfolding X, L̃X, the trace's X ⊙ L̃X, then (L̃X)(L̃X)ᵀ and its quotient, then L̃ + L̃ᵀ and its
+    half, with the previous axis's X and L̃X alive until rebound. Roots: eigh as Shampoo's (with its LAPACK
+    scratch when ``scratch``); directions: Shampoo's mode products.
+    """
+    mp = plan_for(shape, cfg, opts)
+    decay, weight = stats_weights(opts.betas[1], opts.stats_every)
+
+    def init(live: Live) -> None:
+        dmax = max((d for b, _ in mp.groups for d in b), default=0)
+        live.spike(2 * dmax * dmax * dtype_bytes(opts.state_dtype))
+
+    def stats(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
+        order = len(bshape)
+        axes = range(order) if opts.kradagrad_variant == "star" else range(1)
+        x_prev = lx_prev = tr_prev = 0
+        for i in axes:
+            d = bshape[i]
+            x = live.alloc(count * bn * sb) if unfold_copy(i, order) else 0
+            live.free(x_prev)
+            if weight != 1.0:
+                xs = live.alloc(count * bn * sb)
+                live.free(x)
+                x = xs
+            lx = live.alloc(count * bn * sb)
+            live.free(lx_prev)
+            live.spike(count * bn * sb)     # X ⊙ L̃X
+            tr = live.alloc(count * sb)
+            live.free(tr_prev)
+            q = live.alloc(count * d * d * sb)
+            live.spike(count * d * d * sb)
+            live.free(q)
+            q = live.alloc(count * d * d * sb)
+            live.spike(count * d * d * sb)
+            live.free(q)
+            x_prev, lx_prev, tr_prev = x, lx, tr
+        live.free(x_prev + lx_prev + tr_prev)
+
+    return matrix_step(shape, mp, cfg, opts, param_dtype, scratch, init=init, stats=stats, refresh=eigh_roots,
+                       precondition=precondition_transients)
 
 
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:

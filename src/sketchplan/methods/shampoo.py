@@ -21,8 +21,9 @@ import math
 from ..kernels.calls import KernelCall, gemm, pointwise
 from .blocking import MatrixPlan, cached_plan
 from .common import diagonal_tail
-from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
+from .layout import MethodConfig, OptimizerDefaults, StateTensor
 from .step_calls import matrix_frame_calls, unfold_copies
+from .transients import Live, eigh_roots, matrix_step, mode_products, unfolds
 
 NAME = "shampoo"
 #: Kronecker-factored: takes graft and momentum options (``planner.candidates``).
@@ -62,24 +63,48 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
     return factor_layout(mp, ("stat", "root"), opts.state_dtype) + diagonal_tail(shape, cfg, opts)
 
 
-def factor_workspace(mp: MatrixPlan, shape: tuple[int, ...], dtype: str) -> int:
-    """Largest temporary of a factored step, in bytes.
+def stats_transients(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
+    """``ShampooRule.update_statistics``: S_i += G_(i) G_(i)ᵀ in place; only middle-axis unfoldings copy."""
+    unfolds(live, count, bshape, bn, sb)
 
-    The root recomputation of one block group holds the eigenvectors and their scaled copy, 2·count·d²
-    for its largest axis; the direction of a group holds two block-stacked copies of G (before and after
-    each axis product). The graft's direction is one param-shaped tensor. The peak is the largest of these.
+
+def newton_roots(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
+    """``roots.inverse_root_newton`` per axis (float32): A = S + εI, M, X, and per iteration T, X·T, Tᵖ and
+    Tᵖ·M while the previous X and M are alive; each result stays alive until the next axis's."""
+    prev = 0
+    for d in bshape:
+        sq = count * d * d * sb
+        live.spike(2 * d * d * sb)          # eye, ε·eye
+        a = live.alloc(sq)
+        m = live.alloc(sq)
+        x = live.alloc(sq)
+        live.alloc(3 * sq)                  # (p+1)I − M, /p → T; X·T; Tᵖ (products of T) and Tᵖ·M
+        live.free(3 * sq)
+        live.free(x + m + a)
+        out = live.alloc(sq)
+        live.free(prev)
+        prev = out
+    live.free(prev)
+
+
+def precondition_transients(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
+    """``apply_roots``: one batched product per axis (P_i times the mode-i unfolding), then norm grafting."""
+    mode_products(live, count, bshape, bn, sb, lambda lv, d, m: lv.alloc(count * d * m * sb))
+
+
+def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults,
+                    param_dtype: str = "float32", scratch: bool = True) -> int:
+    """High-water mark of one Shampoo step over this parameter beyond params, grads and state, in bytes
+    (``transients.matrix_step``: graft, stacked blocks, statistics, the root refresh — eigh's vectors,
+    the scaled copy and the product, plus the previous axis's root — the mode products and norm grafting,
+    momentum and the update). ``scratch`` adds eigh's in-kernel LAPACK/cuSOLVER work buffer
+    (``transients.eigh_scratch_bytes``: a documented upper bound, invisible to tensor-level trackers).
+    The float64 retry of a failed eigh (``roots.safe_eigh``) holds a float64 copy and float64 vectors,
+    16·d² bytes where the float32 path holds 12·d²: it runs only after eigh fails and is not in this figure.
     """
-    sb = dtype_bytes(dtype)
-    numel = math.prod(shape)
-    peak = numel * sb
-    for bshape, count in mp.groups:
-        dmax = max(bshape)
-        peak = max(peak, 2 * count * dmax * dmax * sb, 2 * count * math.prod(bshape) * sb)
-    return peak
-
-
-def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
-    return factor_workspace(plan_for(shape, cfg, opts), shape, opts.state_dtype)
+    refresh = newton_roots if opts.root_method == "newton" else eigh_roots
+    return matrix_step(shape, plan_for(shape, cfg, opts), cfg, opts, param_dtype, scratch,
+                       stats=stats_transients, refresh=refresh, precondition=precondition_transients)
 
 
 def apply_roots_calls(mp: MatrixPlan) -> list[KernelCall]:

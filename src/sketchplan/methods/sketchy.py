@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 
-from ..kernels.calls import KernelCall, pointwise
-from .blocking import MatrixPlan, cached_plan
+from ..kernels.calls import KernelCall, choose_variant, pointwise
+from .blocking import MatrixPlan, cached_plan, matrix_plan
 from .common import diagonal_tail, stats_weights
-from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
+from .layout import MethodConfig, OptimizerDefaults, StateTensor
 from .step_calls import matrix_frame_calls, unfold_copies
+from .transients import Live, matrix_step, mode_products, safe_eigh, svd_scratch_bytes, unfold_copy
 
 NAME = "sketchy"
 MATRIX = True
@@ -63,28 +64,116 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
     return out + diagonal_tail(shape, cfg, opts)
 
 
-def fd_workspace_elems(d: int, k: int, n_cols: int) -> int:
-    """Elements of the largest FD-update temporary for one block axis.
+def fd_transients(live: Live, count: int, d: int, k: int, m: int, sb: int, variant: str) -> int:
+    """``kernels.torch.frequent_directions.fd_update`` on (count, d, ·) blocks with m new columns: replays the
+    variant's tensors (and its LAPACK/cuSOLVER scratch when the replay counts it) and returns the bytes of the
+    new sketch it leaves alive (U, σ², ρ), which the caller keeps until the next axis's update."""
+    if variant == "auto":
+        variant = choose_variant(d, k, m)
+    w = k + m
+    c = count
+    if variant == "gram_large":
+        a1 = live.alloc(c * d * d * sb)          # (U σ²) Uᵀ   (U σ² freed)
+        a2 = live.alloc(c * d * d * sb)          # X Xᵀ
+        gram = live.alloc(c * d * d * sb)
+        live.free(a1 + a2)
+        ev = safe_eigh(live, c, d, sb)
+        left = live.alloc(c * d * sb * 2 + c * d * d * sb)   # flipped and clamped values, flipped vectors
+        live.free(ev + gram)
+        r = d
+    else:
+        y = live.alloc(c * d * w * sb)           # Y = [√β2 U diag(σ), X]
+        r = min(d, w)
+        if variant == "gram_small":
+            g = live.alloc(c * w * w * sb)       # Yᵀ Y
+            ev = safe_eigh(live, c, w, sb)
+            live.free(g)
+            fl = live.alloc(c * w * sb * 3 + c * w * w * sb)  # flipped values, vectors, √
+            yv = live.alloc(c * d * w * sb)      # Y V
+            lf = live.alloc(c * d * w * sb)      # / s
+            live.spike(c * d * w * sb)           # masked left factor (kept below)
+            live.free(yv + lf)
+            left = live.alloc(c * d * w * sb + c * w * sb)
+            live.free(fl + ev + y)
+            r = w
+        else:
+            q = 0
+            if variant == "qr_svd":
+                q = live.alloc(c * w * r * sb + c * r * d * sb)   # Q and R of Yᵀ
+            live.spike(c * d * r * sb + c * r * sb + c * r * w * sb)   # U, s, Vᵀ of the attempt that failed
+            y64 = live.alloc(c * d * w * 8) if sb < 8 else 0         # the float64 retry
+            q64 = live.alloc((c * w * r + c * r * d) * 8) if q and sb < 8 else 0
+            out = live.alloc((c * d * r + c * r + c * r * w) * max(sb, 8))
+            live.scratch(svd_scratch_bytes(d if not q else r, w if not q else d, max(sb, 8)))
+            live.spike(16)                       # finiteness of the sums
+            left = live.alloc(c * r * sb + c * d * r * sb)   # s², cast back; U cast back
+            live.free(out + y64 + q64 + q + y)
+    new = live.alloc(c * k * sb * 2 + c * d * k * sb + c * sb)   # σ² − c, clamped; U[:, :k]; ρ
+    live.free(left)
+    return new
 
-    Y is d × (k+N). When k+N ≥ d the update takes eigh of the d × d Gram matrix Y Yᵀ (Gram + eigenvectors,
-    2·d²); otherwise the thin SVD of Y holds Y and its left factor (2·d·(k+N)).
-    """
-    w = k + n_cols
-    return 2 * d * d if w >= d else 2 * d * w
+
+def stats_transients(cfg: MethodConfig, opts: OptimizerDefaults):
+    """``SketchyRule.update_statistics``: per axis the unfolding (a copy on middle axes), its scaled copy when
+    β2 < 1, the FD update; the previous axis's new sketch is alive until rebound."""
+    weight = stats_weights(opts.betas[1], opts.stats_every)[1]
+
+    def stats(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
+        order = len(bshape)
+        x_prev = new_prev = 0
+        for i, d in enumerate(bshape):
+            x = live.alloc(count * bn * sb) if unfold_copy(i, order) else 0
+            live.free(x_prev)
+            if weight != 1.0:
+                xs = live.alloc(count * bn * sb)
+                live.free(x)
+                x = xs
+            new = fd_transients(live, count, d, sketch_rank(cfg.rank, d), bn // d, sb, opts.fd_variant)
+            live.free(new_prev)
+            x_prev, new_prev = x, new
+        live.free(x_prev + new_prev)
+
+    return stats
 
 
-def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
-    """Largest step temporary: a group's FD update over its largest axis, or two stacked copies of G."""
-    mp = plan_for(shape, cfg, opts)
-    sb = dtype_bytes(opts.state_dtype)
-    peak = math.prod(shape) * sb
-    for bshape, count in mp.groups:
-        bnumel = math.prod(bshape)
-        for d in bshape:
+def precondition_transients(cfg: MethodConfig):
+    """``SketchyRule.precondition``: per axis ``lowrank_root_apply`` (ridge, scales; (ρ+ε)^α X, Uᵀ X, its
+    scaling, U times that, and their sum), then norm grafting."""
+
+    def product(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
+        def one(lv: Live, d: int, m: int) -> None:
             k = sketch_rank(cfg.rank, d)
-            peak = max(peak, count * fd_workspace_elems(d, k, bnumel // d) * sb)
-        peak = max(peak, 2 * count * bnumel * sb)
-    return peak
+            small = lv.alloc(count * sb * (2 + 2 * k))
+            if k == d:
+                t2 = lv.alloc(count * k * m * sb)
+                t3 = lv.alloc(count * k * m * sb)
+                lv.free(t2)
+                lv.alloc(count * d * m * sb)
+                lv.free(t3)
+            else:
+                t1 = lv.alloc(count * d * m * sb)
+                t2 = lv.alloc(count * k * m * sb)
+                t3 = lv.alloc(count * k * m * sb)
+                lv.free(t2)
+                t4 = lv.alloc(count * d * m * sb)
+                lv.free(t3)
+                lv.alloc(count * d * m * sb)
+                lv.free(t1 + t4)
+            lv.free(small)
+
+        mode_products(live, count, bshape, bn, sb, one)
+
+    return product
+
+
+def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults,
+                    param_dtype: str = "float32", scratch: bool = True) -> int:
+    """High-water mark of one Sketchy step over this parameter beyond params, grads and state, in bytes
+    (``transients.matrix_step`` with Sketchy's FD updates and low-rank root applications). ``scratch`` adds
+    the FD kernel's eigh/SVD work buffer (``transients.eigh_scratch_bytes``/``svd_scratch_bytes``: documented
+    upper bounds, invisible to tensor-level trackers)."""
+    return matrix_step(shape, plan_for(shape, cfg, opts), cfg, opts, param_dtype, scratch,
+                       stats=stats_transients(cfg, opts), refresh=None, precondition=precondition_transients(cfg))
 
 
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:

@@ -11,7 +11,8 @@ config and the plan's defaults, through the optimizers' layouts):
 - budget: today's predicted peak against ``budget`` (default: the plan's budget minus its reserve);
 - measure (optional, ``sketchplan.verify``): the planned optimizer is instantiated on a device, takes real steps, and the bytes of the
   state it actually allocated are compared with the plan, tensor by tensor — any difference fails; on CUDA
-  the peak allocated memory of the step is reported next to the predicted peak.
+  the step's peak (torch's ``MemTracker`` on CPU, ``max_memory_allocated`` on CUDA) must not exceed the
+  predicted peak.
 
 Exit codes of the CLI: 0 all checks pass, 1 a regression, 2 bad input.
 """
@@ -27,7 +28,7 @@ from ..methods import state_layout as _layout
 from ..methods.layout import MethodConfig
 from .analysis import ModelSpec, analyze
 from . import parallel
-from .memory import Precision
+from .memory import Precision, step_peak
 from .plan import Plan
 
 REPORT_SCHEMA_VERSION = 1
@@ -156,7 +157,7 @@ def predicted_peak(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig]
     s = plan.settings
     prec = Precision(s.param_dtype, s.grad_dtype, s.master_weights)
     par = parallel.from_settings(s)
-    fixed = parallel.fixed_per_rank(spec, prec, par).total
+    fixed = parallel.fixed_per_rank(spec, prec, par)
     shapes = {p.name: p.shape for p in spec.params}
     state = sum(total_bytes(state_layout(shapes[n], c, plan.defaults)) for n, c in configs.items())
     if par.world > 1:
@@ -168,8 +169,15 @@ def predicted_peak(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig]
         except (KeyError, IndexError, ValueError):
             ranks = parallel.rank_state(spec, configs, plan.defaults, par)
         state = ranks.largest + ranks.exchange
-    ws = parallel.largest_workspace(parallel.local_spec(spec, par), configs, plan.defaults)
-    return fixed + state + ws
+    from .transients import step_workspace
+
+    options = {e.name: e.options() for e in plan.tensors}
+    local = parallel.local_spec(spec, par)
+    ws = step_workspace([(p.shape, p.dtype, configs[p.name], options.get(p.name, {})) for p in local.params
+                         if p.name in configs], plan.defaults, s.param_dtype)[0]
+    act = plan.totals.activation_bytes
+    ret = plan.activations.retained_bytes if act is not None and plan.activations is not None else 0
+    return step_peak(fixed, state, ws, spec.buffers_bytes if plan.totals.buffers_bytes else 0, act, ret)
 
 
 #: Measures a plan on a device: (plan, model, spec, configs) → Measurement (``sketchplan.verify.measure_plan``).
@@ -210,7 +218,7 @@ def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 
 
     peak = predicted_peak(plan, spec, configs)
     if budget is None and plan.budget.memory_bytes is not None:
-        budget = plan.budget.memory_bytes - plan.budget.reserve_bytes
+        budget = plan.budget.available()
     if budget is not None:
         par = parallel.from_settings(plan.settings)
         where = f" per rank ({par.kind}, {par.world} ranks)" if par.world > 1 else ""
@@ -231,10 +239,13 @@ def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 
             f"{len(bad)} tensor(s) allocate other bytes than predicted: " +
             ", ".join(f"{t.name} {t.predicted_bytes:,} → {t.measured_bytes:,}" for t in bad[:5])))
         if measured.peak_allocated_bytes is not None:
+            ok = measured.predicted_peak_bytes is None or measured.peak_allocated_bytes <= measured.predicted_peak_bytes
             checks.append(CheckResult(
-                name="measured-peak", ok=True,
-                message=f"peak allocated during the step {measured.peak_allocated_bytes:,} bytes; predicted peak "
-                        f"{measured.predicted_peak_bytes:,} bytes (reported, not enforced)"))
+                name="measured-peak", ok=ok,
+                message=f"peak allocated during the optimizer step {measured.peak_allocated_bytes:,} bytes "
+                        f"({'MemTracker' if measured.device == 'cpu' else 'max_memory_allocated'}) vs predicted "
+                        f"peak {measured.predicted_peak_bytes:,} bytes" + ("" if ok else
+                                                                          ": the prediction is too low")))
 
     all_ok = all(c.ok for c in checks)
     shown = [d for d in diffs if d.status != "same" or d.offending]

@@ -20,10 +20,11 @@ from ..profiles.registry import label as profile_label
 from ..profiles.registry import resolve as resolve_profile
 from . import candidates as cand
 from .analysis import ModelSpec, ParamSpec, analyze, check_spec
-from .memory import FixedBytes, Precision, fixed_bytes
+from .memory import FixedBytes, Precision, fixed_bytes, step_peak
 from . import parallel as par_
 from . import structure, time_bound
-from .plan import Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry, Totals, WhatIf
+from .plan import (ActivationInfo, Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry,
+                   Totals, WhatIf)
 from .sizes import fmt_bytes, parse_size
 from .solve import Infeasible, Item
 from .solve_time import InfeasibleTime, solve_two
@@ -116,6 +117,7 @@ class _Costs:
     score: float
     by_method: dict[str, int]
     ranks: par_.RankState | None = None
+    tensor_workspace: int = 0
 
     @property
     def extra(self) -> int:
@@ -124,23 +126,29 @@ class _Costs:
 
 
 def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDefaults,
-           par: par_.Parallel = par_.Parallel(), timer=None) -> _Costs:
+           par: par_.Parallel = par_.Parallel(), timer=None, param_dtype: str | None = None) -> _Costs:
+    """State (total and largest rank's), the optimizer step's transients (``planner.transients``, on each rank's
+    local shapes), the weighted score and bytes by method of one choice per tensor."""
+    from .transients import step_workspace
+
     state = sum(c.state_bytes for c in choice.values())
-    ws = max((c.workspace_bytes for c in choice.values()), default=0)
+    ws, ws_tensors = step_workspace([(p.shape, p.dtype, choice[p.name].cfg, {})
+                                     for p in par_.local_spec(spec, par).trainable], opts, param_dtype)
     w = sum(p.numel for p in spec.trainable)
     score = sum(choice[p.name].score * p.numel for p in spec.trainable) / w if w else 1.0
     by_method: dict[str, int] = {}
     for c in choice.values():
         by_method[c.cfg.method] = by_method.get(c.cfg.method, 0) + c.state_bytes
     if par.world == 1:
-        return _Costs(state, state, ws, score, by_method)
+        return _Costs(state, state, ws, score, by_method, None, ws_tensors)
     rs = par_.rank_state(spec, {n: c.cfg for n, c in choice.items()}, opts, par, timer)
     if par.sharded:
         state = sum(rs.by_rank)
-    return _Costs(state, rs.largest, ws, score, by_method, rs)
+    return _Costs(state, rs.largest, ws, score, by_method, rs, ws_tensors)
 
 
-def _what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer=None, cand_spec=None) -> list[WhatIf]:
+def _what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer=None, cand_spec=None, act=None,
+              param_dtype=None, ret=0) -> list[WhatIf]:
     cand_spec = cand_spec or spec
     alts = [MethodConfig(method="adam"), MethodConfig(method="shampoo")]
     alts += [MethodConfig(method="blocked_shampoo", block_size=b) for b in block_sizes]
@@ -157,8 +165,8 @@ def _what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer=None, can
             if key not in cache:
                 cache[key] = cand.evaluate(p.shape, own, opts)
             choice[p.name] = cache[key]
-        c = _costs(spec, choice, opts, par, timer)
-        peak = fixed.total + c.per_rank + c.workspace + c.extra
+        c = _costs(spec, choice, opts, par, timer, param_dtype)
+        peak = step_peak(fixed, c.per_rank + c.extra, c.workspace, spec.buffers_bytes, act, ret)
         ms = None if timer is None else round(sum(timer(p.shape, choice[p.name].cfg)[0]
                                                   for p in cand_spec.trainable), 3)
         out.append(WhatIf(label="all " + cfg.label(), state_bytes=c.state, peak_bytes=peak,
@@ -168,11 +176,13 @@ def _what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer=None, can
 
 def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block_sizes, hardware,
               grid: CandidateGrid | None = None, excluded: dict[str, str] | None = None,
-              tokens_per_step: int | None = None) -> Plan:
+              tokens_per_step: int | None = None, activations: ActivationInfo | None = None) -> Plan:
+    from .transients import step_workspace
+
     pspec = _plannable(spec, excluded or {})
     profile = resolve_profile(hardware)
     timer = None if profile is None else StepTimer(CostModel(profile), opts)
-    c = _costs(pspec, choice, opts, par, timer)
+    c = _costs(pspec, choice, opts, par, timer, prec.param_dtype)
     cand_spec = par_.local_spec(pspec, par)
     entries = _entries(par_.local_spec(spec, par), choice, timer, excluded)
     for e, p in zip(entries, spec.params):
@@ -182,11 +192,18 @@ def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block
         if c.ranks is not None and p.name in c.ranks.rest_owner:
             e.owner = c.ranks.rest_owner[p.name]
     step_ms = None if timer is None else round(sum(e.step_ms or 0.0 for e in entries), 3)
-    avail = None if budget.memory_bytes is None else budget.memory_bytes - budget.reserve_bytes
+    avail = budget.available()
+    local = {p.name: p.shape for p in par_.local_spec(spec, par).params}
+    ws, ws_tensors = step_workspace([(local[e.name], e.dtype, e.config(), e.options()) for e in entries
+                                     if e.method is not None], opts, prec.param_dtype)
+    act = None if activations is None or activations.source != "fake-tensor trace" else activations.peak_bytes
+    ret = 0 if act is None else activations.retained_bytes
     totals = Totals(
         params_bytes=fixed.params, grads_bytes=fixed.grads, master_bytes=fixed.master, state_bytes=c.state,
-        state_bytes_per_rank=c.per_rank if par.world > 1 else None, workspace_bytes=c.workspace,
-        peak_bytes=fixed.total + c.per_rank + c.workspace + c.extra, state_bytes_by_method=c.by_method,
+        state_bytes_per_rank=c.per_rank if par.world > 1 else None, workspace_bytes=ws,
+        kernel_scratch_bytes=ws - ws_tensors, buffers_bytes=spec.buffers_bytes, activation_bytes=act,
+        peak_bytes=step_peak(fixed, c.per_rank + c.extra, ws, spec.buffers_bytes, act, ret),
+        state_bytes_by_method=c.by_method,
         adam_step_ms=None if timer is None else round(time_bound.adam_step_ms(cand_spec, timer), 3),
         forward_backward_ms=None if profile is None else round(time_bound.forward_backward_ms(
             pspec.n_trainable, profile, tokens_per_step or time_bound.DEFAULT_TOKENS_PER_STEP), 3),
@@ -208,8 +225,10 @@ def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block
         grid=grid,
         tensors=entries,
         totals=totals,
-        what_if=_what_ifs(pspec, opts, fixed, avail, par, ranks, block_sizes, timer, cand_spec),
+        what_if=_what_ifs(pspec, opts, fixed, avail, par, ranks, block_sizes, timer, cand_spec, act,
+                          prec.param_dtype, ret),
         solver=solver,
+        activations=activations,
     )
 
 
@@ -220,6 +239,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
               grad_dtype: str | None = None, master_weights: bool = False, hardware=None,
               spectrum=None, time_budget_ms: float | None = None, parallelism: str | None = None,
               max_step_vs_adam: float | None = DEFAULT_MAX_STEP_VS_ADAM, tokens_per_step: int | None = None,
+              activations=None, example_inputs=None, headroom: float | None = None,
               shard_group: int | None = None) -> Plan:
     """Choose one candidate per trainable tensor maximising the parameter-weighted score within the budget.
 
@@ -236,7 +256,13 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     the totals carry per-rank figures (``planner.parallel``). ``max_step_vs_adam``: without ``time_budget_ms``
     but with ``hardware``, the time budget is this multiple of all-Adam's predicted step (the default bound,
     ``planner.time_bound``; None or ``inf``: no bound), raised to a quarter of the predicted forward+backward when
-    ``tokens_per_step`` is given. The bound applied and where it came from are written to ``plan.budget``. Raises ``UserError`` when no plan fits, naming
+    ``tokens_per_step`` is given. The bound applied and where it came from are written to ``plan.budget``.
+    ``example_inputs``: a callable returning the inputs of one training batch (a dict of keyword arguments, a
+    tuple of positional ones, or one tensor); the forward and backward are traced with fake tensors
+    (``planner.activations``) and the budget then covers the whole training step. ``activations``: an
+    ``ActivationInfo`` traced before (``planner.activations.trace_activations``). ``headroom``: the fraction of
+    the budget left to the allocator (default ``planner.activations.DEFAULT_HEADROOM`` with traced activations,
+    0 without). Raises ``UserError`` when no plan fits, naming
     the minimum.
     """
     t0 = time.perf_counter()
@@ -254,7 +280,20 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     cand_spec = par_.local_spec(pspec, par)
     budget_bytes = None if memory_budget is None else parse_size(memory_budget, "memory budget")
     reserve_bytes = parse_size(reserve, "reserve")
-    budget = Budget(memory_bytes=budget_bytes, reserve_bytes=reserve_bytes)
+    if example_inputs is not None and activations is None:
+        from .activations import trace_activations
+
+        activations = trace_activations(model, example_inputs)
+    act = activations.peak_bytes if activations is not None and activations.source == "fake-tensor trace" else None
+    if activations is None and reserve_bytes:
+        activations = ActivationInfo(source="reserve", peak_bytes=reserve_bytes)  # a guess, kept out of the peak
+    if headroom is None:
+        from .activations import DEFAULT_HEADROOM
+
+        headroom = DEFAULT_HEADROOM if act is not None else 0.0
+    if not 0 <= headroom < 1:
+        raise UserError(f"headroom {headroom:g} must be a fraction in [0, 1), e.g. --headroom 0.1.")
+    budget = Budget(memory_bytes=budget_bytes, reserve_bytes=reserve_bytes, headroom=headroom)
     configs = cand.candidate_configs(tuple(methods), tuple(ranks), tuple(block_sizes), tuple(grafts), tuple(momenta))
     if isinstance(spectrum, (str, bytes)) or hasattr(spectrum, "__fspath__"):
         from .spectrum import SpectrumFile
@@ -273,10 +312,16 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
              for g in groups]
     shard = par.owner
     assign_timer = None if hardware is None else StepTimer(CostModel(resolve_profile(hardware)), opts)
-    avail = None if budget_bytes is None else budget_bytes - reserve_bytes
+    avail = budget.available()
+    ret = activations.retained_bytes if act is not None else 0
+    kept = fixed.total + spec.buffers_bytes + max(0, (act or 0) - fixed.grads, ret)
     if avail is not None and fixed.total > avail:
         raise UserError(_fixed_too_big(fixed, budget_bytes, reserve_bytes))
-    state_budget = None if avail is None else (avail - fixed.total) * par_.knapsack_scale(par)
+    if avail is not None and kept > avail:
+        from .activations import too_big
+
+        raise UserError(too_big(activations, kept, budget_bytes, headroom))
+    state_budget = None if avail is None else (avail - kept) * par_.knapsack_scale(par)
     for _ in range(50):
         try:
             sol = solve_two(items, state_budget, time_budget_ms)
@@ -288,17 +333,17 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
             time_source += f"; raised to the fastest plan that fits the memory budget ({inf.min_ms:.4g} ms)"
             sol = solve_two(items, state_budget, time_budget_ms)
         except Infeasible as inf:
-            if shard and state_budget < (avail - fixed.total) * par_.knapsack_scale(par):
+            if shard and state_budget < (avail - kept) * par_.knapsack_scale(par):
                 raise UserError(f"with --world-size {world_size} no plan fits {fmt_bytes(avail)} per rank because "
                                 "preconditioner blocks cannot be split across ranks; raise --memory-budget or use "
                                 "smaller --block-sizes.") from None
-            raise UserError(_infeasible(inf, groups, fixed, budget_bytes, reserve_bytes, par_.knapsack_scale(par))) \
-                from None
+            raise UserError(_infeasible(inf, groups, fixed, budget_bytes, reserve_bytes, par_.knapsack_scale(par),
+                                        kept - fixed.total + int(budget_bytes * headroom))) from None
         choice = _choice(groups, sol.assign)
         if avail is None:
             break
-        c = _costs(pspec, choice, opts, par, assign_timer)
-        over = fixed.total + c.per_rank + c.workspace + c.extra - avail
+        c = _costs(pspec, choice, opts, par, assign_timer, param_dtype)
+        over = step_peak(fixed, c.per_rank + c.extra, c.workspace, spec.buffers_bytes, act, ret) - avail
         if over <= 0:
             break
         state_budget -= max(over, state_budget // 200, 1)
@@ -319,7 +364,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     grid = CandidateGrid(methods=list(methods), ranks=list(ranks), block_sizes=list(block_sizes),
                          grafts=list(grafts), momenta=list(momenta))
     return _assemble(spec, choice, opts, fixed, budget, prec, par, info, ranks, block_sizes, hardware, grid,
-                     excluded, tokens_per_step)
+                     excluded, tokens_per_step, activations)
 
 
 def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = None, *, source: str = "",
@@ -395,11 +440,11 @@ def _fixed_too_big(fixed: FixedBytes, budget: int, reserve: int) -> str:
 
 
 def _infeasible(inf: Infeasible, groups: list[_Group], fixed: FixedBytes, budget: int, reserve: int,
-                world: int) -> str:
-    need = fixed.total + reserve + -(-inf.min_bytes // world)
+                world: int, extra: int = 0) -> str:
+    need = fixed.total + reserve + extra + -(-inf.min_bytes // world)
     big = max(range(len(groups)), key=lambda g: sum(groups[g].cands[c].state_bytes * n
                                                     for c, n in inf.assign[g].items()))
     label = groups[big].cands[next(iter(inf.assign[big]))].cfg.label()
     return (f"memory budget {fmt_bytes(budget)} is below the minimum any plan needs, {fmt_bytes(need)} "
             f"(reached with mostly {label}); raise --memory-budget to at least {fmt_bytes(need)}"
-            f"{' or lower --reserve' if reserve else ''}.")
+            f"{' or lower --reserve' if reserve else ''}{' or lower --batch-size/--seq-len' if extra else ''}.")

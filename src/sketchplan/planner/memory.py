@@ -8,7 +8,11 @@
   longest-processing-time assignment, and the largest rank's share is what must fit;
 - workspace: the largest transient of the step (tensors are stepped one after another, so the peak is the
   largest single tensor's, not the sum).
-peak = parameters + gradients + master weights + state (largest rank) + workspace.
+peak = parameters + buffers + master weights + state (largest rank)
+       + max(gradients + optimizer-step workspace, forward+backward high-water mark above parameters and buffers)
+(the backward's figure includes the gradients it creates; the optimizer step also holds the batch and the
+outputs still referenced, ``ActivationInfo.retained_bytes``; without a trace both are 0 and activations are left
+to the reserve). ``step_peak`` computes it.
 """
 
 from __future__ import annotations
@@ -118,3 +122,12 @@ def largest_rank(units: list[tuple[int, int]], world_size: int) -> int:
                 add(low + r * u, n - rem)
                 add(low + (r + 1) * u, rem)
     return max(levels)
+
+
+def step_peak(fixed: FixedBytes, state: int, workspace: int, buffers: int = 0, activations: int | None = None,
+              retained: int = 0) -> int:
+    """The training step's high-water mark (module docstring): the optimizer step (gradients and its transients
+    on top of everything kept, with the batch and the outputs the backward leaves alive, ``retained``) or the
+    forward+backward (activations and the gradients as they appear). Everything in ``fixed`` but the gradients
+    (parameters, master weights and, per rank, the engine's communication buffers) is held throughout."""
+    return fixed.total - fixed.grads + buffers + state + max(fixed.grads + workspace + retained, activations or 0)

@@ -56,6 +56,29 @@ class Budget(_Strict):
     reserve_bytes: Size = 0
     time_budget_ms: float | None = Field(default=None, gt=0)
     time_budget_source: str | None = None  # "--time-budget-ms" or the default bound's rule (planner.time_bound)
+    headroom: float = Field(default=0.0, ge=0, lt=1, description="fraction of the memory budget left free for "
+                            "the allocator's fragmentation (planner.activations.DEFAULT_HEADROOM)")
+
+    def available(self) -> int | None:
+        """Bytes the predicted peak may use: the budget less the headroom fraction and the reserve."""
+        if self.memory_bytes is None:
+            return None
+        return int(self.memory_bytes * (1 - self.headroom)) - self.reserve_bytes
+
+
+class ActivationInfo(_Strict):
+    """Where the plan's activation figure came from (``planner.activations``)."""
+
+    source: Literal["fake-tensor trace", "reserve"]
+    peak_bytes: Count = Field( description="high-water mark of forward + backward above parameters and "
+                            "buffers (activations, gradients as backward creates them, temporaries)")
+    forward_bytes: Count | None = Field(default=None, description="the same at the end of the forward")
+    checkpointed_peak_bytes: Count | None = Field(default=None, description="the peak with activation "
+                                                "checkpointing enabled, when the model supports it")
+    checkpointing: bool = Field(default=False, description="whether the traced model had checkpointing on")
+    retained_bytes: Count = Field(default=0, description="bytes alive after the backward besides parameters, "
+                                "buffers and gradients (the batch, the outputs and loss): held during the step")
+    inputs: str = Field(default="", description="the inputs traced, e.g. 'input_ids (8, 2048) int64'")
 
 
 class Settings(_Strict):
@@ -166,9 +189,16 @@ class Totals(_Strict):
     master_bytes: Count = 0
     state_bytes: Count
     state_bytes_per_rank: Count | None = Field(default=None, description="largest rank's share when sharded")
-    workspace_bytes: Count = Field(description="peak transient workspace of one step (largest tensor's)")
-    peak_bytes: Count = Field(description="params + grads + master + state (largest rank) + workspace (+ per-rank "
-                              "communication buffers; with world size > 1 every term is the largest rank's)")
+    workspace_bytes: Count = Field(description="high-water mark of the optimizer step's transients (largest param "
+                                   "group's, kernel scratch included)")
+    kernel_scratch_bytes: Count = Field(default=0, description="part of workspace_bytes that is kernels' internal "
+                                        "scratch (eigh/SVD work buffers; a documented bound, no tensor)")
+    buffers_bytes: Count = Field(default=0, description="module buffers (running statistics, position tables)")
+    activation_bytes: Count | None = Field(default=None, description="forward+backward high-water mark above "
+                                           "parameters and buffers (traced), when known")
+    peak_bytes: Count = Field(description="params + buffers + master + state (largest rank) + max(grads + "
+                              "workspace, activation_bytes) (+ per-rank communication buffers; with world size > 1 "
+                              "every term is the largest rank's)")
     state_bytes_by_method: dict[str, Count] = Field(default_factory=dict)
     state_bytes_by_rank: list[Count] | None = Field(default=None, description="optimizer state of each rank "
                                                     "(of one shard group under FSDP/HSDP)")
@@ -223,6 +253,7 @@ class Plan(YamlFile):
     totals: Totals
     what_if: list[WhatIf] = Field(default_factory=list)
     solver: SolverInfo | None = None
+    activations: ActivationInfo | None = None
 
     def entry(self, name: str) -> TensorEntry:
         for e in self.tensors:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ...methods.adam import layout
+from ...methods.adam import chunks, layout
 from ...methods.common import bias_correction, ema_weights
 from ...methods.layout import MethodConfig, OptimizerDefaults
 from .base import MethodRule, SketchplanOptimizer, register
@@ -14,7 +14,8 @@ from .base import MethodRule, SketchplanOptimizer, register
 
 class AdamRule(MethodRule):
     """AdamW over a whole param group with multi-tensor (``torch._foreach_*``) kernels, in the same operation
-    order as ``torch.optim.AdamW(foreach=True)``. No host synchronisation (see ``SketchplanOptimizer.sanitize``)."""
+    order as ``torch.optim.AdamW(foreach=True)``, one chunk of at most ``methods.adam.CHUNK_ELEMENTS`` elements at
+    a time. No host synchronisation (see ``SketchplanOptimizer.sanitize``)."""
 
     layout = staticmethod(layout)
 
@@ -28,7 +29,10 @@ class AdamRule(MethodRule):
         grads = opt.sanitize([p.grad for p in params], [s["nonfinite_skips"] for s in states],
                              states[0]["step"], opts)
         for step, idx in by_step.items():
-            _adamw_foreach([params[i] for i in idx], [grads[i] for i in idx], [states[i] for i in idx], step, opts)
+            for chunk in chunks([params[i].numel() for i in idx]):  # bounded temporaries (methods.adam.chunks)
+                sel = [idx[j] for j in chunk]
+                _adamw_foreach([params[i] for i in sel], [grads[i] for i in sel], [states[i] for i in sel], step,
+                               opts)
 
 
 def _adamw_foreach(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], step: int,

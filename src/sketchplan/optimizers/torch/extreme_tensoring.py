@@ -24,21 +24,29 @@ class ExtremeTensoringRule(MethodRule):
             s["step"] += 1
         grads = opt.sanitize([p.grad for p in params], [s["nonfinite_skips"] for s in states],
                              states[0]["step"], opts)
-        decay, weight = ema_weights(opts.betas[1])
         for p, grad, state in zip(params, grads, states):
-            dims = tensor_dims(tuple(p.shape), opts.et_max_dim)
-            order = len(dims)
-            g = grad.to(getattr(torch, opts.state_dtype)).reshape(dims)
-            sq = g.square()
-            denom = None
-            for i, d in enumerate(dims):
-                acc = state[f"et_acc{i}"]
-                others = [j for j in range(order) if j != i]
-                acc.mul_(decay).add_(sq.sum(dim=others) if others else sq, alpha=weight)
-                factor = (acc + opts.eps).pow_(1.0 / (2 * order)).reshape([d if j == i else 1 for j in range(order)])
-                denom = factor if denom is None else denom * factor
-            update = apply_momentum(state, (g / denom).reshape(p.shape), opts.betas[0], opts.nesterov)
-            apply_update(p, update, opts.lr, opts.weight_decay)
+            _step_param(p, grad, state, opts)
+
+
+def _step_param(p: torch.Tensor, grad: torch.Tensor, state: dict, opts: OptimizerDefaults) -> None:
+    """One tensor's step (a function, so that its temporaries are freed before the next tensor's: the memory
+    replay in ``methods.extreme_tensoring.workspace_bytes``)."""
+    decay, weight = ema_weights(opts.betas[1])
+    dims = tensor_dims(tuple(p.shape), opts.et_max_dim)
+    order = len(dims)
+    g = grad.to(getattr(torch, opts.state_dtype)).reshape(dims)
+    sq = g.square()
+    denom = None
+    for i, d in enumerate(dims):
+        acc = state[f"et_acc{i}"]
+        others = [j for j in range(order) if j != i]
+        acc.mul_(decay).add_(sq.sum(dim=others) if others else sq, alpha=weight)
+        factor = (acc + opts.eps).pow_(1.0 / (2 * order)).reshape([d if j == i else 1 for j in range(order)])
+        denom = factor if denom is None else denom * factor
+    direction = g / denom
+    del sq, denom, factor
+    update = apply_momentum(state, direction.reshape(p.shape), opts.betas[0], opts.nesterov)
+    apply_update(p, update, opts.lr, opts.weight_decay)
 
 
 class ExtremeTensoring(SketchplanOptimizer):

@@ -1,0 +1,246 @@
+"""The step's transient memory, narrated as allocations and frees (framework-free).
+
+Each method's ``workspace_bytes`` replays what its torch step (``optimizers.torch``) allocates for one
+parameter, tensor by tensor, on a ``Live`` counter: ``alloc`` for a tensor that stays alive, ``free`` when the
+code drops it, ``spike`` for a temporary that exists only while the next result is computed. The high-water
+mark of that replay is the workspace: bytes live at once *on top of* parameters, gradients and optimizer state.
+Tensor-level only: these are the tensors an allocator sees (what ``torch.cuda.max_memory_allocated`` and torch's
+``MemTracker`` count). Kernels' internal scratch is not a tensor; where it matters (LAPACK/cuSOLVER ``syevd``
+for eigh) it is bounded separately by ``eigh_scratch_bytes``.
+
+Matrix methods (``MatrixRule.step_param``) step one parameter after another, so their workspace is one
+parameter's replay (``matrix_step``) and the step's is the largest over parameters. Adam steps a whole param
+group with multi-tensor kernels: its transients are per chunk of the group (``adam.group_workspace_bytes``).
+
+``tests/test_transients.py`` measures every replay against torch's ``MemTracker`` on random shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from .blocking import MatrixPlan
+from .layout import MethodConfig, OptimizerDefaults, dtype_bytes
+
+
+#: Bytes of the step's scalar temporaries (flags, norms, traces), counted once per tensor.
+SCALARS = 16
+
+
+class Live:
+    """Bytes live now and their high-water mark."""
+
+    def __init__(self, scratch: bool = True) -> None:
+        self.now = 0
+        self.peak = 0
+        self.count_scratch = scratch
+
+    def alloc(self, nbytes: int) -> int:
+        self.now += nbytes
+        self.peak = max(self.peak, self.now)
+        return nbytes
+
+    def free(self, nbytes: int) -> None:
+        self.now -= nbytes
+
+    def spike(self, nbytes: int) -> None:
+        """A temporary that is freed before anything else is allocated."""
+        self.alloc(nbytes)
+        self.free(nbytes)
+
+    def isfinite(self, numel: int, sb: int) -> None:
+        """``torch.isfinite(t).all()`` on ``numel`` elements: |t| in t's dtype and three boolean masks."""
+        self.spike(numel * (sb + 3))
+
+    def scratch(self, nbytes: int) -> None:
+        """A kernel's internal scratch (not a tensor): counted unless the replay is tensor-level only."""
+        if self.count_scratch:
+            self.spike(nbytes)
+
+
+def eigh_scratch_bytes(d: int, sb: int) -> int:
+    """Upper bound of the scratch one eigh of a d × d matrix takes inside the kernel (not a tensor).
+
+    LAPACK ``?syevd`` with eigenvectors documents LWORK ≥ 1 + 6d + 2d² reals and LIWORK ≥ 3 + 5d integers;
+    cuSOLVER's ``syevd_bufferSize`` returns at most the same order. torch runs a batch of matrices one after
+    another with one work buffer, so the bound does not grow with the batch. Not seen by ``MemTracker``.
+    """
+    return (1 + 6 * d + 2 * d * d) * sb + (3 + 5 * d) * 4
+
+
+def graft_peak(live: Live, n: int, shape: tuple[int, ...], graft: str, merge_dims: int, sb: int) -> int:
+    """``common.graft_direction``: replays the graft's temporaries; returns the bytes of the direction A it
+    leaves alive (0 for sgd, where A is the gradient itself)."""
+    from .common import adafactor_factors
+
+    if graft == "sgd":
+        return 0
+    if graft == "adafactor" and len(adafactor_factors(shape, merge_dims)) == 2:
+        rows, cols = adafactor_factors(shape, merge_dims)
+        g2 = live.alloc(n * sb)            # g²
+        live.spike(rows * sb)              # its row sums, then column sums
+        outer = live.alloc(n * sb)         # r cᵀ
+        live.spike(n * sb)                 # / Σr  (vhat; kept below)
+        live.free(outer)
+        vhat = live.alloc(n * sb)
+        t1 = live.alloc(n * sb)            # vhat / correction, then sqrt_ and +ε in place
+        a = live.alloc(n * sb)             # g / that
+        live.free(t1)
+        live.free(vhat)
+        live.free(g2)
+        return a
+    t1 = live.alloc(n * sb)                # v / correction
+    a = live.alloc(n * sb)                 # g / that
+    live.free(t1)
+    return a
+
+
+def momentum_update(live: Live, n: int, cfg: MethodConfig, opts: OptimizerDefaults, sb: int, pb: int) -> None:
+    """``common.apply_momentum`` and ``common.apply_update`` on a direction in the state dtype."""
+    held = 0
+    if cfg.momentum != "none" and dtype_bytes(cfg.momentum) != sb:
+        held += live.alloc(n * sb)         # m.to(d.dtype), lerped, copied back; kept as the update
+    if opts.nesterov and cfg.momentum != "none":
+        held += live.alloc(n * sb)         # lerp(d, m, β1)
+    if pb != sb:
+        live.spike(n * pb)                 # update.to(p.dtype)
+    live.free(held)
+
+
+Hook = Callable[[Live, int, tuple[int, ...], int, int], None]
+
+
+def matrix_step(shape: tuple[int, ...], mp: MatrixPlan, cfg: MethodConfig, opts: OptimizerDefaults,
+                param_dtype: str, scratch: bool, *, stats: Hook, refresh: Hook | None, precondition: Hook,
+                init: Callable[[Live], None] | None = None) -> int:
+    """High-water mark of ``MatrixRule.step_param`` for one parameter (the worst step: statistics and a root
+    refresh in the same step, as the first step has).
+
+    The hooks replay the method's own work for a block group ``(live, count, block_shape, block_numel, sb)``:
+    ``stats`` the statistics update, ``refresh`` the root recomputation, ``precondition`` the direction of the
+    group up to and including its norm grafting (which must leave exactly the grafted group, count·block_numel
+    elements, alive).
+    """
+    sb, pb = dtype_bytes(opts.state_dtype), dtype_bytes(param_dtype)
+    n = math.prod(shape)
+    live = Live(scratch)
+    live.alloc(SCALARS)
+    if init is not None:
+        init(live)
+    if pb != sb:
+        live.alloc(n * sb)                 # grad.to(state dtype), kept through the step
+    graft_peak(live, n, shape, cfg.graft, opts.merge_dims, sb)
+    if mp.fallback is None:
+        blocked = not (len(mp.groups) == 1 and mp.groups[0][1] == 1)
+        if blocked:
+            live.alloc(n * sb)             # to_blocks(G): the stacked groups
+        for count, bshape in ((c, b) for b, c in mp.groups):
+            stats(live, count, bshape, math.prod(bshape), sb)
+        if blocked:
+            live.alloc(n * sb)             # to_blocks(A)
+        for count, bshape in ((c, b) for b, c in mp.groups):
+            if refresh is not None:
+                refresh(live, count, bshape, math.prod(bshape), sb)
+            precondition(live, count, bshape, math.prod(bshape), sb)   # leaves the grafted group alive
+        if blocked:
+            live.alloc(n * sb)             # from_blocks: the direction, while the blocks are alive
+        elif len(mp.merged) >= 2 and tuple(d for d in shape if d != 1) != mp.merged:
+            live.alloc(n * sb)             # direction.reshape(p.shape) of a transposed result copies
+    momentum_update(live, n, cfg, opts, sb, pb)
+    return live.peak
+
+
+def unfold_copy(axis: int, order: int) -> bool:
+    """Whether the mode-``axis`` unfolding of an order-``order`` block copies (a middle axis)."""
+    return 0 < axis < order - 1
+
+
+def mode_products(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int,
+                  product: Callable[[Live, int, int], None]) -> None:
+    """``matrix.mode_apply`` along every axis in turn, then ``graft_blocks``; leaves the grafted group alive.
+
+    ``product(live, d, m)`` replays one batched product on a (count, d, m) unfolding and must leave exactly
+    its result (count·d·m elements) alive."""
+    order = len(bshape)
+    prev = 0
+    for i, d in enumerate(bshape):
+        copy = live.alloc(count * bn * sb) if unfold_copy(i, order) else 0
+        product(live, d, bn // d)
+        live.free(copy)
+        live.free(prev)
+        prev = count * bn * sb
+    live.alloc(count * bn * sb)            # D · ‖A‖/‖D‖
+    live.free(prev)
+
+
+def eigh_power(live: Live, count: int, d: int, sb: int) -> int:
+    """``roots.symmetric_power``: eigh's eigenvalues and vectors, the scaled vectors and V diag(λᵃ) Vᵀ, with
+    ``roots.safe_eigh``'s float64 retry (real training does hit it: float32 eigh fails on rank-deficient
+    statistics): the float64 copy of the statistic and float64 eigenpairs, then their cast back. Returns the
+    bytes of the result, which the caller keeps until its next axis."""
+    ev = safe_eigh(live, count, d, sb)
+    w, v = count * d * sb, ev - count * d * sb
+    live.spike(2 * count * d * sb)         # clamp_min, + ε
+    scale = live.alloc(count * d * sb)
+    t = live.alloc(count * d * d * sb)     # V · scale
+    out = live.alloc(count * d * d * sb)   # (V · scale) Vᵀ
+    live.free(t)
+    live.free(scale)
+    live.free(v)
+    live.free(w)
+    return out
+
+
+def safe_eigh(live: Live, count: int, d: int, sb: int) -> int:
+    """``roots.safe_eigh`` of (count, d, d) matrices in a dtype of ``sb`` bytes, the float64 retry included (the
+    float32 attempt raised, its outputs dropped): the float64 copy and eigenpairs (16·d² bytes at once), then
+    the cast back. Leaves the eigenvalues and vectors alive and returns their bytes."""
+    if sb < 8:
+        m64 = live.alloc(count * d * d * 8)
+        ev64 = live.alloc(count * d * d * 8 + count * d * 8)
+        live.scratch(eigh_scratch_bytes(d, 8))
+        live.free(m64)
+        live.spike(16)                     # finiteness of the sums
+        ev = live.alloc(count * d * d * sb + count * d * sb)
+        live.free(ev64)
+    else:
+        ev = live.alloc(count * d * d * sb + count * d * sb)
+        live.scratch(eigh_scratch_bytes(d, sb))
+        live.spike(16)
+    return ev
+
+
+def eigh_roots(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
+    """Refresh of every axis's root by ``symmetric_power``; each result stays alive until the next axis's."""
+    prev = 0
+    for d in bshape:
+        out = eigh_power(live, count, d, sb)
+        live.free(prev)
+        prev = out
+    live.free(prev)
+
+
+def unfolds(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int,
+            body: Callable[[int, int], None] | None = None, axes=None) -> None:
+    """The statistics loop ``for i: x = unfold(G, i); body`` where ``x`` (a copy on middle axes) stays alive
+    until the next axis rebinds it."""
+    order = len(bshape)
+    prev = 0
+    for i in (range(order) if axes is None else axes):
+        cp = live.alloc(count * bn * sb) if unfold_copy(i, order) else 0
+        live.free(prev)
+        prev = cp
+        if body is not None:
+            body(i, bshape[i])
+    live.free(prev)
+
+
+def svd_scratch_bytes(m: int, n: int, sb: int) -> int:
+    """Upper bound of the scratch of one thin SVD of an m × n matrix inside the kernel (not a tensor).
+
+    LAPACK ``?gesdd`` with JOBZ='S' documents LWORK ≥ 3·mn + max(mx, 5·mn² + 4·mn) reals and IWORK = 8·mn
+    integers (mn = min(m, n), mx = max(m, n)); batches run one matrix at a time with one work buffer.
+    """
+    mn, mx = min(m, n), max(m, n)
+    return (3 * mn + max(mx, 5 * mn * mn + 4 * mn)) * sb + 8 * mn * 4

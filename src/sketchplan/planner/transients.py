@@ -1,0 +1,29 @@
+"""The optimizer step's transient memory for a whole plan (the methods' replays, grouped as the optimizer is).
+
+``build_optimizer`` puts tensors with the same method config and kernel variants in one param group, in the
+model's parameter order. Adam steps a group with multi-tensor kernels, so its temporaries add up over a chunk of
+the group; every other method steps tensor after tensor. The step's transient high-water mark is the largest
+group's (``methods.group_workspace_bytes``). Two figures: with the kernels' internal scratch (eigh/SVD work
+buffers, documented upper bounds: what a device allocator serves) and without (the tensor-level figure
+torch's ``MemTracker`` sees).
+"""
+
+from __future__ import annotations
+
+from ..methods import group_workspace_bytes
+from ..methods.layout import OptimizerDefaults
+
+
+def step_workspace(tensors, opts: OptimizerDefaults, param_dtype: str | None = None) -> tuple[int, int]:
+    """(bytes with kernel scratch, bytes without) of the optimizer step over ``tensors``: (shape, dtype, method
+    config, kernel-variant options) of every trainable tensor in parameter order; ``param_dtype`` overrides the
+    dtypes."""
+    groups: dict[tuple, list[tuple[tuple[int, ...], str]]] = {}
+    for shape, dtype, cfg, options in tensors:
+        groups.setdefault((cfg, tuple(sorted(options.items()))), []).append((tuple(shape), param_dtype or dtype))
+    with_scratch = without = 0
+    for (cfg, variant), tensors in groups.items():
+        o = opts.model_copy(update=dict(variant)) if variant else opts
+        with_scratch = max(with_scratch, group_workspace_bytes(tensors, cfg, o, scratch=True))
+        without = max(without, group_workspace_bytes(tensors, cfg, o, scratch=False))
+    return with_scratch, without
