@@ -248,8 +248,13 @@ def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: in
     return Solution(assign, value, value, bytes_used, ws, status="exact")
 
 
-def solve(items: list[Item], budget: int | None, exact_limit: int = 64) -> Solution:
-    """Best assignment with Σ state + max workspace ≤ budget (None: unconstrained, each copy's best)."""
+def solve(items: list[Item], budget: int | None, exact_limit: int = 64, caps: list[int] | None = None,
+          cap_values: dict[int, float] | None = None) -> Solution:
+    """Best assignment with Σ state + max workspace ≤ budget (None: unconstrained, each copy's best).
+
+    ``caps``: try only these workspace caps (the answer is then a feasible assignment, but its ``upper_bound`` is
+    valid only over those caps: callers that need a proven bound pass None). ``cap_values``: filled with each
+    tried cap's greedy value."""
     if budget is None:
         assign = []
         for it in items:
@@ -259,7 +264,8 @@ def solve(items: list[Item], budget: int | None, exact_limit: int = 64) -> Solut
         state = sum(it.count * it.bytes[next(iter(a))] for it, a in zip(items, assign))
         ws = max((it.ws[next(iter(a))] for it, a in zip(items, assign)), default=0)
         return Solution(assign, value, value, state, ws, status="exact")
-    caps = sorted({w for it in items for w in it.ws}, reverse=True)
+    every_cap = caps is None
+    caps = sorted({w for it in items for w in it.ws} if every_cap else set(caps), reverse=True)
     best: Solution | None = None
     ub = -math.inf
     tried = 0
@@ -271,6 +277,8 @@ def solve(items: list[Item], budget: int | None, exact_limit: int = 64) -> Solut
         sol = greedy(items, budget - cap, cap)
         if sol is None:
             continue
+        if cap_values is not None:
+            cap_values[cap] = sol.value
         ub = max(ub, sol.upper_bound)
         if best is None or sol.value > best.value + TOL:
             best = sol

@@ -133,6 +133,10 @@ def _combinations(items: list[Item]) -> float:
     return math.inf if log > 700 else math.exp(log)
 
 
+#: Workspace caps the price search keeps evaluating between its full evaluations (see ``solve_two``).
+FOCUS_CAPS = 12
+
+
 def solve_two(items: list[Item], budget: int | None, time_budget: float | None,
               enumerate_limit: float = 50_000) -> Solution:
     """Best assignment under the memory budget and the step-time budget (see module docstring).
@@ -165,10 +169,20 @@ def solve_two(items: list[Item], budget: int | None, time_budget: float | None,
     best: Solution | None = Solution(start, _value(items, start), _value(items, start), state, ws)
     upper = math.inf
 
-    def at(lam: float) -> Solution:
-        nonlocal best, upper
-        sol = solve(_priced(items, lam), budget, exact_limit=0)  # the LP bound suffices inside the search
-        upper = min(upper, sol.upper_bound + lam * time_budget)
+    # The price search evaluates the priced problem at every workspace cap once (and again at the end), and in
+    # between only at the caps whose greedy value came closest to the best: the search needs the priced optimum's
+    # time, not a bound, and a full evaluation per price made GPT-2's default plan take seconds. The proven
+    # bound uses only the full evaluations (weak duality holds at any price).
+    focus: list[int] | None = None
+
+    def at(lam: float, full: bool = False) -> Solution:
+        nonlocal best, upper, focus
+        values: dict[int, float] = {}
+        sol = solve(_priced(items, lam), budget, exact_limit=0, caps=None if full or focus is None else focus,
+                    cap_values=values)  # the LP bound suffices inside the search
+        if full or focus is None:
+            upper = min(upper, sol.upper_bound + lam * time_budget)
+            focus = sorted(values, key=lambda c: -values[c])[:FOCUS_CAPS]
         t = total_time(items, sol.assign)
         if t <= time_budget + 1e-12:
             assign = [dict(a) for a in sol.assign]
@@ -192,9 +206,11 @@ def solve_two(items: list[Item], budget: int | None, time_budget: float | None,
             lo = mid
         if hi - lo <= 1e-3 * hi:  # the repair pass spends what the last halvings would refine
             break
+    at(hi, full=True)  # a proven bound at the final price, and its solution over every cap
     best.upper_bound = max(min(upper, base.upper_bound), best.value)
     best.status = "exact" if best.gap <= TOL * max(1.0, abs(best.upper_bound)) else "near-exact"
     best.extra["time_ms"] = total_time(items, best.assign)
+    best.extra["memory_only"] = base  # the plan without the time budget (``binding`` reuses it)
     return best
 
 
@@ -209,7 +225,8 @@ def binding(items: list[Item], budget: int | None, time_budget: float | None, so
             relax["memory"] = {"value": free_mem.value, "bytes": free_mem.state_bytes + free_mem.workspace_bytes,
                                "time_ms": total_time(items, free_mem.assign)}
     if time_budget is not None:
-        free_time = solve(items, budget) if budget is not None else solve(items, None)
+        free_time = sol.extra.get("memory_only") or (solve(items, budget) if budget is not None else
+                                                     solve(items, None))
         if free_time.value > sol.value + TOL * max(1.0, abs(sol.value)):
             bind.append("time")
             relax["time"] = {"value": free_time.value, "bytes": free_time.state_bytes + free_time.workspace_bytes,
