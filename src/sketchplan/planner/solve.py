@@ -103,8 +103,9 @@ def min_state(items: list[Item], cap: int) -> tuple[int, list[dict[int, int]]] |
     return total, assign
 
 
-def greedy(items: list[Item], budget: int, cap: int) -> Solution | None:
-    """LP-greedy on hulls with counts (see module docstring); None when even the cheapest choice does not fit."""
+def greedy(items: list[Item], budget: int, cap: int, polish: bool = True) -> Solution | None:
+    """LP-greedy on hulls with counts (see module docstring); None when even the cheapest choice does not fit.
+    ``polish``: improve the rounded LP solution by local moves (``_fill``); the LP bound does not depend on it."""
     hulls = []
     for it in items:
         allowed = _allowed(it, cap)
@@ -142,7 +143,8 @@ def greedy(items: list[Item], budget: int, cap: int) -> Solution | None:
     if ub is None:
         ub = value
     assign = [{h[j]: n for j, n in lv.items() if n} for lv, h in zip(levels, hulls)]
-    value, rem = _fill(items, assign, rem, cap, value)
+    if polish:
+        value, rem = _fill(items, assign, rem, cap, value)
     state = budget - rem
     ws = max((items[g].ws[c] for g, a in enumerate(assign) for c in a), default=0)
     sol = Solution(assign, value, max(ub, value), state, ws)
@@ -249,7 +251,7 @@ def exact(items: list[Item], budget: int, cap: int, lower: float, max_states: in
 
 
 def solve(items: list[Item], budget: int | None, exact_limit: int = 64, caps: list[int] | None = None,
-          cap_values: dict[int, float] | None = None) -> Solution:
+          cap_values: dict[int, float] | None = None, polish: bool = True) -> Solution:
     """Best assignment with Σ state + max workspace ≤ budget (None: unconstrained, each copy's best).
 
     ``caps``: try only these workspace caps (the answer is then a feasible assignment, but its ``upper_bound`` is
@@ -274,7 +276,7 @@ def solve(items: list[Item], budget: int | None, exact_limit: int = 64, caps: li
         if ms is None or ms[0] + cap > budget:
             continue
         tried += 1
-        sol = greedy(items, budget - cap, cap)
+        sol = greedy(items, budget - cap, cap, polish)
         if sol is None:
             continue
         if cap_values is not None:

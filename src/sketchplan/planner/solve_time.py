@@ -179,7 +179,7 @@ def solve_two(items: list[Item], budget: int | None, time_budget: float | None,
         nonlocal best, upper, focus
         values: dict[int, float] = {}
         sol = solve(_priced(items, lam), budget, exact_limit=0, caps=None if full or focus is None else focus,
-                    cap_values=values)  # the LP bound suffices inside the search
+                    cap_values=values, polish=full)  # the LP bound and its rounding suffice inside the search
         if full or focus is None:
             upper = min(upper, sol.upper_bound + lam * time_budget)
             focus = sorted(values, key=lambda c: -values[c])[:FOCUS_CAPS]
