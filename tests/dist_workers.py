@@ -5,6 +5,7 @@ distributed code. Each worker writes a JSON report per scenario; the tests asser
 from __future__ import annotations
 
 import json
+import datetime
 import os
 import socket
 import traceback
@@ -255,7 +256,8 @@ def worker(rank: int, world: int, port: int, scenarios: list, out_dir: str) -> N
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a bounded timeout: a rank that dies must not leave the others waiting in a collective (default 30 min)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     reports = []
     try:
         for kind, method, ckpt in scenarios:
