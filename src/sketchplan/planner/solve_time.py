@@ -144,9 +144,12 @@ def solve_two(items: list[Item], budget: int | None, time_budget: float | None,
     Raises ``Infeasible`` (memory) or ``InfeasibleTime``. ``Solution.extra`` holds ``time_ms``,
     ``binding`` (None, "memory", "time" or "memory and time") and ``relax``.
     """
+    # Without a memory budget every assignment fits under the largest workspace cap, which allows every candidate:
+    # that cap alone is exact (and the search need not try the others).
+    top = [max((max(it.ws) for it in items), default=0)] if budget is None else None
     if budget is None:
-        budget = sum(max(it.bytes) * it.count for it in items) + max((max(it.ws) for it in items), default=0)
-    base = solve(items, budget)
+        budget = sum(max(it.bytes) * it.count for it in items) + top[0]
+    base = solve(items, budget, caps=top)
     base.extra["time_ms"] = total_time(items, base.assign)
     if time_budget is None:
         return base
@@ -178,8 +181,9 @@ def solve_two(items: list[Item], budget: int | None, time_budget: float | None,
     def at(lam: float, full: bool = False) -> Solution:
         nonlocal best, upper, focus
         values: dict[int, float] = {}
-        sol = solve(_priced(items, lam), budget, exact_limit=0, caps=None if full or focus is None else focus,
-                    cap_values=values, polish=full)  # the LP bound and its rounding suffice inside the search
+        caps = top if top is not None else None if full or focus is None else focus
+        sol = solve(_priced(items, lam), budget, exact_limit=0, caps=caps, cap_values=values,
+                    polish=full)  # the LP bound and its rounding suffice inside the search
         if full or focus is None:
             upper = min(upper, sol.upper_bound + lam * time_budget)
             focus = sorted(values, key=lambda c: -values[c])[:FOCUS_CAPS]
