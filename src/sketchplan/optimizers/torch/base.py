@@ -82,14 +82,23 @@ class SketchplanOptimizer(torch.optim.Optimizer):
 
     def state_for(self, p: torch.Tensor, cfg: MethodConfig, opts: OptimizerDefaults) -> dict:
         """The state of ``p``, allocated from the method's layout on first use."""
-        state = self.state[p]
+        param = self.state_key(p)
+        state = self.state[param]
         if not state:
             rule = RULES[cfg.method]
             shape = tuple(p.shape)
-            state.update(allocate(rule.layout(shape, cfg, opts), p.device))
+            state.update(allocate(self.local_layout(param, rule.layout(shape, cfg, opts)), p.device))
             rule.init_state(state, shape, cfg, opts)
             state["step"] = 0
         return state
+
+    def state_key(self, p: torch.Tensor) -> torch.Tensor:
+        """The tensor that keys ``p``'s state (the parameter itself; the distributed optimizer maps local views)."""
+        return p
+
+    def local_layout(self, param: torch.Tensor, layout: list[StateTensor]) -> list[StateTensor]:
+        """The part of ``layout`` this process keeps (all of it; the distributed optimizer keeps its blocks)."""
+        return layout
 
     def allocate_state(self) -> None:
         """Allocate (zeros) the state of every parameter, as its first step would (checkpoint loading)."""

@@ -30,11 +30,11 @@ import torch.distributed as dist
 
 from ...methods.blocking import cached_partition, cached_plan
 from ...methods.layout import MethodConfig, OptimizerDefaults
-from ...methods.placement import local_layout, owned_by_group
+from ...methods.placement import local_layout as owned_layout
+from ...methods.placement import owned_by_group
 from .base import RULES, SketchplanOptimizer, group_config
 from .common import apply_momentum, apply_update, graft_direction
 from .matrix import MatrixRule, from_blocks, graft_blocks
-from .state import allocate
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -67,21 +67,17 @@ class DistributedSketchplanOptimizer(SketchplanOptimizer):
 
     # ---- state ----
 
-    def state_for(self, p: torch.Tensor, cfg: MethodConfig, opts: OptimizerDefaults) -> dict:
-        param = self._key.get(id(p), p)
-        state = self.state[param]
-        if not state:
-            rule = RULES[cfg.method]
-            shape = tuple(p.shape)
-            layout = rule.layout(shape, cfg, opts)
-            if self.placement.mode == "owner":
-                owned = owned_by_group(self.placement.owners.get(id(param), []), layout, self.placement.rank)
-                keep = self.placement.rest_owner.get(id(param), self.placement.rank) == self.placement.rank
-                layout = local_layout(layout, owned, keep)
-            state.update(allocate(layout, p.device))
-            rule.init_state(state, shape, cfg, opts)
-            state["step"] = 0
-        return state
+    def state_key(self, p: torch.Tensor) -> torch.Tensor:
+        return self._key.get(id(p), p)
+
+    def local_layout(self, param: torch.Tensor, layout: list) -> list:
+        """Owner placement: only the blocks (and element-wise state) this rank owns; shard placement: all of the
+        local shard's layout."""
+        if self.placement.mode != "owner":
+            return layout
+        owned = owned_by_group(self.placement.owners.get(id(param), []), layout, self.placement.rank)
+        keep = self.placement.rest_owner.get(id(param), self.placement.rank) == self.placement.rank
+        return owned_layout(layout, owned, keep)
 
     def allocate_state(self) -> None:
         """Allocate (zeros) every state tensor this rank holds, as its first step would (checkpoint loading)."""
