@@ -63,7 +63,7 @@ def test_sketchy_calls(monkeypatch, shape, block, stats_every):
                                                  ("kradagrad", kradagrad, None)])
 def test_root_calls(monkeypatch, shape, method, module, block):
     cfg = MethodConfig(method=method, block_size=block)
-    opts = OptimizerDefaults(precondition_frequency=4, stats_every=2)
+    opts = OptimizerDefaults(precondition_frequency=4, stats_every=2, start_preconditioning_step=1)
     roots = _record(monkeypatch, module, "symmetric_power", lambda s, *a, **k: ((s.shape[-1],), s.shape[0]))
     _run(cfg, opts, shape)
     assert roots == _declared(cfg, opts, shape, "inv_root")

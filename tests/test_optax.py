@@ -196,7 +196,7 @@ def test_nonfinite_gradient_is_skipped_and_counted():
 
 def test_roots_are_recomputed_every_precondition_frequency_steps():
     params = {"w": jnp.ones((5, 3))}
-    tx = jx.kradagrad(1e-2, precondition_frequency=4)
+    tx = jx.kradagrad(1e-2, precondition_frequency=4, start_preconditioning_step=1)
     state = tx.init(params)
     update = jax.jit(tx.update)
     rng = np.random.default_rng(1)

@@ -66,13 +66,15 @@ def _step_peak(model, opt, steps: int = 3) -> int:
 
 
 def _replay_vs_tracker(shapes, cfg, dtype):
-    opts = OptimizerDefaults()
+    # the default start (−1) preconditions from the first refresh, at step precondition_frequency: measure the
+    # steps before it and the refresh itself, with a short period so the loop stays cheap
+    opts = OptimizerDefaults(precondition_frequency=2)
     ps = [torch.nn.Parameter(torch.randn(s, dtype=dtype)) for s in shapes]
     opt = SketchplanOptimizer([{"params": ps, **group_options(cfg, opts)}], cfg, opts)
     kept = sum(p.numel() * p.element_size() * 2 for p in ps)
     kept += sum(total_bytes(state_layout(tuple(p.shape), cfg, opts)) for p in ps)
     measured = 0
-    for _ in range(2):
+    for _ in range(3):
         for p in ps:
             p.grad = torch.randn_like(p)
         mt = MemTracker()

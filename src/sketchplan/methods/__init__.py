@@ -81,8 +81,16 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
     return METHOD_MODULES[cfg.method].kernel_calls(tuple(int(d) for d in shape), cfg, opts)
 
 
+def initial_identity(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> dict[str, float]:
+    """State tensors of ``cfg.method`` that start as c·I (batched over their leading block dimension) instead
+    of zero, by name → c: Shampoo's roots (I), KrADagrad's inverse statistics (I/ε) and roots. Both backends
+    initialise from this."""
+    fn = getattr(METHOD_MODULES[cfg.method], "initial_identity", None)
+    return fn(tuple(int(d) for d in shape), cfg, opts) if fn is not None else {}
+
+
 __all__ = [
     "DTYPE_BYTES", "GRAFTS", "MATRIX_METHODS", "METHODS", "METHOD_MODULES", "MOMENTA", "MethodConfig",
-    "OptimizerDefaults", "SKIP_COUNTER", "StateTensor", "dtype_bytes", "kernel_calls", "state_layout",
+    "OptimizerDefaults", "SKIP_COUNTER", "StateTensor", "dtype_bytes", "initial_identity", "kernel_calls", "state_layout",
     "total_bytes", "workspace_bytes", "workspace_of", "group_workspace_bytes",
 ]

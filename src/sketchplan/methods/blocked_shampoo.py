@@ -17,6 +17,9 @@ SCORE_FACTOR = shampoo.SCORE_FACTOR
 kept_rank = shampoo.kept_rank
 
 
+initial_identity = shampoo.initial_identity
+
+
 def grid(ranks: tuple[int, ...], block_sizes: tuple[int, ...]) -> list[dict]:
     """The per-tensor options the planner tries (besides graft and momentum): every block size."""
     return [{"block_size": b} for b in block_sizes]

@@ -8,7 +8,10 @@ graft's direction. Its state:
 - ``adafactor``: factored second moments (Shazeer & Stern 2018) of the merged tensor viewed as a matrix
   (d0, numel/d0): row sums ``graft_row`` (d0) and column sums ``graft_col`` (numel/d0), v̂ = r cᵀ / Σr;
   a merged tensor of order ≤ 1 keeps the unfactored vector ``graft_v`` (numel);
-- ``sgd``: nothing.
+- ``sgd``: nothing;
+- ``none``: no grafting (the preconditioned direction keeps its own scale; where a direction is needed without
+  a preconditioner — before ``start_preconditioning_step``, unpreconditionable tensors — it is the gradient, as
+  for ``sgd``): nothing.
 
 Momentum: a param-shaped buffer ``momentum`` in float32 or bfloat16, or none.
 
@@ -44,7 +47,7 @@ def graft_layout(shape: tuple[int, ...], graft: str, opts: OptimizerDefaults) ->
             return [StateTensor("graft_row", (f[0],), opts.state_dtype),
                     StateTensor("graft_col", (f[1],), opts.state_dtype)]
         return [StateTensor("graft_v", f, opts.state_dtype)]
-    if graft == "sgd":
+    if graft in ("sgd", "none"):
         return []
     raise ValueError(f"unknown graft {graft!r}")
 
@@ -63,6 +66,12 @@ def diagonal_tail(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefa
 
 # ---- scalar arithmetic shared by every backend's step ----
 
+#: A gradient whose float32 squared norm is not finite or exceeds this (2¹⁰⁰ ≈ 1.3e30, i.e. ‖g‖ > 1.1e15) is
+#: skipped like a NaN: its squares (graft moments, statistics, G Gᵀ) would overflow float32 or leave state that
+#: the next additions overflow. Both backends' ``sanitize`` use it.
+GRAD_SQNORM_LIMIT = 2.0**100
+
+
 def ema_weights(beta2: float) -> tuple[float, float]:
     """(decay, weight) of a second-moment update s ← decay·s + weight·x: (β2, 1−β2), or (1, 1) when β2 = 1
     (a running sum, AdaGrad-style)."""
@@ -76,6 +85,14 @@ def stats_weights(beta2: float, every: int) -> tuple[float, float]:
     if beta2 >= 1:
         return 1.0, float(every)
     return beta2**every, 1.0 - beta2**every
+
+
+def preconditioning_start(opts: OptimizerDefaults, stored_roots: bool) -> int:
+    """The first preconditioned step (``OptimizerDefaults.start_preconditioning_step``; −1: the refresh period
+    for methods with stored roots, 1 for Sketchy)."""
+    if opts.start_preconditioning_step < 0:
+        return opts.precondition_frequency if stored_roots else 1
+    return max(1, opts.start_preconditioning_step)
 
 
 def bias_correction(beta2: float, step: int) -> float:

@@ -1,8 +1,9 @@
 """KrADagrad (Mei, Moreno & Walters 2023): Kronecker-factored AdaGrad that tracks the INVERSE statistics.
 
 KrADagrad* per block and axis, with L̃₀ = I/ε:
-    L̃ ← L̃/β2;   L̃ ← L̃ − L̃ G Gᵀ L̃ / (m · (1 + tr(Gᵀ L̃ G)))      (same for R̃ with Gᵀ and n)
-a Woodbury step with the small inverse replaced by a scalar; the result dominates the exact inverse in Loewner
+    L̃ ← L̃/β2;   L̃ ← L̃ − L̃ G Gᵀ L̃ / (1 + ‖G Gᵀ L̃‖_F)      (same for R̃ with Gᵀ)
+a Woodbury step with the small inverse replaced by a scalar (as the authors' code does; ALGORITHMS.md §6's
+m·(1 + tr) denominator is m times weaker and left L̃ near I/ε); the result dominates the exact inverse in Loewner
 order, so float32 suffices. Roots P = L̃^(1/(2k)) by eigh (eigenvalues clamped at 0) every
 ``precondition_frequency`` steps; direction P_L G P_R, always norm-grafted. The "MM" variant updates one mode
 per step with the other held fixed.
@@ -34,6 +35,18 @@ kept_rank = shampoo_kept_rank
 def grid(ranks: tuple[int, ...], block_sizes: tuple[int, ...]) -> list[dict]:
     """The per-tensor options the planner tries: unblocked and every block size."""
     return [{}] + [{"block_size": b} for b in block_sizes]
+
+
+def initial_identity(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> dict[str, float]:
+    """State tensors that start as c·I, by name: L̃₀ = I/ε, and its root (I/ε)^(1/(2k)) — the root a refresh
+    of the initial statistic would give, so a failed first refresh keeps a consistent (never zero) step."""
+    mp = plan_for(shape, cfg, opts)
+    out = {}
+    for g, (bshape, _) in enumerate(mp.groups):
+        for i in range(len(bshape)):
+            out[f"blocks{g}.inv{i}"] = 1.0 / opts.shampoo_eps
+            out[f"blocks{g}.root{i}"] = (1.0 / opts.shampoo_eps) ** (1.0 / (2 * len(bshape)))
+    return out
 
 
 def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
@@ -93,7 +106,8 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
 
     Per block group and axis i (every ``stats_every`` steps for ``star``; ``order`` times less often for ``mm``,
     one axis per statistics step):
-    L̃ X as ``gemm(d, n, d)``, (L̃X)(L̃X)ᵀ as ``gemm(d, d, n)`` (n = numel/d), the trace and the elementwise
+    L̃ X as ``gemm(d, n, d)``, (L̃X)(L̃X)ᵀ and X(L̃X)ᵀ (for its Frobenius norm) as ``gemm(d, d, n)``
+    (n = numel/d), the normalisation of X and the elementwise
     division, subtraction and symmetrisation of L̃; the positive root ``inv_root(d)`` by eigh (no other
     variant) every ``precondition_frequency`` steps; then Shampoo's mode products and the shared frame.
     """
@@ -108,8 +122,9 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
             n = bnumel // d
             copies = (1 if unfold_copies(i, len(bshape)) else 0) + (1 if weight != 1.0 else 0) + 2
             calls.append(pointwise(count * bnumel, copies, every))
-            calls.append(pointwise(count * d * d, 5 + (1 if decay != 1.0 else 0), every))
+            calls.append(pointwise(count * d * d, 6 + (1 if decay != 1.0 else 0), every))
             calls.append(gemm(d, n, d, count, every))
+            calls.append(gemm(d, d, n, count, every))
             calls.append(gemm(d, d, n, count, every))
             calls.append(KernelCall("inv_root", (d,), count, pf, variant="eigh"))
             calls.append(pointwise(count * d * d, every=pf))

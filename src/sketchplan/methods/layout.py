@@ -35,8 +35,11 @@ DTYPE_BYTES: dict[str, int] = {
 
 METHODS = ("adam", "shampoo", "blocked_shampoo", "sketchy", "extreme_tensoring", "kradagrad")
 Method = Literal["adam", "shampoo", "blocked_shampoo", "sketchy", "extreme_tensoring", "kradagrad"]
+#: The grafts the planner offers by default; ``none`` (no grafting: the matrix direction at its own scale, as in
+#: the papers' and reference implementations' ungrafted Shampoo and Sketchy) is accepted everywhere too.
 GRAFTS = ("adam", "rmsprop", "adafactor", "sgd")
-Graft = Literal["adam", "rmsprop", "adafactor", "sgd"]
+ALL_GRAFTS = GRAFTS + ("none",)
+Graft = Literal["adam", "rmsprop", "adafactor", "sgd", "none"]
 MOMENTA = ("none", "float32", "bfloat16")
 Momentum = Literal["none", "float32", "bfloat16"]
 #: Methods that precondition with Kronecker-factored matrices (they take grafting and momentum options).
@@ -77,7 +80,8 @@ class MethodConfig(BaseModel):
 
     ``rank`` is Sketchy's sketch rank k; ``block_size`` is the block size B of blocked Shampoo (and optionally
     Sketchy); ``graft`` is the diagonal method whose step size the matrix direction adopts (and the fallback
-    direction for tensors a matrix method cannot precondition); ``momentum`` is the dtype of the momentum
+    direction for tensors a matrix method cannot precondition), or ``none`` (no grafting: the preconditioned
+    direction unscaled; the fallback direction is then the gradient itself); ``momentum`` is the dtype of the momentum
     buffer or ``none``.
     """
 
@@ -142,7 +146,11 @@ class OptimizerDefaults(BaseModel):
       gradient standing for the skipped ones (step skipping; 1 = every step).
     - ``shampoo_eps``: the matrix methods' ridge ε: Shampoo's (S + εI), Sketchy's (ρ + ε), KrADagrad's
       initial inverse statistic I/ε.
-    - ``start_preconditioning_step``: before this step the graft direction is used as is.
+    - ``start_preconditioning_step``: before this step the graft direction is used as is; roots are refreshed at
+      this step and every ``precondition_frequency`` steps after it. ``-1`` (the default, DistributedShampoo's
+      rule) means ``precondition_frequency`` for the methods with stored roots (Shampoo, blocked Shampoo,
+      KrADagrad), so the first root is built from that many gradients instead of one, and 1 for Sketchy
+      (which applies its sketch afresh every step). 0 and 1 both mean the first step.
     - ``et_max_dim``: extreme tensoring splits each natural axis into near-equal factors ≤ this
       (0 means no tensoring: one mode over the flattened tensor, i.e. diagonal AdaGrad).
     - ``kradagrad_variant``: ``star`` (both modes each step) or ``mm`` (one mode per step).
@@ -150,7 +158,13 @@ class OptimizerDefaults(BaseModel):
       tensoring.
     - ``root_method``: how Shampoo computes inverse roots: ``eigh`` (float64 retry) or ``newton`` (coupled
       Newton iteration).
-    - ``fd_variant``: Sketchy's FD-update kernel (``kernels.torch.frequent_directions``); ``auto`` picks by shape.
+    - ``epsilon_mode``: how ``shampoo_eps`` regularises the eigenvalues λ of a statistic before its inverse root
+      (``EPSILON_MODES``): ``absolute`` max(λ, 0) + ε; ``relative`` max(λ, 0) + ε·λ_max (ε alone when
+      λ_max ≤ 0; the Sketchy reference's default); ``shift`` λ − min(λ_min, 0) + ε (DistributedShampoo's
+      rule: a negative rounding eigenvalue lifts the whole spectrum). Sketchy's sketch eigenvalues σ² + ρ are
+      never negative, so ``shift`` is ``absolute`` there; KrADagrad takes positive powers and ignores it.
+    - ``fd_variant``: Sketchy's FD-update kernel (``kernels.torch.frequent_directions``); ``auto`` is ``svd`` (accurate;
+      the Gram variants square the conditioning and run only when named).
     - Every method keeps an int32 counter ``nonfinite_skips`` of gradients it replaced by zeros because they
       held a NaN or Inf.
     """
@@ -166,13 +180,14 @@ class OptimizerDefaults(BaseModel):
     max_precond_dim: int = Field(default=8192, ge=1)
     precondition_frequency: int = Field(default=10, ge=1)
     stats_every: int = Field(default=1, ge=1)
-    start_preconditioning_step: int = Field(default=1, ge=0)
+    start_preconditioning_step: int = Field(default=-1, ge=-1)
     shampoo_eps: float = Field(default=1e-12, ge=0)
     et_max_dim: int = Field(default=64, ge=0)
     kradagrad_variant: Literal["star", "mm"] = "star"
     nesterov: bool = False
     root_method: Literal["eigh", "newton"] = "eigh"
     fd_variant: Literal["auto", "svd", "gram_small", "gram_large", "qr_svd"] = "auto"
+    epsilon_mode: Literal["absolute", "relative", "shift"] = "relative"
 
     @model_validator(mode="after")
     def _check(self) -> "OptimizerDefaults":
@@ -181,6 +196,8 @@ class OptimizerDefaults(BaseModel):
             raise ValueError("betas must satisfy 0 <= beta1 < 1 and 0 < beta2 <= 1")
         return self
 
+
+EPSILON_MODES = ("absolute", "relative", "shift")
 
 #: Name of the per-tensor counter of skipped non-finite gradients (int32 scalar, every method).
 SKIP_COUNTER = StateTensor("nonfinite_skips", (), "int32")

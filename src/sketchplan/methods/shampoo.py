@@ -92,6 +92,13 @@ def precondition_transients(live: Live, count: int, bshape: tuple[int, ...], bn:
     mode_products(live, count, bshape, bn, sb, lambda lv, d, m: lv.alloc(count * d * m * sb))
 
 
+def initial_identity(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> dict[str, float]:
+    """State tensors that start as c·I instead of zero, by name: every root starts as the identity, so a root
+    refresh that fails before any succeeded keeps an unpreconditioned (grafted) step, never a zero one."""
+    mp = plan_for(shape, cfg, opts)
+    return {f"blocks{g}.root{i}": 1.0 for g, (bshape, _) in enumerate(mp.groups) for i in range(len(bshape))}
+
+
 def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults,
                     param_dtype: str = "float32", scratch: bool = True) -> int:
     """High-water mark of one Shampoo step over this parameter beyond params, grads and state, in bytes

@@ -14,7 +14,7 @@ from .layout import MethodConfig, OptimizerDefaults
 
 #: Elementwise passes of ``common.graft_direction`` per graft over the parameter (adafactor: g², the row and
 #: column sums, the outer product, its normalisation, bias correction, sqrt, +ε and the division).
-GRAFT_PASSES = {"adam": 6, "rmsprop": 6, "adafactor": 9, "sgd": 0}
+GRAFT_PASSES = {"adam": 6, "rmsprop": 6, "adafactor": 9, "sgd": 0, "none": 0}
 
 
 def sanitize_calls(numel: int) -> list[KernelCall]:
@@ -55,6 +55,7 @@ def matrix_frame_calls(shape: tuple[int, ...], mp: MatrixPlan, cfg: MethodConfig
             calls.append(pointwise(numel, 2))
             calls.append(pointwise(max(1, numel // sum(c for _, c in mp.groups)), sum(c for _, c in mp.groups)))
         for bshape, count in mp.groups:
-            calls.append(pointwise(count * math.prod(bshape), 3))
+            if cfg.graft != "none":
+                calls.append(pointwise(count * math.prod(bshape), 3))
     calls += momentum_update_calls(numel, cfg.momentum, opts.nesterov, opts.weight_decay)
     return calls

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import UserError
 from ..methods import METHOD_MODULES, state_layout, total_bytes, workspace_bytes
-from ..methods.layout import GRAFTS, MOMENTA, MethodConfig, OptimizerDefaults
+from ..methods.layout import ALL_GRAFTS, GRAFTS, MOMENTA, MethodConfig, OptimizerDefaults
 from . import quality
 from ..validate import MAX_BYTES
 
@@ -52,8 +52,8 @@ def check_grid(methods, ranks, block_sizes, grafts, momenta) -> None:
         if not isinstance(b, int) or b <= 0:
             raise UserError(f"block size {b!r} is not a positive integer; give sizes like --block-sizes 512,1024.")
     for g in grafts:
-        if g not in GRAFTS:
-            raise UserError(f"unknown graft {g!r}; choose from {', '.join(GRAFTS)}.")
+        if g not in ALL_GRAFTS:
+            raise UserError(f"unknown graft {g!r}; choose from {', '.join(ALL_GRAFTS)}.")
     for m in momenta:
         if m not in MOMENTA:
             raise UserError(f"unknown momentum {m!r}; choose from {', '.join(MOMENTA)}.")

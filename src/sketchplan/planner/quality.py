@@ -38,7 +38,7 @@ from ..methods.layout import MethodConfig, OptimizerDefaults
 
 DIAGONAL_SCORE = 0.5
 SPECTRUM_DECAY = 1.0
-GRAFT_FACTOR = {"adam": 1.0, "rmsprop": 0.99, "adafactor": 0.98, "sgd": 0.85}
+GRAFT_FACTOR = {"adam": 1.0, "rmsprop": 0.99, "adafactor": 0.98, "sgd": 0.85, "none": 0.85}
 MOMENTUM_FACTOR = {"float32": 1.0, "bfloat16": 0.995, "none": 0.92}
 SGD_FALLBACK_SCORE = 0.3
 #: Credit a matrix method gets over its diagonal graft on a vector (module docstring): none.
@@ -101,7 +101,7 @@ def score(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, sp
         full = method.SCORE_FACTOR * graft * mom
         return base + VECTOR_MATRIX_GAIN * max(0.0, full - base)
     if mp.fallback is not None:
-        return (SGD_FALLBACK_SCORE * (diag / DIAGONAL_SCORE) if cfg.graft == "sgd" else diag * graft) * mom
+        return (SGD_FALLBACK_SCORE * (diag / DIAGONAL_SCORE) if cfg.graft in ("sgd", "none") else diag * graft) * mom
     caps = []
     for i, d in enumerate(mp.matrix_dims):
         block = max(g[i] for g, _ in mp.groups)  # the largest block on this axis (segments cut it too)

@@ -22,7 +22,7 @@ import math
 from bisect import bisect_left
 from dataclasses import dataclass
 
-from ..kernels.calls import KERNEL_VARIANTS, KernelCall, bytes_moved, flops
+from ..kernels.calls import KERNEL_VARIANTS, PLANNED_VARIANTS, KernelCall, bytes_moved, flops
 from .schema import HardwareProfile, KernelTable
 
 #: Fraction of the matrix-product peak each kernel reaches when nothing was measured (analytic fallback).
@@ -132,7 +132,8 @@ class CostModel:
             else:
                 total += self.call(c).seconds / c.every
         for kernel, cs in by_kernel.items():
-            options = [v for v in KERNEL_VARIANTS[kernel] if (kernel, v) in self._curves]
+            allowed = PLANNED_VARIANTS.get(kernel, KERNEL_VARIANTS[kernel])
+            options = [v for v in allowed if (kernel, v) in self._curves]
             if options:
                 best = min(options, key=lambda v: sum(self.call(c, v).seconds / c.every for c in cs))
                 picks[kernel] = best

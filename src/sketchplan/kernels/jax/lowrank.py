@@ -13,10 +13,14 @@ from .support import require_jax
 jax, jnp = require_jax()
 
 
-@partial(jax.jit, static_argnames=("alpha", "eps"))
-def lowrank_root_apply(u, sig2, rho, x, alpha: float, eps: float):
-    """(U diag(σ²) Uᵀ + (ρ+ε) I)^α X, batched (module docstring)."""
-    ridge = rho + eps
+@partial(jax.jit, static_argnames=("alpha", "eps", "mode"))
+def lowrank_root_apply(u, sig2, rho, x, alpha: float, eps: float, mode: str = "absolute"):
+    """(U diag(σ²) Uᵀ + (ρ+ε) I)^α X, batched (module docstring); ``mode`` as in torch."""
+    if mode == "relative":
+        top = jnp.max(sig2, axis=-1) + rho
+        ridge = rho + eps * jnp.where(top > 0, top, 1)
+    else:
+        ridge = rho + eps
     scale = (sig2 + ridge[..., None]) ** alpha
     proj = jnp.swapaxes(u, -1, -2) @ x
     if u.shape[-1] == u.shape[-2]:

@@ -39,9 +39,22 @@ def safe_eigh(mats):
     return None
 
 
-@partial(jax.jit, static_argnames=("exponent", "eps"))
-def _power_from(w, v, exponent: float, eps: float):
-    scale = (jnp.maximum(w, 0) + eps) ** exponent
+def regularize(w, eps: float, mode: str = "absolute"):
+    """As ``kernels.torch.roots.regularize``: absolute max(λ,0)+ε, relative max(λ,0)+ε·λ_max (ε when
+    λ_max ≤ 0), shift λ − min(λ_min, 0) + ε."""
+    if mode == "absolute":
+        return jnp.maximum(w, 0) + eps
+    if mode == "relative":
+        top = jnp.max(w, axis=-1, keepdims=True)
+        return jnp.maximum(w, 0) + eps * jnp.where(top > 0, top, 1)
+    if mode == "shift":
+        return w - jnp.minimum(jnp.min(w, axis=-1, keepdims=True), 0) + eps
+    raise ValueError(f"unknown epsilon_mode {mode!r}; use absolute, relative or shift")
+
+
+@partial(jax.jit, static_argnames=("exponent", "eps", "mode"))
+def _power_from(w, v, exponent: float, eps: float, mode: str = "absolute"):
+    scale = regularize(w, eps, mode) ** exponent
     return (v * scale[..., None, :]) @ jnp.swapaxes(v, -1, -2)
 
 
@@ -49,20 +62,24 @@ def _identity_like(mats):
     return jnp.broadcast_to(jnp.eye(mats.shape[-1], dtype=mats.dtype), mats.shape)
 
 
-def symmetric_power(mats, exponent: float, eps: float, previous=None):
-    """(S + εI)^exponent of symmetric PSD ``mats`` by eigh (eigenvalues clamped at 0); see the module doc."""
+def symmetric_power(mats, exponent: float, eps: float, previous=None, mode: str = "absolute"):
+    """(S + εI)^exponent of symmetric PSD ``mats`` by eigh (eigenvalues ``regularize``d); see the module doc."""
     dec = safe_eigh(mats)
     if dec is None:
         return previous if previous is not None else _identity_like(mats)
-    return _power_from(dec[0], dec[1], float(exponent), float(eps))
+    return _power_from(dec[0], dec[1], float(exponent), float(eps), mode)
 
 
-@partial(jax.jit, static_argnames=("p", "eps", "max_iters", "tol"))
-def _newton(mats, p: int, eps: float, max_iters: int, tol: float):
+@partial(jax.jit, static_argnames=("p", "eps", "max_iters", "tol", "mode"))
+def _newton(mats, p: int, eps: float, max_iters: int, tol: float, mode: str = "absolute"):
     dt = jnp.promote_types(mats.dtype, jnp.float32)
     d = mats.shape[-1]
     eye = jnp.eye(d, dtype=dt)
-    a = mats.astype(dt) + eps * eye
+    a = mats.astype(dt)
+    if mode == "relative":  # as torch: ε·‖S‖_F
+        a = a + (eps * jnp.sqrt(jnp.sum(a * a, axis=(-2, -1))))[..., None, None] * eye
+    else:
+        a = a + eps * eye
     norm = jnp.sqrt(jnp.sum(a * a, axis=(-2, -1)))
     z = (1 + p) / (2 * jnp.maximum(norm, jnp.finfo(dt).tiny))
     m = a * z[..., None, None]
@@ -83,9 +100,10 @@ def _newton(mats, p: int, eps: float, max_iters: int, tol: float):
     return x.astype(mats.dtype), err
 
 
-def inverse_root_newton(mats, p: int, eps: float, previous=None, max_iters: int = 100, tol: float = 1e-6):
+def inverse_root_newton(mats, p: int, eps: float, previous=None, max_iters: int = 100, tol: float = 1e-6,
+                        mode: str = "absolute"):
     """(S + εI)^(−1/p) of symmetric PSD ``mats`` (..., d, d) by the coupled Newton iteration (module docstring)."""
-    x, err = _newton(mats, int(p), float(eps), int(max_iters), float(tol))
+    x, err = _newton(mats, int(p), float(eps), int(max_iters), float(tol), mode)
     if bool(jnp.isfinite(err)) and float(err) < tol:
         return x
     return previous if previous is not None else _identity_like(mats)

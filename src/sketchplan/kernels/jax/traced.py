@@ -26,16 +26,17 @@ from .support import require_jax
 jax, jnp = require_jax()
 
 
-def symmetric_power(mats, exponent: float, eps: float, previous=None):
+def symmetric_power(mats, exponent: float, eps: float, previous=None, mode: str = "absolute"):
     """(S + εI)^exponent of symmetric PSD ``mats`` (..., d, d) by eigh, traceable; ``previous`` on failure."""
     w, v, ok = _eigh(mats)
     fallback = previous if previous is not None else _identity_like(mats)
-    return jnp.where(ok, _power_from(w, v, float(exponent), float(eps)), fallback)
+    return jnp.where(ok, _power_from(w, v, float(exponent), float(eps), mode), fallback)
 
 
-def inverse_root_newton(mats, p: int, eps: float, previous=None, max_iters: int = 100, tol: float = 1e-6):
+def inverse_root_newton(mats, p: int, eps: float, previous=None, max_iters: int = 100, tol: float = 1e-6,
+                        mode: str = "absolute"):
     """(S + εI)^(−1/p) by the coupled Newton iteration, traceable; ``previous`` when it does not converge."""
-    x, err = _newton(mats, int(p), float(eps), int(max_iters), float(tol))
+    x, err = _newton(mats, int(p), float(eps), int(max_iters), float(tol), mode)
     fallback = previous if previous is not None else _identity_like(mats)
     return jnp.where(jnp.isfinite(err) & (err < tol), x, fallback)
 

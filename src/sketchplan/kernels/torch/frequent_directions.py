@@ -16,8 +16,10 @@ Invariant: 0 ≼ C_t − Ĉ_t ≼ ρ_t I. Step 2 has four interchangeable varian
 - ``gram_large``: eigh of the d × d Gram Y Yᵀ = β2 U diag(σ²) Uᵀ + X Xᵀ, formed without Y (cheap when k+N ≥ d);
 - ``qr_svd``: QR of Yᵀ, then SVD of the small triangular factor (helps when N ≫ d).
 
-``auto`` picks ``gram_large`` when k+N ≥ d (on a 2-core CPU the eigh of a 1024 × 1024 Gram took 0.08 s, the
-thin SVD of the 1024 × 1024 Y 0.22 s) and ``svd`` otherwise. A variant that fails in float32 is retried in float64; if that fails too, the sketch
+``auto`` is ``svd`` (``kernels.calls.choose_variant``): the Gram variants square the conditioning, ~10× less
+accurate in float32 on decaying spectra, although ``gram_large`` is faster when k+N ≥ d (on a 2-core CPU the eigh
+of a 1024 × 1024 Gram took 0.08 s, the thin SVD of the 1024 × 1024 Y 0.22 s); name it to trade accuracy for
+speed. A variant that fails in float32 is retried in float64; if that fails too, the sketch
 is left unchanged.
 """
 

@@ -15,9 +15,16 @@ import torch
 
 
 def lowrank_root_apply(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: torch.Tensor, alpha: float,
-                       eps: float) -> torch.Tensor:
-    """(U diag(σ²) Uᵀ + (ρ+ε) I)^α X, batched: u (b, d, k), sig2 (b, k), rho (b,), x (b, d, m)."""
-    ridge = rho + eps
+                       eps: float, mode: str = "absolute") -> torch.Tensor:
+    """(U diag(σ²) Uᵀ + (ρ+ε) I)^α X, batched: u (b, d, k), sig2 (b, k), rho (b,), x (b, d, m).
+
+    ``mode="relative"``: ε is scaled by the largest eigenvalue max σ² + ρ (ε alone when that is 0); the sketch's
+    eigenvalues are never negative, so ``shift`` equals ``absolute``."""
+    if mode == "relative":
+        top = sig2.amax(dim=-1) + rho
+        ridge = rho + eps * torch.where(top > 0, top, torch.ones_like(top))
+    else:
+        ridge = rho + eps
     scale = (sig2 + ridge.unsqueeze(-1)).pow(alpha)
     if u.shape[-1] == u.shape[-2]:
         return u @ (scale.unsqueeze(-1) * (u.mT @ x))

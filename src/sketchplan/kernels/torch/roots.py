@@ -41,9 +41,24 @@ def safe_eigh(mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     return None
 
 
+def regularize(w: torch.Tensor, eps: float, mode: str = "absolute") -> torch.Tensor:
+    """Eigenvalues ``w`` (..., d) of a PSD statistic made safe for a negative power (``OptimizerDefaults.
+    epsilon_mode``): ``absolute`` max(λ, 0) + ε; ``relative`` max(λ, 0) + ε·λ_max (ε when λ_max ≤ 0);
+    ``shift`` λ − min(λ_min, 0) + ε."""
+    if mode == "absolute":
+        return w.clamp_min(0) + eps
+    if mode == "relative":
+        top = w.amax(dim=-1, keepdim=True)
+        return w.clamp_min(0) + eps * torch.where(top > 0, top, torch.ones_like(top))
+    if mode == "shift":
+        return w - w.amin(dim=-1, keepdim=True).clamp_max(0) + eps
+    raise ValueError(f"unknown epsilon_mode {mode!r}; use absolute, relative or shift")
+
+
 def symmetric_power(mats: torch.Tensor, exponent: float, eps: float,
-                    previous: torch.Tensor | None = None) -> torch.Tensor:
-    """(S + εI)^exponent of symmetric PSD ``mats`` (..., d, d) by eigh; eigenvalues are clamped at 0 first.
+                    previous: torch.Tensor | None = None, mode: str = "absolute") -> torch.Tensor:
+    """(S + εI)^exponent of symmetric PSD ``mats`` (..., d, d) by eigh; the eigenvalues are regularised by
+    ``regularize(λ, ε, mode)`` (``absolute``: clamped at 0, plus ε).
 
     Falls back to float64 when the float32 eigh fails, and to ``previous`` when both fail (with no previous
     root, the identity: an unpreconditioned step). Negative exponents need ε > 0 for singular S.
@@ -54,13 +69,16 @@ def symmetric_power(mats: torch.Tensor, exponent: float, eps: float,
             return previous
         return torch.eye(mats.shape[-1], dtype=mats.dtype, device=mats.device).expand_as(mats).clone()
     w, v = dec
-    scale = (w.clamp_min(0) + eps).pow(exponent)
+    scale = regularize(w, eps, mode).pow(exponent)
     return (v * scale.unsqueeze(-2)) @ v.mT
 
 
 def inverse_root_newton(mats: torch.Tensor, p: int, eps: float, previous: torch.Tensor | None = None,
-                        max_iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
+                        max_iters: int = 100, tol: float = 1e-6, mode: str = "absolute") -> torch.Tensor:
     """(S + εI)^(−1/p) of symmetric PSD ``mats`` (..., d, d) by the coupled Newton iteration (module docstring).
+
+    ``mode="relative"`` uses ε·‖S‖_F (an upper bound of λ_max: no eigenvalues here); ``shift`` is ``absolute``
+    (the iteration never sees λ_min).
 
     Computes in float32 at least; returns ``previous`` (or the identity) if the iteration diverges or does not
     reach ``tol`` within ``max_iters`` iterations.
@@ -68,7 +86,11 @@ def inverse_root_newton(mats: torch.Tensor, p: int, eps: float, previous: torch.
     dt = torch.promote_types(mats.dtype, torch.float32)
     d = mats.shape[-1]
     eye = torch.eye(d, dtype=dt, device=mats.device)
-    a = mats.to(dt) + eps * eye
+    a = mats.to(dt)
+    if mode == "relative":
+        a = a + (eps * torch.linalg.matrix_norm(a))[..., None, None] * eye
+    else:
+        a = a + eps * eye
     z = (1 + p) / (2 * torch.linalg.matrix_norm(a).clamp_min(torch.finfo(dt).tiny))
     m = a * z[..., None, None]
     x = eye * z[..., None, None].pow(1.0 / p)

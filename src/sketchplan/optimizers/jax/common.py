@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 from ...kernels.jax.support import require_jax
-from ...methods.common import ema_weights
+from ...methods.common import GRAD_SQNORM_LIMIT, ema_weights
 from ...methods.layout import OptimizerDefaults
 
 jax, jnp = require_jax()
@@ -42,8 +42,10 @@ def lerp(start, end, weight: float):
 def sanitize(st: dict, grad):
     """``grad`` with a non-finite tensor replaced by zeros; such a tensor adds 1 to ``nonfinite_skips``.
 
-    As in torch, a float32 sum finds it (NaN and Inf propagate into the sum)."""
-    bad = ~jnp.isfinite(jnp.sum(grad, dtype=jnp.float32))
+    As in torch, the float32 squared norm finds it: NaN, ±Inf, or ‖g‖² above ``GRAD_SQNORM_LIMIT`` (a finite
+    gradient whose squares would overflow the state)."""
+    flat = grad.reshape(-1).astype(jnp.float32)
+    bad = ~(jnp.vdot(flat, flat) <= GRAD_SQNORM_LIMIT)
     st["nonfinite_skips"] = st["nonfinite_skips"] + bad.astype(jnp.int32)
     return jnp.where(bad, jnp.zeros_like(grad), grad)
 
@@ -59,7 +61,7 @@ def graft_direction(st: dict, g, graft: str, opts: OptimizerDefaults, step):
     adafactor: row and column sums r, c of g² (merged tensor as a matrix), v̂ = r cᵀ / Σr, A = g / (√v̂ + ε);
     sgd: A = g.
     """
-    if graft == "sgd":
+    if graft in ("sgd", "none"):
         return g
     decay, w = ema_weights(opts.betas[1])
     corr = bias_correction(opts.betas[1], step) if graft != "rmsprop" else 1.0

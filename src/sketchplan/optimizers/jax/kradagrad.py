@@ -2,7 +2,8 @@
 
 Per block group and axis i (every axis each step for ``star``; axis (t−1) mod k at step t for ``mm``, selected
 with ``lax.cond``), with X = √(1−β2)·G_(i) (or G_(i) when β2 = 1) and L̃₀ = I/ε:
-    L̃ ← L̃/β2;   L̃ ← L̃ − (L̃X)(L̃X)ᵀ / (d · (1 + tr(Xᵀ L̃ X)));   L̃ ← (L̃ + L̃ᵀ)/2      (X: d × n)
+    L̃ ← L̃/β2;   L̃ ← L̃ − (L̃X)(L̃X)ᵀ / (1 + ‖X Xᵀ L̃‖_F);   L̃ ← (L̃ + L̃ᵀ)/2      (X: d × n; the authors'
+    implementation, see ``optimizers.torch.kradagrad``)
 Roots P_i = L̃_i^(1/(2k)) (eigh, eigenvalues clamped at 0; ``kernels.jax.traced``) every
 ``precondition_frequency`` steps; direction Shampoo's mode products. State: ``kradagrad.layout``.
 """
@@ -22,9 +23,13 @@ jax, jnp = require_jax()
 def _woodbury(inv, x, decay: float):
     if decay != 1.0:
         inv = inv / decay
-    lx = factor_apply(inv, x)
-    trace = jnp.sum(x * lx, axis=(1, 2))
-    inv = inv - (lx @ jnp.swapaxes(lx, -1, -2)) / (x.shape[1] * (1 + trace))[:, None, None]
+    # as torch: L̃XXᵀL̃ / (1 + ‖XXᵀL̃‖_F) from X̂ = X/‖X‖, so that ‖XXᵀL̃‖_F (~‖X‖²/ε) cannot overflow float32
+    sq = jnp.maximum(jnp.sum(x * x, axis=(1, 2)), jnp.finfo(x.dtype).tiny)
+    xh = x / jnp.sqrt(sq)[:, None, None]
+    lx = factor_apply(inv, xh)
+    cross = xh @ jnp.swapaxes(lx, -1, -2)
+    norm = jnp.sqrt(jnp.sum(cross * cross, axis=(1, 2)))
+    inv = inv - (lx @ jnp.swapaxes(lx, -1, -2)) / (1 / sq + norm)[:, None, None]
     return (inv + jnp.swapaxes(inv, -1, -2)) / 2
 
 

@@ -24,6 +24,7 @@ from typing import Callable
 from ...kernels.jax.support import require_jax
 from ...methods.blocking import BlockGroup
 from ...methods.blocking import config_plan, plan_partition
+from ...methods.common import preconditioning_start
 from ...methods.layout import MethodConfig, OptimizerDefaults
 from .common import apply_momentum, graft_direction, sanitize
 
@@ -112,7 +113,7 @@ def matrix_step(hooks: MatrixHooks, grad, state: dict, step, cfg: MethodConfig, 
             st = with_statistics(st)
         else:  # step skipping: the sampled gradient stands for the skipped ones (``common.stats_weights``)
             st = jax.lax.cond((step - 1) % opts.stats_every == 0, with_statistics, dict, st)
-        start = max(1, opts.start_preconditioning_step)
+        start = preconditioning_start(opts, bool(hooks.root_names(0, mp.order)))
         refresh = (step >= start) & ((step - start) % opts.precondition_frequency == 0)
         for gi in range(len(groups)):
             names = hooks.root_names(gi, mp.order)
@@ -123,8 +124,9 @@ def matrix_step(hooks: MatrixHooks, grad, state: dict, step, cfg: MethodConfig, 
 
         def preconditioned(s):
             a_blocks = to_blocks(a.reshape(mp.merged), groups)
-            d_blocks = [graft_blocks(hooks.precondition(s, gi, gb, opts), ab)
-                        for gi, (gb, ab) in enumerate(zip(g_blocks, a_blocks))]
+            d_blocks = [hooks.precondition(s, gi, gb, opts) for gi, gb in enumerate(g_blocks)]
+            if cfg.graft != "none":
+                d_blocks = [graft_blocks(d, ab) for d, ab in zip(d_blocks, a_blocks)]
             return from_blocks(d_blocks, groups, mp.merged).reshape(grad.shape)
 
         direction = jax.lax.cond(step >= start, preconditioned, lambda s: a, st)

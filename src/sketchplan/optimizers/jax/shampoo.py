@@ -38,10 +38,10 @@ class ShampooHooks(MatrixHooks):
             stat, root = st[f"blocks{g}.stat{i}"], st[f"blocks{g}.root{i}"]
             if opts.root_method == "newton":
                 out[f"blocks{g}.root{i}"] = jax_traced.inverse_root_newton(stat, 2 * order, opts.shampoo_eps,
-                                                                          previous=root)
+                                                                          previous=root, mode=opts.epsilon_mode)
             else:
                 out[f"blocks{g}.root{i}"] = jax_traced.symmetric_power(stat, -1.0 / (2 * order), opts.shampoo_eps,
-                                                                      previous=root)
+                                                                      previous=root, mode=opts.epsilon_mode)
         return out
 
     def precondition(self, st, g, grad_blocks, opts):

@@ -31,7 +31,7 @@ class SketchyHooks(MatrixHooks):
         for i in range(order):
             u, sig2, rho = (st[f"blocks{g}.{n}{i}"] for n in ("U", "sig2_", "rho"))
             d = mode_apply(d, i, lambda x, u=u, s=sig2, r=rho: lowrank_root_apply(
-                u, s, r, x, -1.0 / (2 * order), opts.shampoo_eps))
+                u, s, r, x, -1.0 / (2 * order), opts.shampoo_eps, opts.epsilon_mode))
         return d
 
 

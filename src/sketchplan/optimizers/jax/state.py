@@ -10,7 +10,7 @@ state's size is known without allocating it.
 from __future__ import annotations
 
 from ...kernels.jax.support import require_jax
-from ...methods import state_layout
+from ...methods import initial_identity, state_layout
 from ...methods.layout import MethodConfig, OptimizerDefaults, StateTensor
 
 jax, jnp = require_jax()
@@ -27,11 +27,10 @@ def allocate(layout: list[StateTensor]) -> dict:
 
 
 def init_tensor_state(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> dict:
-    """The state of one parameter: its method's layout, zero, except KrADagrad's inverse statistics
-    L̃₀ = I/ε (as ``KrADagradRule.init_state`` in torch)."""
+    """The state of one parameter: its method's layout, zero, except the tensors that start as c·I
+    (``methods.initial_identity``: Shampoo's roots, KrADagrad's L̃₀ = I/ε and roots; as in torch)."""
     state = allocate(state_layout(shape, cfg, opts))
-    if cfg.method == "kradagrad":
-        for name, t in state.items():
-            if ".inv" in name:
-                state[name] = jnp.broadcast_to(jnp.eye(t.shape[-1], dtype=t.dtype) / opts.shampoo_eps, t.shape)
+    for name, c in initial_identity(shape, cfg, opts).items():
+        t = state[name]
+        state[name] = jnp.broadcast_to(jnp.eye(t.shape[-1], dtype=t.dtype) * jnp.asarray(c, t.dtype), t.shape)
     return state

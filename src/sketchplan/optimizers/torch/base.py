@@ -18,7 +18,9 @@ from typing import Callable, Iterable
 import torch
 
 from ...methods.layout import MethodConfig, OptimizerDefaults, StateTensor
-from .state import allocate
+from ...methods import initial_identity
+from ...methods.common import GRAD_SQNORM_LIMIT
+from .state import allocate, set_identities
 
 METHOD_KEYS = tuple(MethodConfig.model_fields)
 DEFAULT_KEYS = tuple(OptimizerDefaults.model_fields)
@@ -30,7 +32,7 @@ class MethodRule:
     layout: Callable[[tuple[int, ...], MethodConfig, OptimizerDefaults], list[StateTensor]]
 
     def init_state(self, state: dict, shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> None:
-        """Fill freshly allocated (zero) state where zero is not the right start (e.g. KrADagrad's I/ε)."""
+        """Fill freshly allocated state where neither zero nor ``methods.initial_identity`` is the right start."""
 
     def step(self, opt: "SketchplanOptimizer", params: list[torch.Tensor], cfg: MethodConfig,
              opts: OptimizerDefaults) -> None:
@@ -54,6 +56,14 @@ def group_config(group: dict) -> tuple[MethodConfig, OptimizerDefaults]:
     cfg = MethodConfig(**{k: group[k] for k in METHOD_KEYS})
     opts = OptimizerDefaults(**{k: (tuple(group[k]) if k == "betas" else group[k]) for k in DEFAULT_KEYS})
     return cfg, opts
+
+
+def _sqnorm(g: torch.Tensor) -> torch.Tensor:
+    """‖g‖² in float32 (a dot product; overflows to Inf for ‖g‖ > 1.8e19, NaN if g holds one)."""
+    flat = g.reshape(-1)
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    return torch.dot(flat, flat)
 
 
 class SketchplanOptimizer(torch.optim.Optimizer):
@@ -88,6 +98,7 @@ class SketchplanOptimizer(torch.optim.Optimizer):
             rule = RULES[cfg.method]
             shape = tuple(p.shape)
             state.update(allocate(self.local_layout(param, rule.layout(shape, cfg, opts)), p.device))
+            set_identities(state, initial_identity(shape, cfg, opts))
             rule.init_state(state, shape, cfg, opts)
             state["step"] = 0
         return state
@@ -109,17 +120,20 @@ class SketchplanOptimizer(torch.optim.Optimizer):
 
     def sanitize(self, grads: list[torch.Tensor], skips: list[torch.Tensor], step: int,
                  opts: OptimizerDefaults) -> list[torch.Tensor]:
-        """Gradients with any non-finite tensor replaced by zeros; each such tensor adds 1 to its skip counter.
+        """Gradients with any non-finite or overflowing tensor replaced by zeros; each such tensor adds 1 to its
+        skip counter.
 
-        A zeroed gradient leaves the statistics unchanged except for their decay (an all-zero gradient is
-        harmless in every method), so the state stays finite. A float32 sum per tensor finds the bad ones (NaN
-        and Inf propagate into it; one read of the gradient, ~6× cheaper on CPU than a max-abs norm; a finite
-        gradient whose sum overflows float32, |Σg| > 3e38, would be counted as non-finite too).
+        A tensor is skipped when its float32 squared norm ‖g‖² is NaN, infinite or above
+        ``methods.common.GRAD_SQNORM_LIMIT`` (2¹⁰⁰, ‖g‖ > 1.1e15): NaN and ±Inf propagate into it, and a finite
+        but huge gradient (1e20 in one element) would overflow g², G Gᵀ or the graft's moments and leave Inf
+        in the state for good. A zeroed gradient leaves the statistics unchanged except for their decay (an
+        all-zero gradient is harmless in every method), so the state stays finite. One dot product per tensor
+        (one read of the gradient, as fast as the sum it replaces).
         On CPU the flags are read directly (no device to wait for); on accelerators the replacement is a
         ``torch.where`` per tensor, and the warning waits for a step that is a multiple of
         ``precondition_frequency`` (one scalar read then: the only host sync of a diagonal method's step).
         """
-        bad = ~torch.isfinite(torch.stack([g.sum(dtype=torch.float32) for g in grads]))
+        bad = ~(torch.stack([_sqnorm(g) for g in grads]) <= GRAD_SQNORM_LIMIT)
         torch._foreach_add_(skips, list(bad.to(torch.int32).unbind()))
         if grads[0].device.type == "cpu":
             flags = bad.tolist()
@@ -135,7 +149,7 @@ class SketchplanOptimizer(torch.optim.Optimizer):
     def _warn_nonfinite(self) -> None:
         if not self._warned_nonfinite:
             self._warned_nonfinite = True
-            warnings.warn("sketchplan: a gradient held NaN or Inf; that tensor's statistics update was skipped "
+            warnings.warn("sketchplan: a gradient held NaN or Inf (or its squared norm exceeded 1.3e30); that tensor's statistics update was skipped "
                           "(counted in the state's 'nonfinite_skips'). Warning once.", RuntimeWarning,
                           stacklevel=3)
 

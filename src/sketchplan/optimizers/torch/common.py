@@ -21,9 +21,9 @@ def graft_direction(state: dict, g: torch.Tensor, graft: str, opts: OptimizerDef
 
     adam: v ← decay·v + w·g², A = g / (√(v / (1−β2ᵗ)) + ε); rmsprop: the same without bias correction;
     adafactor (Shazeer & Stern 2018): row and column sums r, c of g² (merged tensor as a matrix),
-    v̂ = r cᵀ / Σr (bias-corrected), A = g / (√v̂ + ε); sgd: A = g.
+    v̂ = r cᵀ / Σr (bias-corrected), A = g / (√v̂ + ε); sgd and none: A = g.
     """
-    if graft == "sgd":
+    if graft in ("sgd", "none"):
         return g
     decay, w = ema_weights(opts.betas[1])
     corr = bias_correction(opts.betas[1], step) if graft != "rmsprop" else 1.0

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from ...methods.blocking import cached_partition, cached_plan
+from ...methods.common import preconditioning_start
 from ...methods.layout import MethodConfig, OptimizerDefaults
 from ...methods.placement import local_layout as owned_layout
 from ...methods.placement import owned_by_group
@@ -180,7 +181,7 @@ class DistributedSketchplanOptimizer(SketchplanOptimizer):
         owners = pl.owners[id(p)]
         item["groups"], item["owners"] = groups, owners
         merged = g.reshape(mp.merged)
-        start = max(1, opts.start_preconditioning_step)
+        start = preconditioning_start(opts, rule.stored_roots)
         item["active"] = step >= start
         refresh = item["active"] and (step - start) % opts.precondition_frequency == 0
         flat = 0
@@ -273,7 +274,8 @@ class DistributedSketchplanOptimizer(SketchplanOptimizer):
 
             groups = item["groups"]
             a_blocks = to_blocks(a.reshape(mp.merged), groups)
-            d_blocks = [graft_blocks(blocks[gi], ab) for gi, ab in enumerate(a_blocks)]
+            d_blocks = [blocks[gi] if cfg.graft == "none" else graft_blocks(blocks[gi], ab)
+                        for gi, ab in enumerate(a_blocks)]
             direction = from_blocks(d_blocks, groups, mp.merged).reshape(p.shape)
         update = apply_momentum(state, direction, opts.betas[0], opts.nesterov)
         apply_update(p, update, opts.lr, opts.weight_decay)

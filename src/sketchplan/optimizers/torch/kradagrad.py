@@ -20,12 +20,6 @@ class KrADagradRule(MatrixRule):
 
     layout = staticmethod(layout)
 
-    def init_state(self, state, shape, cfg, opts):
-        """L̃₀ = I/ε for every inverse statistic."""
-        for name, t in state.items():
-            if ".inv" in name:
-                t.copy_(torch.eye(t.shape[-1], dtype=t.dtype, device=t.device) / opts.shampoo_eps)
-
     def update_statistics(self, state, g, grad_blocks, step, cfg, opts):
         order = grad_blocks.dim() - 1
         decay, weight = stats_weights(opts.betas[1], opts.stats_every)
@@ -37,9 +31,13 @@ class KrADagradRule(MatrixRule):
             inv = state[f"blocks{g}.inv{i}"]
             if decay != 1.0:
                 inv.div_(decay)
-            lx = torch.bmm(inv, x)
-            trace = (x * lx).sum(dim=(1, 2))
-            inv.sub_(torch.bmm(lx, lx.mT) / (x.shape[1] * (1 + trace))[:, None, None])
+            # L̃XXᵀL̃ / (1 + ‖XXᵀL̃‖_F) computed from X̂ = X/‖X‖ as L̃X̂X̂ᵀL̃ / (1/‖X‖² + ‖X̂X̂ᵀL̃‖_F):
+            # the same number, but ‖XXᵀL̃‖_F (~‖X‖²/ε) cannot overflow float32 for a large gradient.
+            sq = (x * x).sum(dim=(1, 2)).clamp_min(torch.finfo(x.dtype).tiny)
+            xh = x / sq.sqrt()[:, None, None]
+            lx = torch.bmm(inv, xh)
+            norm = torch.linalg.matrix_norm(torch.bmm(xh, lx.mT))
+            inv.sub_(torch.bmm(lx, lx.mT) / (1 / sq + norm)[:, None, None])
             inv.copy_((inv + inv.mT) / 2)
 
     def refresh_roots(self, state, g, order, opts):
@@ -56,9 +54,13 @@ class KrADagrad(SketchplanOptimizer):
     preconditioned stochastic optimization", UAI).
 
     Tracks L̃ ≈ S⁻¹ per block and axis without inverting anything (KrADagrad*, L̃₀ = I/ε):
-        L̃ ← L̃/β2;   L̃ ← L̃ − L̃ X Xᵀ L̃ / (d · (1 + tr(Xᵀ L̃ X)))     (X = √(1−β2)·G_(i), or G_(i) when β2 = 1)
-    a Woodbury step whose small inverse is replaced by a scalar no larger than its smallest eigenvalue, so L̃
-    dominates the exact inverse (εI + Σ G Gᵀ)⁻¹ in Loewner order and float32 suffices. Roots P_i = L̃_i^(1/(2k))
+        L̃ ← L̃/β2;   L̃ ← L̃ − L̃ X Xᵀ L̃ / (1 + ‖X Xᵀ L̃‖_F)     (X = √(1−β2)·G_(i), or G_(i) when β2 = 1)
+    a Woodbury step whose small inverse (I + XᵀL̃X)⁻¹ is replaced by the scalar 1/(1 + ‖XXᵀL̃‖_F), no larger
+    than its smallest eigenvalue (the Frobenius norm bounds the spectral radius), so L̃ dominates the exact
+    inverse (εI + Σ G Gᵀ)⁻¹ in Loewner order and float32 suffices. This is the authors' implementation
+    (github.com/jonathanmei/kradagrad, ``KrADPreconditioner.add_statistics``); sketchplan before issue 16
+    divided by m·(1 + tr(XᵀL̃X)) instead, an m-times (and trace-vs-norm) weaker step under which L̃ barely
+    left I/ε. Roots P_i = L̃_i^(1/(2k))
     (positive powers, eigenvalues clamped at 0) every ``precondition_frequency`` steps; D = G ×_1 P_1 … ×_k P_k,
     norm-grafted per block. ``variant="mm"`` updates one axis per step, cycling through the axes (our reading
     of the paper's alternating variant: the other factors are held fixed that step).

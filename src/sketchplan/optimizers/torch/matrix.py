@@ -3,12 +3,13 @@
 Per parameter, ALGORITHMS.md §0 and §2:
 
 1. non-finite gradients are replaced by zeros and counted (``SketchplanOptimizer.sanitize``);
-2. the graft's direction A is computed (``common.graft_direction``: adam, rmsprop, adafactor or sgd);
+2. the graft's direction A is computed (``common.graft_direction``: adam, rmsprop, adafactor, sgd; none: A = G);
 3. the gradient is reshaped to its merged shape and cut into blocks; blocks of one shape are stacked
    (count, *block_shape) so that every kernel below is batched over the blocks of a group;
 4. the method updates its statistics every step (``update_statistics``) and, every ``precondition_frequency``
    steps counted from ``start_preconditioning_step``, its roots (``refresh_roots``);
-5. from ``start_preconditioning_step`` on, the preconditioned direction D of each block is norm-grafted,
+5. from ``start_preconditioning_step`` on, the preconditioned direction D of each block is norm-grafted
+   (unless ``graft="none"``),
    D ← D · ‖A‖_F / ‖D‖_F (Agarwal, Anil, Hazan, Koren & Zhang 2020, "Disentangling adaptive gradient methods
    from learning rates"); before it, and for tensors that cannot be preconditioned (scalars, a dimension above
    ``max_precond_dim``), D = A;
@@ -26,6 +27,7 @@ import torch
 
 from ...methods.blocking import BlockGroup
 from ...methods.blocking import config_plan, plan_partition
+from ...methods.common import preconditioning_start
 from ...methods.layout import MethodConfig, OptimizerDefaults
 from .base import MethodRule, SketchplanOptimizer
 from .common import apply_momentum, apply_update, graft_direction
@@ -75,6 +77,9 @@ class MatrixRule(MethodRule):
     """Base rule of the matrix methods (module docstring). Subclasses define the three hooks below; state
     names are ``blocks{g}.<name>{i}`` for block group g and axis i (see each method's ``layout``)."""
 
+    #: Whether the method keeps roots refreshed every ``precondition_frequency`` steps (``preconditioning_start``).
+    stored_roots = True
+
     def update_statistics(self, state: dict, g: int, grad_blocks: torch.Tensor, step: int, cfg: MethodConfig,
                           opts: OptimizerDefaults) -> None:
         raise NotImplementedError
@@ -107,7 +112,7 @@ class MatrixRule(MethodRule):
             if (step - 1) % opts.stats_every == 0:
                 for gi, gb in enumerate(g_blocks):
                     self.update_statistics(state, gi, gb, step, cfg, opts)
-            start = max(1, opts.start_preconditioning_step)
+            start = preconditioning_start(opts, self.stored_roots)
             if step >= start:
                 refresh = (step - start) % opts.precondition_frequency == 0
                 a_blocks = to_blocks(a.reshape(mp.merged), groups)
@@ -115,7 +120,9 @@ class MatrixRule(MethodRule):
                 for gi, (gb, ab) in enumerate(zip(g_blocks, a_blocks)):
                     if refresh:
                         self.refresh_roots(state, gi, mp.order, opts)
-                    d_blocks.append(graft_blocks(self.precondition(state, gi, gb, opts), ab))
+                    d = self.precondition(state, gi, gb, opts)
+                    d_blocks.append(d if cfg.graft == "none" else graft_blocks(d, ab))
+                    del d  # the ungrafted direction must not live through the next group's refresh
                 direction = from_blocks(d_blocks, groups, mp.merged).reshape(p.shape)
         update = apply_momentum(state, direction, opts.betas[0], opts.nesterov)
         apply_update(p, update, opts.lr, opts.weight_decay)
@@ -131,12 +138,15 @@ MATRIX_OPTIONS_DOC = """
         weight_decay: decoupled weight decay λ (default 0).
         graft: diagonal method whose per-block step norm the direction adopts, and the direction before
             ``start_preconditioning_step`` and for tensors that cannot be preconditioned: ``adam``, ``rmsprop``,
-            ``adafactor`` (sublinear memory) or ``sgd`` (no memory).
+            ``adafactor`` (sublinear memory), ``sgd`` (no memory) or ``none`` (no grafting: the preconditioned
+            direction at its own scale, as the papers and reference implementations define Shampoo and Sketchy;
+            the direction without a preconditioner is then G).
         momentum: momentum buffer dtype ``float32``, ``bfloat16`` or ``none``; nesterov: Nesterov momentum.
         precondition_frequency: roots are recomputed every this many steps (default 10).
         stats_every: statistics (Sketchy: the FD sketch) are updated every this many steps, from the gradient of
             that step standing for the skipped ones (step skipping, Sketchy paper App. F; default 1).
-        start_preconditioning_step: before this step the graft direction is used as is (default 1).
+        start_preconditioning_step: before this step the graft direction is used as is (default −1:
+            ``precondition_frequency`` for methods with stored roots, 1 for Sketchy).
         merge_dims, max_precond_dim: the shape rules of ALGORITHMS.md §0 (defaults 1024 and 8192).
         state_dtype: dtype of statistics, roots, sketches and graft moments (default float32).
 """

@@ -30,9 +30,10 @@ class ShampooRule(MatrixRule):
         for i in range(order):
             stat, root = state[f"blocks{g}.stat{i}"], state[f"blocks{g}.root{i}"]
             if opts.root_method == "newton":
-                new = inverse_root_newton(stat, 2 * order, opts.shampoo_eps, previous=root)
+                new = inverse_root_newton(stat, 2 * order, opts.shampoo_eps, previous=root, mode=opts.epsilon_mode)
             else:
-                new = symmetric_power(stat, -1.0 / (2 * order), opts.shampoo_eps, previous=root)
+                new = symmetric_power(stat, -1.0 / (2 * order), opts.shampoo_eps, previous=root,
+                                      mode=opts.epsilon_mode)
             root.copy_(new)
 
     def precondition(self, state, g, grad_blocks, opts):

@@ -19,6 +19,7 @@ class SketchyRule(MatrixRule):
     the sketch directly (no stored root, so ``precondition_frequency`` does not apply to Sketchy)."""
 
     layout = staticmethod(layout)
+    stored_roots = False
 
     def update_statistics(self, state, g, grad_blocks, step, cfg, opts):
         decay, weight = stats_weights(opts.betas[1], opts.stats_every)
@@ -37,7 +38,7 @@ class SketchyRule(MatrixRule):
         for i in range(order):
             u, sig2, rho = (state[f"blocks{g}.{n}{i}"] for n in ("U", "sig2_", "rho"))
             d = mode_apply(d, i, lambda x, u=u, s=sig2, r=rho: lowrank_root_apply(
-                u, s, r, x, -1.0 / (2 * order), opts.shampoo_eps))
+                u, s, r, x, -1.0 / (2 * order), opts.shampoo_eps, opts.epsilon_mode))
         return d
 
 
