@@ -39,7 +39,7 @@ from sketchplan.planner import make_plan, uniform_plan
 from sketchplan.planner.activations import preset_inputs, trace_activations
 from sketchplan.planner.analysis import analyze
 from sketchplan.planner.memory import Precision, fixed_bytes, step_peak
-from tests.tiny_models import MODELS
+from tests.tiny_models import MODELS, mixtral_grouped
 
 OUT = Path(__file__).parent / "results" / "peak_memory.md"
 STEPS = 3
@@ -135,7 +135,9 @@ def plans_for(meta):
 def main() -> None:
     torch.manual_seed(0)
     rows1, rows2 = [], []
-    for name, build in MODELS.items():
+    # mixtral (eager experts) shows the untraceable case; mixtral-grouped is the same model with transformers'
+    # default grouped_mm experts, which traces
+    for name, build in {**MODELS, "mixtral-grouped": mixtral_grouped}.items():
         with torch.device("meta"):
             meta = build()
         model = build().train()

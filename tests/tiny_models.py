@@ -22,12 +22,18 @@ def vit():
         patch_size=8, num_labels=10))
 
 
-def mixtral():
-    """Mixtral-style MoE with 3-D expert tensors (experts × out × in); token routing is data-dependent."""
+def mixtral(experts_implementation: str = "eager"):
+    """Mixtral-style MoE with 3-D expert tensors (experts × out × in). ``eager`` routes tokens with
+    data-dependent shapes (a Python loop over the experts that received tokens); ``grouped_mm`` (transformers'
+    default) sorts the token-expert pairs and multiplies them in one grouped matmul, shapes fixed by the batch."""
     return transformers.MixtralForCausalLM(transformers.MixtralConfig(
         hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         num_local_experts=4, num_experts_per_tok=2, vocab_size=1000, max_position_embeddings=128,
-        experts_implementation="eager"))
+        experts_implementation=experts_implementation))
+
+
+def mixtral_grouped():
+    return mixtral("grouped_mm")
 
 
 def resnet():
@@ -36,3 +42,5 @@ def resnet():
 
 
 MODELS = {"llama": llama, "t5": t5, "vit": vit, "mixtral": mixtral, "resnet": resnet}
+#: models whose forward and backward trace under fake tensors (eager MoE routing does not)
+TRACEABLE = {"llama": llama, "t5": t5, "vit": vit, "mixtral-grouped": mixtral_grouped, "resnet": resnet}
