@@ -245,6 +245,13 @@ def run_scenario(rank: int, world: int, kind: str, method: str, out_dir: str, ck
             w2 = m2
         else:
             w2 = DDP(m2)
+            # DDP reduces the first iteration's gradients in its initial bucket order (reverse registration) and
+            # rebuilds the buckets in backward's ready order for the next: the original run reduced steps 11-20
+            # in the rebuilt order, and a 4-rank gloo ring sums another order with other rounding. One throwaway
+            # forward and backward before loading lets the resumed DDP rebuild its buckets as the original did
+            # (the gradients are discarded; the checkpoint then sets parameters and state).
+            loss_of(w2, data[0][rank * per:(rank + 1) * per]).backward()
+            m2.zero_grad(set_to_none=True)
         opt2 = sketchplan.build_optimizer(plan, w2)
         load(opt2, w2, ckpt_dir)
         for batch in data[10:]:
