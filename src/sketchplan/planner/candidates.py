@@ -75,7 +75,7 @@ def candidate_configs(methods=DEFAULT_METHODS, ranks=DEFAULT_RANKS, block_sizes=
     for m in methods:
         mod = METHOD_MODULES[m]
         grid = mod.grid(tuple(ranks), tuple(block_sizes))  # the method's own per-tensor options
-        if mod.MATRIX:
+        if mod.MATRIX and getattr(mod, "GRAFTED", True):
             out += [MethodConfig(method=m, graft=g, momentum=mo, **s) for s in grid for g in grafts for mo in momenta]
         else:
             out += [MethodConfig(method=m, momentum=mo, **s) for s in grid for mo in momenta]

@@ -101,6 +101,7 @@ def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate],
             e.graft, e.momentum = c.cfg.graft, c.cfg.momentum
             e.batch_dims, e.split_axis = c.cfg.batch_dims, c.cfg.split_axis
             e.splits = list(c.cfg.splits) if c.cfg.splits else None
+            e.packed = c.cfg.packed  # issue 19b
             e.state_bytes, e.workspace_bytes, e.score = c.state_bytes, c.workspace_bytes, round(c.score, 6)
             if timer is not None:
                 ms, picks = timer(p.shape, c.cfg)
@@ -153,6 +154,8 @@ def _what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer=None, can
     alts = [MethodConfig(method="adam"), MethodConfig(method="shampoo")]
     alts += [MethodConfig(method="blocked_shampoo", block_size=b) for b in block_sizes]
     alts += [MethodConfig(method="sketchy", rank=k, graft="adafactor", momentum="bfloat16") for k in ranks]
+    # issue 19b: SOAP, and Shampoo with packed factors
+    alts += [MethodConfig(method="soap"), MethodConfig(method="shampoo", packed=True)]
     out = []
     cache: dict[tuple, cand.Candidate] = {}
     for cfg in alts:

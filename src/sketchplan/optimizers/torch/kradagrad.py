@@ -12,7 +12,9 @@ from ...methods.kradagrad import layout
 from ...methods.layout import MethodConfig, OptimizerDefaults
 from .base import SketchplanOptimizer, register
 from .matrix import MATRIX_OPTIONS_DOC, MatrixRule, unfold
+from .packing import pack
 from .shampoo import apply_roots
+from ...methods.blocking import config_plan
 
 
 class KrADagradRule(MatrixRule):
@@ -24,6 +26,12 @@ class KrADagradRule(MatrixRule):
         """L̃₀ = I/ε for every inverse statistic."""
         for name, t in state.items():
             if ".inv" in name:
+                if cfg.packed:  # issue 19b: a packed triangle (count, d(d+1)/2)
+                    g, i = int(name[len("blocks"):name.index(".")]), int(name.rsplit("inv", 1)[1])
+                    d = config_plan(shape, cfg, opts).groups[g][0][i]
+                    pack(torch.eye(d, dtype=t.dtype, device=t.device).div(opts.shampoo_eps).expand(t.shape[0], d, d),
+                         t)
+                    continue
                 t.copy_(torch.eye(t.shape[-1], dtype=t.dtype, device=t.device) / opts.shampoo_eps)
 
     def update_statistics(self, state, g, grad_blocks, step, cfg, opts):
