@@ -12,6 +12,7 @@ from __future__ import annotations
 from ...kernels.jax.support import require_jax
 from ...methods import state_layout
 from ...methods.layout import MethodConfig, OptimizerDefaults, StateTensor
+from .packing import pack, side
 
 jax, jnp = require_jax()
 
@@ -28,10 +29,19 @@ def allocate(layout: list[StateTensor]) -> dict:
 
 def init_tensor_state(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> dict:
     """The state of one parameter: its method's layout, zero, except KrADagrad's inverse statistics
-    L̃₀ = I/ε (as ``KrADagradRule.init_state`` in torch)."""
+    L̃₀ = I/ε (as ``KrADagradRule.init_state`` in torch) and SOAP's eigenbases Q = I."""
     state = allocate(state_layout(shape, cfg, opts))
     if cfg.method == "kradagrad":
         for name, t in state.items():
             if ".inv" in name:
+                if cfg.packed:  # issue 19b: a packed triangle (count, d(d+1)/2)
+                    d = side(t.shape[-1])
+                    state[name] = pack(jnp.broadcast_to(jnp.eye(d, dtype=t.dtype) / opts.shampoo_eps,
+                                                        (t.shape[0], d, d)))
+                    continue
                 state[name] = jnp.broadcast_to(jnp.eye(t.shape[-1], dtype=t.dtype) / opts.shampoo_eps, t.shape)
+    if cfg.method == "soap":  # issue 19b: the eigenbases start as the identity
+        for name, t in state.items():
+            if ".basis" in name:
+                state[name] = jnp.broadcast_to(jnp.eye(t.shape[-1], dtype=t.dtype), t.shape)
     return state
