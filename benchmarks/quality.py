@@ -296,7 +296,7 @@ def state_bytes(opt: torch.optim.Optimizer) -> tuple[int, int]:
         storages.add(key)
         nb = t.untyped_storage().nbytes()
         total += nb
-        if any(s in path for s in PRECOND_KEYS):
+        if any(s in path for s in PRECOND_KEYS) and not path.endswith("exp_avg_sq"):  # SOAP's V is Adam's moment
             precond += nb
     return total, precond
 
@@ -548,12 +548,21 @@ def goals(all_res: dict) -> list[str]:
             continue
         key = "train" if t.startswith("quad") else "val"
         ours = val(t, "Shampoo", key)
-        for m in [x for x in all_res[t] if "heavyball" in x or "pytorch-optimizer" in x]:
+        for m in [x for x in all_res[t] if ("heavyball" in x or "pytorch-optimizer" in x) and "SOAP" not in x]:
             v = val(t, m, key)
             ok = not math.isfinite(v) or ours <= v
             lines.append(f"- ({t}) our Shampoo {key} {ours:.4g} vs {m} {v:.4g}: "
                          f"{'at least as good' if ok else 'WORSE'}"
                          + (f" ({100 * (ours - v) / v:+.2f}%)." if math.isfinite(v) and v else "."))
+    for t in ("lm", "digits", "quad32", "quad64"):  # issue 19b: our SOAP against heavyball's
+        if not get(t, "SOAP (ours)") or not get(t, "heavyball SOAP"):
+            continue
+        key = "train" if t.startswith("quad") else "val"
+        ours, v = val(t, "SOAP (ours)", key), val(t, "heavyball SOAP", key)
+        ok = not math.isfinite(v) or ours <= v
+        lines.append(f"- ({t}) our SOAP {key} {ours:.4g} vs heavyball SOAP {v:.4g}: "
+                     f"{'at least as good' if ok else 'WORSE'}"
+                     + (f" ({100 * (ours - v) / v:+.2f}%)." if math.isfinite(v) and v else "."))
     if all_res.get("quad32"):
         for m in ("KrADagrad* (star)", "KrADagrad (mm)"):
             if not get("quad32", m) or not get("quad32", "Shampoo"):
