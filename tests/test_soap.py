@@ -175,3 +175,39 @@ def test_soap_optax_matches_torch():
                 err = np.linalg.norm(ref - np.asarray(updates[k], np.float64)) / np.linalg.norm(ref)
                 worst = max(worst, err)
                 assert err < 1e-4, (seed, k, t, err)
+
+
+@pytest.mark.parametrize("shape,block", [((24, 40), None), ((6, 5, 4, 3), None), ((70, 9), 16), ((40,), None)])
+def test_refresh_kernel_calls_are_what_the_steps_run(monkeypatch, shape, block):
+    """``methods.soap.kernel_calls`` declares one ``inv_root`` (eigh or QR) per factor every
+    ``precondition_frequency`` steps: count the eigh and QR calls six real steps make."""
+    from collections import Counter
+
+    from sketchplan.methods import METHOD_MODULES
+    from sketchplan.optimizers.torch import soap as soap_module
+
+    seen = Counter()
+    real_eigh, real_qr = soap_module.safe_eigh, torch.linalg.qr
+
+    def eigh(s):
+        seen[((s.shape[-1],), s.shape[0])] += 1
+        return real_eigh(s)
+
+    def qr(a):
+        seen[((a.shape[-1],), a.shape[0])] += 1
+        return real_qr(a)
+
+    monkeypatch.setattr(soap_module, "safe_eigh", eigh)
+    monkeypatch.setattr(torch.linalg, "qr", qr)
+    cfg = MethodConfig(method="soap", block_size=block)
+    opts = OptimizerDefaults(precondition_frequency=2, stats_every=1)
+    p = torch.nn.Parameter(torch.randn(shape))
+    opt = SOAP([p], block_size=block, precondition_frequency=2)
+    for i in range(6):
+        p.grad = torch.randn(shape)
+        opt.step()
+    declared = Counter()
+    for c in METHOD_MODULES["soap"].kernel_calls(shape, cfg, opts):
+        if c.kernel == "inv_root":
+            declared[(c.dims, c.batch)] += sum(1 for s in range(1, 7) if (s - 1) % c.every == 0)
+    assert seen == declared
