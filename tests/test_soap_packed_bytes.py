@@ -130,3 +130,34 @@ def test_packed_training_equals_square_training(cfg):
         runs.append(ps)
     for a, b in zip(*runs):
         assert torch.allclose(a, b, rtol=0, atol=1e-12), (seed, cfg.method)
+
+
+@pytest.mark.parametrize("method,extra", [("shampoo", {}), ("blocked_shampoo", {"block_size": 5}),
+                                          ("kradagrad", {"block_size": 6})])
+def test_optax_packed_equals_square(method, extra):
+    """The optax transformations: packed and square factors give the same updates (jitted, 7 steps, statistics
+    every 2, roots every 3)."""
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sketchplan.optimizers.jax.transform import sketchplan_transform
+
+    seed = random.randrange(10**6)
+    rng = np.random.default_rng(seed)
+    shapes = {"mat": (12, 9), "cube": (4, 3, 7)}
+    opts = OptimizerDefaults(precondition_frequency=3, stats_every=2, merge_dims=4, lr=1e-2, shampoo_eps=1e-6)
+    params = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
+    grads = [{k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()} for _ in range(7)]
+    outs = []
+    for packed in (False, True):
+        cfg = MethodConfig(method=method, packed=packed, **extra)
+        tx = sketchplan_transform(lambda name, shape, cfg=cfg: (cfg, opts))
+        state, update = tx.init(params), jax.jit(tx.update)
+        for g in grads:
+            updates, state = update(g, state, params)
+        outs.append(updates)
+    for k in shapes:
+        a, b = np.asarray(outs[0][k]), np.asarray(outs[1][k])
+        assert np.allclose(a, b, rtol=1e-4, atol=1e-7 * np.abs(a).max()), (seed, k)
