@@ -130,7 +130,8 @@ def _picked_workspace(shape: tuple[int, ...], c: Candidate, opts: OptimizerDefau
     default's, so the solver never under-counts what ``step_workspace`` later reports."""
     from ..kernels.calls import VARIANT_OPTIONS
 
-    update = {VARIANT_OPTIONS[k]: v for k, v in picks.items() if k in VARIANT_OPTIONS}
+    update = {VARIANT_OPTIONS[k]: v for k, v in picks.items()
+              if k in VARIANT_OPTIONS and getattr(opts, VARIANT_OPTIONS[k]) != v}
     if not update:
         return c.workspace_bytes
     return max(c.workspace_bytes, workspace_bytes(shape, c.cfg, opts.model_copy(update=update)))
