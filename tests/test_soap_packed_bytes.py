@@ -161,3 +161,17 @@ def test_optax_packed_equals_square(method, extra):
     for k in shapes:
         a, b = np.asarray(outs[0][k]), np.asarray(outs[1][k])
         assert np.allclose(a, b, rtol=1e-4, atol=1e-7 * np.abs(a).max()), (seed, k)
+
+
+def test_ddp_plans_leave_out_soap_and_packed_factors():
+    """The DDP/ZeRO owner placement does not run SOAP or packed factors yet: the planner does not offer them there
+    (an FSDP plan, whose shards step with the ordinary rules, may use them)."""
+    from sketchplan.planner import make_plan
+
+    model = tiny.MODELS["llama"]()
+    methods = ("adam", "shampoo", "blocked_shampoo", "soap")
+    single = make_plan(model, None, methods=methods, max_step_vs_adam=None)
+    assert any(e.method == "soap" or e.packed for e in single.tensors)
+    ddp = make_plan(model, None, methods=methods, world_size=2, parallelism="ddp", max_step_vs_adam=None)
+    assert not any(e.method == "soap" or e.packed for e in ddp.tensors if e.method)
+    assert not any("soap" in w.label or "packed" in w.label for w in ddp.what_if)
