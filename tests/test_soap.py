@@ -138,8 +138,6 @@ def test_soap_optax_matches_torch():
     pytest.importorskip("optax")
     import jax.numpy as jnp
 
-    from sketchplan.optimizers.jax import constructors as jx
-
     seed = random.randrange(10**6)
     rng = np.random.default_rng(seed)
     # the first refresh at step 8, from full-rank statistics: a rank-deficient factor's null-space basis is

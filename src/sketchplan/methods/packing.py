@@ -125,10 +125,5 @@ def pack_transients(live, factors: list[tuple[int, int, str]], changed: tuple[st
             live.spike(count * n1 * n1 * sb)
 
 
-def saved_bytes(d: int, count: int, sb: int) -> int:
-    """State bytes one packed factor saves: count·(d² − d(d+1)/2)·sb."""
-    return count * (d * d - packed_numel(d)) * sb
-
-
 __all__ = ["PACKED_FACTORS", "changed_names", "factor_dims", "halves", "is_packed_name", "pack_transients",
-           "packed_numel", "rfp_shape", "saved_bytes", "unpack_calls", "unpack_transients"]
+           "packed_numel", "rfp_shape", "unpack_calls", "unpack_transients"]

@@ -42,7 +42,7 @@ from .layout import SKIP_COUNTER, MethodConfig, OptimizerDefaults, StateTensor, 
 from .packing import factor_dims, pack_transients, unpack_calls, unpack_transients
 from .shampoo import factor_layout
 from .step_calls import momentum_update_calls, sanitize_calls, unfold_copies
-from .transients import SCALARS, Live, eigh_scratch_bytes, safe_eigh, unfolds
+from .transients import SCALARS, Live, safe_eigh, unfolds
 
 NAME = "soap"
 #: Kronecker-factored (blocking, structure and the score's capture); it takes momentum options but no graft.
@@ -146,7 +146,7 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
     mp = plan_for(shape, cfg, opts)
     sb, pb = dtype_bytes(opts.state_dtype), dtype_bytes(param_dtype)
     n = math.prod(shape)
-    live = Live(scratch)
+    live = Live(scratch)  # the packed factors' squares first (``optimizers.torch.packing.unpacked_state``)
     live.alloc(SCALARS)
     factors = factor_dims(mp.groups, cfg) if cfg.packed and mp.fallback is None else []
     unpack_transients(live, factors, sb)
@@ -242,4 +242,4 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
 
 
 __all__ = ["NAME", "MATRIX", "GRAFTED", "SCORE_FACTOR", "grid", "kept_rank", "layout", "workspace_bytes",
-           "kernel_calls", "eigh_scratch_bytes"]
+           "kernel_calls"]
