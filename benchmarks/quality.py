@@ -10,9 +10,9 @@ Tasks (no downloads: data that Python and scikit-learn ship):
     float32 and in float64; the loss reported is f(X_T) / f(X_0).
 
 Methods: torch AdamW, our Adam, Shampoo, blocked Shampoo, Sketchy (ranks 16/64/256, k_i = min(k, d_i) per axis),
-extreme tensoring, KrADagrad (``mm``) and KrADagrad* (``star``), and as external peers the Shampoo of
-``pytorch-optimizer`` (``Shampoo`` and the grafted, blocked ``ScalableShampoo``) and heavyball's ``KLShampoo`` (the
-only Shampoo heavyball 3.2.1 ships). The peers are installed only for this benchmark (benchmarks/requirements.txt).
+extreme tensoring, KrADagrad (``mm``) and KrADagrad* (``star``), SOAP (issue 19b), and as external peers the Shampoo of
+``pytorch-optimizer`` (``Shampoo`` and the grafted, blocked ``ScalableShampoo``), heavyball's ``KLShampoo`` (the
+only Shampoo heavyball 3.2.1 ships) and heavyball's ``SOAP``. The peers are installed only for this benchmark (benchmarks/requirements.txt).
 
 Protocol (the same budget for every method): LR_GRID learning rates per method (three, documented in
 ``methods()``), each run for STEPS steps on seed 0; the best by final train loss (validation loss on the LM and the
@@ -206,6 +206,8 @@ def methods(task: Task) -> dict[str, tuple[list[float], Callable]]:
     out["KrADagrad (mm)"] = (lrs, _ours(MethodConfig(method="kradagrad", **mat), task, kradagrad_variant="mm"))
     out["KrADagrad* (star)"] = (lrs, _ours(MethodConfig(method="kradagrad", **mat), task,
                                            kradagrad_variant="star"))
+    # issue 19b: SOAP (Adam in the eigenbasis of Shampoo's factors), basis refreshed every 10 steps like the roots
+    out["SOAP (ours)"] = (lrs, _ours(MethodConfig(method="soap", momentum="float32"), task))
     out.update(peers(task, lrs))
     if ONLY:
         out = {k: v for k, v in out.items() if k in ONLY}
@@ -240,6 +242,12 @@ def peers(task: Task, lrs: list[float]) -> dict[str, tuple[list[float], Callable
         out["heavyball KLShampoo"] = (lrs, lambda m, lr: heavyball.KLShampoo(
             m.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0, precondition_frequency=10,
             compile_step=False, storage_dtype="float64" if task.dtype == torch.float64 else "float32"))
+        # issue 19b: heavyball's SOAP with the common protocol's betas (its shampoo_beta, the factors' EMA, = β2
+        # as ours), a refresh every 10 steps (no schedule), no torch.compile
+        out["heavyball SOAP"] = (lrs, lambda m, lr: heavyball.SOAP(
+            m.parameters(), lr=lr, betas=(0.9, 0.999), shampoo_beta=0.999, weight_decay=0.0,
+            precondition_frequency=10, use_precond_schedule=False, compile_step=False,
+            storage_dtype="float64" if task.dtype == torch.float64 else "float32"))
     except ImportError:
         print("heavyball not installed: its Shampoo is skipped (pip install -r benchmarks/requirements.txt)")
     return out
@@ -288,7 +296,7 @@ def state_bytes(opt: torch.optim.Optimizer) -> tuple[int, int]:
         storages.add(key)
         nb = t.untyped_storage().nbytes()
         total += nb
-        if any(s in path for s in PRECOND_KEYS):
+        if any(s in path for s in PRECOND_KEYS) and not path.endswith("exp_avg_sq"):  # SOAP's V is Adam's moment
             precond += nb
     return total, precond
 
@@ -540,12 +548,21 @@ def goals(all_res: dict) -> list[str]:
             continue
         key = "train" if t.startswith("quad") else "val"
         ours = val(t, "Shampoo", key)
-        for m in [x for x in all_res[t] if "heavyball" in x or "pytorch-optimizer" in x]:
+        for m in [x for x in all_res[t] if ("heavyball" in x or "pytorch-optimizer" in x) and "SOAP" not in x]:
             v = val(t, m, key)
             ok = not math.isfinite(v) or ours <= v
             lines.append(f"- ({t}) our Shampoo {key} {ours:.4g} vs {m} {v:.4g}: "
                          f"{'at least as good' if ok else 'WORSE'}"
                          + (f" ({100 * (ours - v) / v:+.2f}%)." if math.isfinite(v) and v else "."))
+    for t in ("lm", "digits", "quad32", "quad64"):  # issue 19b: our SOAP against heavyball's
+        if not get(t, "SOAP (ours)") or not get(t, "heavyball SOAP"):
+            continue
+        key = "train" if t.startswith("quad") else "val"
+        ours, v = val(t, "SOAP (ours)", key), val(t, "heavyball SOAP", key)
+        ok = not math.isfinite(v) or ours <= v
+        lines.append(f"- ({t}) our SOAP {key} {ours:.4g} vs heavyball SOAP {v:.4g}: "
+                     f"{'at least as good' if ok else 'WORSE'}"
+                     + (f" ({100 * (ours - v) / v:+.2f}%)." if math.isfinite(v) and v else "."))
     if all_res.get("quad32"):
         for m in ("KrADagrad* (star)", "KrADagrad (mm)"):
             if not get("quad32", m) or not get("quad32", "Shampoo"):

@@ -83,6 +83,14 @@ def configs():
     }
 
 
+def extra_configs():
+    """Issue 19b: SOAP and packed factors, run under FSDP2 only (the DDP/ZeRO placement leaves them out)."""
+    from sketchplan.methods.layout import MethodConfig
+
+    return {"soap": MethodConfig(method="soap", block_size=8),
+            "shampoo_packed": MethodConfig(method="shampoo", graft="adam", packed=True)}
+
+
 def mixed(p):
     """A plan mixing methods tensor by tensor (several param groups, diagonal and matrix methods together)."""
     order = list(configs().values())
@@ -165,7 +173,11 @@ def run_scenario(rank: int, world: int, kind: str, method: str, out_dir: str, ck
     import sketchplan
     from sketchplan.planner.make import plan_from_configs
 
-    cfg, opts = (mixed if method == "mixed" else configs()[method]), defaults()
+    cfg, opts = (mixed if method == "mixed" else {**configs(), **extra_configs()}[method]), defaults()
+    if method == "soap":  # first basis from full-rank statistics: a rank-deficient factor's null-space basis is
+        # arbitrary, and the all-reduce's rounding would pick another one than the reference (SOAP's Adam scaling
+        # depends on it; Shampoo's roots do not)
+        opts = opts.model_copy(update={"start_preconditioning_step": 12})
     with torch.device("meta"):
         meta = TinyLM()
     group = 2 if kind == "hsdp" else None

@@ -68,6 +68,12 @@ def test_two_ranks_every_method_ddp_zero_fsdp(two_ranks):
     assert seen == {(k, m) for k in ("ddp", "zero1", "fsdp") for m in METHODS}
 
 
+def test_two_ranks_fsdp_soap_and_packed_factors(tmp_path):
+    """Issue 19b: SOAP and packed Shampoo under FSDP2 (each rank steps its shard with the ordinary rules)."""
+    reports = dw.spawn(2, [("fsdp", "soap", False), ("fsdp", "shampoo_packed", False)], str(tmp_path))
+    _check(reports, 2)
+
+
 def test_four_ranks(four_ranks):
     _check(four_ranks, 4)
 

@@ -95,6 +95,11 @@ REPLAY_CFGS = EVERY_METHOD + [MethodConfig(method="adam", momentum="bfloat16"),
                               MethodConfig(method="sketchy", rank=40, block_size=32, graft="adam"),
                               MethodConfig(method="shampoo", graft="sgd", momentum="none"),
                               MethodConfig(method="extreme_tensoring", momentum="float32")]
+# issue 19b: SOAP and packed factors
+REPLAY_CFGS += [MethodConfig(method="soap"), MethodConfig(method="soap", block_size=16, packed=True, momentum="bfloat16"),
+                MethodConfig(method="shampoo", packed=True, graft="sgd"),
+                MethodConfig(method="blocked_shampoo", block_size=16, packed=True),
+                MethodConfig(method="kradagrad", packed=True, momentum="none")]
 
 
 @pytest.mark.parametrize("cfg", REPLAY_CFGS, ids=lambda c: c.label())

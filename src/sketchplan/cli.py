@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--headroom", type=flag_float(0, 1, hi_open=True, example="0.1"), help="fraction of the budget "
                     "left to the allocator's fragmentation (default 0.10 with --batch-size, else 0)")
     pl.add_argument("--methods", type=_csv(str), default=list(DEFAULT_METHODS),
-                    help=f"comma list (default {','.join(DEFAULT_METHODS)}; also extreme_tensoring, kradagrad)")
+                    help=f"comma list (default {','.join(DEFAULT_METHODS)}; also extreme_tensoring, kradagrad, soap)")
     pl.add_argument("--ranks", type=_csv(int, "rank"), default=list(DEFAULT_RANKS), help="Sketchy ranks")
     pl.add_argument("--block-sizes", type=_csv(int, "block size"), default=list(DEFAULT_BLOCK_SIZES),
                     help="block sizes")

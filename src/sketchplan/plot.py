@@ -17,6 +17,7 @@ from .planner.plan import Plan
 _LAYER = re.compile(r"(?:^|[./])(\d+)(?=[./])")
 COLORS = {"adam": "#8c8c8c", "shampoo": "#1f77b4", "blocked_shampoo": "#2ca02c", "sketchy": "#d62728",
           "extreme_tensoring": "#9467bd", "kradagrad": "#ff7f0e"}
+COLORS["soap"] = "#17becf"  # issue 19b
 
 
 def layer_of(name: str) -> str:

@@ -1,7 +1,7 @@
 """What each optimizer method *is*, framework-free: one module per method.
 
-Each module (``adam``, ``shampoo``, ``blocked_shampoo``, ``sketchy``, ``extreme_tensoring``, ``kradagrad``)
-declares, as pure arithmetic on shapes:
+Each module (``adam``, ``shampoo``, ``blocked_shampoo``, ``sketchy``, ``extreme_tensoring``, ``kradagrad``,
+``soap``) declares, as pure arithmetic on shapes:
 
 - ``layout(shape, cfg, opts) -> list[StateTensor]``: the exact state tensors one parameter gets — the single
   source of truth for memory: the planner counts these bytes and the torch and JAX backends allocate these
@@ -9,7 +9,8 @@ declares, as pure arithmetic on shapes:
 - ``workspace_bytes(shape, cfg, opts)``: the largest transient of one step;
 - ``kernel_calls(shape, cfg, opts) -> list[KernelCall]``: the kernels one step runs and how often (timed by the
   hardware profiles, ``kernels.calls``);
-- ``grid(ranks, block_sizes)``: the per-tensor options the planner tries; ``MATRIX`` (takes graft options),
+- ``grid(ranks, block_sizes)``: the per-tensor options the planner tries; ``MATRIX`` (Kronecker-factored: takes
+  graft options unless ``GRAFTED = False``, as SOAP),
   ``SCORE_FACTOR`` and, for matrix methods, ``kept_rank``: the inputs of the quality score
   (``planner.quality``).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import adam, blocked_shampoo, extreme_tensoring, kradagrad, shampoo, sketchy
+from . import soap  # issue 19b
 from .layout import (
     DTYPE_BYTES,
     GRAFTS,
@@ -44,6 +46,7 @@ METHOD_MODULES: dict[str, ModuleType] = {
     "extreme_tensoring": extreme_tensoring,
     "kradagrad": kradagrad,
 }
+METHOD_MODULES["soap"] = soap  # issue 19b
 
 
 def state_layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:

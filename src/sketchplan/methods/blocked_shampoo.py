@@ -21,8 +21,9 @@ initial_identity = shampoo.initial_identity
 
 
 def grid(ranks: tuple[int, ...], block_sizes: tuple[int, ...]) -> list[dict]:
-    """The per-tensor options the planner tries (besides graft and momentum): every block size."""
-    return [{"block_size": b} for b in block_sizes]
+    """The per-tensor options the planner tries (besides graft and momentum): every block size, with square or
+    packed factors (``methods.packing``)."""
+    return [{"block_size": b, **pk} for b in block_sizes for pk in ({}, {"packed": True})]
 
 
 def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:

@@ -33,8 +33,10 @@ kept_rank = shampoo_kept_rank
 
 
 def grid(ranks: tuple[int, ...], block_sizes: tuple[int, ...]) -> list[dict]:
-    """The per-tensor options the planner tries: unblocked and every block size."""
-    return [{}] + [{"block_size": b} for b in block_sizes]
+    """The per-tensor options the planner tries: unblocked and every block size, with square or packed factors
+    (``methods.packing``)."""
+    return [pk for pk in ({}, {"packed": True})] + [{"block_size": b, **pk} for b in block_sizes
+                                                     for pk in ({}, {"packed": True})]
 
 
 def initial_identity(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> dict[str, float]:
@@ -52,7 +54,7 @@ def initial_identity(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerD
 def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
     """Exact state tensors KrADagrad allocates for one parameter."""
     mp = plan_for(shape, cfg, opts)
-    return factor_layout(mp, ("inv", "root"), opts.state_dtype) + diagonal_tail(shape, cfg, opts)
+    return factor_layout(mp, ("inv", "root"), opts.state_dtype, cfg.packed) + diagonal_tail(shape, cfg, opts)
 
 
 def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults,

@@ -33,8 +33,10 @@ DTYPE_BYTES: dict[str, int] = {
     "complex128": 16,
 }
 
-METHODS = ("adam", "shampoo", "blocked_shampoo", "sketchy", "extreme_tensoring", "kradagrad")
-Method = Literal["adam", "shampoo", "blocked_shampoo", "sketchy", "extreme_tensoring", "kradagrad"]
+METHODS = ("adam", "shampoo", "blocked_shampoo", "sketchy", "extreme_tensoring", "kradagrad",
+           "soap")  # issue 19b
+Method = Literal["adam", "shampoo", "blocked_shampoo", "sketchy", "extreme_tensoring", "kradagrad",
+                 "soap"]  # issue 19b
 #: The grafts the planner offers by default; ``none`` (no grafting: the matrix direction at its own scale, as in
 #: the papers' and reference implementations' ungrafted Shampoo and Sketchy) is accepted everywhere too.
 GRAFTS = ("adam", "rmsprop", "adafactor", "sgd")
@@ -43,7 +45,11 @@ Graft = Literal["adam", "rmsprop", "adafactor", "sgd", "none"]
 MOMENTA = ("none", "float32", "bfloat16")
 Momentum = Literal["none", "float32", "bfloat16"]
 #: Methods that precondition with Kronecker-factored matrices (they take grafting and momentum options).
-MATRIX_METHODS = ("shampoo", "blocked_shampoo", "sketchy", "kradagrad")
+MATRIX_METHODS = ("shampoo", "blocked_shampoo", "sketchy", "kradagrad",
+                  "soap")  # issue 19b
+#: Methods whose symmetric d×d statistics may be stored as packed triangles (``MethodConfig.packed``, issue 19b;
+#: ``methods.packing``).
+PACKABLE_METHODS = ("shampoo", "blocked_shampoo", "kradagrad", "soap")
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -82,7 +88,8 @@ class MethodConfig(BaseModel):
     Sketchy); ``graft`` is the diagonal method whose step size the matrix direction adopts (and the fallback
     direction for tensors a matrix method cannot precondition), or ``none`` (no grafting: the preconditioned
     direction unscaled; the fallback direction is then the gradient itself); ``momentum`` is the dtype of the momentum
-    buffer or ``none``.
+    buffer or ``none``. ``packed`` stores the method's symmetric d×d factors as packed upper triangles of
+    d(d+1)/2 elements (``methods.packing``; Shampoo, blocked Shampoo, KrADagrad and SOAP).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -97,6 +104,8 @@ class MethodConfig(BaseModel):
     batch_dims: int = Field(default=0, ge=0)
     splits: tuple[int, ...] | None = None
     split_axis: int = Field(default=0, ge=0)
+    # issue 19b: symmetric factors stored as packed triangles (methods.packing)
+    packed: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> "MethodConfig":
@@ -108,6 +117,9 @@ class MethodConfig(BaseModel):
             raise ValueError("method blocked_shampoo needs a block_size")
         if self.method in ("adam", "shampoo", "extreme_tensoring") and self.block_size is not None:
             raise ValueError(f"method {self.method} takes no block_size")
+        if self.packed and self.method not in PACKABLE_METHODS:  # issue 19b
+            raise ValueError(f"method {self.method} has no symmetric factors to pack; packed applies to "
+                             f"{', '.join(PACKABLE_METHODS)}")
         return self
 
     def label(self) -> str:
@@ -121,8 +133,12 @@ class MethodConfig(BaseModel):
             inner.append("per expert")
         if self.splits and self.method in MATRIX_METHODS:
             inner.append("split " + "|".join(map(str, self.splits)))
+        if self.packed:  # issue 19b
+            inner.append("packed")
         text = self.method + (f"({', '.join(inner)})" if inner else "")
-        if self.method in MATRIX_METHODS:
+        if self.method == "soap":  # issue 19b: no graft (Adam in the eigenbasis)
+            text += " +" + {"none": "nomom", "float32": "fp32", "bfloat16": "bf16"}[self.momentum]
+        elif self.method in MATRIX_METHODS:
             mom = {"none": "nomom", "float32": "fp32", "bfloat16": "bf16"}[self.momentum]
             text += f" +{self.graft}/{mom}"
         elif self.method == "extreme_tensoring" and self.momentum != "none":

@@ -22,6 +22,7 @@ from ..kernels.calls import KernelCall, gemm, pointwise
 from .blocking import MatrixPlan, cached_plan
 from .common import diagonal_tail
 from .layout import MethodConfig, OptimizerDefaults, StateTensor
+from .packing import packed_numel
 from .step_calls import matrix_frame_calls, unfold_copies
 from .transients import Live, eigh_roots, matrix_step, mode_products, unfolds
 
@@ -33,8 +34,9 @@ SCORE_FACTOR = 1.0
 
 
 def grid(ranks: tuple[int, ...], block_sizes: tuple[int, ...]) -> list[dict]:
-    """The per-tensor options the planner tries (besides graft and momentum): one, unblocked."""
-    return [{}]
+    """The per-tensor options the planner tries (besides graft and momentum): unblocked, with square or packed
+    factors (``methods.packing``)."""
+    return [{}, {"packed": True}]
 
 
 def kept_rank(cfg: MethodConfig, block: int) -> int:
@@ -47,20 +49,24 @@ def plan_for(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults)
                        cfg.splits, cfg.split_axis)
 
 
-def factor_layout(mp: MatrixPlan, names: tuple[str, str], dtype: str) -> list[StateTensor]:
-    """Two d×d matrices per block and axis (Shampoo: statistic and root; KrADagrad: inverse and root)."""
+def factor_layout(mp: MatrixPlan, names: tuple[str, ...], dtype: str, packed: bool = False) -> list[StateTensor]:
+    """Two d×d matrices per block and axis (Shampoo: statistic and root; KrADagrad: inverse and root; SOAP:
+    statistic and basis); with ``packed``, the symmetric ones are packed triangles (count, d(d+1)/2)
+    (``methods.packing``)."""
     out = []
     for g, (bshape, count) in enumerate(mp.groups):
         for i, d in enumerate(bshape):
             for what in names:
-                out.append(StateTensor(f"blocks{g}.{what}{i}", (count, d, d), dtype))
+                sym = packed and what in ("stat", "root", "inv")
+                out.append(StateTensor(f"blocks{g}.{what}{i}", (count, packed_numel(d)) if sym else (count, d, d),
+                                       dtype))
     return out
 
 
 def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
     """Exact state tensors Shampoo (or blocked Shampoo, when ``cfg.block_size`` is set) allocates."""
     mp = plan_for(shape, cfg, opts)
-    return factor_layout(mp, ("stat", "root"), opts.state_dtype) + diagonal_tail(shape, cfg, opts)
+    return factor_layout(mp, ("stat", "root"), opts.state_dtype, cfg.packed) + diagonal_tail(shape, cfg, opts)
 
 
 def stats_transients(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:

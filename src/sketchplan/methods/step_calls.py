@@ -11,6 +11,7 @@ from ..kernels.calls import KernelCall, pointwise
 from .blocking import MatrixPlan
 from .common import adafactor_factors
 from .layout import MethodConfig, OptimizerDefaults
+from .packing import factor_dims, unpack_calls
 
 #: Elementwise passes of ``common.graft_direction`` per graft over the parameter (adafactor: g², the row and
 #: column sums, the outer product, its normalisation, bias correction, sqrt, +ε and the division).
@@ -58,4 +59,6 @@ def matrix_frame_calls(shape: tuple[int, ...], mp: MatrixPlan, cfg: MethodConfig
             if cfg.graft != "none":
                 calls.append(pointwise(count * math.prod(bshape), 3))
     calls += momentum_update_calls(numel, cfg.momentum, opts.nesterov, opts.weight_decay)
+    if cfg.packed and mp.fallback is None:  # issue 19b: unpack before the step, pack back what changed
+        calls += unpack_calls(factor_dims(mp.groups, cfg), opts, cfg.method)
     return calls

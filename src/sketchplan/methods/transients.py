@@ -22,6 +22,7 @@ from typing import Callable
 
 from .blocking import MatrixPlan
 from .layout import MethodConfig, OptimizerDefaults, dtype_bytes
+from .packing import PACKED_FACTORS, factor_dims, pack_transients, unpack_transients
 
 
 #: Bytes of the step's scalar temporaries (flags, norms, traces), counted once per tensor.
@@ -128,6 +129,10 @@ def matrix_step(shape: tuple[int, ...], mp: MatrixPlan, cfg: MethodConfig, opts:
     live.alloc(SCALARS)
     if init is not None:
         init(live)
+    factors = packed_factors(mp, cfg)
+    if factors:  # issue 19b: the packed factors are unpacked before the step and packed back after it
+        unpack_transients(live, factors, sb)
+    base = live.now
     if pb != sb:
         live.alloc(n * sb)                 # grad.to(state dtype), kept through the step
     graft_peak(live, n, shape, cfg.graft, opts.merge_dims, sb)
@@ -148,7 +153,17 @@ def matrix_step(shape: tuple[int, ...], mp: MatrixPlan, cfg: MethodConfig, opts:
         elif len(mp.merged) >= 2 and tuple(d for d in shape if d != 1) != mp.merged:
             live.alloc(n * sb)             # direction.reshape(p.shape) of a transposed result copies
     momentum_update(live, n, cfg, opts, sb, pb)
+    if factors:
+        live.free(live.now - base)         # the step's locals are gone when the factors are packed back
+        pack_transients(live, factors, PACKED_FACTORS[cfg.method][0] + PACKED_FACTORS[cfg.method][1], sb)
     return live.peak
+
+
+def packed_factors(mp: MatrixPlan, cfg: MethodConfig) -> list[tuple[int, int, str]]:
+    """(count, d, kind) of the packed factors of a preconditioned tensor (none when not ``cfg.packed``)."""
+    if not cfg.packed or mp.fallback is not None:
+        return []
+    return factor_dims(mp.groups, cfg)
 
 
 def unfold_copy(axis: int, order: int) -> bool:

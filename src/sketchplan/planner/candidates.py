@@ -75,7 +75,7 @@ def candidate_configs(methods=DEFAULT_METHODS, ranks=DEFAULT_RANKS, block_sizes=
     for m in methods:
         mod = METHOD_MODULES[m]
         grid = mod.grid(tuple(ranks), tuple(block_sizes))  # the method's own per-tensor options
-        if mod.MATRIX:
+        if mod.MATRIX and getattr(mod, "GRAFTED", True):
             out += [MethodConfig(method=m, graft=g, momentum=mo, **s) for s in grid for g in grafts for mo in momenta]
         else:
             out += [MethodConfig(method=m, momentum=mo, **s) for s in grid for mo in momenta]
@@ -104,7 +104,8 @@ def candidates_for(shape: tuple[int, ...], configs: list[MethodConfig], opts: Op
         if c.state_bytes > MAX_BYTES or c.workspace_bytes > MAX_BYTES:
             continue
         if timer is not None:
-            c = replace(c, time_ms=timer(shape, cfg)[0])
+            ms, picks = timer(shape, cfg)
+            c = replace(c, time_ms=ms, workspace_bytes=_picked_workspace(shape, c, opts, picks))
         key = (c.state_bytes, c.workspace_bytes, round(c.score, 12), round(c.time_ms, 9))
         if key not in seen:  # the first config in grid order wins a tie (simplest: lower rank/block first)
             seen[key] = c
@@ -121,6 +122,19 @@ def candidates_for(shape: tuple[int, ...], configs: list[MethodConfig], opts: Op
             continue
         kept.append(c)
     return kept
+
+
+def _picked_workspace(shape: tuple[int, ...], c: Candidate, opts: OptimizerDefaults, picks: dict) -> int:
+    """The workspace with the kernel variants the timer picked (the plan records them and the optimizer runs
+    them, e.g. Sketchy's ``gram_small`` FD update, whose transients differ from the default's): at least the
+    default's, so the solver never under-counts what ``step_workspace`` later reports."""
+    from ..kernels.calls import VARIANT_OPTIONS
+
+    update = {VARIANT_OPTIONS[k]: v for k, v in picks.items()
+              if k in VARIANT_OPTIONS and getattr(opts, VARIANT_OPTIONS[k]) != v}
+    if not update:
+        return c.workspace_bytes
+    return max(c.workspace_bytes, workspace_bytes(shape, c.cfg, opts.model_copy(update=update)))
 
 
 ADAM = MethodConfig(method="adam")

@@ -101,6 +101,7 @@ def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate],
             e.graft, e.momentum = c.cfg.graft, c.cfg.momentum
             e.batch_dims, e.split_axis = c.cfg.batch_dims, c.cfg.split_axis
             e.splits = list(c.cfg.splits) if c.cfg.splits else None
+            e.packed = c.cfg.packed  # issue 19b
             e.state_bytes, e.workspace_bytes, e.score = c.state_bytes, c.workspace_bytes, round(c.score, 6)
             if timer is not None:
                 ms, picks = timer(p.shape, c.cfg)
@@ -153,9 +154,13 @@ def _what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer=None, can
     alts = [MethodConfig(method="adam"), MethodConfig(method="shampoo")]
     alts += [MethodConfig(method="blocked_shampoo", block_size=b) for b in block_sizes]
     alts += [MethodConfig(method="sketchy", rank=k, graft="adafactor", momentum="bfloat16") for k in ranks]
+    # issue 19b: SOAP, and Shampoo with packed factors
+    alts += [MethodConfig(method="soap"), MethodConfig(method="shampoo", packed=True)]
     out = []
     cache: dict[tuple, cand.Candidate] = {}
     for cfg in alts:
+        if par.owner and owner_unsupported(cfg):
+            continue  # issue 19b: not run by the DDP/ZeRO placement
         if not all(cand.offered(p.shape, cfg, opts) for p in cand_spec.trainable):
             continue  # no device runs it (candidates.MAX_BLOCKS_PER_AXIS)
         choice = {}
@@ -295,6 +300,8 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         raise UserError(f"headroom {headroom:g} must be a fraction in [0, 1), e.g. --headroom 0.1.")
     budget = Budget(memory_bytes=budget_bytes, reserve_bytes=reserve_bytes, headroom=headroom)
     configs = cand.candidate_configs(tuple(methods), tuple(ranks), tuple(block_sizes), tuple(grafts), tuple(momenta))
+    if par.owner:  # issue 19b: the DDP/ZeRO block placement runs neither SOAP nor packed factors yet
+        configs = [c for c in configs if not owner_unsupported(c)] or [cand.ADAM]
     if isinstance(spectrum, (str, bytes)) or hasattr(spectrum, "__fspath__"):
         from .spectrum import SpectrumFile
 
@@ -401,6 +408,11 @@ def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None,
     blocks = tuple(sorted({c.block_size for c in used if c.block_size}))
     return _assemble(spec, choice, opts, par_.fixed_per_rank(spec, Precision(), par), budget, Precision(), par, info,
                      ranks, blocks, hardware, excluded=excluded)
+
+
+def owner_unsupported(cfg: MethodConfig) -> bool:
+    """Issue 19b: configurations the DDP/ZeRO owner placement (``optimizers.torch.distributed``) cannot run yet."""
+    return cfg.method == "soap" or cfg.packed
 
 
 def _knapsack_bytes(shape, c: cand.Candidate, opts: OptimizerDefaults, par: par_.Parallel) -> int:

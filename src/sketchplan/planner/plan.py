@@ -124,6 +124,8 @@ class TensorEntry(_Strict):
                             "experts)")
     splits: list[int] | None = Field(default=None, description="fused segment sizes along split_axis (gate|up)")
     split_axis: int = Field(default=0, ge=0)
+    packed: bool = Field(default=False, description="symmetric factors stored as packed triangles (issue 19b); "
+                         "written only when set")
     state_bytes: Count = Field(default=0, description="optimizer state of this tensor (under FSDP/HSDP: of its "
                                "shard on rank 0, the largest)")
     workspace_bytes: Count = 0
@@ -166,6 +168,8 @@ class TensorEntry(_Strict):
         data = handler(self)
         if isinstance(data, dict) and data.get("excluded") is None:
             data.pop("excluded", None)  # plans without exclusions stay as they were
+        if isinstance(data, dict) and not data.get("packed"):
+            data.pop("packed", None)  # issue 19b: plans without packed factors stay as they were
         return data
 
     def options(self) -> dict[str, str]:
@@ -180,7 +184,7 @@ class TensorEntry(_Strict):
         return MethodConfig(method=self.method, rank=self.rank, block_size=self.block_size,
                             graft=self.graft or "adam", momentum=self.momentum or "float32",
                             batch_dims=self.batch_dims, splits=tuple(self.splits) if self.splits else None,
-                            split_axis=self.split_axis)
+                            split_axis=self.split_axis, packed=self.packed)
 
 
 class Totals(_Strict):

@@ -3,7 +3,7 @@
 Importing this sub-package imports JAX and optax (``import sketchplan`` and ``sketchplan.optimizers`` never do),
 never torch. A whole plan becomes one transformation with ``sketchplan.build_optax`` (``sketchplan.build``).
 
-- ``adam``, ``shampoo``, ``blocked_shampoo``, ``sketchy``, ``extreme_tensoring``, ``kradagrad``: one method for
+- ``adam``, ``shampoo``, ``blocked_shampoo``, ``sketchy``, ``extreme_tensoring``, ``kradagrad``, ``soap``: one method for
   every parameter;
 - ``SketchplanState``: their state (an int32 step count and each tensor's layout arrays).
 
@@ -13,7 +13,8 @@ See docs/jax.md.
 from __future__ import annotations
 
 from .constructors import adam, blocked_shampoo, extreme_tensoring, kradagrad, shampoo, sketchy
+from .constructors import soap  # issue 19b
 from .transform import STEPS, SketchplanState, sketchplan_transform, uniform_transform
 
 __all__ = ["STEPS", "SketchplanState", "adam", "blocked_shampoo", "extreme_tensoring", "kradagrad", "shampoo",
-           "sketchplan_transform", "sketchy", "uniform_transform"]
+           "sketchplan_transform", "sketchy", "soap", "uniform_transform"]

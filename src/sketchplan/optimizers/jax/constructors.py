@@ -31,7 +31,8 @@ def shampoo(learning_rate: LearningRate = 1e-3, block_size: int | None = None, g
     """Shampoo (Gupta, Koren & Singer 2018; Anil et al. 2020): D = G ×_1 (S_1 + εI)^(−1/(2k)) … norm-grafted;
     ``block_size`` B gives blocked Shampoo."""
     method = "shampoo" if block_size is None else "blocked_shampoo"
-    cfg = MethodConfig(method=method, block_size=block_size, graft=graft, momentum=momentum)
+    cfg = MethodConfig(method=method, block_size=block_size, graft=graft, momentum=momentum,
+                       packed=options.pop("packed", False))
     return _make(cfg, learning_rate, root_method=root_method, **options)
 
 
@@ -60,5 +61,15 @@ def kradagrad(learning_rate: LearningRate = 1e-3, variant: str = "star", block_s
               graft: str = "adam", momentum: str = "float32", **options):
     """KrADagrad (Mei, Moreno & Walters 2023): inverse statistics updated by a scalar Woodbury step, positive
     roots L̃^(1/(2k)); ``variant`` ``star`` (every axis each step) or ``mm`` (one axis per step)."""
-    cfg = MethodConfig(method="kradagrad", block_size=block_size, graft=graft, momentum=momentum)
+    cfg = MethodConfig(method="kradagrad", block_size=block_size, graft=graft, momentum=momentum,
+                       packed=options.pop("packed", False))
     return _make(cfg, learning_rate, kradagrad_variant=variant, **options)
+
+
+def soap(learning_rate: LearningRate = 3e-3, betas: tuple[float, float] = (0.95, 0.95), block_size: int | None = None,
+         momentum: str = "float32", packed: bool = False, **options):
+    """SOAP (Vyas et al. 2024): Adam in the eigenbasis of Shampoo's factors, the basis refreshed every
+    ``precondition_frequency`` steps (eigh first, then one power-iteration step and QR; ``methods.soap``);
+    ``packed`` stores the statistics as packed triangles (issue 19b)."""
+    cfg = MethodConfig(method="soap", block_size=block_size, momentum=momentum, packed=packed)
+    return _make(cfg, learning_rate, betas=betas, **options)

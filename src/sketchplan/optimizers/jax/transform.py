@@ -22,6 +22,8 @@ from ...kernels.jax.support import require_jax
 from ...methods.layout import MethodConfig, OptimizerDefaults
 from ...pytree import key_path_name
 from . import adam, extreme_tensoring, kradagrad, shampoo, sketchy
+from . import soap  # issue 19b
+from .packing import pack_state, unpack_state
 from .state import init_tensor_state
 
 jax, jnp = require_jax()
@@ -37,6 +39,7 @@ STEPS: dict[str, Callable] = {
     "extreme_tensoring": extreme_tensoring.step,
     "kradagrad": kradagrad.step,
 }
+STEPS["soap"] = soap.step  # issue 19b
 
 #: What a parameter gets: (method config, options) or None for a frozen tensor.
 Assignment = Optional[tuple[MethodConfig, OptimizerDefaults]]
@@ -86,7 +89,9 @@ def sketchplan_transform(assign: Assign, learning_rate: LearningRate = None) -> 
                 raise UserError(f"tensor {name!r} has no optimizer state; initialise the transformation with the "
                                 "same parameter tree the updates come from.")
             cfg, opts = a
-            direction, tensors[name] = STEPS[cfg.method](g, state.tensors[name], step, cfg, opts)
+            old = state.tensors[name]  # packed factors (issue 19b) are squares during the step
+            direction, new = STEPS[cfg.method](g, unpack_state(old, cfg), step, cfg, opts)
+            tensors[name] = pack_state(new, old, cfg, opts, step)
             if opts.weight_decay:
                 if p is None:
                     raise ValueError("weight_decay > 0 needs the params: call update(grads, state, params).")

@@ -1,6 +1,6 @@
 """The torch backend: one ``torch.optim.Optimizer`` (``SketchplanOptimizer``) whose param groups each run a
 method's update rule, and a class per method (``Adam``, ``Shampoo``, ``BlockedShampoo``, ``Sketchy``,
-``ExtremeTensoring``, ``KrADagrad``). Every state tensor is allocated from the method's layout in
+``ExtremeTensoring``, ``KrADagrad``, ``SOAP``). Every state tensor is allocated from the method's layout in
 ``sketchplan.methods``; importing a module here registers its rule."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from .extreme_tensoring import ExtremeTensoring
 from .kradagrad import KrADagrad
 from .shampoo import Shampoo
 from .sketchy import Sketchy
+from .soap import SOAP  # issue 19b
 from .state import allocate
 
 __all__ = ["Adam", "BlockedShampoo", "ExtremeTensoring", "KrADagrad", "Shampoo", "Sketchy", "SketchplanOptimizer",
-           "allocate", "group_config", "group_options"]
+           "SOAP", "allocate", "group_config", "group_options"]

@@ -384,6 +384,9 @@ def build_distributed(param_groups: list[dict], cfg: MethodConfig, opts: Optimiz
         placement = Placement("owner", rank, world, process_group)
         for g in param_groups:
             gcfg, gopts = group_config({**{k: v for k, v in g.items() if k != "params"}})
+            if gcfg.method == "soap" or gcfg.packed:  # issue 19b
+                raise UserError(f"the {kind} placement does not run {gcfg.label()} yet; plan with --parallelism "
+                                "fsdp, or without soap and packed factors (the planner leaves them out for ddp/zero).")
             for p in g["params"]:
                 name = names[id(p)]
                 need = sum(block_counts(state_layout(tuple(p.shape), gcfg, gopts)))

@@ -73,7 +73,8 @@ class KrADagrad(SketchplanOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, variant: str = "star", block_size: int | None = None,
                  graft: str = "adam", momentum: str = "float32", **options):
-        cfg = MethodConfig(method="kradagrad", block_size=block_size, graft=graft, momentum=momentum)
+        cfg = MethodConfig(method="kradagrad", block_size=block_size, graft=graft, momentum=momentum,
+                           packed=options.pop("packed", False))
         super().__init__(params, cfg, OptimizerDefaults(lr=lr, kradagrad_variant=variant, **options))
 
 

@@ -31,6 +31,7 @@ from ...methods.common import preconditioning_start
 from ...methods.layout import MethodConfig, OptimizerDefaults
 from .base import MethodRule, SketchplanOptimizer
 from .common import apply_momentum, apply_update, graft_direction
+from .packing import unpacked_state
 
 _TINY = 1e-30
 
@@ -97,7 +98,8 @@ class MatrixRule(MethodRule):
         grads = opt.sanitize([p.grad for p in params], [s["nonfinite_skips"] for s in states],
                              states[0]["step"], opts)
         for p, g, s in zip(params, grads, states):
-            self.step_param(p, g, s, cfg, opts)
+            with unpacked_state(s, cfg, opts) as work:  # issue 19b: packed factors as full squares
+                self.step_param(p, g, work, cfg, opts)
 
     def step_param(self, p: torch.Tensor, grad: torch.Tensor, state: dict, cfg: MethodConfig,
                    opts: OptimizerDefaults) -> None:

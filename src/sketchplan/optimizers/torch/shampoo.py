@@ -64,12 +64,14 @@ class Shampoo(SketchplanOptimizer):
             the graft); an int B cuts every dimension into chunks of B (blocked Shampoo).
         root_method: ``eigh`` (float32, float64 retry, previous root kept if both fail) or ``newton``
             (coupled Newton iteration).
+        packed: store statistics and roots as packed triangles (``methods.packing``; issue 19b).
     """
 
     def __init__(self, params, lr: float = 1e-3, block_size: int | None = None, graft: str = "adam",
                  momentum: str = "float32", root_method: str = "eigh", **options):
         method = "shampoo" if block_size is None else "blocked_shampoo"
-        cfg = MethodConfig(method=method, block_size=block_size, graft=graft, momentum=momentum)
+        cfg = MethodConfig(method=method, block_size=block_size, graft=graft, momentum=momentum,
+                           packed=options.pop("packed", False))
         super().__init__(params, cfg, OptimizerDefaults(lr=lr, root_method=root_method, **options))
 
 

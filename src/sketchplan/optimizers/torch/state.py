@@ -24,4 +24,10 @@ def set_identities(state: dict[str, torch.Tensor], values: dict[str, float]) -> 
         t = state.get(name)
         if t is None:
             continue
+        if t.dim() == 2:  # a packed triangle (count, d(d+1)/2): methods.packing
+            from .packing import _side, pack
+
+            d = _side(t.shape[-1])
+            pack(torch.eye(d, dtype=t.dtype, device=t.device).mul_(c).expand(t.shape[0], d, d), t)
+            continue
         t.copy_(torch.eye(t.shape[-1], dtype=t.dtype, device=t.device).mul_(c).expand_as(t))
