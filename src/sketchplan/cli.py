@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--model", help=f"a preset ({', '.join(PRESETS)}), package.module:factory, a shapes "
                     ".yaml/.json, or hf:DIR / hf:PATH/config.json (with --update: default the plan's own model)")
     pl.add_argument("--update", metavar="PLAN", help="re-plan an existing plan with its own budget, settings and "
-                    "candidates, and write it back (the reviewed way to accept a change)")
+                    "candidates, and write it back (the reviewed way to accept a change; default: plan anew from --model)")
     pl.add_argument("--memory-budget", type=flag_size("memory budget"), help="device memory for params, grads, "
                     "optimizer state and step workspace, e.g. 24GiB, 80GB, 512MiB (default: no limit)")
     pl.add_argument("--reserve", default=0, type=flag_size("reserve"),
@@ -102,9 +102,10 @@ def _parser() -> argparse.ArgumentParser:
                     "is then at least 25%% of that forward+backward (default: shown at 8,192, bound by "
                     "--max-step-vs-adam alone)")
     pl.add_argument("--batch-size", type=flag_int(1, example="8"), help="trace one forward and backward at this "
-                    "batch size with fake tensors; the budget then covers the whole training step")
+                    "batch size with fake tensors; the budget then covers the whole training step (default: no trace; "
+                    "--reserve stands for the activations)")
     pl.add_argument("--seq-len", type=flag_int(1, example="2048"), help="tokens per sequence of the traced batch "
-                    "(language models)")
+                    "(language models need it with --batch-size; default: none)")
     pl.add_argument("--inputs", metavar="MODULE:FUNCTION", help="the traced batch: FUNCTION(batch_size, seq_len) "
                     "returns a dict of keyword arguments, a tuple or a tensor (default for presets: token ids "
                     "or images with labels)")
@@ -126,10 +127,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="how the ranks share the model: ddp, zero1, zero2, fsdp (FSDP2 fully_shard) or hsdp "
                     "(default ddp when --world-size > 1); the budget is per rank")
     pl.add_argument("--shard-group", type=flag_int(1, MAX_WORLD_SIZE),
-                    help="hsdp: ranks a parameter is sharded over (divides --world-size)")
+                    help="hsdp: ranks a parameter is sharded over (divides --world-size; required with hsdp, no default)")
     pl.add_argument("--shard-optimizer-state", action="store_true", help="alias of --parallelism zero1")
     pl.add_argument("--param-dtype", help="dtype of parameters and gradients, e.g. bfloat16 (default: the model's)")
-    pl.add_argument("--grad-dtype", help="gradient dtype if it differs from the parameters'")
+    pl.add_argument("--grad-dtype", help="gradient dtype if it differs from the parameters' (default: the parameters')")
     pl.add_argument("--master-weights", action="store_true", help="count a float32 master copy of trainable params")
     pl.add_argument("--state-dtype", default="float32", choices=["float32", "float64", "bfloat16"],
                     help="dtype of the preconditioner statistics and roots (default float32)")
@@ -148,9 +149,9 @@ def _parser() -> argparse.ArgumentParser:
                     "shipped profile NAME, or a FILE from `sketchplan profile` (default auto)")
     pl.add_argument("--out", help="write the plan YAML here (default: print only)")
     pl.add_argument("--spectrum", metavar="FILE", help="score probed tensors by their measured gradient spectra "
-                    "(from `sketchplan probe`)")
+                    "(from `sketchplan probe`; default: the documented prior, docs/score-model.md)")
     pl.add_argument("--explain", metavar="TENSOR", action="append", default=[],
-                    help="explain why TENSOR got its choice (repeatable)")
+                    help="explain why TENSOR got its choice (repeatable; default: none)")
     _view_flags(pl)
 
     ck = sub.add_parser("check", help="CI memory-regression check of a committed plan against today's model")
@@ -162,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="memory budget to enforce (default: the plan's budget minus its reserve)")
     ck.add_argument("--measure", action="store_true", help="instantiate the optimizer, step it, and compare the "
                     "state it allocates with the prediction")
-    ck.add_argument("--device", default="cpu", help="device for --measure: cpu or cuda[:i]")
+    ck.add_argument("--device", default="cpu", help="device for --measure: cpu or cuda[:i] (default cpu)")
     ck.add_argument("--json", metavar="FILE", help="write the report as JSON (schema: docs/check-report.schema.json; "
                     "default: none)")
     ck.add_argument("--junit", metavar="FILE", help="write a JUnit XML report, one test case per check (default: "
