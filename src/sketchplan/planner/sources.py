@@ -105,7 +105,7 @@ def _unknown_model_type(model_type: str, known) -> str:
     import difflib
 
     known = sorted(known)
-    close = difflib.get_close_matches(model_type.lower(), known, n=5, cutoff=0.5)
+    close = difflib.get_close_matches(model_type.lower(), known, n=5, cutoff=0.75)
     hint = (f"did you mean {', '.join(close)}?" if close
             else f"known ones include {', '.join(k for k in ('bert', 'gpt2', 'llama', 'mistral', 'mixtral', 't5', 'vit') if k in known)}")
     return f"model_type {model_type[:60]!r} is not one of the {len(known)} model types this transformers knows ({hint})"
