@@ -136,8 +136,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="dtype of the preconditioner statistics and roots (default float32)")
     pl.add_argument("--merge-dims", type=flag_int(1, example="1024"), default=1024, help="merge adjacent tensor "
                     "dimensions while their product stays at most this (docs/algorithms.md; default 1024)")
-    pl.add_argument("--max-precond-dim", type=flag_int(1, example="8192"), default=8192, help="a dimension "
-                    "larger than this gets no Kronecker factor (a diagonal instead; default 8192)")
+    pl.add_argument("--max-precond-dim", type=flag_int(1, example="8192"), default=8192, help="a tensor whose "
+                    "blocks keep a dimension above this is not preconditioned: it takes its graft (default 8192)")
     pl.add_argument("--precondition-frequency", type=flag_int(1, example="10"), default=10, help="steps between "
                     "root / eigenbasis refreshes; the predicted step time amortises them (default 10)")
     pl.add_argument("--lr", type=flag_float(0, lo_open=True, example="1e-3"), default=1e-3,
