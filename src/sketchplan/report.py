@@ -230,7 +230,7 @@ def totals_table(plan: Plan) -> Table:
     sharded = tot.peak_bytes_per_rank is not None
     whole = " (all ranks together)" if sharded else ""  # never a total next to a per-rank peak unlabelled
     if sharded:
-        t.add_row(Text(f"whole model, summed over the {plan.settings.world_size} ranks", style="bold"), "")
+        t.add_row(Text(f"whole model (not per rank; {plan.settings.world_size} ranks)", style="bold"), "")
     t.add_row("parameters" + (" (one copy)" if sharded else ""), fmt_bytes(tot.params_bytes))
     t.add_row("gradients" + (" (one copy)" if sharded else ""), fmt_bytes(tot.grads_bytes))
     if tot.master_bytes:
