@@ -185,7 +185,7 @@ CONFIGS = {  # hf: config.json files → needle
     "c_heads.json": ({"model_type": "bert", "hidden_size": 100, "num_attention_heads": 7}, "transformers cannot"),
     "c_tokenizer.json": ({"model_type": "bert", "architectures": ["BertTokenizer"]}, "not a transformers model"),
     "c_archs.json": ({"model_type": "bert", "architectures": 5}, "'architectures'"),
-    "c_unknown.json": ({"model_type": "no_such_model"}, "transformers cannot read"),
+    "c_unknown.json": ({"model_type": "no_such_model"}, "is not one of the"),
     "c_notype.json": ({"hidden_size": 8}, "no 'model_type'"),
     "c_syntax.json": ("{", "not valid JSON"),
     "c_nan.json": ('{"model_type": "bert", "hidden_size": NaN}', "NaN"),
