@@ -22,6 +22,7 @@ from ...kernels.jax.support import require_jax
 from ...methods.layout import MethodConfig, OptimizerDefaults
 from ...pytree import key_path_name
 from . import adam, extreme_tensoring, kradagrad, shampoo, sketchy
+from . import issue19  # issue 19 part A: Adafactor, Lion, Muon, compressed state
 from .state import init_tensor_state
 
 jax, jnp = require_jax()
@@ -36,6 +37,7 @@ STEPS: dict[str, Callable] = {
     "sketchy": sketchy.step,
     "extreme_tensoring": extreme_tensoring.step,
     "kradagrad": kradagrad.step,
+    **issue19.STEPS,
 }
 
 #: What a parameter gets: (method config, options) or None for a frozen tensor.
@@ -86,7 +88,9 @@ def sketchplan_transform(assign: Assign, learning_rate: LearningRate = None) -> 
                 raise UserError(f"tensor {name!r} has no optimizer state; initialise the transformation with the "
                                 "same parameter tree the updates come from.")
             cfg, opts = a
-            direction, tensors[name] = STEPS[cfg.method](g, state.tensors[name], step, cfg, opts)
+            fn = issue19.compressed(STEPS[cfg.method]) if issue19.is_compressed(cfg) else STEPS[cfg.method]
+            kw = {"param": p} if cfg.method in issue19.NEEDS_PARAM else {}
+            direction, tensors[name] = fn(g, state.tensors[name], step, cfg, opts, **kw)
             if opts.weight_decay:
                 if p is None:
                     raise ValueError("weight_decay > 0 needs the params: call update(grads, state, params).")
