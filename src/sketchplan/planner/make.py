@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .. import __version__
 from ..errors import UserError
 from ..methods import state_layout
+from ..methods import muon  # issue 19 part A: the what-if "all muon" keeps AdamW where its authors do
 from ..methods.layout import MethodConfig, OptimizerDefaults
 from ..profiles.cost import CostModel
 from ..profiles.registry import label as profile_label
@@ -163,7 +164,7 @@ def _what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer=None, can
             continue  # no device runs it (candidates.MAX_BLOCKS_PER_AXIS)
         choice = {}
         for p in cand_spec.trainable:
-            own = structure.structured(cfg, p) or cfg
+            own = structure.structured(cfg, p) or (muon.adam_config(cfg) if cfg.method == "muon" else cfg)
             key = (p.shape, own)
             if key not in cache:
                 cache[key] = cand.evaluate(p.shape, own, opts)
