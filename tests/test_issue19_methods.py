@@ -373,3 +373,60 @@ def test_muon_planner_keeps_embeddings_on_adam():
     mix = plan_model(tiny.mixtral(), None, methods=("adam", "muon"), hardware=None)
     experts = [e for e in mix.tensors if e.method == "muon" and e.batch_dims]
     assert experts, "stacked experts get Muon per expert"
+
+
+# ---- step transients: the replays (methods.*.workspace_bytes, compression.workspace_extra) vs MemTracker ----
+
+REPLAY = [NEW["adafactor"], NEW["adafactor_mom"], NEW["lion"], MethodConfig(method="lion", momentum="bfloat16"),
+          MethodConfig(method="lion", momentum="none"), NEW["muon"], MethodConfig(method="muon", momentum="bfloat16"),
+          NEW["muon_int8"], NEW["adam_8bit"], NEW["adam_bf16v"], NEW["shampoo_8bit"],
+          MethodConfig(method="sketchy", rank=4, graft="adam", momentum="int8", compress="int8")]
+
+
+@pytest.mark.parametrize("cfg", REPLAY, ids=lambda c: c.label())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_replay_matches_memtracker(cfg, dtype, monkeypatch):
+    """As tests/test_step_peak.py: every float32 eigh/SVD fails, so the float64 retry the replays assume runs;
+    the shared 8-bit code tables (2 × 2 KiB per device, allocated once) exist before the tracked steps."""
+    import random
+
+    from sketchplan.optimizers.torch.compressed import code_tables
+
+    def failing(fn):
+        def wrapped(a, *args, **kwargs):
+            if a.dtype == torch.float32:
+                raise torch.linalg.LinAlgError("forced by the test")
+            return fn(a, *args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing(torch.linalg.eigh))
+    monkeypatch.setattr(torch.linalg, "svd", failing(torch.linalg.svd))
+    code_tables(True, torch.device("cpu"))
+    code_tables(False, torch.device("cpu"))
+
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from sketchplan.methods import workspace_of
+    from sketchplan.optimizers.torch import SketchplanOptimizer, group_options
+
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    shapes = [(rng.randint(2, 120), rng.randint(2, 90)), (rng.randint(2, 300),),
+              (rng.randint(2, 6), rng.randint(2, 40), rng.randint(2, 9))]
+    opts = OptimizerDefaults()
+    ps = [torch.nn.Parameter(torch.randn(s, dtype=dtype)) for s in shapes]
+    opt = SketchplanOptimizer([{"params": ps, **group_options(cfg, opts)}], cfg, opts)
+    kept = sum(p.numel() * p.element_size() * 2 for p in ps)
+    kept += sum(total_bytes(state_layout(tuple(p.shape), cfg, opts)) for p in ps)
+    measured = 0
+    for _ in range(2):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        mt = MemTracker()
+        mt.track_external(*ps, *[p.grad for p in ps], opt)
+        with mt:
+            opt.step()
+        measured = max(measured, sum(s["Total"] for s in mt.get_tracker_snapshot("peak").values()) - kept)
+    dt = str(dtype).removeprefix("torch.")
+    predicted = max(workspace_of(tuple(s), cfg, opts, dt, scratch=False) for s in shapes)
+    assert measured <= predicted <= measured * 1.015 + 64, (seed, shapes, predicted, measured)

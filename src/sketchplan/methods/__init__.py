@@ -73,8 +73,15 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
 def workspace_of(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, param_dtype: str = "float32",
                  scratch: bool = True) -> int:
     """``workspace_bytes`` for a parameter of ``param_dtype``; ``scratch=False`` leaves out kernels' internal work
-    buffers (the tensor-level figure torch's ``MemTracker`` sees)."""
-    return METHOD_MODULES[cfg.method].workspace_bytes(tuple(int(d) for d in shape), cfg, opts, param_dtype, scratch)
+    buffers (the tensor-level figure torch's ``MemTracker`` sees). With compressed state: the rule's own figure on
+    the plain configuration on top of the decoded copies, or the encode-back (``compression.workspace_extra``)."""
+    shape = tuple(int(d) for d in shape)
+    plain = plain_config(cfg)
+    ws = METHOD_MODULES[cfg.method].workspace_bytes(shape, plain, opts, param_dtype, scratch)
+    if plain is cfg:
+        return ws
+    held, encode = workspace_extra(plain_layout(shape, cfg, opts), cfg, dtype_bytes(opts.state_dtype))
+    return max(held + ws, encode)
 
 
 def group_workspace_bytes(tensors: list[tuple[tuple[int, ...], str]], cfg: MethodConfig, opts: OptimizerDefaults,

@@ -82,9 +82,8 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
         v = live.alloc(n * sb)
         live.spike(math.prod(shape[:-2]) * sb)
     else:
-        sq = live.alloc(n * sb)
-        v = live.alloc(n * sb)
-        live.free(sq)
+        live.spike(n * sb)                 # G², freed once V is updated
+        v = live.alloc(n * sb)             # V's clone
     momentum_update(live, n, cfg, opts, sb, pb)
     live.free(v + g)
     return live.peak

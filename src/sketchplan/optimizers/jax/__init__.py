@@ -13,7 +13,7 @@ See docs/jax.md.
 from __future__ import annotations
 
 from .constructors import adam, blocked_shampoo, extreme_tensoring, kradagrad, shampoo, sketchy
-from .issue19 import adafactor, lion, muon  # issue 19 part A
+from .issue19_constructors import adafactor, lion, muon  # issue 19 part A
 from .transform import STEPS, SketchplanState, sketchplan_transform, uniform_transform
 
 __all__ = ["adafactor", "lion", "muon", "STEPS", "SketchplanState", "adam", "blocked_shampoo", "extreme_tensoring", "kradagrad", "shampoo",

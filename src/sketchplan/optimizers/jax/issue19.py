@@ -3,7 +3,7 @@
 ``methods.adafactor``, ``methods.lion``, ``methods.muon``, ``methods.compression``).
 
 Each ``step(grad, state, t, cfg, opts, param=None)`` returns (direction, new state) as the other methods' steps;
-``transform.sketchplan_transform`` applies −η(D + λp). Adafactor's relative step size needs the parameter, so the
+``transform.sketchplan_transform`` applies −η(D + λp) (constructors: ``issue19_constructors``). Adafactor's relative step size needs the parameter, so the
 transformation passes ``param`` to the methods in ``NEEDS_PARAM``. ``compressed(step)`` wraps any method's step:
 decode the stored moments, run the step on the plain configuration, encode them back (so the state arrays are
 exactly ``methods.state_layout``'s, uint8 codes and float32 block maxima included).
@@ -141,26 +141,3 @@ def compressed(step_fn):
         return direction, st
 
     return run
-
-
-# ---- constructors (the twins of optimizers.torch.Adafactor, Lion, Muon) ----
-
-def adafactor(learning_rate=1e-2, momentum: str = "none", **options):
-    """Adafactor (Shazeer & Stern 2018) as torch.optim.Adafactor, optional momentum; ``methods.adafactor``."""
-    from .constructors import _make
-
-    return _make(MethodConfig(method="adafactor", momentum=momentum), learning_rate, **options)
-
-
-def lion(learning_rate=1e-3, momentum: str = "float32", **options):
-    """Lion (Chen et al. 2023): D = lion_lr_ratio · sign(lerp(m, g, 1−β1)); ``methods.lion``."""
-    from .constructors import _make
-
-    return _make(MethodConfig(method="lion", momentum=momentum), learning_rate, **options)
-
-
-def muon(learning_rate=1e-3, momentum: str = "float32", **options):
-    """Muon (Jordan et al. 2024) with AdamW-matched update RMS, AdamW off matrices; ``methods.muon``."""
-    from .constructors import _make
-
-    return _make(MethodConfig(method="muon", momentum=momentum), learning_rate, **options)
