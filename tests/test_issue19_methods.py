@@ -430,3 +430,16 @@ def test_replay_matches_memtracker(cfg, dtype, monkeypatch):
     dt = str(dtype).removeprefix("torch.")
     predicted = max(workspace_of(tuple(s), cfg, opts, dt, scratch=False) for s in shapes)
     assert measured <= predicted <= measured * 1.015 + 64, (seed, shapes, predicted, measured)
+
+
+def test_multi_rank_refusals():
+    from sketchplan.errors import UserError
+    from sketchplan.planner import make_plan as plan_model
+
+    model = tiny.llama()
+    with pytest.raises(UserError, match="single-process"):
+        plan_model(model, None, compress=("none", "int8"), world_size=2, parallelism="ddp", hardware=None)
+    with pytest.raises(UserError, match="FSDP"):
+        plan_model(model, None, methods=("adam", "muon"), world_size=2, parallelism="fsdp", hardware=None)
+    plan = plan_model(model, None, methods=("adam", "muon", "lion"), world_size=2, parallelism="ddp", hardware=None)
+    assert {e.method for e in plan.tensors if e.method} >= {"muon"}

@@ -300,6 +300,12 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     budget = Budget(memory_bytes=budget_bytes, reserve_bytes=reserve_bytes, headroom=headroom)
     configs = cand.candidate_configs(tuple(methods), tuple(ranks), tuple(block_sizes), tuple(grafts), tuple(momenta),
                                      tuple(compress))
+    if par.world > 1 and any(c.compress != "none" or c.momentum == "int8" for c in configs):  # issue 19 part A
+        raise UserError("compressed optimizer state (--compress bfloat16/int8, int8 --momenta) is single-process "
+                        "only for now; leave them out with --world-size > 1.")
+    if par.sharded and "muon" in methods:
+        raise UserError("Muon orthogonalises whole matrices, which FSDP/HSDP shard across ranks; use "
+                        "--parallelism ddp/zero1/zero2 or leave muon out of --methods.")
     if isinstance(spectrum, (str, bytes)) or hasattr(spectrum, "__fspath__"):
         from .spectrum import SpectrumFile
 
