@@ -443,3 +443,66 @@ def test_multi_rank_refusals():
         plan_model(model, None, methods=("adam", "muon"), world_size=2, parallelism="fsdp", hardware=None)
     plan = plan_model(model, None, methods=("adam", "muon", "lion"), world_size=2, parallelism="ddp", hardware=None)
     assert {e.method for e in plan.tensors if e.method} >= {"muon"}
+
+
+@pytest.mark.parametrize("name", ["adafactor_mom", "lion_int8", "muon_int8", "adam_8bit", "sketchy_bf16"])
+def test_state_dict_round_trip_and_nonfinite(name):
+    """Resuming from a state_dict is bit-exact (uint8 codes and absmax keep their dtypes), and a NaN gradient
+    leaves the (decoded, updated, re-encoded) state finite."""
+    import io
+
+    torch.manual_seed(0)
+    ref = Zoo()
+    model = Zoo()
+    model.load_state_dict(ref.state_dict())
+    plan = make_plan(ref, NEW[name], DEFAULTS)
+    ro = build_optimizer(plan, ref)
+    for s in range(8):
+        ro.zero_grad()
+        zoo_loss(ref, s).backward()
+        ro.step()
+    mo = build_optimizer(plan, model)
+    for s in range(4):
+        mo.zero_grad()
+        zoo_loss(model, s).backward()
+        mo.step()
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": mo.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf)
+    resumed = Zoo()
+    resumed.load_state_dict(saved["model"])
+    o2 = build_optimizer(plan, resumed)
+    o2.load_state_dict(saved["opt"])
+    for s in range(4, 8):
+        o2.zero_grad()
+        zoo_loss(resumed, s).backward()
+        o2.step()
+    for (n, a), b in zip(ref.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), n
+    o2.zero_grad()
+    zoo_loss(resumed, 9).backward()
+    resumed.lin.weight.grad[0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="NaN or Inf"):
+        o2.step()
+    assert all(torch.isfinite(v.float()).all() for st in o2.state.values() for v in st.values() if torch.is_tensor(v))
+    assert all(torch.isfinite(p).all() for p in resumed.parameters())
+
+
+def test_newton_schulz_kernel_call_and_timing():
+    """Muon's kernel call names newton_schulz on the short side first; its flops are iters·(4m²n + 2m³) (counted by
+    hand: XXᵀ, A², (bA + cA²)X); a profile without its table times it by the roofline (flagged analytic)."""
+    from sketchplan.kernels.calls import flops
+    from sketchplan.methods import kernel_calls
+    from sketchplan.profiles.cost import CostModel
+    from sketchplan.profiles.registry import resolve
+
+    calls = kernel_calls((3072, 768), NEW["muon"], OptimizerDefaults())
+    ns = [c for c in calls if c.kernel == "newton_schulz"]
+    assert [(c.dims, c.batch) for c in ns] == [((768, 3072, 5), 1)]
+    assert flops("newton_schulz", "quintic", (768, 3072, 5)) == 5 * (2 * 768 * 768 * 3072 + 2 * 768**3
+                                                                    + 2 * 768 * 768 * 3072)
+    experts = kernel_calls((4, 96, 64), NEW["muon"].model_copy(update={"batch_dims": 1}), OptimizerDefaults())
+    assert [(c.dims, c.batch) for c in experts if c.kernel == "newton_schulz"] == [((64, 96, 5), 4)]
+    est = CostModel(resolve("cpu-amd-epyc-1t-torch")).call(ns[0])
+    assert est.analytic and est.seconds > 0
