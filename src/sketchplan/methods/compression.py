@@ -29,12 +29,10 @@ encoded back. The rule's arithmetic is therefore unchanged; its transients grow 
 
 from __future__ import annotations
 
-from .layout import MethodConfig, StateTensor
+from .layout import COMPRESSIONS, MethodConfig, StateTensor
 
 #: Elements per quantisation block (bitsandbytes' blockwise 8-bit optimizers).
 BLOCK = 256
-#: Storage options of the second moments (``MethodConfig.compress``).
-COMPRESSIONS = ("none", "bfloat16", "int8")
 #: State names ``compress`` applies to (second moments) and ``momentum="int8"`` applies to (first moments).
 SECOND_MOMENTS = ("exp_avg_sq", "graft_exp_avg_sq")
 FIRST_MOMENTS = ("exp_avg", "momentum")
@@ -135,20 +133,11 @@ def workspace_extra(plain: list[StateTensor], cfg: MethodConfig, sb: int) -> tup
     return held, max(peak, held + enc)
 
 
-def compressed_bytes(numel: int, codec: str, plain_dtype_bytes: int) -> int:
-    """Stored bytes of a tensor of ``numel`` elements under ``codec`` (the module docstring's formula)."""
-    if codec == "int8":
-        return numel + 4 * blocks(numel)
-    if codec == "bfloat16":
-        return 2 * numel
-    return plain_dtype_bytes * numel
-
-
 def quantisation_passes(codec: str) -> int:
     """Elementwise passes of decoding and encoding one tensor (gather, scale; |x|, block max, divide,
     searchsorted ≈ 8 comparisons, cast) — for the kernel calls."""
     return {"int8": 2 + 4 + 8, "bfloat16": 2, "none": 0}[codec]
 
 
-__all__ = ["BLOCK", "COMPRESSIONS", "blocks", "codec_of", "coded", "compressed_bytes", "dynamic_code",
+__all__ = ["BLOCK", "COMPRESSIONS", "blocks", "codec_of", "coded", "dynamic_code",
            "is_compressed", "plain_config", "stored_layout", "workspace_extra"]
