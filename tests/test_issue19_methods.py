@@ -289,6 +289,23 @@ def test_dynamic_code_is_bitsandbytes_map():
     assert min(abs(c) for c in dynamic_code(True) if c) == pytest.approx(0.55e-6)
 
 
+def test_bucket_lookup_equals_searchsorted():
+    """The fast nearest-code lookup is exactly searchsorted over the midpoints, on both codes, over every
+    magnitude (log-uniform from 1e-9 to 1, both signs, the midpoints themselves and ±0)."""
+    from sketchplan.optimizers.torch.compressed import code_tables, nearest_code
+
+    g = torch.Generator().manual_seed(13)
+    for signed in (True, False):
+        _, mids = code_tables(signed, torch.device("cpu"))
+        y = 10 ** (-9 * torch.rand(200_000, generator=g))
+        if signed:
+            y = y * torch.where(torch.rand(200_000, generator=g) < 0.5, -1.0, 1.0)
+        y = torch.cat([y, mids, torch.nextafter(mids, torch.ones_like(mids)), torch.tensor([0.0, -0.0, 1.0])])
+        if not signed:
+            y = y.abs()
+        assert torch.equal(nearest_code(y, signed), torch.searchsorted(mids, y, out_int32=True))
+
+
 def test_int8_encoding_is_nearest_code():
     from sketchplan.optimizers.torch.compressed import decode, encode
 
@@ -387,7 +404,7 @@ REPLAY = [NEW["adafactor"], NEW["adafactor_mom"], NEW["lion"], MethodConfig(meth
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_replay_matches_memtracker(cfg, dtype, monkeypatch):
     """As tests/test_step_peak.py: every float32 eigh/SVD fails, so the float64 retry the replays assume runs;
-    the shared 8-bit code tables (2 × 2 KiB per device, allocated once) exist before the tracked steps."""
+    the shared 8-bit code and bucket tables (allocated once per device) exist before the tracked steps."""
     import random
 
     from sketchplan.optimizers.torch.compressed import code_tables
@@ -401,8 +418,11 @@ def test_replay_matches_memtracker(cfg, dtype, monkeypatch):
 
     monkeypatch.setattr(torch.linalg, "eigh", failing(torch.linalg.eigh))
     monkeypatch.setattr(torch.linalg, "svd", failing(torch.linalg.svd))
-    code_tables(True, torch.device("cpu"))
-    code_tables(False, torch.device("cpu"))
+    from sketchplan.optimizers.torch.compressed import bucket_table
+
+    for signed in (True, False):
+        code_tables(signed, torch.device("cpu"))
+        bucket_table(signed, torch.device("cpu"))
 
     from torch.distributed._tools.mem_tracker import MemTracker
 

@@ -114,9 +114,11 @@ def decode_bytes(numel: int, codec: str, sb: int) -> tuple[int, int]:
 
 def encode_spike(numel: int, codec: str, sb: int) -> int:
     """Transient bytes of encoding one decoded tensor back: int8: the per-block maxima (a clamped copy too), the
-    normalised float32 values and the int32 code indices of ``searchsorted``; bfloat16: none (``copy_``)."""
+    normalised float32 values, and while the nearest code is found (``optimizers.torch.compressed.nearest_code``)
+    the int32 bucket keys and indices, then the indices, the gathered midpoints and the comparison's booleans;
+    bfloat16: none (``copy_``)."""
     if codec == "int8":
-        return 2 * blocks(numel) * 4 + numel * 4 + numel * 4
+        return 2 * blocks(numel) * 4 + numel * 4 + max(8 * numel, 9 * numel)
     return 0
 
 

@@ -17,6 +17,7 @@ from ...methods.compression import BLOCK, SECOND_MOMENTS, coded, dynamic_code
 from ...methods.layout import MethodConfig, StateTensor
 
 _TABLES: dict[tuple[bool, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+_LUTS: dict[tuple[bool, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def code_tables(signed: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,6 +28,36 @@ def code_tables(signed: bool, device: torch.device) -> tuple[torch.Tensor, torch
         code = torch.tensor(dynamic_code(signed), dtype=torch.float32, device=device)
         hit = _TABLES[key] = (code, (code[1:] + code[:-1]) / 2)
     return hit
+
+
+def bucket_table(signed: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per 16-bit float32 prefix, the number of midpoints below the smallest float with that prefix; the midpoints
+    followed by +inf): the nearest code of y is that count plus one comparison per midpoint inside y's bucket
+    (at most two: a bucket spans 2⁻⁷ relative, the codes' midpoints are farther apart except near 1, where the
+    unsigned code's spacing 0.9/128 still leaves at most two). A shared constant per device (256 KiB)."""
+    key = (signed, torch.device(device))
+    hit = _LUTS.get(key)
+    if hit is None:
+        _, mids = code_tables(signed, device)
+        prefix = torch.arange(65536, dtype=torch.int64, device=device) << 16
+        bits = torch.where(prefix >= 2**31, prefix - 2**32, prefix).to(torch.int32)
+        lo, hi = bits.view(torch.float32), (bits | 0xFFFF).view(torch.float32)
+        smallest = torch.nan_to_num(torch.minimum(lo, hi), nan=0.0)
+        hit = _LUTS[key] = (torch.searchsorted(mids, smallest, out_int32=True),
+                            torch.cat([mids, torch.full((1,), float("inf"), device=device)]))
+    return hit
+
+
+def nearest_code(y: torch.Tensor, signed: bool) -> torch.Tensor:
+    """int32 index of the code value nearest to each float32 of ``y`` (= ``searchsorted(midpoints, y)``, ~5×
+    faster on CPU): the bucket table's count, then two comparisons with the next midpoint."""
+    lut, mids = bucket_table(signed, y.device)
+    key = (y.view(torch.int32) >> 16) & 0xFFFF
+    k = lut.index_select(0, key)
+    del key
+    for _ in range(2):
+        k += y > mids.index_select(0, k)
+    return k
 
 
 def decode(q: torch.Tensor, absmax: torch.Tensor, signed: bool, dtype: torch.dtype) -> torch.Tensor:
@@ -46,7 +77,6 @@ def decode(q: torch.Tensor, absmax: torch.Tensor, signed: bool, dtype: torch.dty
 
 def encode(x: torch.Tensor, q: torch.Tensor, absmax: torch.Tensor, signed: bool) -> None:
     """Store x: per block absmax = max|x|, q = index of the code value nearest to x / absmax."""
-    _, mids = code_tables(signed, x.device)
     flat = x.reshape(-1)
     n = flat.numel()
     if n == 0:
@@ -64,7 +94,7 @@ def encode(x: torch.Tensor, q: torch.Tensor, absmax: torch.Tensor, signed: bool)
     if full < n:
         torch.div(flat[full:], scale[nb:], out=normed[full:])
     del scale
-    q.view(-1).copy_(torch.searchsorted(mids, normed, out_int32=True))
+    q.view(-1).copy_(nearest_code(normed, signed))
 
 
 @contextmanager
