@@ -152,7 +152,7 @@ def _jax_problem(kernel: str, variant: str, dims: tuple[int, ...], device: str):
             return (lambda: jfd.fd_update(u, sig2, rho, x, 0.999, variant)), ok
         return (lambda: jax_lowrank.lowrank_root_apply(u, sig2, rho, x, -0.25, 1e-12)), ok
     if kernel == "newton_schulz":
-        from ..optimizers.jax.issue19 import newton_schulz
+        from ..kernels.jax.newton_schulz import newton_schulz
 
         m, n, iters = dims
         g = randn(1, m, n)

@@ -16,7 +16,8 @@ from ...methods import plain_layout
 from ...methods.adafactor import BETA2_DECAY, CLIP, EPS2, factored
 from ...methods.compression import BLOCK, SECOND_MOMENTS, coded, dynamic_code, is_compressed, plain_config
 from ...methods.layout import MethodConfig, OptimizerDefaults
-from ...methods.muon import NS_COEFFICIENTS, NS_EPS, adam_config, matrix_view, update_scale
+from ...kernels.jax.newton_schulz import newton_schulz
+from ...methods.muon import adam_config, matrix_view, update_scale
 from . import adam as jax_adam
 from .common import apply_momentum, lerp, sanitize
 
@@ -64,18 +65,6 @@ def adafactor_step(grad, state, step, cfg: MethodConfig, opts: OptimizerDefaults
     denom = jnp.maximum(1.0, jnp.sqrt(jnp.mean(u * u)) / CLIP)
     u = u * (alpha / (denom * opts.lr))
     return apply_momentum(st, u, opts.betas[0], False), st
-
-
-def newton_schulz(g, iters: int, coefficients=NS_COEFFICIENTS, eps: float = NS_EPS):
-    """``kernels.torch.newton_schulz`` in JAX: a batch (b, m, n) of matrices orthogonalised."""
-    a, b, c = coefficients
-    tall = g.shape[-2] > g.shape[-1]
-    x = jnp.swapaxes(g, -1, -2) if tall else g
-    x = x / (jnp.linalg.norm(x, axis=(-2, -1), keepdims=True) + eps)
-    for _ in range(iters):
-        gram = x @ jnp.swapaxes(x, -1, -2)
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return jnp.swapaxes(x, -1, -2) if tall else x
 
 
 def muon_step(grad, state, step, cfg: MethodConfig, opts: OptimizerDefaults, param=None):
