@@ -208,9 +208,95 @@ def methods(task: Task) -> dict[str, tuple[list[float], Callable]]:
                                            kradagrad_variant="star"))
     # issue 19b: SOAP (Adam in the eigenbasis of Shampoo's factors), basis refreshed every 10 steps like the roots
     out["SOAP (ours)"] = (lrs, _ours(MethodConfig(method="soap", momentum="float32"), task))
+    out.update(issue19_rows(task, lrs))
     out.update(peers(task, lrs))
     if ONLY:
         out = {k: v for k, v in out.items() if k in ONLY}
+    return out
+
+
+# ---- issue 19 part A: the methods people pick instead (Adafactor, Lion, Muon, 8-bit Adam) and their peers ----
+
+def muon_targets(model: nn.Module) -> set[str]:
+    """Names of the matrices Muon trains: every ≥2-D weight except embeddings and the output head (the last
+    Linear), which its authors train with AdamW (Jordan et al. 2024)."""
+    skip = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if len(linears) > 1:
+        skip.add(id(linears[-1].weight))
+    return {n for n, p in model.named_parameters() if p.dim() >= 2 and id(p) not in skip}
+
+
+def _ours_by_name(pick: Callable[[nn.Module], dict], task: Task, **opts):
+    """Our optimizer from a plan giving each tensor ``pick(model)[name]`` (Adam where it has none)."""
+
+    def make(model, lr):
+        state_dtype = "float64" if task.dtype == torch.float64 else "float32"
+        defaults = OptimizerDefaults(lr=lr, betas=(0.9, 0.999), weight_decay=0.0, state_dtype=state_dtype, **opts)
+        chosen = pick(model)
+        cfgs = {n: chosen.get(n, MethodConfig(method="adam")) for n, _ in model.named_parameters()}
+        return build_optimizer(plan_from_configs(model, cfgs, defaults), model)
+
+    return make
+
+
+class _Both:
+    """Two torch optimizers stepped as one (torch's Muon for the hidden matrices, AdamW for the rest)."""
+
+    def __init__(self, *opts):
+        self.opts = opts
+        self.param_groups = [g for o in opts for g in o.param_groups]
+
+    @property
+    def state(self):
+        return {k: v for o in self.opts for k, v in o.state.items()}
+
+    def zero_grad(self, set_to_none=True):
+        for o in self.opts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self):
+        for o in self.opts:
+            o.step()
+
+
+def issue19_rows(task: Task, lrs: list[float]) -> dict[str, tuple[list[float], Callable]]:
+    """Ours: Adafactor (torch.optim.Adafactor's algorithm) on every tensor, Lion, Muon (hidden matrices, Adam on
+    the rest), 8-bit Adam (int8 moments, ``methods.compression``); peers: torch.optim.Adafactor, torch.optim.Muon
+    (+ AdamW), pytorch-optimizer's Lion and AdaFactor. Same learning-rate grid as Adam: our Lion scales it by
+    ``lion_lr_ratio`` (0.3) and pytorch-optimizer's Lion gets the same scaled grid; both Muons use the AdamW-matched
+    update scale (``match_rms_adamw``)."""
+    ada, lion = MethodConfig(method="adafactor", momentum="none"), MethodConfig(method="lion")
+    muon = MethodConfig(method="muon")
+    adam8 = MethodConfig(method="adam", momentum="int8", compress="int8")
+    every = lambda cfg: (lambda m: {n: cfg for n, _ in m.named_parameters()})  # noqa: E731
+    out: dict[str, tuple[list[float], Callable]] = {
+        "Adafactor (ours)": (lrs, _ours_by_name(every(ada), task)),
+        "Adafactor (torch)": (lrs, lambda m, lr: torch.optim.Adafactor(m.parameters(), lr=lr, weight_decay=0.0)),
+        "Lion (ours)": (lrs, _ours_by_name(every(lion), task)),
+        "Muon (ours)": (lrs, _ours_by_name(lambda m: {n: muon for n in muon_targets(m)}, task)),
+        "8-bit Adam (ours)": (lrs, _ours_by_name(every(adam8), task)),
+    }
+
+    def torch_muon(m, lr):
+        names = muon_targets(m)
+        hidden = [p for n, p in m.named_parameters() if n in names]
+        rest = [p for n, p in m.named_parameters() if n not in names]
+        opts = [torch.optim.Muon(hidden, lr=lr, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")]
+        if rest:
+            opts.append(torch.optim.AdamW(rest, lr=lr, betas=(0.9, 0.999), weight_decay=0.0))
+        return _Both(*opts)
+
+    out["Muon (torch) + AdamW"] = (lrs, torch_muon)
+    try:
+        from pytorch_optimizer import AdaFactor as POAdaFactor
+        from pytorch_optimizer import Lion as POLion
+
+        out["pytorch-optimizer Lion"] = ([0.3 * x for x in lrs], lambda m, lr: POLion(
+            m.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0))
+        out["pytorch-optimizer AdaFactor"] = (lrs, lambda m, lr: POAdaFactor(m.parameters(), lr=lr, weight_decay=0.0))
+    except ImportError:
+        print("pytorch-optimizer not installed: its Lion/AdaFactor are skipped")
     return out
 
 

@@ -426,7 +426,7 @@ CASES += [
     Case("flag-param-dtype", PLAN + ["--param-dtype", "complex64"], ["--param-dtype"]),
     Case("flag-grad-dtype", PLAN + ["--grad-dtype", "int8"], ["--grad-dtype"]),
     Case("flag-state-dtype", PLAN + ["--state-dtype", "float8"], ["--state-dtype"]),
-    Case("flag-method", PLAN + ["--methods", "adam,lion"], ["unknown method 'lion'"]),
+    Case("flag-method", PLAN + ["--methods", "adam,lamb"], ["unknown method 'lamb'"]),
     Case("flag-graft", PLAN + ["--grafts", "lamb"], ["unknown graft 'lamb'"]),
     Case("flag-momentum", PLAN + ["--momenta", "float16"], ["unknown momentum 'float16'"]),
     Case("flag-unknown", PLAN + ["--colour", "blue"], ["--colour"]),

@@ -113,7 +113,7 @@ BAD = [
     (["--model", "gpt2", "--memory-budget=-4GiB"], "negative"),
     (["--model", "gpt2", "--memory-budget", "600MiB"], "alone need"),
     (["--model", "gpt2", "--memory-budget", "1000MiB"], "below the minimum any plan needs"),
-    (["--model", "gpt2", "--memory-budget", "4GiB", "--methods", "adam,lion"], "unknown method 'lion'"),
+    (["--model", "gpt2", "--memory-budget", "4GiB", "--methods", "adam,lamb"], "unknown method 'lamb'"),
     (["--model", "gpt2", "--memory-budget", "4GiB", "--ranks", "0,16"], "rank 0"),
     (["--model", "gpt2", "--memory-budget", "4GiB", "--block-sizes", "-5"], "block size -5"),
 ]

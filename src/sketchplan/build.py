@@ -106,6 +106,7 @@ def build_optimizer(plan: Plan, model: "torch.nn.Module", allow_mismatch: bool =
     all_params = [p for ps in groups.values() for p in ps]
     dist_opt.check_running(kind, s.world_size, s.shard_group, all_params, wrapped_ddp)
     if s.world_size > 1 or any(dist_opt.is_dtensor(p) for p in all_params):  # FSDP2, also on one rank
+        _refuse_distributed_issue19([cfg for cfg, _ in groups], kind if s.world_size > 1 else "fsdp")
         names = {id(p): entries[n].name for n, p in model.named_parameters() if n in entries}
         return dist_opt.build_distributed(
             param_groups, adam, plan.defaults, kind=kind if s.world_size > 1 else "fsdp", world=s.world_size,
@@ -177,3 +178,16 @@ def build_optax(plan: "Plan", params, learning_rate: "LearningRate" = None) -> "
         return assignments[name]
 
     return sketchplan_transform(assign, learning_rate)
+
+
+def _refuse_distributed_issue19(configs, kind: str) -> None:
+    """Issue 19 part A: compressed state is decoded by ``SketchplanOptimizer`` only (the distributed optimizer's
+    placement assumes plain element-wise state), and Muon orthogonalises whole matrices, which FSDP/HSDP shard."""
+    from .methods.compression import is_compressed
+
+    if any(is_compressed(c) for c in configs):
+        raise UserError("compressed optimizer state (compress bfloat16/int8, int8 momentum) is single-process only "
+                        "for now; plan without --compress and int8 --momenta for multi-rank training.")
+    if kind in ("fsdp", "hsdp") and any(c.method == "muon" for c in configs):
+        raise UserError("Muon orthogonalises whole matrices, which FSDP/HSDP shard across ranks; plan with "
+                        "--parallelism ddp/zero1/zero2 or leave muon out of --methods.")

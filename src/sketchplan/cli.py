@@ -69,6 +69,7 @@ def _step_ratio(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     from .planner.candidates import (DEFAULT_BLOCK_SIZES, DEFAULT_GRAFTS, DEFAULT_METHODS, DEFAULT_MOMENTA,
                                      DEFAULT_RANKS)
+    from .planner.candidates import DEFAULT_COMPRESS  # issue 19 part A
     from .planner.time_bound import DEFAULT_MAX_STEP_VS_ADAM
 
     from .validate import MAX_WORLD_SIZE, flag_float, flag_int
@@ -112,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--headroom", type=flag_float(0, 1, hi_open=True, example="0.1"), help="fraction of the budget "
                     "left to the allocator's fragmentation (default 0.10 with --batch-size, else 0)")
     pl.add_argument("--methods", type=_csv(str), default=list(DEFAULT_METHODS),
-                    help=f"comma list (default {','.join(DEFAULT_METHODS)}; also extreme_tensoring, kradagrad, soap)")
+                    help=f"comma list (default {','.join(DEFAULT_METHODS)}; also extreme_tensoring, kradagrad, soap, "
+                    "adafactor, lion, muon)")
     pl.add_argument("--ranks", type=_csv(int, "rank"), default=list(DEFAULT_RANKS), help="Sketchy ranks offered, "
                     f"comma list (default {','.join(map(str, DEFAULT_RANKS))})")
     pl.add_argument("--block-sizes", type=_csv(int, "block size"), default=list(DEFAULT_BLOCK_SIZES),
@@ -120,7 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--grafts", type=_csv(str), default=list(DEFAULT_GRAFTS), help="grafts offered, comma list "
                     f"(default {','.join(DEFAULT_GRAFTS)})")
     pl.add_argument("--momenta", type=_csv(str), default=list(DEFAULT_MOMENTA), help="momentum dtypes offered, "
-                    f"comma list (default {','.join(DEFAULT_MOMENTA)})")
+                    f"comma list: none, float32, bfloat16; int8: 8-bit blockwise (default {','.join(DEFAULT_MOMENTA)})")
+    pl.add_argument("--compress", type=_csv(str), default=list(DEFAULT_COMPRESS), help="storage of the second "
+                    "moments offered (Adam's, adam/rmsprop grafts): none, bfloat16, int8 (8-bit blockwise); "
+                    "default none")
     pl.add_argument("--world-size", type=flag_int(1, MAX_WORLD_SIZE), default=1,
                     help="data-parallel ranks (default 1)")
     pl.add_argument("--parallelism", choices=["ddp", "zero1", "zero2", "fsdp", "hsdp"],
@@ -272,7 +277,7 @@ def _cmd_update(args, console) -> int:
         spec = load_spec(source)
     g, s, b = old.grid, old.settings, old.budget
     grid = dict(methods=g.methods, ranks=g.ranks, block_sizes=g.block_sizes, grafts=g.grafts,
-                momenta=g.momenta) if g else {}
+                momenta=g.momenta, compress=g.compress) if g else {}
     new = make_plan(spec, b.memory_bytes, source=source, defaults=old.defaults, reserve=b.reserve_bytes,
                     **settings_kwargs(s),
                     activations=old.activations, headroom=b.headroom,
@@ -366,7 +371,7 @@ def _cmd_plan(args, console) -> int:
         raise UserError("--seq-len and --inputs describe the traced batch; give --batch-size too.")
     plan: Plan = make_plan(spec, args.memory_budget, activations=activations, headroom=args.headroom, source=args.model, methods=args.methods, ranks=args.ranks,
                            block_sizes=args.block_sizes, grafts=args.grafts, momenta=args.momenta,
-                           defaults=defaults, reserve=args.reserve, world_size=args.world_size,
+                           compress=args.compress, defaults=defaults, reserve=args.reserve, world_size=args.world_size,
                            shard_optimizer_state=args.shard_optimizer_state, param_dtype=args.param_dtype,
                            parallelism=args.parallelism, shard_group=args.shard_group,
                            grad_dtype=args.grad_dtype, master_weights=args.master_weights, spectrum=args.spectrum,

@@ -108,6 +108,19 @@ def _thin_ticks(fig, ax) -> None:
             return
 
 
+def _clear_corner(fig, ax) -> None:
+    """Hide the y tick labels that meet an x tick label (the lowest y tick sits in the axes' corner, next to the
+    first x tick; which ticks exist depends on the data)."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    xs = [t.get_window_extent(r) for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+    for t in ax.get_yticklabels():
+        if t.get_visible() and t.get_text():
+            b = t.get_window_extent(r)
+            if any(b.x0 < x.x1 and x.x0 < b.x1 and b.y0 < x.y1 and x.y0 < b.y1 for x in xs):
+                t.set_visible(False)
+
+
 def _place_annotations(fig, ax, notes) -> None:
     """Annotate points, moving a label up (then down) in steps of its height until it meets no earlier label."""
     r = None
@@ -168,6 +181,8 @@ def draw_plan(plan: Plan, spec=None, points: int = 24):
     ax2.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     _thin_ticks(fig, ax1)
+    for ax in (ax1, ax2):
+        _clear_corner(fig, ax)
     _place_annotations(fig, ax2, notes)
     return fig
 

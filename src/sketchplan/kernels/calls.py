@@ -17,6 +17,8 @@ kernel                  dims            what one problem computes
 ``lowrank_apply``       (d, k, m)       (U diag(σ²) Uᵀ + ρI)^α X for X of d × m (ALGORITHMS.md §4)
 ``pointwise``           (n,)            one elementwise pass over n floats (read two, write one);
                                         small n measures the per-operation dispatch cost
+``newton_schulz``       (m, n, iters)   Muon's orthogonalisation of an m × n matrix (m ≤ n): ``iters``
+                                        quintic Newton–Schulz iterations X ← aX + (bA + cA²)X, A = XXᵀ
 ======================  ==============  ===========================================================
 """
 
@@ -31,6 +33,7 @@ KERNEL_VARIANTS: dict[str, tuple[str, ...]] = {
     "fd_update": ("svd", "gram_small", "gram_large", "qr_svd"),
     "lowrank_apply": ("lowrank",),
     "pointwise": ("lerp",),
+    "newton_schulz": ("quintic",),  # issue 19 part A (Muon)
 }
 
 #: The interchangeable Frequent-Directions update kernels (``kernels.torch.frequent_directions``, ``kernels.jax``).
@@ -80,13 +83,19 @@ def pointwise(n: int, passes: int = 1, every: int = 1) -> KernelCall:
     return KernelCall("pointwise", (max(1, int(n)),), int(passes), int(every))
 
 
+def newton_schulz(m: int, n: int, iters: int, batch: int = 1) -> KernelCall:
+    """Muon's orthogonalisation of ``batch`` m × n matrices (``kernels.torch.newton_schulz``)."""
+    return KernelCall("newton_schulz", (int(min(m, n)), int(max(m, n)), int(iters)), int(batch))
+
+
 def flops(kernel: str, variant: str, dims: tuple[int, ...]) -> float:
     """Approximate floating-point operations of one problem (the x-axis of the cost tables and the roofline).
 
     eigh of a d × d matrix ≈ 9d³ (tridiagonalisation, QR sweeps, back-transformation) plus 2d³ to rebuild
     V diag(λ^a) Vᵀ; coupled Newton ≈ 20 iterations of (p+1)·2d³ with p = 4; thin SVD of an a × b matrix
     (a ≥ b) ≈ 4ab² + 8b³; FD with w = k + n columns: ``svd`` SVD(d, w); ``gram_small`` 2dw² + 9w³ + 2dw²;
-    ``gram_large`` 2d²w + 9d³; ``qr_svd`` QR of the w × d matrix Yᵀ (2·w·d·min(w, d)) then SVD(d, min(w, d)).
+    ``gram_large`` 2d²w + 9d³; ``qr_svd`` QR of the w × d matrix Yᵀ (2·w·d·min(w, d)) then SVD(d, min(w, d));
+    Newton–Schulz on m × n (m ≤ n): per iteration XXᵀ (2m²n), A² (2m³) and (bA + cA²)X (2m²n).
     """
     if kernel == "gemm":
         m, n, k = dims
@@ -110,6 +119,10 @@ def flops(kernel: str, variant: str, dims: tuple[int, ...]) -> float:
         return 4.0 * d * k * m + 3.0 * d * m
     if kernel == "pointwise":
         return float(dims[0])
+    if kernel == "newton_schulz":
+        m, n, iters = dims
+        m, n = min(m, n), max(m, n)
+        return iters * (4.0 * m * m * n + 2.0 * m**3)
     raise ValueError(f"unknown kernel {kernel!r}")
 
 
@@ -126,6 +139,9 @@ def bytes_moved(kernel: str, dims: tuple[int, ...]) -> float:
     if kernel == "lowrank_apply":
         d, k, m = dims
         return 4.0 * (d * k + 2 * d * m)
+    if kernel == "newton_schulz":
+        m, n, iters = dims
+        return 4.0 * iters * (3 * m * n + 3 * min(m, n) ** 2)
     return 12.0 * dims[0]
 
 

@@ -1,7 +1,7 @@
 """What each optimizer method *is*, framework-free: one module per method.
 
 Each module (``adam``, ``shampoo``, ``blocked_shampoo``, ``sketchy``, ``extreme_tensoring``, ``kradagrad``,
-``soap``) declares, as pure arithmetic on shapes:
+``soap``; ``adafactor``, ``lion``, ``muon``) declares, as pure arithmetic on shapes:
 
 - ``layout(shape, cfg, opts) -> list[StateTensor]``: the exact state tensors one parameter gets — the single
   source of truth for memory: the planner counts these bytes and the torch and JAX backends allocate these
@@ -15,7 +15,8 @@ Each module (``adam``, ``shampoo``, ``blocked_shampoo``, ``sketchy``, ``extreme_
   (``planner.quality``).
 
 The options themselves (``MethodConfig`` per tensor, ``OptimizerDefaults`` per plan) live in ``layout``;
-merging and blocking of shapes (ALGORITHMS.md §0) in ``blocking``. Nothing here imports torch, JAX or numpy.
+merging and blocking of shapes (ALGORITHMS.md §0) in ``blocking``; compressed storage of moments (bfloat16,
+8-bit blockwise), which applies to every method around its own layout, in ``compression``. Nothing here imports torch, JAX or numpy.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from types import ModuleType
 
 from . import adam, blocked_shampoo, extreme_tensoring, kradagrad, shampoo, sketchy
 from . import soap  # issue 19b
+from . import adafactor, lion, muon  # issue 19 part A
+from .compression import is_compressed, plain_config, stored_layout, workspace_extra
 from .layout import (
     DTYPE_BYTES,
     GRAFTS,
@@ -45,25 +48,43 @@ METHOD_MODULES: dict[str, ModuleType] = {
     "sketchy": sketchy,
     "extreme_tensoring": extreme_tensoring,
     "kradagrad": kradagrad,
+    # issue 19 part A
+    "adafactor": adafactor,
+    "lion": lion,
+    "muon": muon,
 }
 METHOD_MODULES["soap"] = soap  # issue 19b
 
 
+def plain_layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
+    """The layout the method's rule computes on: ``state_layout`` with compressed tensors decoded
+    (``methods.compression``)."""
+    return METHOD_MODULES[cfg.method].layout(tuple(int(d) for d in shape), plain_config(cfg), opts)
+
+
 def state_layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
-    """The exact state tensors ``cfg.method`` allocates for a parameter of ``shape``."""
-    return METHOD_MODULES[cfg.method].layout(tuple(int(d) for d in shape), cfg, opts)
+    """The exact state tensors ``cfg.method`` allocates for a parameter of ``shape`` (compressed moments stored as
+    ``methods.compression`` says)."""
+    return stored_layout(plain_layout(shape, cfg, opts), cfg)
 
 
 def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
     """Bytes of the largest transient temporary one step of ``cfg.method`` creates for this parameter."""
-    return METHOD_MODULES[cfg.method].workspace_bytes(tuple(int(d) for d in shape), cfg, opts)
+    return workspace_of(shape, cfg, opts)
 
 
 def workspace_of(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, param_dtype: str = "float32",
                  scratch: bool = True) -> int:
     """``workspace_bytes`` for a parameter of ``param_dtype``; ``scratch=False`` leaves out kernels' internal work
-    buffers (the tensor-level figure torch's ``MemTracker`` sees)."""
-    return METHOD_MODULES[cfg.method].workspace_bytes(tuple(int(d) for d in shape), cfg, opts, param_dtype, scratch)
+    buffers (the tensor-level figure torch's ``MemTracker`` sees). With compressed state: the rule's own figure on
+    the plain configuration on top of the decoded copies, or the encode-back (``compression.workspace_extra``)."""
+    shape = tuple(int(d) for d in shape)
+    plain = plain_config(cfg)
+    ws = METHOD_MODULES[cfg.method].workspace_bytes(shape, plain, opts, param_dtype, scratch)
+    if plain is cfg:
+        return ws
+    held, encode = workspace_extra(plain_layout(shape, cfg, opts), cfg, dtype_bytes(opts.state_dtype))
+    return max(held + ws, encode)
 
 
 def group_workspace_bytes(tensors: list[tuple[tuple[int, ...], str]], cfg: MethodConfig, opts: OptimizerDefaults,
@@ -72,16 +93,25 @@ def group_workspace_bytes(tensors: list[tuple[tuple[int, ...], str]], cfg: Metho
 
     Adam steps the group with multi-tensor kernels (``adam.group_workspace_bytes``); the other methods step
     tensor after tensor, so the group's figure is its largest tensor's, or the sanitising pass over the group
-    (a float32 sum per tensor, their stack and flags: at most 16 bytes per tensor) when that is larger.
+    (a float32 sum per tensor, their stack and flags: at most 16 bytes per tensor) when that is larger; so do
+    all methods, Adam included, with compressed state (``optimizers.torch.base``: decoded one tensor at a time).
     """
-    if cfg.method == "adam":
+    if cfg.method == "adam" and not is_compressed(cfg):
         return adam.group_workspace_bytes([(tuple(int(d) for d in s), dt) for s, dt in tensors], cfg, opts)
     return max([16 * len(tensors)] + [workspace_of(s, cfg, opts, dt, scratch) for s, dt in tensors])
 
 
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list:
-    """The kernel calls one step of ``cfg.method`` makes for a parameter of ``shape`` (``kernels.calls``)."""
-    return METHOD_MODULES[cfg.method].kernel_calls(tuple(int(d) for d in shape), cfg, opts)
+    """The kernel calls one step of ``cfg.method`` makes for a parameter of ``shape`` (``kernels.calls``): the
+    method's on the plain configuration, plus decoding and encoding its compressed tensors."""
+    from ..kernels.calls import pointwise
+    from .compression import coded, quantisation_passes
+
+    shape = tuple(int(d) for d in shape)
+    calls = METHOD_MODULES[cfg.method].kernel_calls(shape, plain_config(cfg), opts)
+    if is_compressed(cfg):
+        calls = calls + [pointwise(t.numel, quantisation_passes(c)) for t, c in coded(plain_layout(shape, cfg, opts), cfg)]
+    return calls
 
 
 def initial_identity(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> dict[str, float]:
@@ -95,5 +125,5 @@ def initial_identity(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerD
 __all__ = [
     "DTYPE_BYTES", "GRAFTS", "MATRIX_METHODS", "METHODS", "METHOD_MODULES", "MOMENTA", "MethodConfig",
     "OptimizerDefaults", "SKIP_COUNTER", "StateTensor", "dtype_bytes", "initial_identity", "kernel_calls", "state_layout",
-    "total_bytes", "workspace_bytes", "workspace_of", "group_workspace_bytes",
+    "total_bytes", "workspace_bytes", "workspace_of", "group_workspace_bytes", "plain_layout",
 ]

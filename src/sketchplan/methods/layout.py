@@ -34,16 +34,25 @@ DTYPE_BYTES: dict[str, int] = {
 }
 
 METHODS = ("adam", "shampoo", "blocked_shampoo", "sketchy", "extreme_tensoring", "kradagrad",
-           "soap")  # issue 19b
+           "soap",  # issue 19b
+           # issue 19 part A: the diagonal/orthogonalising methods people pick instead
+           "adafactor", "lion", "muon")
 Method = Literal["adam", "shampoo", "blocked_shampoo", "sketchy", "extreme_tensoring", "kradagrad",
-                 "soap"]  # issue 19b
+                 "soap",  # issue 19b
+                 # issue 19 part A
+                 "adafactor", "lion", "muon"]
 #: The grafts the planner offers by default; ``none`` (no grafting: the matrix direction at its own scale, as in
 #: the papers' and reference implementations' ungrafted Shampoo and Sketchy) is accepted everywhere too.
 GRAFTS = ("adam", "rmsprop", "adafactor", "sgd")
 ALL_GRAFTS = GRAFTS + ("none",)
 Graft = Literal["adam", "rmsprop", "adafactor", "sgd", "none"]
 MOMENTA = ("none", "float32", "bfloat16")
-Momentum = Literal["none", "float32", "bfloat16"]
+#: every momentum storage a plan may name: ``MOMENTA`` and 8-bit blockwise (``methods.compression``)
+ALL_MOMENTA = MOMENTA + ("int8",)
+Momentum = Literal["none", "float32", "bfloat16", "int8"]
+#: storage of the second moments (``methods.compression``)
+COMPRESSIONS = ("none", "bfloat16", "int8")
+Compress = Literal["none", "bfloat16", "int8"]
 #: Methods that precondition with Kronecker-factored matrices (they take grafting and momentum options).
 MATRIX_METHODS = ("shampoo", "blocked_shampoo", "sketchy", "kradagrad",
                   "soap")  # issue 19b
@@ -88,8 +97,10 @@ class MethodConfig(BaseModel):
     Sketchy); ``graft`` is the diagonal method whose step size the matrix direction adopts (and the fallback
     direction for tensors a matrix method cannot precondition), or ``none`` (no grafting: the preconditioned
     direction unscaled; the fallback direction is then the gradient itself); ``momentum`` is the dtype of the momentum
-    buffer or ``none``. ``packed`` stores the method's symmetric d×d factors as packed upper triangles of
-    d(d+1)/2 elements (``methods.packing``; Shampoo, blocked Shampoo, KrADagrad and SOAP).
+    buffer or ``none`` (or ``int8``: 8-bit blockwise, ``methods.compression``); ``compress`` stores the second
+    moments (Adam's ``exp_avg_sq``, the adam/rmsprop graft) in ``bfloat16`` or ``int8`` (``methods.compression``).
+    ``packed`` stores the method's symmetric d×d factors as packed upper triangles of d(d+1)/2 elements
+    (``methods.packing``; Shampoo, blocked Shampoo, KrADagrad and SOAP).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -99,6 +110,7 @@ class MethodConfig(BaseModel):
     block_size: int | None = Field(default=None, gt=0)
     graft: Graft = "adam"
     momentum: Momentum = "float32"
+    compress: Compress = "none"
     # structure of the tensor (methods.blocking rule 3): leading axes that index independent matrices (stacked
     # experts), and fused segment sizes along matrix axis ``split_axis`` (gate|up, q|k|v); the planner sets them
     batch_dims: int = Field(default=0, ge=0)
@@ -115,7 +127,8 @@ class MethodConfig(BaseModel):
             raise ValueError(f"method {self.method} takes no rank")
         if self.method == "blocked_shampoo" and self.block_size is None:
             raise ValueError("method blocked_shampoo needs a block_size")
-        if self.method in ("adam", "shampoo", "extreme_tensoring") and self.block_size is not None:
+        if self.method in ("adam", "shampoo", "extreme_tensoring", "adafactor", "lion", "muon") \
+                and self.block_size is not None:
             raise ValueError(f"method {self.method} takes no block_size")
         if self.packed and self.method not in PACKABLE_METHODS:  # issue 19b
             raise ValueError(f"method {self.method} has no symmetric factors to pack; packed applies to "
@@ -137,14 +150,16 @@ class MethodConfig(BaseModel):
             inner.append("packed")
         text = self.method + (f"({', '.join(inner)})" if inner else "")
         if self.method == "soap":  # issue 19b: no graft (Adam in the eigenbasis)
-            text += " +" + {"none": "nomom", "float32": "fp32", "bfloat16": "bf16"}[self.momentum]
+            text += " +" + {"none": "nomom", "float32": "fp32", "bfloat16": "bf16", "int8": "m8"}[self.momentum]
         elif self.method in MATRIX_METHODS:
-            mom = {"none": "nomom", "float32": "fp32", "bfloat16": "bf16"}[self.momentum]
+            mom = {"none": "nomom", "float32": "fp32", "bfloat16": "bf16", "int8": "m8"}[self.momentum]
             text += f" +{self.graft}/{mom}"
-        elif self.method == "extreme_tensoring" and self.momentum != "none":
-            text += " +" + {"float32": "fp32", "bfloat16": "bf16"}[self.momentum]
-        elif self.method == "adam" and self.momentum != "float32":
-            text += " +" + {"none": "nomom", "bfloat16": "bf16"}[self.momentum]
+        elif self.method in ("extreme_tensoring", "adafactor") and self.momentum != "none":
+            text += " +" + {"float32": "fp32", "bfloat16": "bf16", "int8": "m8"}[self.momentum]
+        elif self.method in ("adam", "lion", "muon") and self.momentum != "float32":
+            text += " +" + {"none": "nomom", "bfloat16": "bf16", "int8": "m8"}[self.momentum]
+        if self.compress != "none":
+            text += " +v:" + {"bfloat16": "bf16", "int8": "8bit"}[self.compress]
         return text
 
 
@@ -181,6 +196,10 @@ class OptimizerDefaults(BaseModel):
       never negative, so ``shift`` is ``absolute`` there; KrADagrad takes positive powers and ignores it.
     - ``fd_variant``: Sketchy's FD-update kernel (``kernels.torch.frequent_directions``); ``auto`` is ``svd`` (accurate;
       the Gram variants square the conditioning and run only when named).
+    - ``lion_betas``: Lion's (β1, β2) (Chen et al. 2023: 0.9, 0.99); Lion's step is lr · lion_lr_ratio.
+    - ``muon_momentum`` (μ, 0.95), ``ns_steps`` (5): Muon's momentum and Newton–Schulz iterations; Muon's step is
+      lr · 0.2·√max(m, n) (Liu et al. 2025, "Muon is scalable": matches AdamW's update RMS, so it shares lr and
+      weight decay with AdamW).
     - Every method keeps an int32 counter ``nonfinite_skips`` of gradients it replaced by zeros because they
       held a NaN or Inf.
     """
@@ -204,12 +223,20 @@ class OptimizerDefaults(BaseModel):
     root_method: Literal["eigh", "newton"] = "eigh"
     fd_variant: Literal["auto", "svd", "gram_small", "gram_large", "qr_svd"] = "auto"
     epsilon_mode: Literal["absolute", "relative", "shift"] = "relative"
+    # issue 19 part A: Lion and Muon
+    lion_betas: tuple[float, float] = (0.9, 0.99)
+    lion_lr_ratio: float = Field(default=0.3, gt=0)
+    muon_momentum: float = Field(default=0.95, ge=0, lt=1)
+    ns_steps: int = Field(default=5, ge=1, le=100)
 
     @model_validator(mode="after")
     def _check(self) -> "OptimizerDefaults":
         b1, b2 = self.betas
         if not (0 <= b1 < 1 and 0 < b2 <= 1):
             raise ValueError("betas must satisfy 0 <= beta1 < 1 and 0 < beta2 <= 1")
+        l1, l2 = self.lion_betas
+        if not (0 <= l1 < 1 and 0 <= l2 < 1):
+            raise ValueError("lion_betas must satisfy 0 <= beta1 < 1 and 0 <= beta2 < 1")
         return self
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import UserError
 from ..methods import METHOD_MODULES, state_layout, total_bytes, workspace_bytes
-from ..methods.layout import ALL_GRAFTS, GRAFTS, MOMENTA, MethodConfig, OptimizerDefaults
+from ..methods.layout import ALL_GRAFTS, ALL_MOMENTA, COMPRESSIONS, GRAFTS, MOMENTA, MethodConfig, OptimizerDefaults
 from . import quality
 from ..validate import MAX_BYTES
 
@@ -28,7 +28,10 @@ DEFAULT_METHODS = ("adam", "shampoo", "blocked_shampoo", "sketchy")
 DEFAULT_RANKS = (16, 32, 64, 128, 256, 512)
 DEFAULT_BLOCK_SIZES = (256, 512, 1024, 2048, 4096)
 DEFAULT_GRAFTS = GRAFTS
-DEFAULT_MOMENTA = MOMENTA
+DEFAULT_MOMENTA = ("none", "float32", "bfloat16")
+#: Storage of the second moments offered by default: uncompressed (``--compress none,bfloat16,int8`` and
+#: ``--momenta ...,int8`` offer bfloat16 and 8-bit blockwise state; ``methods.compression``).
+DEFAULT_COMPRESS = ("none",)
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class Candidate:
     time_ms: float = 0.0  # predicted amortised step time (0 without a hardware profile)
 
 
-def check_grid(methods, ranks, block_sizes, grafts, momenta) -> None:
+def check_grid(methods, ranks, block_sizes, grafts, momenta, compress=DEFAULT_COMPRESS) -> None:
     """Reject unknown methods, grafts, momenta and non-positive ranks or block sizes with one sentence."""
     for m in methods:
         if m not in METHOD_MODULES:
@@ -55,8 +58,13 @@ def check_grid(methods, ranks, block_sizes, grafts, momenta) -> None:
         if g not in ALL_GRAFTS:
             raise UserError(f"unknown graft {g!r}; choose from {', '.join(ALL_GRAFTS)}.")
     for m in momenta:
-        if m not in MOMENTA:
-            raise UserError(f"unknown momentum {m!r}; choose from {', '.join(MOMENTA)}.")
+        if m not in ALL_MOMENTA:
+            raise UserError(f"unknown momentum {m!r}; choose from {', '.join(ALL_MOMENTA)}.")
+    for c in compress:
+        if c not in COMPRESSIONS:
+            raise UserError(f"unknown compression {c!r}; choose from {', '.join(COMPRESSIONS)} (--compress).")
+    if not compress:
+        raise UserError("no second-moment storage to choose from; give --compress none (or bfloat16, int8).")
     if not methods:
         raise UserError("no methods to choose from; give at least one with --methods.")
     if "sketchy" in methods and not ranks:
@@ -66,11 +74,11 @@ def check_grid(methods, ranks, block_sizes, grafts, momenta) -> None:
 
 
 def candidate_configs(methods=DEFAULT_METHODS, ranks=DEFAULT_RANKS, block_sizes=DEFAULT_BLOCK_SIZES,
-                      grafts=DEFAULT_GRAFTS, momenta=DEFAULT_MOMENTA) -> list[MethodConfig]:
+                      grafts=DEFAULT_GRAFTS, momenta=DEFAULT_MOMENTA, compress=DEFAULT_COMPRESS) -> list[MethodConfig]:
     """Every configuration of the grid: each method's ``grid(ranks, block_sizes)`` (``sketchplan.methods``;
     e.g. Sketchy runs unblocked and inside every block size larger than k) × momenta (× grafts for the matrix
-    methods)."""
-    check_grid(methods, ranks, block_sizes, grafts, momenta)
+    methods) × second-moment storage (``compress``, where the configuration has a second moment to store)."""
+    check_grid(methods, ranks, block_sizes, grafts, momenta, compress)
     out: list[MethodConfig] = []
     for m in methods:
         mod = METHOD_MODULES[m]
@@ -79,7 +87,20 @@ def candidate_configs(methods=DEFAULT_METHODS, ranks=DEFAULT_RANKS, block_sizes=
             out += [MethodConfig(method=m, graft=g, momentum=mo, **s) for s in grid for g in grafts for mo in momenta]
         else:
             out += [MethodConfig(method=m, momentum=mo, **s) for s in grid for mo in momenta]
+    if tuple(compress) != ("none",):  # issue 19 part A: the storage of the second moments, where there is one
+        out = [c.model_copy(update={"compress": v}) for c in out for v in compress
+               if v == "none" or _has_second_moment(c)]
+    if "none" not in compress:
+        out = [c for c in out if c.compress != "none" or not _has_second_moment(c)]
     return out
+
+
+def _has_second_moment(cfg: MethodConfig) -> bool:
+    """Whether ``compress`` changes anything for ``cfg``: Adam and Muon (its AdamW part), or an adam/rmsprop
+    graft of a matrix method."""
+    if cfg.method in ("adam", "muon"):
+        return True
+    return METHOD_MODULES[cfg.method].MATRIX and cfg.graft in ("adam", "rmsprop")
 
 
 def evaluate(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, spectrum=None) -> Candidate:

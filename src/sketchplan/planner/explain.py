@@ -76,8 +76,19 @@ def explain(plan: Plan, spec: ModelSpec, name: str) -> Explanation:
         return Explanation(entry.name, tuple(entry.shape), 0, "frozen (no optimizer state)", None, None, [])
     grid = plan.grid
     configs = cand.candidate_configs(*(tuple(getattr(grid, f)) for f in
-                                       ("methods", "ranks", "block_sizes", "grafts", "momenta"))) if grid else []
+                                       ("methods", "ranks", "block_sizes", "grafts", "momenta", "compress"))) \
+        if grid else []
     shape = tuple(entry.shape)
+    muon_note = None
+    param = next((p for p in spec.params if p.name == entry.name), None)
+    if param is not None and any(c.method == "muon" for c in configs):  # issue 19 part A: as the solver offers it
+        from .structure import structured
+
+        kept = [c for c in (structured(c, param) for c in configs) if c is not None]
+        if not any(c.method == "muon" for c in kept):
+            muon_note = (f"Muon is not offered for {entry.name}: its authors train embeddings and output heads "
+                         "(and tied tensors) with AdamW, so the planner gives them Adam-family candidates.")
+        configs = kept
     timer = _timer(plan)
     cands = cand.candidates_for(shape, configs, plan.defaults, timer=timer)
     if not any(c.cfg == chosen for c in cands):
@@ -126,5 +137,7 @@ def explain(plan: Plan, spec: ModelSpec, name: str) -> Explanation:
         rows.append(Row(c.cfg.label(), c.state_bytes, c.workspace_bytes, c.score, c.cfg == chosen, gain,
                         c.time_ms if timer is not None else None))
     s = plan.solver
+    if muon_note:
+        note = muon_note if note is None else note + " " + muon_note
     return Explanation(entry.name, shape, numel, MethodConfig.label(chosen), s.price_per_gib if s else None,
                        s.binding if s else None, rows, note, plan.budget.time_budget_ms, plan.totals.step_ms)

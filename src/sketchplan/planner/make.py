@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .. import __version__
 from ..errors import UserError
 from ..methods import state_layout
+from ..methods import muon  # issue 19 part A: the what-if "all muon" keeps AdamW where its authors do
 from ..methods.layout import MethodConfig, OptimizerDefaults
 from ..profiles.cost import CostModel
 from ..profiles.registry import label as profile_label
@@ -97,7 +98,7 @@ def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate],
                         excluded=excluded.get(p.name))
         if c is not None:
             e.method, e.rank, e.block_size = c.cfg.method, c.cfg.rank, c.cfg.block_size
-            e.graft, e.momentum = c.cfg.graft, c.cfg.momentum
+            e.graft, e.momentum, e.compress = c.cfg.graft, c.cfg.momentum, c.cfg.compress
             e.batch_dims, e.split_axis = c.cfg.batch_dims, c.cfg.split_axis
             e.splits = list(c.cfg.splits) if c.cfg.splits else None
             e.packed = c.cfg.packed  # issue 19b
@@ -155,6 +156,9 @@ def _what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer=None, can
     alts += [MethodConfig(method="sketchy", rank=k, graft="adafactor", momentum="bfloat16") for k in ranks]
     # issue 19b: SOAP, and Shampoo with packed factors
     alts += [MethodConfig(method="soap"), MethodConfig(method="shampoo", packed=True)]
+    # issue 19 part A: what the user would otherwise run, and 8-bit Adam
+    alts += [MethodConfig(method="adam", momentum="int8", compress="int8"), MethodConfig(method="adafactor",
+             momentum="none"), MethodConfig(method="lion"), MethodConfig(method="muon")]
     out = []
     cache: dict[tuple, cand.Candidate] = {}
     for cfg in alts:
@@ -164,7 +168,7 @@ def _what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer=None, can
             continue  # no device runs it (candidates.MAX_BLOCKS_PER_AXIS)
         choice = {}
         for p in cand_spec.trainable:
-            own = structure.structured(cfg, p) or cfg
+            own = structure.structured(cfg, p) or (muon.adam_config(cfg) if cfg.method == "muon" else cfg)
             key = (p.shape, own)
             if key not in cache:
                 cache[key] = cand.evaluate(p.shape, own, opts)
@@ -238,7 +242,7 @@ def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block
 
 def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAULT_METHODS,
               ranks=cand.DEFAULT_RANKS, block_sizes=cand.DEFAULT_BLOCK_SIZES, grafts=cand.DEFAULT_GRAFTS,
-              momenta=cand.DEFAULT_MOMENTA, defaults: OptimizerDefaults | None = None, reserve=0,
+              momenta=cand.DEFAULT_MOMENTA, compress=cand.DEFAULT_COMPRESS, defaults: OptimizerDefaults | None = None, reserve=0,
               world_size: int = 1, shard_optimizer_state: bool = False, param_dtype: str | None = None,
               grad_dtype: str | None = None, master_weights: bool = False, hardware=None,
               spectrum=None, time_budget_ms: float | None = None, parallelism: str | None = None,
@@ -297,9 +301,16 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     if not 0 <= headroom < 1:
         raise UserError(f"headroom {headroom:g} must be a fraction in [0, 1), e.g. --headroom 0.1.")
     budget = Budget(memory_bytes=budget_bytes, reserve_bytes=reserve_bytes, headroom=headroom)
-    configs = cand.candidate_configs(tuple(methods), tuple(ranks), tuple(block_sizes), tuple(grafts), tuple(momenta))
+    configs = cand.candidate_configs(tuple(methods), tuple(ranks), tuple(block_sizes), tuple(grafts), tuple(momenta),
+                                     tuple(compress))
     if par.owner:  # issue 19b: the DDP/ZeRO block placement runs neither SOAP nor packed factors yet
         configs = [c for c in configs if not owner_unsupported(c)] or [cand.ADAM]
+    if par.world > 1 and any(c.compress != "none" or c.momentum == "int8" for c in configs):  # issue 19 part A
+        raise UserError("compressed optimizer state (--compress bfloat16/int8, int8 --momenta) is single-process "
+                        "only for now; leave them out with --world-size > 1.")
+    if par.sharded and "muon" in methods:
+        raise UserError("Muon orthogonalises whole matrices, which FSDP/HSDP shard across ranks; use "
+                        "--parallelism ddp/zero1/zero2 or leave muon out of --methods.")
     if isinstance(spectrum, (str, bytes)) or hasattr(spectrum, "__fspath__"):
         from .spectrum import SpectrumFile
 
@@ -367,7 +378,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     budget.time_budget_ms = time_budget_ms
     budget.time_budget_source = time_source
     grid = CandidateGrid(methods=list(methods), ranks=list(ranks), block_sizes=list(block_sizes),
-                         grafts=list(grafts), momenta=list(momenta))
+                         grafts=list(grafts), momenta=list(momenta), compress=list(compress))
     return _assemble(spec, choice, opts, fixed, budget, prec, par, info, ranks, block_sizes, hardware, grid,
                      excluded, tokens_per_step, activations)
 

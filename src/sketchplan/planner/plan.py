@@ -19,7 +19,7 @@ from typing import Annotated
 
 from ..files import StrictModel as _Strict
 from ..files import YamlFile
-from ..methods.layout import Graft, Method, MethodConfig, Momentum, OptimizerDefaults
+from ..methods.layout import Compress, Graft, Method, MethodConfig, Momentum, OptimizerDefaults
 from ..validate import MAX_BYTES, MAX_COUNT, MAX_DIM, MAX_INT, MAX_WORLD_SIZE
 
 SCHEMA_VERSION = 1
@@ -105,6 +105,14 @@ class CandidateGrid(_Strict):
     block_sizes: list[Positive]
     grafts: list[Graft]
     momenta: list[Momentum]
+    compress: list[Compress] = Field(default_factory=lambda: ["none"])
+
+    @model_serializer(mode="wrap")
+    def _omit_default_compress(self, handler):
+        data = handler(self)
+        if isinstance(data, dict) and data.get("compress") == ["none"]:
+            data.pop("compress", None)
+        return data
 
 
 class TensorEntry(_Strict):
@@ -120,6 +128,7 @@ class TensorEntry(_Strict):
     block_size: Positive | None = None
     graft: Graft | None = None
     momentum: Momentum | None = None
+    compress: Compress = Field(default="none", description="storage of the second moments (methods.compression)")
     batch_dims: int = Field(default=0, ge=0, description="leading axes indexing independent matrices (stacked "
                             "experts)")
     splits: list[int] | None = Field(default=None, description="fused segment sizes along split_axis (gate|up)")
@@ -170,6 +179,8 @@ class TensorEntry(_Strict):
             data.pop("excluded", None)  # plans without exclusions stay as they were
         if isinstance(data, dict) and not data.get("packed"):
             data.pop("packed", None)  # issue 19b: plans without packed factors stay as they were
+        if isinstance(data, dict) and data.get("compress") == "none":
+            data.pop("compress", None)  # and so do plans without compressed state
         return data
 
     def options(self) -> dict[str, str]:
@@ -183,6 +194,7 @@ class TensorEntry(_Strict):
             return None
         return MethodConfig(method=self.method, rank=self.rank, block_size=self.block_size,
                             graft=self.graft or "adam", momentum=self.momentum or "float32",
+                            compress=self.compress,
                             batch_dims=self.batch_dims, splits=tuple(self.splits) if self.splits else None,
                             split_axis=self.split_axis, packed=self.packed)
 

@@ -13,7 +13,9 @@ The default model is a documented prior, used until a measured spectrum replaces
   statistic is a Loewner upper bound of the inverse, not the inverse). These factors are each method's
   ``SCORE_FACTOR``, and the rank a matrix method keeps per block axis its ``kept_rank`` (``sketchplan.methods``).
 - Grafting and momentum scale the score: graft adam 1, rmsprop 0.99, adafactor 0.98, sgd 0.85; momentum
-  float32 1, bfloat16 0.995, none 0.92. A matrix method that falls back on a tensor (a scalar, a dimension
+  float32 1, bfloat16 0.995, int8 0.99, none 0.92; second moments stored in bfloat16 0.995, int8 0.99.
+- Issue 19's methods: Adafactor 0.97·δ, Lion 0.9·δ (diagonal-like); Muon on a matrix δ + (1 − δ)·0.8 (its
+  orthogonalised momentum is Shampoo without accumulation; ``methods.muon.MATRIX_CAPTURE``), elsewhere Adam's δ. A matrix method that falls back on a tensor (a scalar, a dimension
   above ``max_precond_dim``) scores as its graft: δ, or 0.3 for sgd.
 
 - Vectors (merged order 1: biases, norm gains, 1-D parameters): a matrix method would keep a d×d factor (full-matrix
@@ -39,7 +41,10 @@ from ..methods.layout import MethodConfig, OptimizerDefaults
 DIAGONAL_SCORE = 0.5
 SPECTRUM_DECAY = 1.0
 GRAFT_FACTOR = {"adam": 1.0, "rmsprop": 0.99, "adafactor": 0.98, "sgd": 0.85, "none": 0.85}
-MOMENTUM_FACTOR = {"float32": 1.0, "bfloat16": 0.995, "none": 0.92}
+MOMENTUM_FACTOR = {"float32": 1.0, "bfloat16": 0.995, "none": 0.92, "int8": 0.99}
+#: Storage of the second moments (``methods.compression``): 8-bit blockwise Adam matches 32-bit Adam in
+#: Dettmers et al. 2022's benchmarks; the prior charges it a little.
+COMPRESS_FACTOR = {"none": 1.0, "bfloat16": 0.995, "int8": 0.99}
 SGD_FALLBACK_SCORE = 0.3
 #: Credit a matrix method gets over its diagonal graft on a vector (module docstring): none.
 VECTOR_MATRIX_GAIN = 0.0
@@ -91,8 +96,14 @@ def score(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, sp
     if spectrum is not None and (tuple(spectrum.merged) != mp.merged or mp.batched or mp.splits):
         spectrum = None
     diag = DIAGONAL_SCORE if spectrum is None else sum(a.diag_mass for a in spectrum.axes) / len(spectrum.axes)
-    mom = MOMENTUM_FACTOR[cfg.momentum]
+    mom = MOMENTUM_FACTOR[cfg.momentum] * COMPRESS_FACTOR[cfg.compress]
     method = METHOD_MODULES[cfg.method]
+    if cfg.method == "muon":  # issue 19 part A: a matrix keeps MATRIX_CAPTURE of full-matrix preconditioning
+        from ..methods.muon import MATRIX_CAPTURE, matrix_view
+
+        if matrix_view(tuple(shape), cfg.batch_dims) is None:
+            return diag * mom
+        return (diag + (1 - diag) * MATRIX_CAPTURE) * mom
     if not method.MATRIX:
         return method.SCORE_FACTOR * diag * mom
     graft = GRAFT_FACTOR[cfg.graft]

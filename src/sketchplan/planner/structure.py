@@ -88,6 +88,8 @@ def annotate(params: list, model=None) -> list:
 def structured(cfg, p):
     """The candidate ``cfg`` specialised to ``p``'s structure, or None when the method would couple experts
     (extreme tensoring's per-mode vectors, an Adafactor graft's row/column sums span the expert axis)."""
+    if cfg.method == "muon":  # issue 19 part A
+        return muon_structured(cfg, p)
     if not (p.batch_dims or p.splits):
         return cfg
     from ..methods import METHOD_MODULES
@@ -99,3 +101,17 @@ def structured(cfg, p):
     if p.batch_dims and cfg.graft == "adafactor":
         return None
     return cfg.model_copy(update={"batch_dims": p.batch_dims, "splits": p.splits, "split_axis": p.split_axis})
+
+
+#: Name parts of the tensors Muon's authors train with AdamW: embeddings and output heads (Jordan et al. 2024).
+MUON_EXCLUDED = ("embed", "wte", "wpe", "lm_head", "shared", "classifier", "head.", "position", "token_type")
+
+
+def muon_structured(cfg, p):
+    """Muon on ``p``: None for an embedding or an output head (by name, or tied to another tensor, as a tied
+    embedding/head is), which keep AdamW (offered as the adam candidate); stacked experts orthogonalised one
+    matrix each (``batch_dims``)."""
+    names = (p.name,) + tuple(p.tied)
+    if p.tied or any(part in n.lower() for n in names for part in MUON_EXCLUDED):
+        return None
+    return cfg.model_copy(update={"batch_dims": p.batch_dims}) if p.batch_dims else cfg

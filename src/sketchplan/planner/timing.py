@@ -14,7 +14,7 @@ over the tensor's calls is recorded (``TensorEntry.variant``) and the optimizer 
 from __future__ import annotations
 
 from ..kernels.calls import VARIANT_OPTIONS
-from ..methods import METHOD_MODULES
+from ..methods import kernel_calls
 from ..methods.layout import MethodConfig, OptimizerDefaults
 from ..profiles.cost import CostModel
 
@@ -34,7 +34,7 @@ class StepTimer:
         key = (shape, cfg)
         hit = self._cache.get(key)
         if hit is None:
-            calls = METHOD_MODULES[cfg.method].kernel_calls(shape, cfg, self.opts)
+            calls = kernel_calls(shape, cfg, self.opts)
             seconds, picks = self.cost.step(calls, self.defaults)
             hit = self._cache[key] = (seconds * 1e3, picks)
         return hit

@@ -26,7 +26,8 @@ from ..kernels.calls import KERNEL_VARIANTS, PLANNED_VARIANTS, KernelCall, bytes
 from .schema import HardwareProfile, KernelTable
 
 #: Fraction of the matrix-product peak each kernel reaches when nothing was measured (analytic fallback).
-ANALYTIC_EFFICIENCY = {"gemm": 0.7, "inv_root": 0.1, "fd_update": 0.15, "lowrank_apply": 0.5, "pointwise": 1.0}
+ANALYTIC_EFFICIENCY = {"gemm": 0.7, "inv_root": 0.1, "fd_update": 0.15, "lowrank_apply": 0.5, "pointwise": 1.0,
+                       "newton_schulz": 0.6}
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ def grid(quick: bool) -> GridSpec:
             "fd_update": _fd_dims((64, 256, 768, 1024), (16, 64, 256), (0.25, 1, 4)),
             "lowrank_apply": _fd_dims((128, 512, 2048), (16, 128), (0.25, 1, 4)),
             "pointwise": [(4**j,) for j in range(0, 12)],
+            "newton_schulz": [(m, 4 * m, 5) for m in (32, 128, 512)] + [(m, m, 5) for m in (64, 256, 1024)],
         }, cap_s=0.4, budget_s=0.15)
     sq = (16, 64, 256, 512, 768, 1024, 2048, 3072)
     return GridSpec({
@@ -53,6 +54,7 @@ def grid(quick: bool) -> GridSpec:
         "fd_update": _fd_dims((64, 128, 256, 512, 768, 1024, 2048, 3072), (16, 64, 256), (0.25, 1, 3, 4)),
         "lowrank_apply": _fd_dims((64, 256, 768, 1024, 2048, 3072), (16, 64, 256), (0.25, 1, 4)),
         "pointwise": [(4**j,) for j in range(0, 13)],
+        "newton_schulz": sorted({(m, r * m, 5) for m in (16, 64, 256, 512, 768, 1024, 2048) for r in (1, 3, 4)}),
     }, cap_s=3.0, budget_s=0.3)
 
 
@@ -97,6 +99,12 @@ def _torch_problem(kernel: str, variant: str, dims: tuple[int, ...], device: str
         if kernel == "fd_update":
             return (lambda: fd_update(u, sig2, rho, x, 0.999, variant)), ok
         return (lambda: lowrank_root_apply(u, sig2, rho, x, -0.25, 1e-12)), ok
+    if kernel == "newton_schulz":
+        from ..kernels.torch.newton_schulz import newton_schulz
+
+        m, n, iters = dims
+        g = randn(1, m, n)
+        return (lambda: newton_schulz(g, iters)), ok
     (n,) = dims
     a, b = randn(n), randn(n)
     return (lambda: a.lerp_(b, 0.1)), ok
@@ -143,6 +151,13 @@ def _jax_problem(kernel: str, variant: str, dims: tuple[int, ...], device: str):
         if kernel == "fd_update":
             return (lambda: jfd.fd_update(u, sig2, rho, x, 0.999, variant)), ok
         return (lambda: jax_lowrank.lowrank_root_apply(u, sig2, rho, x, -0.25, 1e-12)), ok
+    if kernel == "newton_schulz":
+        from ..kernels.jax.newton_schulz import newton_schulz
+
+        m, n, iters = dims
+        g = randn(1, m, n)
+        ns = jax.jit(lambda x: newton_schulz(x, iters))
+        return (lambda: ns(g)), ok
     (n,) = dims
     a, b = randn(n), randn(n)
     lerp = jax.jit(lambda a, b: a + 0.1 * (b - a))

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from .constructors import adam, blocked_shampoo, extreme_tensoring, kradagrad, shampoo, sketchy
 from .constructors import soap  # issue 19b
+from .issue19_constructors import adafactor, lion, muon  # issue 19 part A
 from .transform import STEPS, SketchplanState, sketchplan_transform, uniform_transform
 
-__all__ = ["STEPS", "SketchplanState", "adam", "blocked_shampoo", "extreme_tensoring", "kradagrad", "shampoo",
-           "sketchplan_transform", "sketchy", "soap", "uniform_transform"]
+__all__ = ["adafactor", "lion", "muon", "STEPS", "SketchplanState", "adam", "blocked_shampoo", "extreme_tensoring",
+           "kradagrad", "shampoo", "sketchplan_transform", "sketchy", "soap", "uniform_transform"]

@@ -24,6 +24,7 @@ from ...pytree import key_path_name
 from . import adam, extreme_tensoring, kradagrad, shampoo, sketchy
 from . import soap  # issue 19b
 from .packing import pack_state, unpack_state
+from . import issue19  # issue 19 part A: Adafactor, Lion, Muon, compressed state
 from .state import init_tensor_state
 
 jax, jnp = require_jax()
@@ -38,6 +39,7 @@ STEPS: dict[str, Callable] = {
     "sketchy": sketchy.step,
     "extreme_tensoring": extreme_tensoring.step,
     "kradagrad": kradagrad.step,
+    **issue19.STEPS,
 }
 STEPS["soap"] = soap.step  # issue 19b
 
@@ -90,7 +92,9 @@ def sketchplan_transform(assign: Assign, learning_rate: LearningRate = None) -> 
                                 "same parameter tree the updates come from.")
             cfg, opts = a
             old = state.tensors[name]  # packed factors (issue 19b) are squares during the step
-            direction, new = STEPS[cfg.method](g, unpack_state(old, cfg), step, cfg, opts)
+            fn = issue19.compressed(STEPS[cfg.method]) if issue19.is_compressed(cfg) else STEPS[cfg.method]
+            kw = {"param": p} if cfg.method in issue19.NEEDS_PARAM else {}
+            direction, new = fn(g, unpack_state(old, cfg), step, cfg, opts, **kw)
             tensors[name] = pack_state(new, old, cfg, opts, step)
             if opts.weight_decay:
                 if p is None:

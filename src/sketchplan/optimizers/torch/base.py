@@ -17,6 +17,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from ...methods import plain_layout, state_layout
+from ...methods.compression import is_compressed, plain_config
 from ...methods.layout import MethodConfig, OptimizerDefaults, StateTensor
 from ...methods import initial_identity
 from ...methods.common import GRAD_SQNORM_LIMIT
@@ -87,8 +89,22 @@ class SketchplanOptimizer(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if params:
                 cfg, opts = group_config(group)
-                RULES[cfg.method].step(self, params, cfg, opts)
+                if is_compressed(cfg):
+                    self._step_compressed(params, cfg, opts)
+                else:
+                    RULES[cfg.method].step(self, params, cfg, opts)
         return loss
+
+    def _step_compressed(self, params: list[torch.Tensor], cfg: MethodConfig, opts: OptimizerDefaults) -> None:
+        """Compressed state (``methods.compression``): one tensor at a time, its stored moments decoded for the
+        method's rule, which runs on the plain configuration, and encoded back."""
+        from .compressed import decoded
+
+        plain = plain_config(cfg)
+        for p in params:
+            state = self.state_for(p, cfg, opts)
+            with decoded(state, plain_layout(tuple(p.shape), cfg, opts), cfg):
+                RULES[cfg.method].step(self, [p], plain, opts)
 
     def state_for(self, p: torch.Tensor, cfg: MethodConfig, opts: OptimizerDefaults) -> dict:
         """The state of ``p``, allocated from the method's layout on first use."""
@@ -97,7 +113,7 @@ class SketchplanOptimizer(torch.optim.Optimizer):
         if not state:
             rule = RULES[cfg.method]
             shape = tuple(p.shape)
-            state.update(allocate(self.local_layout(param, rule.layout(shape, cfg, opts)), p.device))
+            state.update(allocate(self.local_layout(param, state_layout(shape, cfg, opts)), p.device))
             set_identities(state, initial_identity(shape, cfg, opts))
             rule.init_state(state, shape, cfg, opts)
             state["step"] = 0
