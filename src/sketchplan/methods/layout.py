@@ -172,7 +172,7 @@ class OptimizerDefaults(BaseModel):
     kradagrad_variant: Literal["star", "mm"] = "star"
     nesterov: bool = False
     root_method: Literal["eigh", "newton"] = "eigh"
-    fd_variant: Literal["auto", "svd", "gram_small", "gram_large", "qr_svd"] = "auto"
+    fd_variant: Literal["auto", "svd", "gram_small", "gram_large", "qr_svd", "subspace"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> "OptimizerDefaults":
