@@ -59,11 +59,11 @@ def _subspace(u, sig2, rho, x, beta2: float):
     y = jnp.concatenate([u * jnp.sqrt(jnp.maximum(beta2 * sig2, 0))[..., None, :], x], axis=-1)
 
     def warm(_):
-        mix = x @ jax.random.normal(keys[0], (n, l - k), y.dtype)
+        mix = x @ jax.random.normal(keys[0], (n, l - k)).astype(y.dtype)
         return jnp.concatenate([y[..., :k], mix], axis=-1)
 
     def cold(_):
-        return y @ jax.random.normal(keys[1], (w, l), y.dtype)
+        return y @ jax.random.normal(keys[1], (w, l)).astype(y.dtype)
 
     z = jax.lax.cond(jnp.all(sig2[..., 0] > 0), warm, cold, None)
     q, _ = jnp.linalg.qr(z)
@@ -77,7 +77,7 @@ def _subspace(u, sig2, rho, x, beta2: float):
     keep = top > top[..., :1] * (w * jnp.finfo(y.dtype).eps)
     coef = jnp.where(keep, jnp.sqrt(jnp.maximum(top - c[..., None], 0)) / jnp.where(keep, top, 1), 0)
     z = y @ (_mT(b) @ (ub * coef[..., None, :]))
-    v = jnp.broadcast_to(jax.random.normal(keys[2], (d, 1), y.dtype), z.shape[:-2] + (d, 1))
+    v = jnp.broadcast_to(jax.random.normal(keys[2], (d, 1)).astype(y.dtype), z.shape[:-2] + (d, 1))
 
     def residual(v):
         return y @ (_mT(y) @ v) - z @ (_mT(z) @ v)

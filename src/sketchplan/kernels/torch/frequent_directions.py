@@ -101,7 +101,8 @@ def _left_spectrum(u: torch.Tensor, sig2: torch.Tensor, x: torch.Tensor, beta2: 
 
 
 def _randn(gen: torch.Generator, *shape: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=like.dtype, device=like.device)
+    """Gaussian draws made in float32 whatever ``like``'s dtype (the same matrix for every dtype)."""
+    return torch.randn(*shape, generator=gen, dtype=torch.float32, device=like.device).to(like.dtype)
 
 
 def _subspace_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: torch.Tensor,
@@ -124,8 +125,8 @@ def _subspace_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: 
     dec = safe_eigh(b @ b.mT)                           # B Bᵀ = ub diag(sb²) ubᵀ
     if dec is None:
         return None
-    s2, ub = dec
-    s2, ub = s2.flip(-1).clamp_min(0), ub.flip(-1)[..., :k]
+    s2, ub = dec[0].flip(-1).clamp_min(0), dec[1].flip(-1)[..., :k]
+    del dec
     c = s2[..., k] if l > k else torch.zeros_like(rho)
     top = s2[..., :k]
     keep = top > top[..., :1] * (w * torch.finfo(y.dtype).eps)
