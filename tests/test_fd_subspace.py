@@ -24,11 +24,16 @@ def _root_apply(u, sig2, rho, g, eps=1e-12):
     return u @ ((sig2 + rho + eps) ** -0.25 * coef) + (rho + eps) ** -0.25 * (g - u @ coef)
 
 
+def _orth(a):
+    return torch.linalg.qr(torch.from_numpy(a))[0].numpy()  # (numpy's threaded QR stalls on a loaded machine)
+
+
 def _drifting_stream(rng, d, n, steps):
-    basis = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    """Columns with a power-law spectrum (λ_i ∝ 1/i) in a basis that drifts a little every step."""
+    basis = _orth(rng.standard_normal((d, d)))
     spec = np.sqrt(1.0 / (1 + np.arange(d)))[:, None]
     for _ in range(steps):
-        basis = np.linalg.qr(basis + 0.05 * rng.standard_normal((d, d)))[0]
+        basis = _orth(basis + 0.05 * rng.standard_normal((d, d)))
         yield basis @ (spec * rng.standard_normal((d, n)))
 
 
@@ -90,7 +95,7 @@ def test_subspace_float32_matches_float64_and_is_deterministic():
     float32 accuracy, and two calls give the same sketch."""
     rng = np.random.default_rng()
     b, d, k, n = 3, 128, 16, 96
-    u = np.linalg.qr(rng.standard_normal((b, d, k)))[0]
+    u = _orth(rng.standard_normal((b, d, k)))
     sig2 = np.sort(rng.uniform(1, 10, (b, k)))[:, ::-1].copy()
     rho, x = rng.uniform(0, 0.1, b), rng.standard_normal((b, d, n)) * np.linspace(2, 0.1, d)[:, None]
     f64 = fd_update(*(torch.from_numpy(a) for a in (u, sig2, rho, x)), 0.999, "subspace")
