@@ -107,3 +107,28 @@ def test_subspace_float32_matches_float64_and_is_deterministic():
         assert np.linalg.norm(got - ref) <= 1e-4 * np.linalg.norm(ref)
     assert torch.allclose(f32[2].double(), f64[2], rtol=1e-4)
     assert all(torch.equal(a, b) for a, b in zip(f32, again))
+
+
+def test_subspace_jax_keeps_the_lower_invariant_and_tracks_exact_fd():
+    """The JAX twin in float64 on a drifting stream: Ĉ ≼ C exactly, ρ covers the rest up to the same measured
+    shortfall, and the sketch tracks exact FD (its random matrices differ from torch's, so no bitwise match)."""
+    jax = pytest.importorskip("jax")
+    from sketchplan.kernels.jax import frequent_directions as jfd
+
+    rng = np.random.default_rng()
+    d, k, n = 96, 12, 96
+    with jax.enable_x64(True):
+        import jax.numpy as jnp
+
+        u, sig2, rho = jnp.zeros((1, d, k)), jnp.zeros((1, k)), jnp.zeros((1,))
+        ru, rs, rr = np.zeros((d, k)), np.zeros(k), 0.0
+        cov = np.zeros((d, d))
+        for x in _drifting_stream(rng, d, n, 10):
+            u, sig2, rho = jfd.fd_update(u, sig2, rho, jnp.asarray(x[None]), 0.999, "subspace")
+            ru, rs, rr = fd_reference.fd_step(ru, rs, rr, x, 0.999)
+            cov = 0.999 * cov + x @ x.T
+            gu, gs = np.asarray(u[0], np.float64), np.asarray(sig2[0], np.float64)
+            lower, upper = fd_reference.invariant_gap(cov, gu, gs, float(rho[0]))
+            assert lower >= -1e-12 and upper >= -4e-3
+            ref = fd_reference.sketch(ru, rs)
+            assert np.linalg.norm(fd_reference.sketch(gu, gs) - ref) <= 0.05 * np.linalg.norm(ref)
