@@ -194,8 +194,9 @@ class OptimizerDefaults(BaseModel):
       λ_max ≤ 0; the Sketchy reference's default); ``shift`` λ − min(λ_min, 0) + ε (DistributedShampoo's
       rule: a negative rounding eigenvalue lifts the whole spectrum). Sketchy's sketch eigenvalues σ² + ρ are
       never negative, so ``shift`` is ``absolute`` there; KrADagrad takes positive powers and ignores it.
-    - ``fd_variant``: Sketchy's FD-update kernel (``kernels.torch.frequent_directions``); ``auto`` is ``svd`` (accurate;
-      the Gram variants square the conditioning and run only when named).
+    - ``fd_variant``: Sketchy's FD-update kernel (``kernels.torch.frequent_directions``); ``auto`` is ``subspace``
+      (warm-started subspace iteration, O(d·(k+n)·k)) where its flops are under 0.7× the thin SVD's, else ``svd``
+      (accurate; the Gram variants square the conditioning and run only when named).
     - ``lion_betas``: Lion's (β1, β2) (Chen et al. 2023: 0.9, 0.99); Lion's step is lr · lion_lr_ratio.
     - ``muon_momentum`` (μ, 0.95), ``ns_steps`` (5): Muon's momentum and Newton–Schulz iterations; Muon's step is
       lr · 0.2·√max(m, n) (Liu et al. 2025, "Muon is scalable": matches AdamW's update RMS, so it shares lr and
@@ -221,7 +222,7 @@ class OptimizerDefaults(BaseModel):
     kradagrad_variant: Literal["star", "mm"] = "star"
     nesterov: bool = False
     root_method: Literal["eigh", "newton"] = "eigh"
-    fd_variant: Literal["auto", "svd", "gram_small", "gram_large", "qr_svd"] = "auto"
+    fd_variant: Literal["auto", "svd", "gram_small", "gram_large", "qr_svd", "subspace"] = "auto"
     epsilon_mode: Literal["absolute", "relative", "shift"] = "relative"
     # issue 19 part A: Lion and Muon
     lion_betas: tuple[float, float] = (0.9, 0.99)

@@ -25,6 +25,13 @@ The default model is a documented prior, used until a measured spectrum replaces
   ``benchmarks/results/autotune_value.md`` the plans that won train vectors with Adam. A measured spectrum
   (``--spectrum``) does not change this: the probe sketches only matrices.
 
+- Step skipping (``stats_every``) and the FD variant carry no score penalty, as measured: on the char-LM
+  (``benchmarks/results/fd_variant_quality.md``, 3 seeds) Sketchy k = 64 with ``stats_every`` 2, 5, 10 had mean
+  validation losses 0.998×, 0.999×, 1.003× every-step's (per-seed spread ±1 %), and the ``subspace`` FD
+  variant 1.005× (k = 64) and 1.000× (k = 16) the exact update's. Their time effect is in the kernel calls
+  (``every = stats_every``; the profile's per-variant tables), so a time-bounded plan gains from them at no
+  modelled quality cost.
+
 The planner maximises the parameter-weighted mean of these scores; the ordering full > blocked > sketched >
 diagonal at growing memory is what matters, and measured spectra (``sketchplan probe``) refine it.
 """

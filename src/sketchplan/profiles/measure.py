@@ -6,7 +6,8 @@ have orthonormal bases and positive spectra), warm up, time repetitions (``kerne
 median. A size whose time, extrapolated from the largest size measured so far, would exceed the per-point cap
 is skipped (``--quick``: small grid, 0.4 s cap), so the run time is bounded on slow devices. A variant whose
 result disagrees with the reference (a coupled Newton iteration that did not converge returns the previous
-root, i.e. a different answer) is not recorded: the planner may only pick variants that compute the same thing.
+root, i.e. a different answer) is not recorded: the planner may only pick variants that compute the same thing
+(or, for the FD update's approximate ``subspace`` variant, the same thing within its stated contract).
 The roofline constants are fitted from the same points (best matrix-product FLOP/s, best elementwise bandwidth,
 smallest call time).
 """
