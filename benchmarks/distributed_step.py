@@ -73,6 +73,7 @@ def worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
         slowest = [max(ts) for ts in zip(*(g[0] for g in gathered))]
         busiest = [max(cs) for cs in zip(*(g[1] for g in gathered))]
         Path(out).write_text(json.dumps([statistics.median(slowest), statistics.median(busiest)]))
+    dist.barrier()  # gloo aborts a rank torn down while a peer still sends
     dist.destroy_process_group()
 
 

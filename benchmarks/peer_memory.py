@@ -127,6 +127,7 @@ def _tracker_worker(rank: int, world: int, port: int, out: str, method: str) -> 
             "plan_peak": t.peak_bytes_per_rank, "plan": {
                 "params": t.params_bytes_per_rank, "grads": t.grads_bytes_per_rank, "state": t.state_bytes_per_rank,
                 "comm": t.comm_bytes_per_rank, "workspace": t.workspace_bytes}}))
+    dist.barrier()  # gloo aborts a rank torn down while a peer still sends
     dist.destroy_process_group()
 
 

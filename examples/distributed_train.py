@@ -105,6 +105,7 @@ def main() -> None:
         if rank == 0 and step % 5 == 0:
             print(f"step {step}: loss {loss.item():.4f}")
     checkpoint.save(opt, wrapped, args.checkpoint)
+    dist.barrier()  # no rank tears gloo down while a peer still sends checkpoint metadata
     dist.destroy_process_group()
 
 
