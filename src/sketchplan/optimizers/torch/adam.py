@@ -22,14 +22,10 @@ class AdamRule(MethodRule):
     layout = staticmethod(layout)
 
     def step(self, opt, params, cfg, opts):
-        states = [opt.state_for(p, cfg, opts) for p in params]
-        for s in states:
-            s["step"] += 1
+        states, grads = self.begin(opt, params, cfg, opts)
         by_step: dict[int, list[int]] = {}
         for i, s in enumerate(states):
             by_step.setdefault(s["step"], []).append(i)
-        grads = opt.sanitize([p.grad for p in params], [s["nonfinite_skips"] for s in states],
-                             states[0]["step"], opts)
         for step, idx in by_step.items():
             for chunk in chunks([params[i].numel() for i in idx]):  # bounded temporaries (methods.adam.chunks)
                 sel = [idx[j] for j in chunk]
