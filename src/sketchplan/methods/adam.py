@@ -2,7 +2,7 @@
 
 m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²;  p ← p − η λ p − η (m / (1−β1ᵗ)) / (√(v / (1−β2ᵗ)) + ε).
 
-State (ALGORITHMS.md §1): ``exp_avg`` in the momentum dtype (float32 by default; bfloat16 halves it; ``none``
+State (docs/algorithms.md, Adam): ``exp_avg`` in the momentum dtype (float32 by default; bfloat16 halves it; ``none``
 drops it, which is RMSProp with bias correction), ``exp_avg_sq`` in the state dtype, and the int32 counter of
 skipped non-finite gradients. Implementations: ``optimizers.torch.adam``, ``optimizers.jax.adam``.
 """
