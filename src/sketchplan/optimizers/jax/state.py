@@ -21,17 +21,23 @@ def jax_dtype(name: str):
     return jnp.dtype(name)
 
 
+def initial_array(t: StateTensor, cfg: MethodConfig, opts: OptimizerDefaults, like=None):
+    """The initial value of layout tensor ``t``: zeros, except KrADagrad's inverse statistics L̃₀ = I/ε (as
+    ``KrADagradRule.init_state`` in torch). ``like`` (an array of ``t``'s shape, e.g. the parameter): zeros
+    placed like it (``jnp.zeros_like`` keeps a concrete or explicitly sharded array's sharding)."""
+    dtype = jax_dtype(t.dtype)
+    if cfg.method == "kradagrad" and ".inv" in t.name:
+        return jnp.broadcast_to(jnp.eye(t.shape[-1], dtype=dtype) / opts.shampoo_eps, t.shape)
+    if like is not None:
+        return jnp.zeros_like(like, dtype=dtype)
+    return jnp.zeros(t.shape, dtype=dtype)
+
+
 def allocate(layout: list[StateTensor]) -> dict:
     """Zero arrays with exactly the names, shapes and dtypes of ``layout``."""
     return {t.name: jnp.zeros(t.shape, dtype=jax_dtype(t.dtype)) for t in layout}
 
 
 def init_tensor_state(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> dict:
-    """The state of one parameter: its method's layout, zero, except KrADagrad's inverse statistics
-    L̃₀ = I/ε (as ``KrADagradRule.init_state`` in torch)."""
-    state = allocate(state_layout(shape, cfg, opts))
-    if cfg.method == "kradagrad":
-        for name, t in state.items():
-            if ".inv" in name:
-                state[name] = jnp.broadcast_to(jnp.eye(t.shape[-1], dtype=t.dtype) / opts.shampoo_eps, t.shape)
-    return state
+    """The state of one parameter as one dict: its method's layout, initialised by ``initial_array``."""
+    return {t.name: initial_array(t, cfg, opts) for t in state_layout(shape, cfg, opts)}
