@@ -8,13 +8,20 @@ per-device prediction (which counts them):
 
 - **elementwise state** (the roles of ``ELEMENTWISE``: Adam's moments, a graft's second moment, momentum), whose
   shape is the parameter's, is split exactly like its parameter;
-- **every other array** (statistics, roots, sketches, factored grafts, extreme-tensoring accumulators: stacked
-  per block group as (blocks, …)) is split over ALL mesh devices along its first dimension that is a multiple of
-  the device count (for stacked blocks that is the block axis when the count allows it: each device holds whole
-  blocks); an array without such a dimension (a scalar counter, a small odd-sized factor) is replicated.
+- **every other array** (statistics, roots, sketches, factored grafts, extreme-tensoring accumulators; the
+  block methods' arrays are stacked per block group as (blocks, …)) is split over ALL mesh devices along its
+  first dimension when that is a positive multiple of the device count — for stacked blocks the block axis, so
+  each device holds, updates and applies whole blocks (Anil et al. 2020's distribution of blocked Shampoo);
+  otherwise it is replicated (a scalar counter, a tensor with fewer blocks than devices: an unblocked tensor's
+  statistics are one block).
 
-So no full-size state is replicated unless no dimension of it can be split evenly; ``device_bytes`` says, per
-device, what that costs.
+A matrix's rows are never split: with the roots of a (1, d, d) group constrained to a row-split layout, XLA
+(jax 0.10.2, CPU) returned zero rows in the direction of a tensor with two block groups (reproduced by
+benchmarks/jax_row_split_repro.py; block-axis splits give the unsharded result). To spread an unblocked
+tensor's preconditioner, give it a block size (blocked Shampoo, or ``block_size`` for Sketchy/KrADagrad).
+
+So elementwise state is never replicated beyond its parameter, and a preconditioner is replicated only when
+its block count is not a multiple of the device count; ``tensor_device_bytes`` says, per device, what that costs.
 """
 
 from __future__ import annotations
@@ -48,13 +55,11 @@ def _axes(entry: SpecEntry) -> tuple[str, ...]:
 
 
 def factor_spec(shape: Sequence[int], mesh: Mapping[str, int]) -> Spec:
-    """The spec of a non-elementwise array: its first dimension that is a positive multiple of the device count
-    is split over all mesh axes (in mesh order); () — replicated — if there is none or the mesh has one device."""
+    """The spec of a non-elementwise array: its first dimension split over all mesh axes (in mesh order) when it
+    is a positive multiple of the device count; () — replicated — otherwise or on a one-device mesh."""
     n = math.prod(mesh.values())
-    if n > 1:
-        for i, d in enumerate(shape):
-            if d >= n and d % n == 0:
-                return (None,) * i + (tuple(mesh),)
+    if n > 1 and len(shape) and shape[0] >= n and shape[0] % n == 0:
+        return (tuple(mesh),)
     return ()
 
 

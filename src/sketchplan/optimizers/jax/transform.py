@@ -16,8 +16,9 @@ State ``SketchplanState`` (explicit arrays; works under ``jax.eval_shape``), sha
   both trees always match the parameter tree and ``optax.tree_map_params`` maps the parameters' specs onto them;
 - ``factors``: a tuple with one dict per parameter leaf, in flattening order (no names, so two leaves can never
   share an entry), holding the rest of its layout — statistics, roots, sketches, factored grafts, accumulators
-  and the int32 ``nonfinite_skips`` counter — placed on the mesh by ``methods.mesh_placement``'s rule (block axis
-  split over the devices where it divides evenly; ``placement``).
+  and the int32 ``nonfinite_skips`` counter — placed on the mesh by ``methods.mesh_placement``'s rule (the block axis
+  of stacked blocks split over the devices where the block count divides evenly, each device holding whole
+  blocks; ``placement``).
 
 Together the arrays are exactly the layouts the plan counts (``methods.<method>.layout``), plus the 4-byte count.
 The state of a tree without leaves — ``optax.tree_map_params`` initialises with such a placeholder — has
