@@ -13,10 +13,7 @@ import math
 import os
 import sys
 
-# --xla_cpu_multi_thread_eigen=false: jaxlib's batched CPU eigh can deadlock when every intra-op thread runs a
-# device's shard (benchmarks/jax_eigh_stall_repro.py)
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-                           " --xla_cpu_multi_thread_eigen=false")
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -18,6 +18,8 @@ root or sketch, which is what the torch kernels do when float64 fails too).
 
 from __future__ import annotations
 
+import math
+
 from ..calls import FD_VARIANTS, choose_variant
 from .frequent_directions import _update
 from .roots import _eigh, _identity_like, _newton, _power_from
@@ -26,9 +28,22 @@ from .support import require_jax
 jax, jnp = require_jax()
 
 
+def _eigh_traced(mats):
+    """``_eigh``; on CPU with several devices one matrix at a time (``lax.map``): jaxlib's batched CPU eigh
+    (``lapack_ssyevd_ffi`` → ``ParallelBatchMap``) queues the batch on the intra-op pool and waits, and when
+    every pool thread is one device's shard doing that, none is left to run the batch — a 0%-CPU stall in
+    ``block_until_ready`` (issue 22; benchmarks/results/jax_eigh_stall_backtrace.txt)."""
+    if mats.ndim < 3 or math.prod(mats.shape[:-2]) == 1 or jax.default_backend() != "cpu" or jax.device_count() == 1:
+        return _eigh(mats)
+    flat = mats.reshape((-1,) + mats.shape[-2:])
+    w, v = jax.lax.map(jnp.linalg.eigh, flat)
+    w, v = w.reshape(mats.shape[:-1]), v.reshape(mats.shape)
+    return w, v, jnp.isfinite(w).all() & jnp.isfinite(v).all()
+
+
 def symmetric_power(mats, exponent: float, eps: float, previous=None):
     """(S + εI)^exponent of symmetric PSD ``mats`` (..., d, d) by eigh, traceable; ``previous`` on failure."""
-    w, v, ok = _eigh(mats)
+    w, v, ok = _eigh_traced(mats)
     fallback = previous if previous is not None else _identity_like(mats)
     return jnp.where(ok, _power_from(w, v, float(exponent), float(eps)), fallback)
 
