@@ -38,9 +38,8 @@ from ...methods import state_layout
 from ...methods.layout import MethodConfig, OptimizerDefaults
 from ...methods.mesh_placement import elementwise_role, factor_spec
 from ...pytree import key_path_name
-from . import adam, extreme_tensoring, kradagrad, shampoo, sketchy
-from . import issue19  # issue 19 part A: Adafactor, Lion, Muon, compressed state
-from . import soap
+from . import adafactor, adam, extreme_tensoring, kradagrad, lion, muon, shampoo, sketchy, soap
+from .compressed import compressed, is_compressed
 from .packing import pack_state, unpack_state
 from .placement import context_mesh, is_explicit, mesh_axes, place, pspec, run_in_auto_axes, spec_of
 from .state import identities, initial_array
@@ -58,8 +57,13 @@ STEPS: dict[str, Callable] = {
     "extreme_tensoring": extreme_tensoring.step,
     "kradagrad": kradagrad.step,
     "soap": soap.step,
-    **issue19.STEPS,
+    "adafactor": adafactor.step,
+    "lion": lion.step,
+    "muon": muon.step,
 }
+
+#: Methods whose step needs the parameter itself (Adafactor's relative step size): ``step(..., param=W)``.
+NEEDS_PARAM = ("adafactor",)
 
 #: What a parameter gets: (method config, options) or None for a frozen tensor.
 Assignment = Optional[tuple[MethodConfig, OptimizerDefaults]]
@@ -150,11 +154,11 @@ def scale_by_assignment(assign: Assign) -> optax.GradientTransformation:
             if set(st) != set(roles):
                 raise UserError(f"the optimizer state of tensor {name!r} does not match its method's layout; "
                                 "initialise the transformation with the same parameter tree.")
-            needs_param = cfg.method in issue19.NEEDS_PARAM
+            needs_param = cfg.method in NEEDS_PARAM
             if needs_param and p is None:
                 raise UserError(f"{cfg.method}'s relative step size needs the parameters: call "
                                 "update(grads, state, params).")
-            fn = issue19.compressed(STEPS[cfg.method]) if issue19.is_compressed(cfg) else STEPS[cfg.method]
+            fn = compressed(STEPS[cfg.method]) if is_compressed(cfg) else STEPS[cfg.method]
 
             def run(g, st, t, p, cfg=cfg, opts=opts, fn=fn, needs_param=needs_param):
                 kw = {"param": p} if needs_param else {}
