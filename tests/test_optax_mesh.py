@@ -1,14 +1,18 @@
-"""The optax transformations on a 4-device CPU mesh (explicit and automatic axes): every method runs, each device
-holds exactly the bytes ``methods.mesh_placement`` predicts, elementwise state is sharded like its parameter,
-and the results match the one-device run.
+"""The optax transformations on a 4-device CPU mesh (explicit and automatic axes): every method runs — Adam,
+Shampoo, blocked Shampoo, Sketchy, extreme tensoring, KrADagrad, SOAP (packed statistics), Adafactor, Lion (int8
+momentum), Muon (bfloat16 second moments off matrices) and 8-bit Adam — each device holds exactly the bytes
+``methods.mesh_placement`` predicts, elementwise state is sharded like its parameter (no mu/nu shard larger than
+its parameter's), and the results match the one-device run.
 
 The mesh needs ``--xla_force_host_platform_device_count=4`` before JAX starts, so tests/mesh_workers.py runs in
-two subprocesses (one per axis type, in parallel). Compiling 6 methods × (mesh + one device) takes about a
-minute of the shared CPUs: this file is slower than the others.
+one subprocess (the one-device references once, then both axis types). Compiling 11 configurations × (one device
++ two meshes) takes minutes of the shared CPUs: this file is slower than the others.
 
 Tolerances (float32): parameters after 4 steps within 1e-5 of the one-device run relative to their largest
-entry (observed ≤ 1e-7), every floating state leaf within 5e-5 relative to its largest entry (observed ≤ 6e-6:
-eigh and the Gram products sum in another order when the blocks are split over devices).
+entry (observed ≤ 1.2e-7), every floating state leaf within 5e-5 relative to its largest entry (eigh and the
+Gram products sum in another order when the blocks are split over devices; observed ≤ 6.5e-6 except unblocked
+Shampoo's bias momentum, 4.2e-5: an 8×8 statistic of rank 4 after 4 steps, whose ε-regularised root magnifies
+the order of summation); uint8 codes are compared through the parameters.
 """
 
 from __future__ import annotations
@@ -32,17 +36,15 @@ KINDS = ("explicit", "auto")
 def results():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), str(HERE.parent),
                                                         os.environ.get("PYTHONPATH", "")])}
-    procs = {k: subprocess.Popen([sys.executable, str(HERE / "mesh_workers.py"), k], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=env) for k in KINDS}
-    out = {}
-    for kind, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=900)
-        assert proc.returncode == 0, stderr[-3000:]
-        out[kind] = {r["method"]: r for r in json.loads(stdout.strip().splitlines()[-1])}
-    return out
+    proc = subprocess.run([sys.executable, str(HERE / "mesh_workers.py"), *KINDS], capture_output=True, text=True,
+                          env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {kind: {r["method"]: r for r in data[kind]} for kind in KINDS}
 
 
-METHODS = ["adam", "shampoo", "blocked_shampoo", "sketchy", "extreme_tensoring", "kradagrad"]
+METHODS = ["adam", "shampoo", "blocked_shampoo", "sketchy", "extreme_tensoring", "kradagrad", "soap", "adafactor",
+           "lion", "muon", "adam_int8"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -88,6 +90,14 @@ def test_planned_mix_per_device_bytes_equal_the_planners_prediction(results):
     each device holds (addressable_shards) equal planner.mesh.device_state_bytes for the params' specs."""
     r = results["explicit"]["plan"]
     assert len(r["methods"]) >= 2, r["methods"]
+    assert r["per_device"] == r["expected"]
+
+
+def test_planned_issue19_methods_per_device_bytes_equal_the_planners_prediction(results):
+    """A plan over SOAP, Adafactor, Lion and Muon with int8 second moments (no budget: each tensor's best
+    candidate), built with build_optax on the explicit mesh: measured per-device bytes = device_state_bytes."""
+    r = results["explicit"]["plan19"]
+    assert set(r["methods"]) - {"frozen"} <= {"soap", "adafactor", "lion", "muon"} and r["methods"], r["methods"]
     assert r["per_device"] == r["expected"]
 
 

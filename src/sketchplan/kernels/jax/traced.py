@@ -37,8 +37,9 @@ def _one_matrix_at_a_time(batch: int) -> bool:
     return batch > 1 and jax.default_backend() == "cpu" and jax.device_count() > 1
 
 
-def _eigh_traced(mats):
-    """``_eigh``, one matrix at a time where ``_one_matrix_at_a_time`` says so."""
+def eigh(mats):
+    """(eigenvalues, eigenvectors, all finite) of symmetric ``mats`` (..., d, d): ``roots._eigh``, one matrix at
+    a time where ``_one_matrix_at_a_time`` says so."""
     if mats.ndim < 3 or not _one_matrix_at_a_time(math.prod(mats.shape[:-2])):
         return _eigh(mats)
     flat = mats.reshape((-1,) + mats.shape[-2:])
@@ -47,9 +48,19 @@ def _eigh_traced(mats):
     return w, v, jnp.isfinite(w).all() & jnp.isfinite(v).all()
 
 
+def qr_q(mats):
+    """The orthonormal factor Q of ``mats`` (..., m, n) = QR, one matrix at a time where ``_one_matrix_at_a_time``
+    says so (jaxlib's batched CPU QR goes through the same ``ParallelBatchMap``)."""
+    if mats.ndim < 3 or not _one_matrix_at_a_time(math.prod(mats.shape[:-2])):
+        return jnp.linalg.qr(mats)[0]
+    flat = mats.reshape((-1,) + mats.shape[-2:])
+    q = jax.lax.map(lambda m: jnp.linalg.qr(m)[0], flat)
+    return q.reshape(mats.shape[:-2] + q.shape[-2:])
+
+
 def symmetric_power(mats, exponent: float, eps: float, previous=None, mode: str = "absolute"):
     """(S + εI)^exponent of symmetric PSD ``mats`` (..., d, d) by eigh, traceable; ``previous`` on failure."""
-    w, v, ok = _eigh_traced(mats)
+    w, v, ok = eigh(mats)
     fallback = previous if previous is not None else _identity_like(mats)
     return jnp.where(ok, _power_from(w, v, float(exponent), float(eps), mode), fallback)
 
