@@ -246,6 +246,48 @@ def test_eval_shape_and_jit_for_every_method():
         s, MethodConfig(method="sketchy", rank=2), OptimizerDefaults())) + COUNT_BYTES + 4  # the schedule's count
 
 
+
+@pytest.mark.parametrize("name", ["soap", "adafactor", "lion", "muon"])
+def test_issue19_aliases_take_inject_hyperparams_and_tree_map_params(name):
+    """SOAP, Adafactor, Lion and Muon as optax idioms: ``inject_hyperparams`` gives the alias's updates (a float
+    learning rate injected and traced), ``tree_map_params`` maps the params' specs onto ``mu``/``nu``, the state
+    bytes are the layouts' plus the count, and the direction form chains to the same updates."""
+    rng = np.random.default_rng()
+    params = {"w": jnp.asarray(rng.standard_normal((6, 4)), jnp.float32),
+              "b": jnp.asarray(rng.standard_normal((4,)), jnp.float32)}
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+    make, direction = getattr(jx, name), getattr(jx, f"scale_by_{name}")
+    plain = make(1e-2)
+    injected = optax.inject_hyperparams(make)(learning_rate=1e-2)
+    chained = optax.chain(direction(**({"lr": 1e-2} if name == "adafactor" else {})),
+                          optax.scale_by_learning_rate(1e-2))
+    outs = []
+    for tx in (plain, injected, chained):
+        state = tx.init(params)
+        for _ in range(3):
+            updates, state = jax.jit(tx.update)(grads, state, params)
+        outs.append(updates)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(outs[1][k]), np.asarray(outs[0][k]), rtol=1e-6, atol=1e-9)
+        np.testing.assert_array_equal(np.asarray(outs[2][k]), np.asarray(outs[0][k]))
+    state = plain.init(params)
+    cfg = MethodConfig(method=name, momentum="none" if name == "adafactor" else "float32")  # the aliases' defaults
+    opts = OptimizerDefaults(betas=(0.95, 0.95)) if name == "soap" else OptimizerDefaults()
+    assert tree_bytes(state) == sum(t.nbytes for p in params.values()
+                                    for t in state_layout(tuple(p.shape), cfg, opts)) + COUNT_BYTES
+    marks = optax.tree_map_params(plain, lambda p, m: m, state, {"w": "W", "b": "B"},
+                                  transform_non_params=lambda _: None)
+    sp = sp_state(marks)
+    assert sp.mu == {"w": "W", "b": "B"} and sp.nu == {"w": "W", "b": "B"}
+
+
+def test_adafactor_update_without_params_is_refused():
+    params = {"w": jnp.ones((6, 4))}
+    tx = jx.adafactor(1e-2)
+    with pytest.raises(UserError, match=r"update\(grads, state, params\)"):
+        tx.update(params, tx.init(params))
+
+
 # ---- training on digits ----
 
 LR = 0.05
