@@ -110,6 +110,7 @@ def test_optax_state_bytes_equal_plan():
     import jax.numpy as jnp
 
     from sketchplan import build_optax
+    from sketchplan.optimizers.jax import tensor_state
     from sketchplan.planner import uniform_plan
 
     for model_name in MODELS:
@@ -118,8 +119,10 @@ def test_optax_state_bytes_equal_plan():
         for name in ("adafactor", "lion", "muon_int8", "adam_8bit", "sketchy_bf16"):
             plan = uniform_plan(params, NEW[name], OptimizerDefaults(max_precond_dim=300))
             state = jax.eval_shape(build_optax(plan, params).init, params)
+            assert sum(math.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in jax.tree.leaves(state)) \
+                == plan.totals.state_bytes + 4  # + the step count
             for e in plan.tensors:
-                arrays = state.tensors[e.name]
+                arrays = tensor_state(state[0], params, e.name, e.config(), plan.defaults)
                 got = sum(math.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in arrays.values())
                 assert got == e.state_bytes, (model_name, name, e.name)
                 assert sorted(arrays) == sorted(t.name for t in state_layout(tuple(e.shape), e.config(),
