@@ -17,3 +17,14 @@ def _isolated_cache(tmp_path_factory):
     """Preset specs are cached on disk; keep the tests' cache out of the user's home."""
     os.environ["SKETCHPLAN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     yield
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line saying how many README/docs code blocks ran (tests/test_docs.py), for .ci/run's log."""
+    stats = terminalreporter.stats
+    count = {k: sum(1 for r in stats.get(k, []) if getattr(r, "when", "call") in ("call", "setup")
+                    and "test_docs.py::test_block[" in r.nodeid) for k in ("passed", "failed", "skipped")}
+    if any(count.values()):
+        terminalreporter.write_line(f"docs as tests: {count['passed'] + count['failed']} code blocks of README.md "
+                                    f"and docs/*.md executed ({count['passed']} passed, {count['failed']} failed), "
+                                    f"{count['skipped']} skipped (reasons above)")

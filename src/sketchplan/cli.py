@@ -81,10 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     pl = sub.add_parser("plan", help="choose per-tensor optimizers under a memory budget and write a plan")
-    pl.add_argument("--model", help="preset name, package.module:factory, shapes .yaml/.json, "
-                    "or hf:PATH/config.json (with --update: default the plan's own model)")
+    from .planner.sources import PRESETS
+
+    pl.add_argument("--model", help=f"a preset ({', '.join(PRESETS)}), package.module:factory, a shapes "
+                    ".yaml/.json, or hf:DIR / hf:PATH/config.json (with --update: default the plan's own model)")
     pl.add_argument("--update", metavar="PLAN", help="re-plan an existing plan with its own budget, settings and "
-                    "candidates, and write it back (the reviewed way to accept a change)")
+                    "candidates, and write it back (the reviewed way to accept a change; default: plan anew from --model)")
     pl.add_argument("--memory-budget", type=flag_size("memory budget"), help="device memory for params, grads, "
                     "optimizer state and step workspace, e.g. 24GiB, 80GB, 512MiB (default: no limit)")
     pl.add_argument("--reserve", default=0, type=flag_size("reserve"),
@@ -100,9 +102,10 @@ def _parser() -> argparse.ArgumentParser:
                     "is then at least 25%% of that forward+backward (default: shown at 8,192, bound by "
                     "--max-step-vs-adam alone)")
     pl.add_argument("--batch-size", type=flag_int(1, example="8"), help="trace one forward and backward at this "
-                    "batch size with fake tensors; the budget then covers the whole training step")
+                    "batch size with fake tensors; the budget then covers the whole training step (default: no trace; "
+                    "--reserve stands for the activations)")
     pl.add_argument("--seq-len", type=flag_int(1, example="2048"), help="tokens per sequence of the traced batch "
-                    "(language models)")
+                    "(language models need it with --batch-size; default: none)")
     pl.add_argument("--inputs", metavar="MODULE:FUNCTION", help="the traced batch: FUNCTION(batch_size, seq_len) "
                     "returns a dict of keyword arguments, a tuple or a tensor (default for presets: token ids "
                     "or images with labels)")
@@ -110,50 +113,61 @@ def _parser() -> argparse.ArgumentParser:
                     "left to the allocator's fragmentation (default 0.10 with --batch-size, else 0)")
     pl.add_argument("--methods", type=_csv(str), default=list(DEFAULT_METHODS),
                     help=f"comma list (default {','.join(DEFAULT_METHODS)}; also extreme_tensoring, kradagrad)")
-    pl.add_argument("--ranks", type=_csv(int, "rank"), default=list(DEFAULT_RANKS), help="Sketchy ranks")
+    pl.add_argument("--ranks", type=_csv(int, "rank"), default=list(DEFAULT_RANKS), help="Sketchy ranks offered, "
+                    f"comma list (default {','.join(map(str, DEFAULT_RANKS))})")
     pl.add_argument("--block-sizes", type=_csv(int, "block size"), default=list(DEFAULT_BLOCK_SIZES),
-                    help="block sizes")
-    pl.add_argument("--grafts", type=_csv(str), default=list(DEFAULT_GRAFTS), help="grafts offered")
-    pl.add_argument("--momenta", type=_csv(str), default=list(DEFAULT_MOMENTA), help="momentum dtypes offered")
+                    help=f"block sizes offered, comma list (default {','.join(map(str, DEFAULT_BLOCK_SIZES))})")
+    pl.add_argument("--grafts", type=_csv(str), default=list(DEFAULT_GRAFTS), help="grafts offered, comma list "
+                    f"(default {','.join(DEFAULT_GRAFTS)})")
+    pl.add_argument("--momenta", type=_csv(str), default=list(DEFAULT_MOMENTA), help="momentum dtypes offered, "
+                    f"comma list (default {','.join(DEFAULT_MOMENTA)})")
     pl.add_argument("--world-size", type=flag_int(1, MAX_WORLD_SIZE), default=1,
                     help="data-parallel ranks (default 1)")
     pl.add_argument("--parallelism", choices=["ddp", "zero1", "zero2", "fsdp", "hsdp"],
                     help="how the ranks share the model: ddp, zero1, zero2, fsdp (FSDP2 fully_shard) or hsdp "
                     "(default ddp when --world-size > 1); the budget is per rank")
     pl.add_argument("--shard-group", type=flag_int(1, MAX_WORLD_SIZE),
-                    help="hsdp: ranks a parameter is sharded over (divides --world-size)")
+                    help="hsdp: ranks a parameter is sharded over (divides --world-size; required with hsdp, no default)")
     pl.add_argument("--shard-optimizer-state", action="store_true", help="alias of --parallelism zero1")
     pl.add_argument("--param-dtype", help="dtype of parameters and gradients, e.g. bfloat16 (default: the model's)")
-    pl.add_argument("--grad-dtype", help="gradient dtype if it differs from the parameters'")
+    pl.add_argument("--grad-dtype", help="gradient dtype if it differs from the parameters' (default: the parameters')")
     pl.add_argument("--master-weights", action="store_true", help="count a float32 master copy of trainable params")
-    pl.add_argument("--state-dtype", default="float32", choices=["float32", "float64", "bfloat16"])
-    pl.add_argument("--merge-dims", type=flag_int(1, example="1024"), default=1024)
-    pl.add_argument("--max-precond-dim", type=flag_int(1, example="8192"), default=8192)
-    pl.add_argument("--precondition-frequency", type=flag_int(1, example="10"), default=10)
-    pl.add_argument("--lr", type=flag_float(0, lo_open=True, example="1e-3"), default=1e-3)
-    pl.add_argument("--weight-decay", type=flag_float(0, example="0.01"), default=0.0)
+    pl.add_argument("--state-dtype", default="float32", choices=["float32", "float64", "bfloat16"],
+                    help="dtype of the preconditioner statistics and roots (default float32)")
+    pl.add_argument("--merge-dims", type=flag_int(1, example="1024"), default=1024, help="merge adjacent tensor "
+                    "dimensions while their product stays at most this (docs/algorithms.md; default 1024)")
+    pl.add_argument("--max-precond-dim", type=flag_int(1, example="8192"), default=8192, help="a dimension "
+                    "larger than this gets no Kronecker factor (a diagonal instead; default 8192)")
+    pl.add_argument("--precondition-frequency", type=flag_int(1, example="10"), default=10, help="steps between "
+                    "root / eigenbasis refreshes; the predicted step time amortises them (default 10)")
+    pl.add_argument("--lr", type=flag_float(0, lo_open=True, example="1e-3"), default=1e-3,
+                    help="learning rate recorded in the plan for build_optimizer (default 1e-3)")
+    pl.add_argument("--weight-decay", type=flag_float(0, example="0.01"), default=0.0,
+                    help="decoupled weight decay recorded in the plan (default 0)")
     pl.add_argument("--hardware", default="auto", help="hardware profile for predicted step times and kernel "
                     "variants: auto (the shipped profile matching this machine, else an analytic roofline), a "
                     "shipped profile NAME, or a FILE from `sketchplan profile` (default auto)")
-    pl.add_argument("--out", help="write the plan YAML here")
+    pl.add_argument("--out", help="write the plan YAML here (default: print only)")
     pl.add_argument("--spectrum", metavar="FILE", help="score probed tensors by their measured gradient spectra "
-                    "(from `sketchplan probe`)")
+                    "(from `sketchplan probe`; default: the documented prior, docs/score-model.md)")
     pl.add_argument("--explain", metavar="TENSOR", action="append", default=[],
-                    help="explain why TENSOR got its choice (repeatable)")
+                    help="explain why TENSOR got its choice (repeatable; default: none)")
     _view_flags(pl)
 
     ck = sub.add_parser("check", help="CI memory-regression check of a committed plan against today's model")
-    ck.add_argument("plan")
-    ck.add_argument("--model", help="the model today (default: the plan's model source)")
+    ck.add_argument("plan", help="the committed plan YAML")
+    ck.add_argument("--model", help="the model today, as plan --model takes it (default: the plan's model source)")
     ck.add_argument("--tolerance", type=flag_float(0, example="2"), default=0.0, metavar="PCT",
                     help="allowed growth of optimizer state, in percent (default 0)")
     ck.add_argument("--budget", type=flag_size("budget"),
                     help="memory budget to enforce (default: the plan's budget minus its reserve)")
     ck.add_argument("--measure", action="store_true", help="instantiate the optimizer, step it, and compare the "
                     "state it allocates with the prediction")
-    ck.add_argument("--device", default="cpu", help="device for --measure: cpu or cuda[:i]")
-    ck.add_argument("--json", metavar="FILE", help="write the report as JSON (schema: docs/check-report.schema.json)")
-    ck.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (one test case per check)")
+    ck.add_argument("--device", default="cpu", help="device for --measure: cpu or cuda[:i] (default cpu)")
+    ck.add_argument("--json", metavar="FILE", help="write the report as JSON (schema: docs/check-report.schema.json; "
+                    "default: none)")
+    ck.add_argument("--junit", metavar="FILE", help="write a JUnit XML report, one test case per check (default: "
+                    "none)")
 
     pr = sub.add_parser("probe", help="train a few steps and measure each matrix parameter's gradient spectra")
     pr.add_argument("--model", required=True, help="package.module:factory returning the (real) nn.Module")
@@ -161,38 +175,79 @@ def _parser() -> argparse.ArgumentParser:
                     "batches (cycled)")
     pr.add_argument("--loss", help="package.module:fn with fn(model, batch) -> loss (default: loss_fn in the data "
                     "module, else cross-entropy of model(x) against y for (x, y) batches)")
-    pr.add_argument("--steps", type=flag_int(1, 10**7, example="100"), default=100)
+    pr.add_argument("--steps", type=flag_int(1, 10**7, example="100"), default=100,
+                    help="AdamW steps to train while sketching (default 100)")
     pr.add_argument("--rank", type=flag_int(1, 2**16, example="256"), default=256,
                     help="FD sketch rank per axis (default 256)")
     pr.add_argument("--lr", type=flag_float(0, example="1e-3"), default=1e-3,
-                    help="AdamW learning rate of the probing run")
+                    help="AdamW learning rate of the probing run (default 1e-3)")
     pr.add_argument("--out", required=True, help="spectrum file to write (YAML)")
 
     pf = sub.add_parser("profile", help="measure the optimizers' kernels on a device and write a hardware profile")
     pf.add_argument("--device", default="cpu", help="cpu, cuda, cuda:INDEX or tpu (default cpu)")
-    pf.add_argument("--framework", default="torch", choices=["torch", "jax"])
+    pf.add_argument("--framework", default="torch", choices=["torch", "jax"],
+                    help="whose kernels to time (default torch)")
     pf.add_argument("--quick", action="store_true", help="small size grid (under 2 minutes on a CPU)")
     pf.add_argument("--threads", type=flag_int(1, 4096), help="CPU threads torch uses while measuring (recorded "
                     "in the fingerprint; default: torch's default)")
     pf.add_argument("--out", help="profile YAML to write (default: NAME.yaml after the device fingerprint)")
 
     sh = sub.add_parser("show", help="render an existing plan")
-    sh.add_argument("plan")
+    sh.add_argument("plan", help="the plan YAML to render")
     sh.add_argument("--plot", metavar="FILE.png", help="draw per-layer memory by method and the memory-vs-score "
-                    "frontier (needs matplotlib)")
+                    "frontier (needs matplotlib; default: no plot)")
     _view_flags(sh)
     return p
 
 
 def _view_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--by-module", action="store_true", help="one row per module")
+    g.add_argument("--by-module", action="store_true", help="one row per module (default: one per tensor class, "
+                   "repeated layers folded)")
     g.add_argument("--per-tensor", action="store_true", help="one row per tensor (default folds layers)")
-    p.add_argument("--all", action="store_true", help="show every row")
+    p.add_argument("--all", action="store_true", help="show every row (default: the first 60)")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="the table's rows (method, configuration "
+                   "and graft apart), totals, what-ifs and the plan as JSON, on stdout or to FILE; with stdout the "
+                   "tables are not printed (default: tables only)")
 
 
 def _mode(args) -> str:
     return "module" if args.by_module else "tensor" if args.per_tensor else "class"
+
+
+def _json_out(args) -> list[tuple[str, str | None]]:
+    """``--json FILE`` is an output like ``--out`` (``--json`` alone prints to stdout)."""
+    return [("--json", args.json)] if getattr(args, "json", None) not in (None, "-") else []
+
+
+def _render(plan, args, console):
+    """Tables on ``console``, or with ``--json`` (stdout) the JSON alone; returns the console for the lines
+    that follow (stderr when stdout carries JSON, so a script can parse stdout)."""
+    from .report import plan_json, render_plan
+
+    if args.json is None or args.json != "-":
+        render_plan(plan, console, _mode(args), None if args.all else 60)
+    if args.json is not None:
+        import json
+
+        text = json.dumps(plan_json(plan, _mode(args)), indent=2) + "\n"
+        if args.json == "-":
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            from rich.console import Console
+
+            return Console(stderr=True, width=console.width)
+        from .files import write_atomic
+
+        write_atomic(args.json, text, "--json")
+        console.print(f"JSON written to [bold]{args.json}[/]")
+    return console
+
+
+def _how_to_use(path: str) -> str:
+    """The one line after a plan is written: what to do with it."""
+    return (f"build it with [bold]sketchplan.build_optimizer(Plan.load({path!r}), model)[/], check it in CI with "
+            f"[bold]sketchplan check {path}[/]")
 
 
 def _cmd_update(args, console) -> int:
@@ -201,13 +256,12 @@ def _cmd_update(args, console) -> int:
     from .planner.plan import Plan
     from .planner.sizes import fmt_bytes
     from .planner.sources import load_spec
-    from .report import render_plan
-
     from .planner.parallel import settings_kwargs
 
     out = args.update if args.out is None else args.out
     # writing the plan back over itself is what --update is for; every other input is protected
-    _outputs([("--update" if args.out is None else "--out", out)], _model_inputs(args.model) + _plan_inputs(args))
+    _outputs([("--update" if args.out is None else "--out", out)] + _json_out(args),
+             _model_inputs(args.model) + _plan_inputs(args))
     old = Plan.load(args.update)
     source = args.model or old.model.source
     if not source:
@@ -225,13 +279,22 @@ def _cmd_update(args, console) -> int:
                     param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights,
                     hardware=args.hardware, max_step_vs_adam=args.max_step_vs_adam, **grid,
                     time_budget_ms=b.time_budget_ms if b.time_budget_source == "--time-budget-ms" else None)
-    render_plan(new, console, _mode(args), None if args.all else 60)
-    write_atomic(out, new.to_yaml(), "--update" if args.out is None else "--out")
+    console = _render(new, args, console)
+    text = new.to_yaml()
+    try:
+        with open(out, encoding="utf-8") as f:
+            unchanged = f.read() == text
+    except (OSError, UnicodeDecodeError):
+        unchanged = False
+    if unchanged:  # a no-op update must not touch the file (no mtime change, no diff to review)
+        console.print(f"plan unchanged: [bold]{out}[/] already holds this plan; nothing written")
+        return 0
+    write_atomic(out, text, "--update" if args.out is None else "--out")
     delta = new.totals.state_bytes - old.totals.state_bytes
     console.print(f"plan updated: optimizer state {fmt_bytes(old.totals.state_bytes)} → "
                   f"{fmt_bytes(new.totals.state_bytes)} ({'+' if delta >= 0 else '-'}{fmt_bytes(abs(delta))}), "
                   f"peak {fmt_bytes(old.totals.peak_bytes)} → {fmt_bytes(new.totals.peak_bytes)}; written to "
-                  f"[bold]{out}[/]")
+                  f"[bold]{out}[/]; review the diff and commit it")
     return 0
 
 
@@ -258,7 +321,7 @@ def _cmd_check(args, console) -> int:
     with _recorded_model(args.model, args.plan):
         model = load_model(source, module=args.measure)
     report = check(plan, model, plan_path=args.plan, tolerance_pct=args.tolerance, budget=budget,
-                   measure=args.measure, device=args.device)
+                   measure=args.measure, device=args.device, source=source)
     render_check(report, console)
     if args.json is not None:
         write_atomic(args.json, report.model_dump_json(indent=2) + "\n", "--json")
@@ -273,14 +336,13 @@ def _cmd_plan(args, console) -> int:
     from .planner import make_plan
     from .planner.plan import Plan
     from .planner.sources import load_spec
-    from .report import render_plan
 
     if args.update is not None:
         return _cmd_update(args, console)
     if not args.model:
         raise UserError("sketchplan plan needs --model (or --update PLAN to refresh an existing plan).")
     # fail before the work when an output cannot be written or would overwrite an input
-    _outputs([("--out", args.out)], _model_inputs(args.model) + _plan_inputs(args))
+    _outputs([("--out", args.out)] + _json_out(args), _model_inputs(args.model) + _plan_inputs(args))
     try:
         defaults = OptimizerDefaults(state_dtype=args.state_dtype, merge_dims=args.merge_dims,
                                      max_precond_dim=args.max_precond_dim,
@@ -310,7 +372,7 @@ def _cmd_plan(args, console) -> int:
                            grad_dtype=args.grad_dtype, master_weights=args.master_weights, spectrum=args.spectrum,
                            hardware=args.hardware, time_budget_ms=args.time_budget_ms,
                            max_step_vs_adam=args.max_step_vs_adam, tokens_per_step=args.tokens_per_step)
-    render_plan(plan, console, _mode(args), None if args.all else 60)
+    console = _render(plan, args, console)
     if args.explain:
         from .planner.explain import explain
         from .report import render_explain
@@ -319,7 +381,10 @@ def _cmd_plan(args, console) -> int:
             render_explain(explain(plan, spec, name), console)
     if args.out is not None:
         write_atomic(args.out, plan.to_yaml(), "--out")
-        console.print(f"plan written to [bold]{args.out}[/]")
+        console.print(f"plan written to [bold]{args.out}[/]; " + _how_to_use(args.out))
+    elif args.json is None:
+        console.print("nothing written: add [bold]--out plan.yaml[/] to keep this plan (then "
+                      "`sketchplan.build_optimizer(Plan.load(...), model)` builds it)")
     return 0
 
 
@@ -411,7 +476,7 @@ def _cross_entropy(model, batch):
 def _cmd_profile(args, console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .profiles.measure import describe, measure_profile
+    from .profiles.measure import describe, measure_profile, noise_warning
 
     from .profiles.fingerprint import detect, profile_name
 
@@ -433,23 +498,29 @@ def _cmd_profile(args, console) -> int:
         bar.update(task, description="done", completed=bar.tasks[0].total)
     profile.save(out, "--out")
     console.print(describe(profile))
+    warning = noise_warning(profile)
+    if warning:
+        from rich.console import Console
+        from rich.text import Text
+
+        Console(stderr=True).print(Text("warning: ", style="bold yellow") + Text(warning), soft_wrap=True)
     console.print(f"profile written to [bold]{out}[/]; use it with `sketchplan plan --hardware {out}`")
     return 0
 
 
 def _cmd_show(args, console) -> int:
     from .planner.plan import Plan
-    from .report import render_plan
 
+    _outputs(_json_out(args), [("plan", args.plan)])
     if args.plot is not None:
         from .plot import check_plot_path
 
-        _outputs([("--plot", args.plot)], [("plan", args.plan)])
+        _outputs([("--plot", args.plot)] + _json_out(args), [("plan", args.plan)])
         check_plot_path(args.plot)
     plan = Plan.load(args.plan)
     if args.plot is not None and plan.model.source:
         _outputs([("--plot", args.plot)], _model_inputs(plan.model.source))
-    render_plan(plan, console, _mode(args), None if args.all else 60)
+    console = _render(plan, args, console)
     if args.plot is not None:
         from .planner.sources import load_spec
         from .plot import plot_plan

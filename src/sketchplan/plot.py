@@ -65,6 +65,112 @@ def frontier(plan: Plan, spec, points: int = 24) -> list[tuple[int, float]]:
     return out
 
 
+#: byte units for the axes, largest first
+UNITS = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1))
+
+
+def byte_unit(largest: float) -> tuple[str, int]:
+    """The largest binary unit in which ``largest`` is at least 1 (``B`` below 1 KiB): a tiny MLP's axis reads
+    KiB, not 0.0012 GiB."""
+    for name, scale in UNITS:
+        if largest >= scale:
+            return name, scale
+    return "B", 1
+
+
+def label_overlaps(fig) -> list[tuple[str, str]]:
+    """Pairs of visible texts (tick labels, annotations, titles, axis labels) whose drawn boxes intersect, across
+    the whole figure (pixels of the rendered figure; touching edges do not count)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for ax in fig.axes for t in ax.get_xticklabels() + ax.get_yticklabels() + ax.texts
+             + [ax.title, ax.xaxis.label, ax.yaxis.label] if t.get_visible() and t.get_text()]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    found = []
+    for i, (a, ba) in enumerate(boxes):
+        for b, bb in boxes[i + 1:]:
+            if ba.x0 < bb.x1 - 0.5 and bb.x0 < ba.x1 - 0.5 and ba.y0 < bb.y1 - 0.5 and bb.y0 < ba.y1 - 0.5:
+                found.append((a, b))
+    return found
+
+
+def _thin_ticks(fig, ax) -> None:
+    """Show every n-th layer label, n the smallest that leaves no two labels overlapping."""
+    labels = ax.get_xticklabels()
+    for step in range(1, len(labels) + 1):
+        for i, t in enumerate(labels):
+            t.set_visible(i % step == 0 or i == len(labels) - 1 and labels[i].get_text() == "other")
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        shown = [t.get_window_extent(r) for t in labels if t.get_visible()]
+        if all(a.x1 <= b.x0 for a, b in zip(shown, shown[1:])):
+            return
+
+
+def _place_annotations(fig, ax, notes) -> None:
+    """Annotate points, moving a label up (then down) in steps of its height until it meets no earlier label."""
+    r = None
+    placed = []
+    for text, xy in notes:
+        for k in (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5):
+            a = ax.annotate(text, xy, fontsize=7, textcoords="offset points", xytext=(4, -8 + 9 * k),
+                            arrowprops=dict(arrowstyle="-", color="#bbb", lw=0.5) if k else None)
+            fig.canvas.draw()
+            r = r or fig.canvas.get_renderer()
+            box = a.get_window_extent(r)
+            if not any(box.overlaps(b) for b in placed):
+                placed.append(box)
+                break
+            a.remove()
+
+
+def draw_plan(plan: Plan, spec=None, points: int = 24):
+    """The figure of ``plot_plan`` (matplotlib ``Figure``), axis units chosen from the data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [1.6, 1]})
+    keys, stacks = per_layer(plan)
+    totals = [sum(col) for col in zip(*stacks.values())] or [0]
+    unit, scale = byte_unit(max(totals))
+    bottom = [0.0] * len(keys)
+    for m, vals in stacks.items():
+        ax1.bar(range(len(keys)), [v / scale for v in vals], bottom=bottom, color=COLORS.get(m), label=m)
+        bottom = [b + v / scale for b, v in zip(bottom, vals)]
+    ax1.set_xticks(range(len(keys)))
+    ax1.set_xticklabels(keys, rotation=90 if len(keys) > 30 else 0, fontsize=7 if len(keys) > 30 else 9)
+    ax1.set_xlabel("layer (first index in the tensor name; embeddings, heads and norms under 'other')")
+    ax1.set_ylabel(f"optimizer state ({unit})")
+    ax1.set_title(f"{plan.model.source}: optimizer state per layer, by method")
+    ax1.legend()
+    pts = frontier(plan, spec, points) if spec is not None else []
+    xs = [b for b, _ in pts] + [w.peak_bytes for w in plan.what_if] + [plan.totals.peak_bytes]
+    budget = (plan.budget.memory_bytes - plan.budget.reserve_bytes) if plan.budget.memory_bytes is not None else None
+    unit2, scale2 = byte_unit(max(xs + ([budget] if budget else [])))
+    if pts:
+        ax2.plot([b / scale2 for b, _ in pts], [s for _, s in pts], "-o", ms=3, color="#444",
+                 label="best plan at each budget")
+    notes = []
+    for w in plan.what_if:
+        ax2.scatter(w.peak_bytes / scale2, w.score, s=18, marker="x", color="#999")
+        if w.label in ("all adam", "all shampoo +adam/fp32") or "k=256" in w.label or "B=1024" in w.label:
+            notes.append((w.label.replace("all ", ""), (w.peak_bytes / scale2, w.score)))
+    ax2.scatter(plan.totals.peak_bytes / scale2, plan.totals.score, s=160, marker="*", color="#d62728", zorder=5,
+                label="this plan")
+    if budget is not None:
+        ax2.axvline(budget / scale2, ls="--", color="#d62728", lw=1, label="budget")
+    ax2.set_xlabel(f"predicted peak memory ({unit2})")
+    ax2.set_ylabel("score (parameter-weighted share of Shampoo kept)")
+    ax2.set_title("memory vs score frontier")
+    ax2.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    _thin_ticks(fig, ax1)
+    _place_annotations(fig, ax2, notes)
+    return fig
+
+
 def plot_plan(plan: Plan, path: str, spec=None) -> None:
     try:
         import matplotlib
@@ -76,38 +182,7 @@ def plot_plan(plan: Plan, path: str, spec=None) -> None:
     from .files import write_atomic
 
     fmt = check_plot_path(path)  # before drawing: a format matplotlib cannot write, a target that must not be
-    gib = 2**30
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [1.6, 1]})
-    keys, stacks = per_layer(plan)
-    bottom = [0.0] * len(keys)
-    for m, vals in stacks.items():
-        ax1.bar(range(len(keys)), [v / gib for v in vals], bottom=bottom, color=COLORS.get(m), label=m)
-        bottom = [b + v / gib for b, v in zip(bottom, vals)]
-    ax1.set_xticks(range(len(keys)))
-    ax1.set_xticklabels(keys, rotation=90 if len(keys) > 30 else 0, fontsize=7 if len(keys) > 30 else 9)
-    ax1.set_xlabel("layer (first index in the tensor name; embeddings, heads and norms under 'other')")
-    ax1.set_ylabel("optimizer state (GiB)")
-    ax1.set_title(f"{plan.model.source}: optimizer state per layer, by method")
-    ax1.legend()
-    if spec is not None:
-        pts = frontier(plan, spec)
-        if pts:
-            ax2.plot([b / gib for b, _ in pts], [s for _, s in pts], "-o", ms=3, color="#444", label="best plan at each budget")
-    for w in plan.what_if:
-        ax2.scatter(w.peak_bytes / gib, w.score, s=18, marker="x", color="#999")
-        if w.label in ("all adam", "all shampoo +adam/fp32") or "k=256" in w.label or "B=1024" in w.label:
-            ax2.annotate(w.label.replace("all ", ""), (w.peak_bytes / gib, w.score), fontsize=7,
-                         textcoords="offset points", xytext=(4, -8))
-    ax2.scatter(plan.totals.peak_bytes / gib, plan.totals.score, s=160, marker="*", color="#d62728", zorder=5,
-                label="this plan")
-    if plan.budget.memory_bytes is not None:
-        ax2.axvline((plan.budget.memory_bytes - plan.budget.reserve_bytes) / gib, ls="--", color="#d62728", lw=1,
-                    label="budget")
-    ax2.set_xlabel("predicted peak memory (GiB)")
-    ax2.set_ylabel("score (parameter-weighted share of Shampoo kept)")
-    ax2.set_title("memory vs score frontier")
-    ax2.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    fig = draw_plan(plan, spec)
     import io
 
     buf = io.BytesIO()

@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 from rich import box
 from rich.console import Console, Group
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -21,6 +22,19 @@ def _choice(e: TensorEntry) -> str:
     return "frozen" if cfg is None else cfg.label()
 
 
+def choice_parts(e: TensorEntry) -> tuple[str, str, str]:
+    """(method, configuration, graft/momentum) of a tensor's choice, e.g. ``("sketchy", "k=256",
+    "adafactor/bf16")``: the table gives each its own column so that a narrow terminal never cuts the rank or
+    block size off the method (``MethodConfig.label`` joins the same three parts)."""
+    cfg = e.config()
+    if cfg is None:
+        return "frozen", "", ""
+    label = cfg.label()
+    head, _, rest = label.partition(" +")
+    method, _, inner = head.partition("(")
+    return method, inner.rstrip(")").replace(", ", ","), rest
+
+
 def fold_name(name: str) -> str:
     """``model.layers.17.mlp.up_proj.weight`` → ``model.layers.*.mlp.up_proj.weight``."""
     return _LAYER.sub("*", name)
@@ -28,7 +42,8 @@ def fold_name(name: str) -> str:
 
 def tensor_rows(plan: Plan, mode: str) -> list[tuple[str, int, str, str, int, int, float | None, float | None]]:
     """(name, count, shape, choice, state bytes, workspace, score, step ms) rows for ``mode``
-    tensor|class|module; step ms is the predicted time summed over the row's tensors (None without a profile)."""
+    tensor|class|module; step ms is the predicted time summed over the row's tensors (None without a profile).
+    In module mode the choice is the module's distinct ``method(configuration)`` labels, comma-separated."""
     rows: OrderedDict[tuple, list] = OrderedDict()
     for e in plan.tensors:
         shape = "×".join(map(str, e.shape)) or "scalar"
@@ -44,7 +59,7 @@ def tensor_rows(plan: Plan, mode: str) -> list[tuple[str, int, str, str, int, in
             label = fold_name(e.name)
             key = (label, shape, _choice(e))
             shown_shape, choice = shape, _choice(e)
-        r = rows.setdefault(key, [label, 0, shown_shape, choice, 0, 0, 0.0, 0, None])
+        r = rows.setdefault(key, [label, 0, shown_shape, choice, 0, 0, 0.0, 0, None, set(), e])
         r[1] += 1
         if e.step_ms is not None:
             r[8] = (r[8] or 0.0) + e.step_ms
@@ -57,36 +72,134 @@ def tensor_rows(plan: Plan, mode: str) -> list[tuple[str, int, str, str, int, in
             r[6] += e.score * numel
             r[7] += numel
         if mode == "module":
-            methods = set(filter(None, r[3].split(", "))) | {_choice(e).split(" ")[0]}
-            r[3] = ", ".join(sorted(methods))
+            method, cfg, _ = choice_parts(e)
+            r[9].add(f"{method}({cfg})" if cfg else method)
+            r[3] = ", ".join(sorted(r[9]))
     return [(r[0], r[1], r[2], r[3], r[4], r[5], (r[6] / r[7]) if r[7] else None, r[8]) for r in rows.values()]
 
 
-def tensor_table(plan: Plan, mode: str = "class", max_rows: int | None = 60) -> Table:
+def _entries(plan: Plan, mode: str) -> list[TensorEntry | None]:
+    """The first tensor of each row of ``tensor_rows`` (its choice is the row's; None in module mode)."""
+    seen: OrderedDict[tuple, TensorEntry | None] = OrderedDict()
+    for e in plan.tensors:
+        shape = "×".join(map(str, e.shape)) or "scalar"
+        key = (e.name,) if mode == "tensor" else (fold_name(e.name), shape, _choice(e))
+        if mode == "module":
+            key = (fold_name(e.name.rsplit(".", 1)[0] if "." in e.name else e.name),)
+        seen.setdefault(key, None if mode == "module" else e)
+    return list(seen.values())
+
+
+def wrap_name(name: str, width: int) -> str:
+    """``name`` broken into lines of at most ``width`` characters after its dots (``model.layers.*.`` /
+    ``mlp.up_proj.weight``), never inside a component unless one alone is longer than ``width``."""
+    if width <= 0 or len(name) <= width:
+        return name
+    parts = re.findall(r"[^. ]*[. ]|[^. ]+$", name)
+    lines, cur = [], ""
+    for p in parts:
+        while len(p) > width:  # a component longer than the column: fold it
+            if cur:
+                lines.append(cur)
+                cur = ""
+            lines.append(p[:width])
+            p = p[width:]
+        if len(cur) + len(p) > width:
+            lines.append(cur)
+            cur = ""
+        cur += p
+    if cur:
+        lines.append(cur)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+#: optional columns, dropped in this order when the terminal is too narrow for them (the --json output and a
+#: wider terminal keep them); tensor, ×, method and configuration always stay
+_DROP_ORDER = ("workspace", "step ms", "shape", "graft", "score")
+_RIGHT = {"×", "state", "workspace", "score", "step ms"}
+#: the tensor column is never narrower than this (it is wrapped after dots to fit)
+MIN_NAME = 14
+
+
+def tensor_table(plan: Plan, mode: str = "class", max_rows: int | None = 60, width: int | None = None) -> Table:
+    """The per-tensor (or folded, or per-module) table, fitted to ``width`` columns (None: no limit): method and
+    configuration (rank k, block size B) have their own columns that never wrap; tensor names wrap after dots;
+    optional columns are dropped, and named in the caption, only when they cannot fit."""
     title = {"tensor": "per tensor", "class": "per tensor class (layers folded: *)", "module": "per module"}[mode]
-    t = Table(title=f"Plan {title}", box=box.SIMPLE_HEAD, title_justify="left")
-    t.add_column("tensor" if mode != "module" else "module", overflow="fold")
-    t.add_column("×", justify="right")
-    if mode != "module":
-        t.add_column("shape")
-    t.add_column("choice" if mode != "module" else "methods")
-    t.add_column("state", justify="right")
-    t.add_column("workspace", justify="right")
-    t.add_column("score", justify="right")
-    timed = plan.totals.step_ms is not None
-    if timed:
-        t.add_column("step ms", justify="right")
     rows = tensor_rows(plan, mode)
     shown = rows if max_rows is None else rows[:max_rows]
-    for name, n, shape, choice, state, ws, score, ms in shown:
-        cells = [name, str(n)] + ([shape] if mode != "module" else []) + [
-            choice, fmt_bytes(state), fmt_bytes(ws), "" if score is None else f"{score:.3f}"]
-        if timed:
-            cells.append("" if ms is None else _ms(ms))
-        t.add_row(*cells)
+    entries = _entries(plan, mode)[:len(shown)]
+    timed = plan.totals.step_ms is not None
+    cells: dict[str, list[str]] = {"×": [], "shape": [], "method": [], "k/B": [], "graft": [], "state": [],
+                                   "workspace": [], "score": [], "step ms": []}
+    for (name, n, shape, choice, state, ws, score, ms), e in zip(shown, entries):
+        method, cfg, graft = choice_parts(e) if e is not None else (choice, "", "")
+        for col, v in (("×", str(n)), ("shape", shape), ("method", method), ("k/B", cfg), ("graft", graft),
+                       ("state", fmt_bytes(state)), ("workspace", fmt_bytes(ws)),
+                       ("score", "" if score is None else f"{score:.3f}"),
+                       ("step ms", "" if ms is None else _ms(ms))):
+            cells[col].append(v)
+    cols = ["×"] + (["shape"] if mode != "module" else []) + ["method"] + (
+        ["k/B", "graft"] if mode != "module" else []) + ["state", "workspace", "score"] + (["step ms"] if timed else [])
+    if mode != "module":
+        cols = [c for c in cols if c not in ("k/B", "graft") or any(cells[c])]
+
+    names = [r[0] for r in shown]
+    full = max([len("module" if mode == "module" else "tensor")] + [len(x) for x in names])
+
+    def build(cols: list[str], name_w: int | None) -> Table:
+        t = Table(title=f"Plan {title}", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False,
+                  show_edge=False, collapse_padding=True)
+        t.add_column("tensor" if mode != "module" else "module", overflow="fold", width=name_w)
+        for c in cols:
+            head = {"method": "methods" if mode == "module" else "method", "graft": "graft/mom"}.get(c, c)
+            t.add_column(head, justify="right" if c in _RIGHT else "left",
+                         no_wrap=not (c == "method" and mode == "module"), overflow="fold")
+        for i, name in enumerate(names):
+            t.add_row(wrap_name(name, name_w) if name_w else name, *[cells[c][i] for c in cols])
+        return t
+
+    def natural(t: Table) -> int:
+        from rich.console import Console as _C
+
+        probe = _C(width=10_000)
+        return Measurement.get(probe, probe.options, t).maximum
+
+    dropped: list[str] = []
+    name_w = None
+    if width is not None:
+        for c in (None,) + _DROP_ORDER:
+            if c is not None and c in cols:
+                cols.remove(c)
+                dropped.append(c)
+            spare = width - natural(build(cols, MIN_NAME))
+            if spare >= 0:
+                break
+        name_w = max(MIN_NAME, min(full, MIN_NAME + spare))
+    t = build(cols, name_w)
+    notes = []
     if len(shown) < len(rows):
-        t.caption = f"… {len(rows) - len(shown)} more rows (--all shows every row)"
+        notes.append(f"… {len(rows) - len(shown)} more rows (--all shows every row)")
+    if dropped:
+        notes.append(f"columns {', '.join(dropped)} left out at {width} columns (a wider terminal or --json has them)")
+    if notes:
+        t.caption = "; ".join(notes)
+        t.caption_justify = "left"
     return t
+
+
+def plan_json(plan: Plan, mode: str = "class") -> dict:
+    """``plan``/``show --json``: the table's rows (every row, with method, configuration and graft apart), the
+    totals, the what-ifs and the whole plan, for scripts."""
+    rows = []
+    for (name, n, shape, choice, state, ws, score, ms), e in zip(tensor_rows(plan, mode), _entries(plan, mode)):
+        method, cfg, graft = choice_parts(e) if e is not None else (None, None, None)
+        rows.append({"name": name, "count": n, "shape": shape or None, "choice": choice, "method": method,
+                     "configuration": cfg, "graft": graft, "state_bytes": state, "workspace_bytes": ws,
+                     "score": score, "step_ms": ms})
+    data = plan.model_dump(mode="json")
+    return {"view": mode, "rows": rows, "totals": data["totals"], "budget": data["budget"],
+            "what_if": data.get("what_if"), "solver": data.get("solver"), "plan": data}
 
 
 def _ms(ms: float) -> str:
@@ -114,11 +227,15 @@ def totals_table(plan: Plan) -> Table:
     t = Table(title="Totals (predicted)", box=box.SIMPLE_HEAD, title_justify="left", show_header=False)
     t.add_column("what")
     t.add_column("bytes", justify="right")
-    t.add_row("parameters", fmt_bytes(tot.params_bytes))
-    t.add_row("gradients", fmt_bytes(tot.grads_bytes))
+    sharded = tot.peak_bytes_per_rank is not None
+    whole = " (all ranks together)" if sharded else ""  # never a total next to a per-rank peak unlabelled
+    if sharded:
+        t.add_row(Text(f"whole model, summed over the {plan.settings.world_size} ranks", style="bold"), "")
+    t.add_row("parameters" + (" (one copy)" if sharded else ""), fmt_bytes(tot.params_bytes))
+    t.add_row("gradients" + (" (one copy)" if sharded else ""), fmt_bytes(tot.grads_bytes))
     if tot.master_bytes:
-        t.add_row("master weights (fp32)", fmt_bytes(tot.master_bytes))
-    t.add_row("optimizer state", fmt_bytes(tot.state_bytes))
+        t.add_row("master weights (fp32)" + (" (one copy)" if sharded else ""), fmt_bytes(tot.master_bytes))
+    t.add_row("optimizer state" + whole, fmt_bytes(tot.state_bytes))
     if tot.state_bytes_per_rank is not None:
         t.add_row(f"  largest rank of {plan.settings.world_size}", fmt_bytes(tot.state_bytes_per_rank))
     for m, v in sorted(tot.state_bytes_by_method.items(), key=lambda kv: -kv[1]):
@@ -156,8 +273,9 @@ def totals_table(plan: Plan) -> Table:
         s = plan.solver
         t.add_row("solver", f"{s.status}, gap ≤ {s.gap:.2e}" + (f", {s.binding} binds" if s.binding else ""))
         for what, r in (s.relax or {}).items():
-            t.add_row(f"  without the {what} budget",
-                      f"score {r['score']:.4f} at {fmt_bytes(r['peak_bytes'])}, {r['step_ms']:.1f} ms")
+            ms = r.get("step_ms")  # no time model (or an untimed plan): say nothing rather than "0.0 ms"
+            t.add_row(f"  without the {what} budget", f"score {r['score']:.4f} at {fmt_bytes(r['peak_bytes'])}"
+                      + (f", {_ms(ms)} ms" if ms and tot.step_ms is not None else ""))
     return t
 
 
@@ -186,7 +304,8 @@ def render_plan(plan: Plan, console: Console, mode: str = "class", max_rows: int
     m = plan.model
     console.print(f"[bold]{m.source or 'model'}[/]: {m.n_params:,} parameters in {m.n_tensors} tensors "
                   f"({m.n_trainable:,} trainable)" + (f", hardware: {plan.hardware}" if plan.hardware else ""))
-    console.print(Group(tensor_table(plan, mode, max_rows), totals_table(plan), what_if_table(plan)))
+    console.print(Group(tensor_table(plan, mode, max_rows, width=console.width), totals_table(plan),
+                        what_if_table(plan)))
 
 
 def render_check(report, console: Console, max_rows: int | None = 40) -> None:

@@ -28,12 +28,14 @@ from .planner.plan import Plan
 
 
 def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 0.0, budget: int | None = None,
-          measure: bool = False, device: str = "cpu", measure_limit: int | None = None) -> CheckReport:
+          measure: bool = False, device: str = "cpu", measure_limit: int | None = None,
+          source: str | None = None) -> CheckReport:
     """Compare ``plan`` with today's ``model`` (``planner.check``); with ``measure``, also build the planned
-    optimizer on ``device``, step it and compare the allocated state bytes with the plan's, tensor by tensor."""
+    optimizer on ``device``, step it and compare the allocated state bytes with the plan's, tensor by tensor.
+    ``source`` names where ``model`` came from (default: the plan's recorded source)."""
     measurer = partial(measure_plan, device=device, limit=measure_limit) if measure else None
     return static_check(plan, model, plan_path=plan_path, tolerance_pct=tolerance_pct, budget=budget,
-                        measurer=measurer)
+                        measurer=measurer, source=source)
 
 
 def _device_limit(device) -> int:

@@ -185,12 +185,15 @@ Measurer = Callable[[Plan, object, ModelSpec, "dict[str, MethodConfig]"], Measur
 
 
 def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 0.0, budget: int | None = None,
-          measurer: Measurer | None = None) -> CheckReport:
+          measurer: Measurer | None = None, source: str | None = None) -> CheckReport:
     """Compare ``plan`` with today's ``model`` (see module docstring); never raises for a regression.
+
+    ``source``: where today's model came from (``check --model X``), recorded in the report; default the plan's.
 
     ``measurer``: when given, the planned optimizer is measured with it (``sketchplan.verify.check`` passes
     ``measure_plan``, which builds the torch optimizer; the planner itself never imports a framework)."""
-    spec = analyze(model, source=plan.model.source)
+    source = source or plan.model.source
+    spec = analyze(model, source=source)
     from .analysis import check_spec
 
     check_spec(spec, f"model {spec.source!r}" if spec.source else "the model")
@@ -249,7 +252,7 @@ def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 
 
     all_ok = all(c.ok for c in checks)
     shown = [d for d in diffs if d.status != "same" or d.offending]
-    return CheckReport(plan=plan_path, model=plan.model.source or "", ok=all_ok, exit_code=0 if all_ok else 1,
+    return CheckReport(plan=plan_path, model=source or "", ok=all_ok, exit_code=0 if all_ok else 1,
                        tolerance_pct=tolerance_pct, budget_bytes=budget, old_state_bytes=old_state,
                        new_state_bytes=new_state, new_peak_bytes=peak, checks=checks, tensors=shown,
                        measured=measured)

@@ -6,7 +6,6 @@ optimizers' layouts) → solve the knapsack → one entry per tensor, totals, wh
 
 from __future__ import annotations
 
-import time
 import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -265,7 +264,6 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     0 without). Raises ``UserError`` when no plan fits, naming
     the minimum.
     """
-    t0 = time.perf_counter()
     opts = defaults or OptimizerDefaults()
     spec, excluded, pspec = _validated(model, source)
     spec.params = structure.annotate(spec.params)  # by name where no module told (shapes files, pytrees)
@@ -357,8 +355,8 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     scale = par_.knapsack_scale(par)  # the solver's bytes are summed over the ranks (owner placement): ~ per rank
     relax_info = {k: {"score": round(v["value"] / n, 6), "peak_bytes": float(fixed.total + -(-v["bytes"] // scale)),
                       "step_ms": round(v["time_ms"], 3)} for k, v in relax.items()} or None
-    info = SolverInfo(status=sol.status, gap=gap, binding=binding, price_per_gib=price, relax=relax_info,
-                      seconds=round(time.perf_counter() - t0, 4))
+    # no solve time in the plan: a re-plan from the same inputs must be byte-identical (issue 18)
+    info = SolverInfo(status=sol.status, gap=gap, binding=binding, price_per_gib=price, relax=relax_info)
     budget.time_budget_ms = time_budget_ms
     budget.time_budget_source = time_source
     grid = CandidateGrid(methods=list(methods), ranks=list(ranks), block_sizes=list(block_sizes),

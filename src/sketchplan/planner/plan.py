@@ -233,7 +233,8 @@ class SolverInfo(_Strict):
                                         "(parameter-weighted) gained per extra GiB")
     relax: dict[str, dict[str, float]] | None = Field(default=None, description="per binding budget: the score, "
                                                       "bytes and ms of the plan with that budget relaxed")
-    seconds: float | None = Field(default=None, ge=0)
+    #: how long the solve took: shown, never written (a re-plan from the same inputs is byte-identical)
+    seconds: float | None = Field(default=None, ge=0, exclude=True)
 
 
 class Plan(YamlFile):

@@ -94,16 +94,38 @@ def build_preset(name: str):
     return _on_meta(lambda: getattr(tf, model_cls)(config))
 
 
+def hf_config_path(path: str) -> str:
+    """``hf:DIR`` means ``DIR/config.json`` (a checkpoint directory, as transformers' ``from_pretrained`` takes
+    it); ``hf:FILE`` is the file itself."""
+    return os.path.join(path, "config.json") if path and os.path.isdir(path) else path
+
+
+def _unknown_model_type(model_type: str, known) -> str:
+    """One sentence for a ``model_type`` transformers does not know: the closest known names, not all of them."""
+    import difflib
+
+    known = sorted(known)
+    close = difflib.get_close_matches(model_type.lower(), known, n=5, cutoff=0.5)
+    hint = (f"did you mean {', '.join(close)}?" if close
+            else f"known ones include {', '.join(k for k in ('bert', 'gpt2', 'llama', 'mistral', 'mixtral', 't5', 'vit') if k in known)}")
+    return f"model_type {model_type[:60]!r} is not one of the {len(known)} model types this transformers knows ({hint})"
+
+
 def build_hf_config(path: str):
     """An ``nn.Module`` from a local transformers ``config.json`` (architecture from its ``architectures``)."""
     from ..inputs import load_json, read_text
 
+    path = hf_config_path(path)
     where = f"configuration file {path!r}"
-    text = read_text(path, "configuration file", "give hf:PATH/config.json of a local file", "fix the file")
+    text = read_text(path, "configuration file", "give hf:DIR (holding config.json) or hf:PATH/config.json of a "
+                     "local file", "fix the file")
     data = load_json(text, where, "fix the file")
     if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
         raise UserError(f"{where} has no 'model_type'; use a transformers config.json.")
     tf = _transformers()
+    known = getattr(tf, "CONFIG_MAPPING", None)
+    if known is not None and data["model_type"] not in known:
+        raise UserError(f"{where}: {_unknown_model_type(data['model_type'], known.keys())}; fix 'model_type'.")
     try:
         config = tf.AutoConfig.for_model(**data)
     except Exception as exc:  # transformers validates in many ways (ValueError, TypeError, KeyError, ...)
@@ -178,7 +200,7 @@ def source_files(spec: str) -> list[tuple[str, str]]:
     if not spec or spec in PRESETS:
         return []
     if spec.startswith("hf:"):
-        return [("--model configuration", spec[3:])]
+        return [("--model configuration", hf_config_path(spec[3:]))]
     if spec.lower().endswith((".yaml", ".yml", ".json")):
         return [("--model shapes file", spec)]
     mod_name = spec.partition(":")[0]
@@ -348,7 +370,7 @@ def load_model(spec: str, module: bool = False):
     if ":" in spec:
         return build_factory(spec)
     raise UserError(f"unknown model {spec!r}; use a preset ({', '.join(PRESETS)}), package.module:factory, "
-                    "a shapes file (.yaml/.json) or hf:PATH/config.json.")
+                    "a shapes file (.yaml/.json) or hf:DIR / hf:PATH/config.json.")
 
 
 def load_spec(spec: str) -> ModelSpec:

@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..kernels.calls import KERNEL_VARIANTS, bytes_moved, flops
 from ..kernels.timing import jax_runner, median_seconds, torch_runner
 from .fingerprint import detect, parse_device, profile_name
-from .schema import HardwareProfile, KernelTable, Point, Roofline
+from .schema import HardwareProfile, KernelTable, Point, ProfileNoise, Roofline
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,8 @@ def measure_profile(device: str = "cpu", framework: str = "torch", quick: bool =
         runner = lambda fn: torch_runner(fn, device)  # noqa: E731
     work = [(kern, var) for kern, vs in KERNEL_VARIANTS.items() if only is None or kern in only for var in vs]
     total = sum(len(spec.dims[k]) for k, _ in work)
+    refs = [r for r in REFERENCES if only is None or r[0] in only]
+    before = [_reference_time(make, runner, r, device) for r in refs], _load()
     tables = []
     for kern, var in work:
         points: list[Point] = []
@@ -194,9 +196,67 @@ def measure_profile(device: str = "cpu", framework: str = "torch", quick: bool =
             floor = secs if floor is None else min(floor, secs)
         if points:
             tables.append(KernelTable(kernel=kern, variant=var, points=points))
+    after = [_reference_time(make, runner, r, device) for r in refs], _load()
+    checks = []
+    for i, (kern, var, dims) in enumerate(refs):
+        t = next((t for t in tables if t.kernel == kern and t.variant == var), None)
+        during = [p.seconds for p in (t.points if t else []) if tuple(p.dims) == dims]
+        checks.append(noise(kern, var, dims, [before[0][i]] + during[:1] + [after[0][i]],
+                            [x for x in (before[1], after[1]) if x is not None]))
     profile = HardwareProfile(name=name or profile_name(info), created_by=_created_by(), quick=quick, device=info,
-                              roofline=fit_roofline(tables), tables=tables)
+                              roofline=fit_roofline(tables), tables=tables, noise=checks or None)
     return profile
+
+
+#: reference problems timed before and after a profile run, and compared with the run's own point of that size
+#: (both grids hold them): a product and an eigendecomposition, small enough to cost well under a second
+REFERENCES: tuple[tuple[str, str, tuple[int, ...]], ...] = (("gemm", KERNEL_VARIANTS["gemm"][0], (512, 512, 512)),
+                                                             ("inv_root", KERNEL_VARIANTS["inv_root"][0], (64,)))
+#: times of one problem that disagree by more than this factor mark the profile noisy
+NOISE_LIMIT = 1.5
+
+
+def noise(kernel: str, variant: str, dims: tuple[int, ...], seconds: list[float], load: list[float],
+          limit: float = NOISE_LIMIT) -> ProfileNoise:
+    """The spread (slowest / fastest) of one problem's times taken at different moments of a profile run."""
+    ratio = max(seconds) / min(seconds)
+    return ProfileNoise(kernel=kernel, variant=variant, dims=list(dims), seconds=list(seconds), ratio=ratio,
+                        limit=limit, load_average=load, noisy=ratio > limit)
+
+
+def noise_warning(profile: HardwareProfile) -> str | None:
+    """One sentence when the profile's reference problems disagree beyond the limit (None when they agree)."""
+    bad = [n for n in profile.noise or [] if n.noisy]
+    if not bad:
+        return None
+    parts = [f"{n.kernel} {'×'.join(map(str, n.dims))} took {' / '.join(f'{s * 1e3:.3g}' for s in n.seconds)} ms "
+             f"(before / during / after: {n.ratio:.1f}× apart)" for n in bad]
+    load = bad[0].load_average
+    cpus = _cpus()
+    return (f"the machine was busy while profiling: {'; '.join(parts)}, over the {bad[0].limit:g}× limit"
+            + (f", load average {' → '.join(f'{x:.1f}' for x in load)} on {cpus} CPUs" if load else "")
+            + "; the profile is marked noisy (its times are inflated): measure again on a quiet machine.")
+
+
+def _reference_time(make, runner, ref, device) -> float:
+    kern, var, dims = ref
+    fn, _ = make(kern, var, dims, device)
+    return median_seconds(runner(fn), warmup=1, budget_s=0.1)[0]
+
+
+def _load() -> float | None:
+    import os
+
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 1
 
 
 def fit_roofline(tables: list[KernelTable]) -> Roofline:

@@ -63,6 +63,23 @@ class Roofline(_Strict):
     overhead_s: float = Field(ge=0, le=10, description="time of the smallest measured call")
 
 
+class ProfileNoise(_Strict):
+    """How much a reference problem's time moved while the profile was measured (``profiles.measure.noise``):
+    timed before the run, inside it (the grid's own point) and after it. A ratio above ``limit`` means the machine
+    was busy and the profile's times are inflated; ``sketchplan profile`` warns and the file says so."""
+
+    kernel: str
+    variant: str
+    dims: list[Annotated[int, Field(ge=1, le=MAX_INT)]] = Field(min_length=1, max_length=8)
+    seconds: list[Annotated[float, Field(gt=0, le=1e6)]] = Field(min_length=2, max_length=8,
+                                                                 description="before, [during,] after")
+    ratio: float = Field(ge=1, le=1e12, description="slowest over fastest of ``seconds``")
+    limit: float = Field(ge=1, le=1e6)
+    load_average: list[Annotated[float, Field(ge=0, le=1e6)]] = Field(default_factory=list,
+                                                                       description="1-minute load, before and after")
+    noisy: bool
+
+
 class HardwareProfile(YamlFile):
     kind: ClassVar[str] = "hardware profile"
     how_to_make: ClassVar[str] = "measure one with `sketchplan profile --out {path}` or pass --hardware auto"
@@ -76,6 +93,8 @@ class HardwareProfile(YamlFile):
     device: DeviceInfo
     roofline: Roofline
     tables: list[KernelTable] = Field(default_factory=list)
+    noise: list[ProfileNoise] | None = Field(default=None, description="reference problems timed before, during "
+                                             "and after the measurement (absent in profiles made before issue 18)")
 
     def table(self, kernel: str, variant: str) -> KernelTable | None:
         for t in self.tables:
