@@ -65,10 +65,10 @@ def _step_peak(model, opt, steps: int = 3) -> int:
     return peak
 
 
-def _replay_vs_tracker(shapes, cfg, dtype):
+def _replay_vs_tracker(shapes, cfg, dtype, opts=None):
     # the default start (−1) preconditions from the first refresh, at step precondition_frequency: measure the
     # steps before it and the refresh itself, with a short period so the loop stays cheap
-    opts = OptimizerDefaults(precondition_frequency=2)
+    opts = opts or OptimizerDefaults(precondition_frequency=2)
     ps = [torch.nn.Parameter(torch.randn(s, dtype=dtype)) for s in shapes]
     opt = SketchplanOptimizer([{"params": ps, **group_options(cfg, opts)}], cfg, opts)
     kept = sum(p.numel() * p.element_size() * 2 for p in ps)
@@ -108,6 +108,20 @@ def test_each_methods_replay_matches_memtracker(cfg, dtype):
     predicted, measured = _replay_vs_tracker(shapes, cfg, dtype)
     # never under; over by at most the replay's 16-byte scalar allowance and 1.5% (KrADagrad's blocked unfoldings)
     assert measured <= predicted <= measured * 1.015 + 64, (seed, shapes, predicted, measured)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("block", [None, 24])
+def test_sketchy_subspace_fd_replay_matches_memtracker(dtype, block):
+    """The approximate FD variant's replay (``methods.sketchy.subspace_transients``): a cold first step (Y Ω) and
+    a warm second one, blocked and not, with the float64 eigh retries forced."""
+    rng = random.Random()
+    seed = rng.randrange(10**6)
+    rng.seed(seed)
+    shapes = [(rng.randint(30, 120), rng.randint(30, 90)), (rng.randint(2, 6), rng.randint(20, 40), rng.randint(2, 9))]
+    cfg = MethodConfig(method="sketchy", rank=rng.randint(2, 12), block_size=block, graft="adam")
+    predicted, measured = _replay_vs_tracker(shapes, cfg, dtype, OptimizerDefaults(fd_variant="subspace"))
+    assert measured <= predicted <= measured * 1.015 + 64, (seed, shapes, cfg.rank, predicted, measured)
 
 
 def _mixed_plan(meta):

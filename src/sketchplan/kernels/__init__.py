@@ -9,6 +9,6 @@
 Importing this package imports neither torch nor jax.
 """
 
-from .calls import FD_VARIANTS, KERNEL_VARIANTS, VARIANT_OPTIONS, KernelCall, choose_variant
+from .calls import EXACT_FD_VARIANTS, FD_VARIANTS, KERNEL_VARIANTS, VARIANT_OPTIONS, KernelCall, choose_variant
 
-__all__ = ["FD_VARIANTS", "KERNEL_VARIANTS", "KernelCall", "VARIANT_OPTIONS", "choose_variant"]
+__all__ = ["EXACT_FD_VARIANTS", "FD_VARIANTS", "KERNEL_VARIANTS", "KernelCall", "VARIANT_OPTIONS", "choose_variant"]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 
-from ..kernels.calls import KernelCall, choose_variant, pointwise
+from ..kernels.calls import SUBSPACE_ESTIMATE_STEPS, SUBSPACE_POWER_STEPS, KernelCall, choose_variant, pointwise, \
+    subspace_width
 from .blocking import MatrixPlan, cached_plan, matrix_plan
 from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor
@@ -64,12 +65,116 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
     return out + diagonal_tail(shape, cfg, opts)
 
 
+def gram_left_transients(live: Live, c: int, d: int, r: int, sb: int) -> int:
+    """``frequent_directions._gram_left`` of (c, d, r) columns: the r × r Gram, its eigh (float64 retry, its
+    pairs alive to the end), the flipped and clamped values and flipped vectors, √, the mask (booleans), Y V,
+    / s, then the masked values and left factor. Returns the bytes of those two, which it leaves alive."""
+    g = live.alloc(c * r * r * sb)           # Yᵀ Y
+    ev = safe_eigh(live, c, r, sb)
+    live.free(g)
+    live.spike(c * r * sb)                   # flipped values (clamped below)
+    fl = live.alloc(c * r * sb * 2 + c * r * r * sb)   # clamped values, flipped vectors, √
+    tmp = live.alloc(c * sb)                 # s₁ · tolerance
+    keep = live.alloc(c * r)                 # the mask
+    live.free(tmp)
+    yv = live.alloc(c * d * r * sb)          # Y V
+    ones = live.alloc(c * r * sb)
+    safe_s = live.alloc(c * r * sb)          # where(keep, s, 1)
+    live.free(ones)
+    lf = live.alloc(c * d * r * sb)          # / s
+    live.free(yv + safe_s)
+    zeros = live.alloc(c * r * sb)
+    values = live.alloc(c * r * sb)          # where(keep, w, 0)
+    live.free(zeros)
+    left = live.alloc(c * d * r * sb)        # left · keep
+    live.free(lf + fl + keep + ev)
+    return values + left
+
+
+def subspace_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> int:
+    """``frequent_directions._subspace_update`` on (c, d, ·) blocks with m new columns (l = ``subspace_width``):
+    Y, the start (the larger of the warm [√β2 Uσ, X Ω] and the cold Y Ω, Ω drawn in float32), QR (Q and R),
+    each subspace step's Yᵀ Q, Y(·) and QR, B = QᵀY, B Bᵀ and its eigh, Z = Y (Bᵀ (ub · coef)), the power
+    estimate's vectors, ``_gram_left`` of Z; the spectrum s² (l), the mask (k booleans), the coefficients (k) and
+    the left-out mass stay alive to the end. Returns the new sketch's bytes (U, σ², ρ)."""
+    w, ll = k + m, subspace_width(d, k, m)
+    cast = 0 if sb == 4 else sb
+    t = live.alloc(c * d * k * sb + 3 * c * k * sb)      # √(β2 σ²) and U · that
+    y = live.alloc(c * d * w * sb)
+    live.free(t)
+    warm_om = (ll - k) * m * (4 + cast)
+    cold_om = w * ll * (4 + cast)
+    z_bytes = c * d * ll * sb
+    live.spike(max(warm_om + c * d * (ll - k) * sb, c * d * (ll - k) * sb + z_bytes, cold_om + z_bytes)
+               - z_bytes)                                 # Ω and X Ω next to z (below)
+    z = live.alloc(z_bytes)
+    q = live.alloc(c * d * ll * sb)                      # Q
+    live.spike(c * ll * ll * sb)                         # R
+    live.free(z)
+    for _ in range(SUBSPACE_POWER_STEPS):
+        t1 = live.alloc(c * w * ll * sb)                 # Yᵀ Q
+        t2 = live.alloc(c * d * ll * sb)                 # Y (Yᵀ Q)
+        live.free(t1)
+        q2 = live.alloc(c * d * ll * sb)
+        live.spike(c * ll * ll * sb)
+        live.free(t2 + q)
+        q = q2
+    b = live.alloc(c * ll * w * sb)                      # B = Qᵀ Y
+    live.free(q)
+    bb = live.alloc(c * ll * ll * sb)                    # B Bᵀ
+    ev = safe_eigh(live, c, ll, sb)
+    live.free(bb)
+    live.spike(c * ll * sb)                              # flipped values (clamped below)
+    small = live.alloc(c * ll * sb)                      # s²
+    ub = live.alloc(c * ll * ll * sb)                    # flipped vectors (the first k columns are used)
+    live.free(ev)
+    if ll <= k:
+        small += live.alloc(c * sb)                      # c = 0 (no (k+1)-th value)
+    live.spike(c * sb + c * k + 3 * c * k * sb)          # s²₁·tol, the mask, then (s² − c)₊ and its √ ...
+    small += live.alloc(c * k + c * k * sb)              # the mask and the coefficients
+    t1 = live.alloc(c * ll * k * sb)                     # ub · coef
+    t2 = live.alloc(c * w * k * sb)                      # Bᵀ (·)
+    live.free(t1)
+    z = live.alloc(c * d * k * sb)                       # Z = Y (·)
+    live.free(t2 + b + ub)
+    v = live.alloc(d * 4 + d * cast)                     # v: a float32 draw (cast), broadcast over blocks
+    r = 0
+    for _ in range(SUBSPACE_ESTIMATE_STEPS + 1):         # r = Y (Yᵀ v) − Z (Zᵀ v), then v ← r / ‖r‖
+        t1 = live.alloc(c * w * sb)
+        t2 = live.alloc(c * d * sb)
+        live.free(t1)
+        t3 = live.alloc(c * k * sb)
+        t4 = live.alloc(c * d * sb)
+        live.free(t3)
+        r_new = live.alloc(c * d * sb)
+        live.free(t2 + t4 + r)
+        r = r_new
+        if _ < SUBSPACE_ESTIMATE_STEPS:
+            n1 = live.alloc(c * sb)                      # ‖r‖, clamped
+            n2 = live.alloc(c * sb)
+            live.free(n1)
+            v_new = live.alloc(c * d * sb)
+            live.free(n2 + v)
+            v = v_new
+    vr = live.alloc(c * d * sb)                          # v · r, summed, max with c
+    live.spike(c * sb)
+    small += live.alloc(c * sb)                          # the left-out mass
+    live.free(vr + v + r + y)
+    left = gram_left_transients(live, c, d, k, sb)
+    live.free(z)
+    new = live.alloc(c * sb)                             # β2 ρ + left-out mass
+    live.free(small)
+    return left + new
+
+
 def fd_transients(live: Live, count: int, d: int, k: int, m: int, sb: int, variant: str) -> int:
     """``kernels.torch.frequent_directions.fd_update`` on (count, d, ·) blocks with m new columns: replays the
     variant's tensors (and its LAPACK/cuSOLVER scratch when the replay counts it) and returns the bytes of the
     new sketch it leaves alive (U, σ², ρ), which the caller keeps until the next axis's update."""
     if variant == "auto":
         variant = choose_variant(d, k, m)
+    if variant == "subspace":
+        return subspace_transients(live, count, d, k, m, sb)
     w = k + m
     c = count
     if variant == "gram_large":
@@ -85,16 +190,8 @@ def fd_transients(live: Live, count: int, d: int, k: int, m: int, sb: int, varia
         y = live.alloc(c * d * w * sb)           # Y = [√β2 U diag(σ), X]
         r = min(d, w)
         if variant == "gram_small":
-            g = live.alloc(c * w * w * sb)       # Yᵀ Y
-            ev = safe_eigh(live, c, w, sb)
-            live.free(g)
-            fl = live.alloc(c * w * sb * 3 + c * w * w * sb)  # flipped values, vectors, √
-            yv = live.alloc(c * d * w * sb)      # Y V
-            lf = live.alloc(c * d * w * sb)      # / s
-            live.spike(c * d * w * sb)           # masked left factor (kept below)
-            live.free(yv + lf)
-            left = live.alloc(c * d * w * sb + c * w * sb)
-            live.free(fl + ev + y)
+            left = gram_left_transients(live, c, d, w, sb)
+            live.free(y)
             r = w
         else:
             q = 0

@@ -6,7 +6,9 @@ of Y; c = s²_{k+1} (0 when Y has ≤ k of them); σ² ← s²_{1..k} − c; U �
 
 Variants of the spectrum step (same sketch up to rounding): ``svd`` (thin SVD of Y), ``gram_small`` (eigh of
 the (k+N)² Gram YᵀY, u = Y v / s), ``gram_large`` (eigh of the d² Gram β2 U diag(σ²) Uᵀ + X Xᵀ), ``qr_svd``
-(QR of Yᵀ, then SVD of the triangular factor). Each variant is one jit-compiled function; non-finite results
+(QR of Yᵀ, then SVD of the triangular factor), and the approximate ``subspace`` (warm-started subspace iteration
+and the compression Ĉ' = Y Π Yᵀ ≼ Y Yᵀ; contract in ``kernels.torch.frequent_directions``, same steps here with
+``jax.random`` in place of torch's generator, so the two agree in distribution, not bit for bit). Each variant is one jit-compiled function; non-finite results
 are recomputed in float64, and if that fails too the sketch is returned unchanged (as in torch).
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..calls import FD_VARIANTS, choose_variant
+from ..calls import FD_VARIANTS, SUBSPACE_ESTIMATE_STEPS, SUBSPACE_POWER_STEPS, choose_variant, subspace_width
 from .support import require_jax
 
 jax, jnp = require_jax()
@@ -31,12 +33,7 @@ def _left_spectrum(u, sig2, x, beta2: float, variant: str):
         return jnp.maximum(jnp.flip(w, -1), 0), jnp.flip(v, -1)
     y = jnp.concatenate([u * jnp.sqrt(jnp.maximum(beta2 * sig2, 0))[..., None, :], x], axis=-1)
     if variant == "gram_small":
-        w, v = jnp.linalg.eigh(_mT(y) @ y)
-        w, v = jnp.maximum(jnp.flip(w, -1), 0), jnp.flip(v, -1)
-        s = jnp.sqrt(w)
-        keep = s > s[..., :1] * (y.shape[-1] * jnp.finfo(y.dtype).eps)
-        left = (y @ v) / jnp.where(keep, s, 1)[..., None, :]
-        return jnp.where(keep, w, 0), left * keep[..., None, :]
+        return _gram_left(y)
     if variant == "qr_svd":
         _, r = jnp.linalg.qr(_mT(y))
         y = _mT(r)
@@ -44,9 +41,62 @@ def _left_spectrum(u, sig2, x, beta2: float, variant: str):
     return s * s, left
 
 
+def _gram_left(y):
+    """Squared singular values (descending) and left singular vectors of y from eigh of yᵀy (torch's twin)."""
+    w, v = jnp.linalg.eigh(_mT(y) @ y)
+    w, v = jnp.maximum(jnp.flip(w, -1), 0), jnp.flip(v, -1)
+    s = jnp.sqrt(w)
+    keep = s > s[..., :1] * (y.shape[-1] * jnp.finfo(y.dtype).eps)
+    left = (y @ v) / jnp.where(keep, s, 1)[..., None, :]
+    return jnp.where(keep, w, 0), left * keep[..., None, :]
+
+
+def _subspace(u, sig2, rho, x, beta2: float):
+    """The ``subspace`` variant: new (u, σ², ρ) (``kernels.torch.frequent_directions._subspace_update``)."""
+    d, k, n = u.shape[-2], u.shape[-1], x.shape[-1]
+    w, l = k + n, subspace_width(d, k, n)
+    keys = jax.random.split(jax.random.PRNGKey(20), 3)
+    y = jnp.concatenate([u * jnp.sqrt(jnp.maximum(beta2 * sig2, 0))[..., None, :], x], axis=-1)
+
+    def warm(_):
+        mix = x @ jax.random.normal(keys[0], (n, l - k)).astype(y.dtype)
+        return jnp.concatenate([y[..., :k], mix], axis=-1)
+
+    def cold(_):
+        return y @ jax.random.normal(keys[1], (w, l)).astype(y.dtype)
+
+    z = jax.lax.cond(jnp.all(sig2[..., 0] > 0), warm, cold, None)
+    q, _ = jnp.linalg.qr(z)
+    for _ in range(SUBSPACE_POWER_STEPS):
+        q, _ = jnp.linalg.qr(y @ (_mT(y) @ q))
+    b = _mT(q) @ y
+    s2, ub = jnp.linalg.eigh(b @ _mT(b))
+    s2, ub = jnp.maximum(jnp.flip(s2, -1), 0), jnp.flip(ub, -1)[..., :k]
+    c = s2[..., k] if l > k else jnp.zeros_like(rho)
+    top = s2[..., :k]
+    keep = top > top[..., :1] * (w * jnp.finfo(y.dtype).eps)
+    coef = jnp.where(keep, jnp.sqrt(jnp.maximum(top - c[..., None], 0)) / jnp.where(keep, top, 1), 0)
+    z = y @ (_mT(b) @ (ub * coef[..., None, :]))
+    v = jnp.broadcast_to(jax.random.normal(keys[2], (d, 1)).astype(y.dtype), z.shape[:-2] + (d, 1))
+
+    def residual(v):
+        return y @ (_mT(y) @ v) - z @ (_mT(z) @ v)
+
+    for _ in range(SUBSPACE_ESTIMATE_STEPS):
+        r = residual(v)
+        v = r / jnp.maximum(jnp.linalg.norm(r, axis=-2, keepdims=True), jnp.finfo(y.dtype).tiny)
+    left_out = jnp.maximum(jnp.sum(v * residual(v), axis=(-2, -1)), c)
+    new_sig2, new_u = _gram_left(z)
+    return new_u, new_sig2, beta2 * rho + left_out
+
+
 @partial(jax.jit, static_argnames=("beta2", "variant"))
 def _update(u, sig2, rho, x, beta2: float, variant: str):
     k = u.shape[-1]
+    if variant == "subspace":
+        new_u, new_sig2, new_rho = _subspace(u, sig2, rho, x, beta2)
+        ok = jnp.isfinite(new_u).all() & jnp.isfinite(new_sig2).all() & jnp.isfinite(new_rho).all()
+        return new_u, new_sig2, new_rho, ok
     w, left = _left_spectrum(u, sig2, x, beta2, variant)
     c = w[..., k] if w.shape[-1] > k else jnp.zeros_like(rho)
     new_sig2 = jnp.maximum(w[..., :k] - c[..., None], 0)

@@ -57,7 +57,8 @@ class Sketchy(SketchplanOptimizer):
         params: tensors or param-group dicts.
         rank: sketch rank k (k_i = min(k, d_i) per axis).
         block_size: optional block size B (None: one block per tensor, subject to ``max_precond_dim``).
-        fd_variant: FD-update kernel (``auto``, ``svd``, ``gram_small``, ``gram_large``, ``qr_svd``).
+        fd_variant: FD-update kernel (``auto``, the exact ``svd``, ``gram_small``, ``gram_large``, ``qr_svd``, or
+            the approximate ``subspace``: ``kernels.torch.frequent_directions``).
     """
 
     def __init__(self, params, lr: float = 1e-3, rank: int = 128, block_size: int | None = None,
