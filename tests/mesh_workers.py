@@ -45,6 +45,7 @@ METHODS = {
     "kradagrad": (lambda: jx.kradagrad(1e-2, **MATRIX), "kradagrad", {}),
 }
 STEPS = 4
+BUDGET = "12KiB"  # the planned mix (``planned``)
 
 
 def expected_device_bytes(method: str, cfg_fields: dict) -> list[int]:
@@ -127,7 +128,33 @@ def run(kind: str) -> list[dict]:
         results.append({"method": name, "per_device": per_device, "one_device": one_device,
                         "expected": expected_device_bytes(method, cfg_fields),
                         "elementwise": elementwise, "param_err": param_err, "state_err": state_err})
+    if kind == "explicit":
+        results.append(planned(mesh, params0, grads, shard))
     return results
+
+
+def planned(mesh, params0, grads, shard) -> dict:
+    """A planned mix of methods (make_plan under a budget) built with build_optax: each device's measured bytes
+    against planner.mesh.device_state_bytes."""
+    from sketchplan import build_optax
+    from sketchplan.methods import OptimizerDefaults
+    from sketchplan.optimizers.jax.placement import measured_device_bytes, specs_by_name
+    from sketchplan.planner import make_plan
+    from sketchplan.planner.mesh import device_state_bytes
+
+    shapes = jax.eval_shape(lambda: params0)
+    plan = make_plan(shapes, BUDGET, ranks=(2,), block_sizes=(4,), defaults=OptimizerDefaults(**MATRIX))
+    tx = build_optax(plan, shapes)
+    with jax.sharding.set_mesh(mesh):
+        p = {k: jax.device_put(v, shard[k]) for k, v in params0.items()}
+        state = tx.init(p)
+        step = jax.jit(tx.update)
+        for g in grads[:2]:
+            u, state = step({k: jax.device_put(v, shard[k]) for k, v in g.items()}, state, p)
+        jax.block_until_ready(state)
+    return {"method": "plan", "methods": sorted({e.method or "frozen" for e in plan.tensors}),
+            "per_device": measured_device_bytes(state, mesh),
+            "expected": device_state_bytes(plan, MESH, specs_by_name(p))}
 
 
 def _entry(e):

@@ -81,3 +81,33 @@ def test_no_device_holds_the_whole_state(results, kind, method):
     """Each device holds less than the one-device state (a replicated layout would hold all of it)."""
     r = results[kind][method]
     assert max(r["per_device"]) < r["one_device"]
+
+
+def test_planned_mix_per_device_bytes_equal_the_planners_prediction(results):
+    """make_plan's mix (Adam, Shampoo, blocked Sketchy) built with build_optax on the explicit mesh: the bytes
+    each device holds (addressable_shards) equal planner.mesh.device_state_bytes for the params' specs."""
+    r = results["explicit"]["plan"]
+    assert len(r["methods"]) >= 2, r["methods"]
+    assert r["per_device"] == r["expected"]
+
+
+def test_device_state_bytes_by_hand():
+    """One (8, 4) Adam tensor split ("data", None) on data=2,model=2: exp_avg and exp_avg_sq are 128 B each,
+    halved per device (64 + 64), plus nonfinite_skips (4 B, replicated) and the step count (4 B)."""
+    import jax
+    import jax.numpy as jnp
+
+    from sketchplan.errors import UserError
+    from sketchplan.methods import MethodConfig
+    from sketchplan.planner import uniform_plan
+    from sketchplan.planner.mesh import device_state_bytes, parse_mesh
+
+    mesh = parse_mesh("data=2,model=2")
+    assert mesh == {"data": 2, "model": 2} and list(mesh) == ["data", "model"]
+    plan = uniform_plan({"w": jax.ShapeDtypeStruct((8, 4), jnp.float32)}, MethodConfig(method="adam"))
+    assert device_state_bytes(plan, mesh, {"w": ("data", None)}) == [64 + 64 + 4 + 4] * 4
+    assert device_state_bytes(plan, mesh, {}) == [128 + 128 + 4 + 4] * 4  # replicated
+    with pytest.raises(UserError, match="data=4,model=2"):
+        parse_mesh("data4")
+    with pytest.raises(UserError, match="lacks"):
+        device_state_bytes(plan, mesh, {"w": ("pipe",)})

@@ -75,3 +75,29 @@ def run_in_auto_axes(fn, out_shardings, *args):
     """``fn(*args)`` with the explicit mesh axes made automatic inside, results laid out as ``out_shardings`` (a
     pytree of ``PartitionSpec`` matching the results)."""
     return jax.sharding.auto_axes(fn, out_sharding=out_shardings)(*args)
+
+
+def specs_by_name(specs) -> dict[str, Spec]:
+    """Parameter name → spec tuple from a tree of ``PartitionSpec`` (or of arrays with a ``NamedSharding``)
+    shaped like the parameters, for ``planner.mesh.device_state_bytes``."""
+    from ...pytree import key_path_name
+
+    def spec_tuple(x):
+        if isinstance(x, PartitionSpec):
+            return tuple(x)
+        sharding = getattr(x, "sharding", None)
+        return tuple(sharding.spec) if isinstance(sharding, NamedSharding) else ()
+
+    leaves = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))[0]
+    return {key_path_name(path): spec_tuple(x) for path, x in leaves}
+
+
+def measured_device_bytes(tree, mesh) -> list[int]:
+    """Bytes each device of ``mesh`` holds of the arrays of ``tree`` (their ``addressable_shards``), in the
+    mesh's row-major device order (``planner.mesh.device_state_bytes``'s order)."""
+    position = {d.id: i for i, d in enumerate(mesh.devices.flat)}
+    out = [0] * len(position)
+    for leaf in jax.tree.leaves(tree):
+        for s in leaf.addressable_shards:
+            out[position[s.device.id]] += s.data.nbytes
+    return out
