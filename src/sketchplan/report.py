@@ -222,6 +222,21 @@ def _per_rank_rows(t: Table, plan: Plan) -> None:
     t.add_row("  communication buffers", fmt_bytes(tot.comm_bytes_per_rank or 0))
 
 
+def _per_device_rows(t: Table, plan: Plan) -> None:
+    """One device's share of each term on a JAX mesh (``planner.mesh``)."""
+    tot, mesh = plan.totals, plan.settings.mesh
+    n = len(tot.state_bytes_by_device or []) or 1
+    label = ",".join(f"{k}={v}" for k, v in mesh.items())
+    t.add_row(Text(f"per device (mesh {label}, {n} devices)", style="bold"), "")
+    t.add_row("  parameters", fmt_bytes(tot.params_bytes_per_device or 0))
+    t.add_row("  gradients", fmt_bytes(tot.grads_bytes_per_device or 0))
+    if tot.master_bytes_per_device:
+        t.add_row("  master weights (fp32)", fmt_bytes(tot.master_bytes_per_device))
+    t.add_row("  optimizer state (largest device)", fmt_bytes(tot.state_bytes_per_device or 0))
+    if tot.state_bytes_by_device and len(set(tot.state_bytes_by_device)) > 1:
+        t.add_row("  optimizer state (smallest device)", fmt_bytes(min(tot.state_bytes_by_device)))
+
+
 def totals_table(plan: Plan) -> Table:
     tot, b = plan.totals, plan.budget
     t = Table(title="Totals (predicted)", box=box.SIMPLE_HEAD, title_justify="left", show_header=False)
@@ -231,6 +246,9 @@ def totals_table(plan: Plan) -> Table:
     whole = " (all ranks together)" if sharded else ""  # never a total next to a per-rank peak unlabelled
     if sharded:
         t.add_row(Text(f"whole model, summed over the {plan.settings.world_size} ranks", style="bold"), "")
+    if plan.settings.mesh is not None:
+        whole = " (whole model, one copy)"
+        t.add_row(Text("whole model (one copy of every array)", style="bold"), "")
     t.add_row("parameters" + (" (one copy)" if sharded else ""), fmt_bytes(tot.params_bytes))
     t.add_row("gradients" + (" (one copy)" if sharded else ""), fmt_bytes(tot.grads_bytes))
     if tot.master_bytes:
@@ -250,7 +268,11 @@ def totals_table(plan: Plan) -> Table:
             t.add_row("  with activation checkpointing", fmt_bytes(a.checkpointed_peak_bytes))
     if tot.peak_bytes_per_rank is not None:
         _per_rank_rows(t, plan)
-    t.add_row(Text("peak" + (" per rank" if tot.peak_bytes_per_rank is not None else ""), style="bold"),
+    mesh = plan.settings.mesh
+    if mesh is not None:
+        _per_device_rows(t, plan)
+    t.add_row(Text("peak" + (" per rank" if tot.peak_bytes_per_rank is not None else "")
+                   + (" per device" if mesh is not None else ""), style="bold"),
               Text(fmt_bytes(tot.peak_bytes), style="bold"))
     if b.memory_bytes is not None:
         avail = b.available()

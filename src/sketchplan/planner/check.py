@@ -72,6 +72,10 @@ class Measurement(_M):
     measured_state_bytes: int
     peak_allocated_bytes: int | None = None
     predicted_peak_bytes: int | None = None
+    predicted_device_bytes: list[int] | None = Field(default=None, description="mesh plans: each device's "
+                                                     "predicted optimizer state, the step count included")
+    measured_device_bytes: list[int] | None = Field(default=None, description="mesh plans: what each device holds "
+                                                    "(addressable_shards), in the mesh's device order")
 
 
 class CheckReport(_M):
@@ -157,9 +161,21 @@ def predicted_peak(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig]
     s = plan.settings
     prec = Precision(s.param_dtype, s.grad_dtype, s.master_weights)
     par = parallel.from_settings(s)
+    options = {e.name: e.options() for e in plan.tensors}
+    if par.mesh is not None:  # one device's: specs as the plan recorded them (planner.mesh)
+        import dataclasses
+
+        from .mesh import plan_specs, state_by_device
+
+        specs = plan_specs(plan)
+        spec = ModelSpec([dataclasses.replace(p, spec=specs.get(p.name, ())) for p in spec.params], spec.buffers,
+                         spec.source)
     fixed = parallel.fixed_per_rank(spec, prec, par)
     shapes = {p.name: p.shape for p in spec.params}
     state = sum(total_bytes(state_layout(shapes[n], c, plan.defaults)) for n, c in configs.items())
+    if par.mesh is not None:
+        state = max(state_by_device([(shapes[n], c, plan.defaults.model_copy(update=options.get(n, {})),
+                                      specs.get(n, ())) for n, c in configs.items()], par.mesh_sizes))
     if par.world > 1:
         owners = {e.name: e.owners for e in plan.tensors if e.owners is not None}
         rest = {e.name: e.owner for e in plan.tensors if e.owner is not None}
@@ -171,7 +187,6 @@ def predicted_peak(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig]
         state = ranks.largest + ranks.exchange
     from .transients import step_workspace
 
-    options = {e.name: e.options() for e in plan.tensors}
     local = parallel.local_spec(spec, par)
     ws = step_workspace([(p.shape, p.dtype, configs[p.name], options.get(p.name, {})) for p in local.params
                          if p.name in configs], plan.defaults, s.param_dtype)[0]
@@ -225,6 +240,10 @@ def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 
     if budget is not None:
         par = parallel.from_settings(plan.settings)
         where = f" per rank ({par.kind}, {par.world} ranks)" if par.world > 1 else ""
+        if par.mesh is not None:
+            from .mesh import mesh_label
+
+            where = f" per device (mesh {mesh_label(par.mesh_sizes)})"
         checks.append(CheckResult(name="budget", ok=peak <= budget,
                                   message=f"predicted peak{where} {peak:,} bytes vs budget {budget:,} bytes"))
 
@@ -241,6 +260,16 @@ def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 
                      f"({measured.measured_state_bytes:,} bytes, {measured.mode})") if not bad else
             f"{len(bad)} tensor(s) allocate other bytes than predicted: " +
             ", ".join(f"{t.name} {t.predicted_bytes:,} → {t.measured_bytes:,}" for t in bad[:5])))
+        if measured.measured_device_bytes is not None:
+            ok = measured.measured_device_bytes == measured.predicted_device_bytes
+            diff = [(i, p, m) for i, (p, m) in enumerate(zip(measured.predicted_device_bytes or [],
+                                                                measured.measured_device_bytes)) if p != m]
+            checks.append(CheckResult(
+                name="measured-device-bytes", ok=ok,
+                message=(f"each of the {len(measured.measured_device_bytes)} devices holds the predicted optimizer "
+                         f"state ({max(measured.measured_device_bytes):,} bytes on the largest)") if ok else
+                f"{len(diff) or 'the'} device(s) hold other bytes than predicted: " +
+                ", ".join(f"device {i} {p:,} → {m:,}" for i, p, m in diff[:4])))
         if measured.peak_allocated_bytes is not None:
             ok = measured.predicted_peak_bytes is None or measured.peak_allocated_bytes <= measured.predicted_peak_bytes
             checks.append(CheckResult(
