@@ -61,13 +61,13 @@ def as_mesh(mesh) -> dict[str, int]:
     sizes = getattr(mesh, "shape", mesh) if not isinstance(mesh, Mapping) else mesh
     if not isinstance(sizes, Mapping) or not sizes:
         raise UserError(f"mesh {mesh!r} is neither a jax.sharding.Mesh nor a mapping of axis names to sizes; "
-                        "give e.g. {'data': 4, 'model': 2}.")
+                        "give for example {'data': 4, 'model': 2}.")
     out: dict[str, int] = {}
     for name, size in sizes.items():
         if not isinstance(name, str) or not name or isinstance(size, bool) or not isinstance(size, int) \
                 or not 1 <= size <= 2**20:
             raise UserError(f"mesh axis {name!r} of size {size!r}: axis names are strings and sizes integers from 1 "
-                            "to 2^20; give e.g. {'data': 4, 'model': 2}.")
+                            "to 2^20; give for example {'data': 4, 'model': 2}.")
         out[name] = size
     if math.prod(out.values()) > 2**20:
         raise UserError(f"mesh {mesh_label(out)} has {math.prod(out.values()):,} devices, more than sketchplan "
@@ -95,8 +95,13 @@ def same_mesh(a: Mapping[str, int] | None, b: Mapping[str, int] | None) -> bool:
     return list(a.items()) == list(b.items())
 
 
+def _is_partition_spec(x) -> bool:
+    """A ``jax.sharding.PartitionSpec`` (class ``jax.P`` in recent JAX), recognised without importing JAX."""
+    return type(x).__name__ in ("PartitionSpec", "P") and type(x).__module__.split(".")[0] == "jax"
+
+
 def _is_spec_like(x) -> bool:
-    return x is None or isinstance(x, (tuple, list)) or type(x).__name__ == "PartitionSpec"
+    return x is None or isinstance(x, (tuple, list)) or _is_partition_spec(x)
 
 
 def as_spec(value, what: str) -> Spec:
@@ -112,7 +117,7 @@ def as_spec(value, what: str) -> Spec:
         if isinstance(e, (tuple, list)):
             e = tuple(e)
             if not all(isinstance(a, str) for a in e):
-                raise UserError(f"{what}: spec entry {e!r} must hold axis names only; write e.g. [data, model].")
+                raise UserError(f"{what}: spec entry {e!r} must hold axis names only; write for example [data, model].")
             e = e if len(e) > 1 else (e[0] if e else None)
         elif e is not None and not isinstance(e, str):
             raise UserError(f"{what}: spec entry {e!r} is neither null, an axis name nor a list of axis names.")
@@ -136,7 +141,7 @@ def _spec_mapping(partition_specs) -> dict[str, object]:
     from ..pytree import key_path_name
 
     leaves = jax.tree_util.tree_flatten_with_path(
-        partition_specs, is_leaf=lambda x: type(x).__name__ == "PartitionSpec")[0]
+        partition_specs, is_leaf=_is_partition_spec)[0]
     return {key_path_name(path): leaf for path, leaf in leaves}
 
 
@@ -153,7 +158,7 @@ def resolve_specs(spec: "ModelSpec", mesh: Mapping[str, int], partition_specs=No
     unknown = [n for n in given if n not in names and not (n.endswith("/value") and n[:-6] in names)]
     if unknown:
         raise UserError(f"partition_specs names {unknown[0]!r}, which is not a parameter of the model; use the "
-                        "parameters' key paths (e.g. 'params/Dense_0/kernel').")
+                        "parameters' key paths such as 'params/Dense_0/kernel'.")
     by_param = {}
     for n, s in given.items():
         by_param[names.get(n) or names[n[:-6]]] = s
