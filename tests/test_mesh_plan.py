@@ -261,3 +261,11 @@ def test_check_measure_on_a_4_device_mesh(tmp_path):
     code, _, err = res["two"]
     assert code == 2 and "XLA_FLAGS=--xla_force_host_platform_device_count=4" in err.replace("\n", "")
     assert not (tmp_path / "two.json").exists()
+
+
+def test_torch_build_refuses_a_mesh_plan():
+    from sketchplan import build_optimizer
+
+    plan = plan_from_configs(_model(), ADAM, mesh=MESH)
+    with pytest.raises(UserError, match="made for the JAX mesh data=2,model=2; build it with build_optax"):
+        build_optimizer(plan, None)
