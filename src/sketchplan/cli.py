@@ -398,8 +398,9 @@ def _cmd_plan(args, console) -> int:
         write_atomic(args.out, plan.to_yaml(), "--out")
         console.print(f"plan written to [bold]{args.out}[/]; " + _how_to_use(args.out, mesh is not None))
     elif args.json is None:
+        build = "build_optax(Plan.load(...), params)" if mesh is not None else "build_optimizer(Plan.load(...), model)"
         console.print("nothing written: add [bold]--out plan.yaml[/] to keep this plan (then "
-                      "`sketchplan.build_optimizer(Plan.load(...), model)` builds it)")
+                      f"`sketchplan.{build}` builds it)")
     return 0
 
 
