@@ -51,12 +51,12 @@ def build_optimizer(plan: Plan, model: "torch.nn.Module", allow_mismatch: bool =
     ``allow_mismatch`` is set: then mismatched or unplanned trainable tensors get Adam with a warning and
     plan entries the model lacks are ignored.
     """
+    require("torch", "build_optimizer")
     if plan.settings.mesh is not None:
         from .planner.mesh import mesh_label
 
         raise UserError(f"the plan was made for the JAX mesh {mesh_label(plan.settings.mesh)}; build it with "
                         "build_optax(plan, params), or plan without --mesh (--world-size for torch ranks).")
-    require("torch", "build_optimizer")
     from .optimizers.torch import SketchplanOptimizer, group_options
     from .optimizers.torch import distributed as dist_opt
 
