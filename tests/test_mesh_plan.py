@@ -269,3 +269,11 @@ def test_torch_build_refuses_a_mesh_plan():
     plan = plan_from_configs(_model(), ADAM, mesh=MESH)
     with pytest.raises(UserError, match="made for the JAX mesh data=2,model=2; build it with build_optax"):
         build_optimizer(plan, None)
+
+
+def test_hand_edited_mesh_plan_is_refused_on_load(tmp_path, capsys):
+    plan = plan_from_configs(_model(), ADAM, mesh=MESH, partition_specs={"w": ("data", "model")})
+    path = tmp_path / "plan.yaml"
+    path.write_text(plan.to_yaml().replace("- data\n  - model\n", "- data\n  - pipe\n", 1))
+    code, _, err = _run(capsys, "show", str(path))
+    assert code == 2 and "'pipe'" in err and len(err.strip().splitlines()) == 1, err

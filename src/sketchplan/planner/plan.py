@@ -292,6 +292,28 @@ class Plan(YamlFile):
     solver: SolverInfo | None = None
     activations: ActivationInfo | None = None
 
+    @model_validator(mode="after")
+    def _mesh_specs_fit(self) -> "Plan":
+        """A mesh plan's specs name its axes and divide their dimensions (``methods.mesh_placement``), and it has
+        one per-device figure per device: a hand-edited plan fails here, not inside JAX."""
+        mesh = self.settings.mesh
+        if mesh is None:
+            return self
+        from ..methods.mesh_placement import spec_problem
+
+        for e in self.tensors:
+            spec = tuple(tuple(x) if isinstance(x, list) else x for x in (e.spec or []))
+            problem = spec_problem(tuple(e.shape), spec, mesh)
+            if problem:
+                raise ValueError(f"tensor {e.name!r}: {problem}")
+        by_device = self.totals.state_bytes_by_device
+        n = 1
+        for size in mesh.values():
+            n *= size
+        if by_device is not None and len(by_device) != n:
+            raise ValueError(f"totals.state_bytes_by_device lists {len(by_device)} devices, the mesh has {n}")
+        return self
+
     def entry(self, name: str) -> TensorEntry:
         for e in self.tensors:
             if e.name == name:
