@@ -277,3 +277,18 @@ def test_hand_edited_mesh_plan_is_refused_on_load(tmp_path, capsys):
     path.write_text(plan.to_yaml().replace("- data\n  - model\n", "- data\n  - pipe\n", 1))
     code, _, err = _run(capsys, "show", str(path))
     assert code == 2 and "'pipe'" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_static_check_compares_the_largest_devices_state():
+    """``check`` without measuring re-derives the largest device's state from today's rule and the plan's specs:
+    the same plan passes; a plan that promised 4 bytes less per device fails (the whole state is unchanged)."""
+    from sketchplan.planner.check import check
+
+    model = _model()
+    plan = plan_from_configs(model, BLOCKED, mesh=MESH, partition_specs={"w": (None, "model")})
+    ok = {c.name: c for c in check(plan, _model()).checks}["device-state-bytes"]
+    assert ok.ok and f"{plan.totals.state_bytes_per_device:,} → {plan.totals.state_bytes_per_device:,}" in ok.message
+    low = plan.model_copy(deep=True)
+    low.totals.state_bytes_per_device -= 4
+    report = check(low, _model())
+    assert report.exit_code == 1 and not {c.name: c for c in report.checks}["device-state-bytes"].ok

@@ -51,7 +51,8 @@ class TensorDiff(_M):
 
 
 class CheckResult(_M):
-    name: str = Field(description="structure | state-bytes | budget | measured-state-bytes | measured-peak")
+    name: str = Field(description="structure | state-bytes | device-state-bytes | budget | measured-state-bytes | "
+                      "measured-device-bytes | measured-peak")
     ok: bool
     message: str
 
@@ -195,6 +196,24 @@ def predicted_peak(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig]
     return step_peak(fixed, state, ws, spec.buffers_bytes if plan.totals.buffers_bytes else 0, act, ret)
 
 
+def _device_state_check(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig],
+                        tolerance_pct: float) -> CheckResult:
+    """Mesh plans: today's bytes on the largest device (``planner.mesh``, the plan's specs) against the plan's;
+    the whole state can stay the same while the placement rule changes what one device holds."""
+    from .mesh import plan_specs, state_by_device
+
+    specs = plan_specs(plan)
+    shapes = {p.name: p.shape for p in spec.params}
+    options = {e.name: e.options() for e in plan.tensors}
+    today = max(state_by_device([(shapes[n], c, plan.defaults.model_copy(update=options.get(n, {})),
+                                  specs.get(n, ())) for n, c in configs.items()], plan.settings.mesh))
+    old = plan.totals.state_bytes_per_device or 0
+    pct = 100.0 * (today - old) / old if old else 0.0
+    return CheckResult(name="device-state-bytes", ok=not _grew(old, today, tolerance_pct),
+                       message=f"optimizer state on the largest device {old:,} → {today:,} bytes ({pct:+.2f}%, "
+                               f"tolerance {tolerance_pct:g}%)")
+
+
 #: Measures a plan on a device: (plan, model, spec, configs) → Measurement (``sketchplan.verify.measure_plan``).
 Measurer = Callable[[Plan, object, ModelSpec, "dict[str, MethodConfig]"], Measurement]
 
@@ -234,6 +253,8 @@ def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 
         message=f"optimizer state {old_state:,} → {new_state:,} bytes ({pct:+.2f}%, tolerance {tolerance_pct:g}%)"
         + (f"; {len(grown)} tensor(s) grew beyond tolerance" if grown else "")))
 
+    if plan.settings.mesh is not None and not structural:
+        checks.append(_device_state_check(plan, spec, configs, tolerance_pct))
     peak = predicted_peak(plan, spec, configs)
     if budget is None and plan.budget.memory_bytes is not None:
         budget = plan.budget.available()
