@@ -160,6 +160,10 @@ def test_cli_plan_mesh_show_and_bad_input(tmp_path, capsys, monkeypatch):
     assert code == 0 and json.loads(text)["totals"]["state_bytes_per_device"] == 2512
     code, text, _ = _run(capsys, "show", str(out))
     assert "optimizer state (largest device)" in text and "peak per device" in text
+    import re
+
+    assert re.search(r"state\s+per device", text)  # the per-tensor column: enc/kernel's 2,052 B per device
+    assert "2.00 KiB" in next(line for line in text.splitlines() if line.startswith("enc/kernel"))
     for mesh, needle in (("data=2,pipe=2", "lacks"), ("data=2,model=3", "does not divide"),
                          ("data=2,,", "axis=size")):
         bad = tmp_path / "bad.yaml"

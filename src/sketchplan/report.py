@@ -78,6 +78,19 @@ def tensor_rows(plan: Plan, mode: str) -> list[tuple[str, int, str, str, int, in
     return [(r[0], r[1], r[2], r[3], r[4], r[5], (r[6] / r[7]) if r[7] else None, r[8]) for r in rows.values()]
 
 
+def _device_bytes(plan: Plan, mode: str) -> list[int]:
+    """Mesh plans: per row of ``tensor_rows``, the state its tensors put on the device holding most (the sum of
+    their ``device_state_bytes``; every device holds the same share of a tensor, ``planner.mesh``)."""
+    sums: OrderedDict[tuple, int] = OrderedDict()
+    for e in plan.tensors:
+        shape = "×".join(map(str, e.shape)) or "scalar"
+        key = (e.name,) if mode == "tensor" else (fold_name(e.name), shape, _choice(e))
+        if mode == "module":
+            key = (fold_name(e.name.rsplit(".", 1)[0] if "." in e.name else e.name),)
+        sums[key] = sums.get(key, 0) + (e.device_state_bytes or 0)
+    return list(sums.values())
+
+
 def _entries(plan: Plan, mode: str) -> list[TensorEntry | None]:
     """The first tensor of each row of ``tensor_rows`` (its choice is the row's; None in module mode)."""
     seen: OrderedDict[tuple, TensorEntry | None] = OrderedDict()
@@ -116,7 +129,7 @@ def wrap_name(name: str, width: int) -> str:
 #: optional columns, dropped in this order when the terminal is too narrow for them (the --json output and a
 #: wider terminal keep them); tensor, ×, method and configuration always stay
 _DROP_ORDER = ("workspace", "step ms", "shape", "graft", "score")
-_RIGHT = {"×", "state", "workspace", "score", "step ms"}
+_RIGHT = {"×", "state", "per device", "workspace", "score", "step ms"}
 #: the tensor column is never narrower than this (it is wrapped after dots to fit)
 MIN_NAME = 14
 
@@ -131,16 +144,19 @@ def tensor_table(plan: Plan, mode: str = "class", max_rows: int | None = 60, wid
     entries = _entries(plan, mode)[:len(shown)]
     timed = plan.totals.step_ms is not None
     cells: dict[str, list[str]] = {"×": [], "shape": [], "method": [], "k/B": [], "graft": [], "state": [],
-                                   "workspace": [], "score": [], "step ms": []}
-    for (name, n, shape, choice, state, ws, score, ms), e in zip(shown, entries):
+                                   "per device": [], "workspace": [], "score": [], "step ms": []}
+    mesh = plan.settings.mesh is not None
+    per_device = _device_bytes(plan, mode) if mesh else [0] * len(rows)
+    for (name, n, shape, choice, state, ws, score, ms), e, dev in zip(shown, entries, per_device):
         method, cfg, graft = choice_parts(e) if e is not None else (choice, "", "")
         for col, v in (("×", str(n)), ("shape", shape), ("method", method), ("k/B", cfg), ("graft", graft),
-                       ("state", fmt_bytes(state)), ("workspace", fmt_bytes(ws)),
+                       ("state", fmt_bytes(state)), ("per device", fmt_bytes(dev)), ("workspace", fmt_bytes(ws)),
                        ("score", "" if score is None else f"{score:.3f}"),
                        ("step ms", "" if ms is None else _ms(ms))):
             cells[col].append(v)
     cols = ["×"] + (["shape"] if mode != "module" else []) + ["method"] + (
-        ["k/B", "graft"] if mode != "module" else []) + ["state", "workspace", "score"] + (["step ms"] if timed else [])
+        ["k/B", "graft"] if mode != "module" else []) + ["state"] + (["per device"] if mesh else []) + [
+        "workspace", "score"] + (["step ms"] if timed else [])
     if mode != "module":
         cols = [c for c in cols if c not in ("k/B", "graft") or any(cells[c])]
 
