@@ -296,3 +296,36 @@ def test_static_check_compares_the_largest_devices_state():
     low.totals.state_bytes_per_device -= 4
     report = check(low, _model())
     assert report.exit_code == 1 and not {c.name: c for c in report.checks}["device-state-bytes"].ok
+
+
+def test_closed_form_equals_the_per_device_enumeration():
+    """``mesh_placement.even_tensor_bytes`` (what the planner uses) against ``tensor_device_bytes`` (which
+    enumerates the devices): equal on every device for random divisible shapes, specs, meshes and methods."""
+    import random
+
+    from sketchplan.methods import state_layout
+    from sketchplan.methods.layout import OptimizerDefaults
+    from sketchplan.methods.mesh_placement import even_tensor_bytes, tensor_device_bytes
+
+    rng = random.Random(1234)
+    configs = [ADAM, BLOCKED, SKETCHY, MethodConfig(method="shampoo"),
+               MethodConfig(method="blocked_shampoo", block_size=4, graft="adafactor", momentum="bfloat16"),
+               MethodConfig(method="extreme_tensoring"), MethodConfig(method="kradagrad")]
+    checked = 0
+    for _ in range(200):
+        mesh = {"data": rng.choice([1, 2, 4]), "model": rng.choice([1, 2, 3])}
+        shape = tuple(rng.choice([1, 2, 3, 4, 6, 8, 12, 16]) * rng.choice([1, 2]) for _ in range(rng.choice([1, 2, 3])))
+        axes = [None, "data", "model", ("data", "model")]
+        spec = tuple(rng.choice(axes) for _ in shape)
+        if len({a for e in spec if e for a in ((e,) if isinstance(e, str) else e)}) < sum(
+                len((e,) if isinstance(e, str) else e) for e in spec if e):
+            continue  # an axis used twice
+        cfg = rng.choice(configs)
+        layout = state_layout(shape, cfg, OptimizerDefaults(merge_dims=rng.choice([1, 8, 1024])))
+        even = even_tensor_bytes(layout, shape, spec, mesh)
+        per_device = tensor_device_bytes(layout, shape, spec, mesh)
+        if even is None:  # the spec does not divide the shape
+            continue
+        assert per_device == [even] * len(per_device), (shape, spec, mesh, cfg)
+        checked += 1
+    assert checked > 60

@@ -135,3 +135,24 @@ def spec_problem(shape: Sequence[int], spec: Spec, mesh: Mapping[str, int]) -> O
 def _show(spec: Spec) -> str:
     return "P(" + ", ".join(repr(e) if not isinstance(e, tuple) else "(" + ", ".join(map(repr, e)) + ")"
                             for e in spec) + ")"
+
+
+def even_tensor_bytes(layout: Sequence[StateTensor], param_shape: tuple[int, ...], param_spec: Spec,
+                      mesh: Mapping[str, int]) -> Optional[int]:
+    """``tensor_device_bytes`` in closed form when ``param_spec`` divides the parameter (``spec_problem`` is
+    None): then every device holds the same bytes — an elementwise array numel / Π(ways of each split
+    dimension), a block-split array numel / devices, a replicated one all of it. None otherwise. (The planner
+    prices thousands of candidates on meshes of up to 2^20 devices; enumerating devices would not scale.)"""
+    if spec_problem(param_shape, param_spec, mesh) is not None:
+        return None
+    n = math.prod(mesh.values())
+    ways = math.prod(math.prod(mesh[a] for a in _axes(e)) for e in param_spec)
+    total = 0
+    for t in layout:
+        numel = math.prod(t.shape)
+        if elementwise_role(t, param_shape):
+            numel //= ways
+        elif factor_spec(t.shape, mesh):
+            numel //= n
+        total += numel * dtype_bytes(t.dtype)
+    return total

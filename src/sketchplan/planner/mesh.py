@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 from ..errors import UserError
 from ..methods import state_layout
 from ..methods.layout import MethodConfig, OptimizerDefaults, dtype_bytes
-from ..methods.mesh_placement import Spec, shard_elements, spec_problem, tensor_device_bytes
+from ..methods.mesh_placement import Spec, even_tensor_bytes, shard_elements, spec_problem, tensor_device_bytes
 
 if TYPE_CHECKING:
     from .analysis import ModelSpec, ParamSpec
@@ -176,30 +176,41 @@ def resolve_specs(spec: "ModelSpec", mesh: Mapping[str, int], partition_specs=No
 
 @lru_cache(maxsize=65536)
 def _tensor_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, spec: Spec,
-                  mesh: MeshKey) -> tuple[int, ...]:
-    return tuple(tensor_device_bytes(state_layout(shape, cfg, opts), shape, spec, dict(mesh)))
+                  mesh: MeshKey) -> int | tuple[int, ...]:
+    """The bytes every device holds (an int) when the spec divides the tensor, else the per-device tuple."""
+    layout = state_layout(shape, cfg, opts)
+    even = even_tensor_bytes(layout, shape, spec, dict(mesh))
+    return even if even is not None else tuple(tensor_device_bytes(layout, shape, spec, dict(mesh)))
 
 
 def tensor_bytes_by_device(shape, cfg: MethodConfig, opts: OptimizerDefaults, spec: Spec,
                            mesh: Mapping[str, int]) -> tuple[int, ...]:
     """One tensor's state bytes on each device (row-major device order), cached."""
-    return _tensor_bytes(tuple(shape), cfg, opts, tuple(spec), mesh_key(mesh))
+    b = _tensor_bytes(tuple(shape), cfg, opts, tuple(spec), mesh_key(mesh))
+    return (b,) * devices(mesh) if isinstance(b, int) else b
 
 
 def largest_tensor_bytes(shape, cfg: MethodConfig, opts: OptimizerDefaults, spec: Spec,
                          mesh: Mapping[str, int]) -> int:
     """One tensor's state bytes on the device holding most of it (the knapsack's weight of a candidate)."""
-    return max(tensor_bytes_by_device(shape, cfg, opts, spec, mesh))
+    b = _tensor_bytes(tuple(shape), cfg, opts, tuple(spec), mesh_key(mesh))
+    return b if isinstance(b, int) else max(b)
 
 
 def state_by_device(tensors: Iterable[tuple[tuple[int, ...], MethodConfig, OptimizerDefaults, Spec]],
                     mesh: Mapping[str, int]) -> list[int]:
     """Each device's optimizer-state bytes of ``(shape, config, options, spec)`` tensors, with the step count."""
-    total = [COUNT_BYTES] * devices(mesh)
+    n = devices(mesh)
+    even, total = COUNT_BYTES, None
     for shape, cfg, opts, spec in tensors:
-        for i, b in enumerate(tensor_bytes_by_device(shape, cfg, opts, spec, mesh)):
-            total[i] += b
-    return total
+        b = _tensor_bytes(tuple(shape), cfg, opts, tuple(spec), mesh_key(mesh))
+        if isinstance(b, int):
+            even += b
+        else:
+            total = [0] * n if total is None else total
+            for i, x in enumerate(b):
+                total[i] += x
+    return [even + (0 if total is None else total[i]) for i in range(n)]
 
 
 def fixed_by_device(spec: "ModelSpec", prec: "Precision", mesh: Mapping[str, int],
