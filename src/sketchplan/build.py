@@ -52,6 +52,11 @@ def build_optimizer(plan: Plan, model: "torch.nn.Module", allow_mismatch: bool =
     plan entries the model lacks are ignored.
     """
     require("torch", "build_optimizer")
+    if plan.settings.mesh is not None:
+        from .planner.mesh import mesh_label
+
+        raise UserError(f"the plan was made for the JAX mesh {mesh_label(plan.settings.mesh)}; build it with "
+                        "build_optax(plan, params), or plan without --mesh (--world-size for torch ranks).")
     from .optimizers.torch import SketchplanOptimizer, group_options
     from .optimizers.torch import distributed as dist_opt
 
@@ -188,7 +193,58 @@ def scale_by_plan(plan: "Plan", params) -> "optax.GradientTransformation":
         raise UserError(f"parameter {name!r} was not in the tree the transformation was built for; build it "
                         "again with build_optax(plan, params).")
 
-    return scale_by_assignment(assign)
+    tx = scale_by_assignment(assign)
+    if plan.settings.mesh is None:
+        return tx
+    check_mesh(plan, params, at_build=True)
+
+    def init(params):
+        check_mesh(plan, params)
+        return tx.init(params)
+
+    return tx._replace(init=init)
+
+
+def check_mesh(plan: "Plan", params, at_build: bool = False) -> None:
+    """Refuse (``UserError``, one sentence) to place a mesh plan's state on another mesh, or parameters split
+    otherwise than the plan's specs: its per-device figures would not hold. The mesh is the one the state would
+    be placed on (``optimizers.jax.placement.context_mesh``: ``jax.set_mesh``'s, else the params'); when none is
+    found, concrete single-device arrays are refused at ``init`` and anything else (tracers, ``tree_map_params``'s
+    placeholders, a build before ``jax.set_mesh``) passes."""
+    import jax
+
+    from .optimizers.jax.placement import context_mesh, is_explicit, mesh_axes, spec_of
+    from .optimizers.jax.transform import named_leaves
+    from .planner.mesh import as_spec, mesh_label, plan_mesh, plan_specs, same_mesh
+
+    planned = plan_mesh(plan)
+    named = named_leaves(params)[0]
+    leaves = [x for _, x in named]
+    mesh = context_mesh(leaves)
+    concrete = [x for x in leaves if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)]
+    if mesh is None and (at_build or not concrete):
+        return
+    found = None if mesh is None else mesh_axes(mesh)
+    if not same_mesh(found, planned):
+        where = "no mesh (single-device arrays, no jax.set_mesh)" if found is None else f"mesh {mesh_label(found)}"
+        raise UserError(f"the plan was made for mesh {mesh_label(planned)} but the state would be placed on {where}; "
+                        f"make the plan with --mesh {mesh_label(found) if found else '…'} (mesh=) for this one, or "
+                        f"run on mesh {mesh_label(planned)}.")
+    specs = plan_specs(plan)
+    concrete_ids = {id(x) for x in concrete}
+    for name, x in named:
+        sharding = getattr(x, "sharding", None) if id(x) in concrete_ids else None
+        if sharding is not None and hasattr(sharding, "spec"):
+            have = tuple(sharding.spec)
+        elif mesh is not None and is_explicit(mesh) and isinstance(x, jax.core.Tracer):
+            have = spec_of(x)
+        else:
+            continue
+        want = next((specs[n] for n in _aliases(name) if n in specs), ())
+        have = as_spec(have, f"parameter {name!r}")
+        if have != want:
+            raise UserError(f"parameter {name!r} is split as P{have!r} but the plan was made for P{want!r}; place it "
+                            "as the plan says or make the plan with its specs.")
 
 
 def build_optax(plan: "Plan", params, learning_rate: "LearningRate" = None,

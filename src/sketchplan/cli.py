@@ -134,6 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--shard-group", type=flag_int(1, MAX_WORLD_SIZE),
                     help="hsdp: ranks a parameter is sharded over (divides --world-size; required with hsdp, no default)")
     pl.add_argument("--shard-optimizer-state", action="store_true", help="alias of --parallelism zero1")
+    pl.add_argument("--mesh", metavar="AXIS=N,...", help="plan for a JAX device mesh, e.g. data=4,model=2: the "
+                    "budget is per device and state is placed as the optax transformation places it; parameters "
+                    "are split by their partition specs (a factory's sharded leaves, a shapes file's spec:), "
+                    "replicated without one (default: no mesh)")
     pl.add_argument("--param-dtype", help="dtype of parameters and gradients, e.g. bfloat16 (default: the model's)")
     pl.add_argument("--grad-dtype", help="gradient dtype if it differs from the parameters' (default: the parameters')")
     pl.add_argument("--master-weights", action="store_true", help="count a float32 master copy of trainable params")
@@ -249,9 +253,10 @@ def _render(plan, args, console):
     return console
 
 
-def _how_to_use(path: str) -> str:
+def _how_to_use(path: str, mesh: bool = False) -> str:
     """The one line after a plan is written: what to do with it."""
-    return (f"build it with [bold]sketchplan.build_optimizer(Plan.load({path!r}), model)[/], check it in CI with "
+    build = "build_optax(Plan.load({!r}), params)" if mesh else "build_optimizer(Plan.load({!r}), model)"
+    return (f"build it with [bold]sketchplan.{build.format(path)}[/], check it in CI with "
             f"[bold]sketchplan check {path}[/]")
 
 
@@ -276,10 +281,14 @@ def _cmd_update(args, console) -> int:
     with _recorded_model(args.model, args.update):
         spec = load_spec(source)
     g, s, b = old.grid, old.settings, old.budget
+    specs = None
+    if s.mesh is not None:  # specs the model does not carry itself keep the plan's
+        recorded = {e.name: e.spec for e in old.tensors if e.spec is not None}
+        specs = {p.name: recorded[p.name] for p in spec.params if p.spec is None and p.name in recorded} or None
     grid = dict(methods=g.methods, ranks=g.ranks, block_sizes=g.block_sizes, grafts=g.grafts,
                 momenta=g.momenta, compress=g.compress) if g else {}
     new = make_plan(spec, b.memory_bytes, source=source, defaults=old.defaults, reserve=b.reserve_bytes,
-                    **settings_kwargs(s),
+                    **settings_kwargs(s), partition_specs=specs,
                     activations=old.activations, headroom=b.headroom,
                     param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights,
                     hardware=args.hardware, max_step_vs_adam=args.max_step_vs_adam, **grid,
@@ -362,6 +371,11 @@ def _cmd_plan(args, console) -> int:
         if dt is not None and dt not in _FLOAT_DTYPES:
             raise UserError(f"{flag} {dt!r} is not a floating-point dtype; use one of {', '.join(_FLOAT_DTYPES)}.")
     spec = load_spec(args.model)
+    mesh = None
+    if args.mesh is not None:
+        from .planner.mesh import parse_mesh
+
+        mesh = parse_mesh(args.mesh)
     activations = None
     if args.batch_size is not None:
         from .planner.activations import trace_source
@@ -376,7 +390,8 @@ def _cmd_plan(args, console) -> int:
                            parallelism=args.parallelism, shard_group=args.shard_group,
                            grad_dtype=args.grad_dtype, master_weights=args.master_weights, spectrum=args.spectrum,
                            hardware=args.hardware, time_budget_ms=args.time_budget_ms,
-                           max_step_vs_adam=args.max_step_vs_adam, tokens_per_step=args.tokens_per_step)
+                           max_step_vs_adam=args.max_step_vs_adam, tokens_per_step=args.tokens_per_step,
+                           mesh=mesh)
     console = _render(plan, args, console)
     if args.explain:
         from .planner.explain import explain
@@ -386,10 +401,11 @@ def _cmd_plan(args, console) -> int:
             render_explain(explain(plan, spec, name), console)
     if args.out is not None:
         write_atomic(args.out, plan.to_yaml(), "--out")
-        console.print(f"plan written to [bold]{args.out}[/]; " + _how_to_use(args.out))
+        console.print(f"plan written to [bold]{args.out}[/]; " + _how_to_use(args.out, mesh is not None))
     elif args.json is None:
+        build = "build_optax(Plan.load(...), params)" if mesh is not None else "build_optimizer(Plan.load(...), model)"
         console.print("nothing written: add [bold]--out plan.yaml[/] to keep this plan (then "
-                      "`sketchplan.build_optimizer(Plan.load(...), model)` builds it)")
+                      f"`sketchplan.{build}` builds it)")
     return 0
 
 

@@ -49,6 +49,8 @@ def frontier(plan: Plan, spec, points: int = 24) -> list[tuple[int, float]]:
 
     common = dict(defaults=plan.defaults, **settings_kwargs(s),
                   param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights, **kw)
+    if s.mesh is not None:  # the specs the plan was made with (a spec tree given in Python is not in the model)
+        common["partition_specs"] = {e.name: e.spec for e in plan.tensors if e.spec is not None}
     top = make_plan(spec, None, **common)
     hi = top.totals.peak_bytes
     lo = hi

@@ -78,6 +78,19 @@ def tensor_rows(plan: Plan, mode: str) -> list[tuple[str, int, str, str, int, in
     return [(r[0], r[1], r[2], r[3], r[4], r[5], (r[6] / r[7]) if r[7] else None, r[8]) for r in rows.values()]
 
 
+def _device_bytes(plan: Plan, mode: str) -> list[int]:
+    """Mesh plans: per row of ``tensor_rows``, the state its tensors put on the device holding most (the sum of
+    their ``device_state_bytes``; every device holds the same share of a tensor, ``planner.mesh``)."""
+    sums: OrderedDict[tuple, int] = OrderedDict()
+    for e in plan.tensors:
+        shape = "×".join(map(str, e.shape)) or "scalar"
+        key = (e.name,) if mode == "tensor" else (fold_name(e.name), shape, _choice(e))
+        if mode == "module":
+            key = (fold_name(e.name.rsplit(".", 1)[0] if "." in e.name else e.name),)
+        sums[key] = sums.get(key, 0) + (e.device_state_bytes or 0)
+    return list(sums.values())
+
+
 def _entries(plan: Plan, mode: str) -> list[TensorEntry | None]:
     """The first tensor of each row of ``tensor_rows`` (its choice is the row's; None in module mode)."""
     seen: OrderedDict[tuple, TensorEntry | None] = OrderedDict()
@@ -116,7 +129,7 @@ def wrap_name(name: str, width: int) -> str:
 #: optional columns, dropped in this order when the terminal is too narrow for them (the --json output and a
 #: wider terminal keep them); tensor, ×, method and configuration always stay
 _DROP_ORDER = ("workspace", "step ms", "shape", "graft", "score")
-_RIGHT = {"×", "state", "workspace", "score", "step ms"}
+_RIGHT = {"×", "state", "per device", "workspace", "score", "step ms"}
 #: the tensor column is never narrower than this (it is wrapped after dots to fit)
 MIN_NAME = 14
 
@@ -131,16 +144,19 @@ def tensor_table(plan: Plan, mode: str = "class", max_rows: int | None = 60, wid
     entries = _entries(plan, mode)[:len(shown)]
     timed = plan.totals.step_ms is not None
     cells: dict[str, list[str]] = {"×": [], "shape": [], "method": [], "k/B": [], "graft": [], "state": [],
-                                   "workspace": [], "score": [], "step ms": []}
-    for (name, n, shape, choice, state, ws, score, ms), e in zip(shown, entries):
+                                   "per device": [], "workspace": [], "score": [], "step ms": []}
+    mesh = plan.settings.mesh is not None
+    per_device = _device_bytes(plan, mode) if mesh else [0] * len(rows)
+    for (name, n, shape, choice, state, ws, score, ms), e, dev in zip(shown, entries, per_device):
         method, cfg, graft = choice_parts(e) if e is not None else (choice, "", "")
         for col, v in (("×", str(n)), ("shape", shape), ("method", method), ("k/B", cfg), ("graft", graft),
-                       ("state", fmt_bytes(state)), ("workspace", fmt_bytes(ws)),
+                       ("state", fmt_bytes(state)), ("per device", fmt_bytes(dev)), ("workspace", fmt_bytes(ws)),
                        ("score", "" if score is None else f"{score:.3f}"),
                        ("step ms", "" if ms is None else _ms(ms))):
             cells[col].append(v)
     cols = ["×"] + (["shape"] if mode != "module" else []) + ["method"] + (
-        ["k/B", "graft"] if mode != "module" else []) + ["state", "workspace", "score"] + (["step ms"] if timed else [])
+        ["k/B", "graft"] if mode != "module" else []) + ["state"] + (["per device"] if mesh else []) + [
+        "workspace", "score"] + (["step ms"] if timed else [])
     if mode != "module":
         cols = [c for c in cols if c not in ("k/B", "graft") or any(cells[c])]
 
@@ -222,6 +238,21 @@ def _per_rank_rows(t: Table, plan: Plan) -> None:
     t.add_row("  communication buffers", fmt_bytes(tot.comm_bytes_per_rank or 0))
 
 
+def _per_device_rows(t: Table, plan: Plan) -> None:
+    """One device's share of each term on a JAX mesh (``planner.mesh``)."""
+    tot, mesh = plan.totals, plan.settings.mesh
+    n = len(tot.state_bytes_by_device or []) or 1
+    label = ",".join(f"{k}={v}" for k, v in mesh.items())
+    t.add_row(Text(f"per device (mesh {label}, {n} devices)", style="bold"), "")
+    t.add_row("  parameters", fmt_bytes(tot.params_bytes_per_device or 0))
+    t.add_row("  gradients", fmt_bytes(tot.grads_bytes_per_device or 0))
+    if tot.master_bytes_per_device:
+        t.add_row("  master weights (fp32)", fmt_bytes(tot.master_bytes_per_device))
+    t.add_row("  optimizer state (largest device)", fmt_bytes(tot.state_bytes_per_device or 0))
+    if tot.state_bytes_by_device and len(set(tot.state_bytes_by_device)) > 1:
+        t.add_row("  optimizer state (smallest device)", fmt_bytes(min(tot.state_bytes_by_device)))
+
+
 def totals_table(plan: Plan) -> Table:
     tot, b = plan.totals, plan.budget
     t = Table(title="Totals (predicted)", box=box.SIMPLE_HEAD, title_justify="left", show_header=False)
@@ -231,6 +262,9 @@ def totals_table(plan: Plan) -> Table:
     whole = " (all ranks together)" if sharded else ""  # never a total next to a per-rank peak unlabelled
     if sharded:
         t.add_row(Text(f"whole model (not per rank; {plan.settings.world_size} ranks)", style="bold"), "")
+    if plan.settings.mesh is not None:
+        whole = " (whole model, one copy)"
+        t.add_row(Text("whole model (one copy of every array)", style="bold"), "")
     t.add_row("parameters" + (" (one copy)" if sharded else ""), fmt_bytes(tot.params_bytes))
     t.add_row("gradients" + (" (one copy)" if sharded else ""), fmt_bytes(tot.grads_bytes))
     if tot.master_bytes:
@@ -250,7 +284,11 @@ def totals_table(plan: Plan) -> Table:
             t.add_row("  with activation checkpointing", fmt_bytes(a.checkpointed_peak_bytes))
     if tot.peak_bytes_per_rank is not None:
         _per_rank_rows(t, plan)
-    t.add_row(Text("peak" + (" per rank" if tot.peak_bytes_per_rank is not None else ""), style="bold"),
+    mesh = plan.settings.mesh
+    if mesh is not None:
+        _per_device_rows(t, plan)
+    t.add_row(Text("peak" + (" per rank" if tot.peak_bytes_per_rank is not None else "")
+                   + (" per device" if mesh is not None else ""), style="bold"),
               Text(fmt_bytes(tot.peak_bytes), style="bold"))
     if b.memory_bytes is not None:
         avail = b.available()

@@ -115,6 +115,8 @@ def _tracked_step(model, opt, device) -> int | None:
 
 def measure_plan(plan: Plan, model, spec: ModelSpec, configs: dict[str, MethodConfig], *, device: str = "cpu",
                  limit: int | None = None, steps: int = 1) -> Measurement:
+    if plan.settings.mesh is not None:
+        return measure_mesh(plan, model, spec, configs, steps=steps)
     torch = require("torch", "check --measure")
     import torch.nn as nn
 
@@ -287,4 +289,82 @@ def _measure_ranks(plan: Plan, model, configs: dict[str, MethodConfig], dev, ste
                             f"weights; {steps} steps", tensors=rows,
                        predicted_state_bytes=sum(r.predicted_bytes for r in rows),
                        measured_state_bytes=sum(r.measured_bytes for r in rows),
+                       predicted_peak_bytes=plan.totals.peak_bytes)
+
+
+def measure_mesh(plan: Plan, model, spec: ModelSpec, configs: dict[str, MethodConfig], *, steps: int = 1,
+                 seed: int = 0) -> Measurement:
+    """``check --measure`` of a plan made for a JAX mesh: the mesh is made from this process's devices (explicit
+    axes, ``jax.set_mesh``), every parameter is a random array placed by the plan's spec, ``build_optax(plan,
+    params)`` is initialised and stepped, and the bytes each device holds of the state (``addressable_shards``)
+    are compared with the plan's ``state_bytes_by_device``; per tensor, the device holding most against
+    ``device_state_bytes``. A shapes file's tensors keep its order (an ``OrderedDict``: the plan's fingerprint
+    is over that order)."""
+    jax = require("jax", "check --measure of a mesh plan")
+    require("optax", "check --measure of a mesh plan")
+    from collections import OrderedDict
+
+    import jax.numpy as jnp
+    import optax
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    from .build import _aliases, build_optax
+    from .optimizers.jax.placement import measured_device_bytes
+    from .optimizers.jax.transform import SketchplanState, named_leaves
+    from .planner.mesh import devices, mesh_label, plan_mesh, plan_specs
+
+    sizes = plan_mesh(plan)
+    n = devices(sizes)
+    if jax.device_count() != n:
+        raise UserError(f"the plan is for mesh {mesh_label(sizes)} ({n} devices) but JAX sees {jax.device_count()} "
+                        f"{jax.default_backend()} device(s); measure it where there are {n} (on CPU: "
+                        f"XLA_FLAGS=--xla_force_host_platform_device_count={n}).")
+    if is_torch_module(model):
+        raise UserError("a mesh plan builds an optax transformation; give check a JAX model (package.module:factory "
+                        "returning a pytree) or a shapes file.")
+    if isinstance(model, ModelSpec):
+        tree = OrderedDict((p.name, jax.ShapeDtypeStruct(p.shape, jnp.dtype(p.dtype))) for p in spec.params)
+    else:
+        tree = model
+    mesh = jax.make_mesh(tuple(sizes.values()), tuple(sizes), axis_types=(AxisType.Explicit,) * len(sizes))
+    specs = plan_specs(plan)
+    named, treedef = named_leaves(tree)
+    key = jax.random.key(seed)
+
+    def rand(i, name, leaf):
+        x = jax.random.normal(jax.random.fold_in(key, i), tuple(leaf.shape), jnp.float32) * 0.02
+        return jax.device_put(x.astype(leaf.dtype), NamedSharding(mesh, PartitionSpec(*specs.get(name, ()))))
+
+    params = treedef.unflatten([rand(i, n_, leaf) for i, (n_, leaf) in enumerate(named)])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    tx = build_optax(plan, abstract)
+    with jax.sharding.set_mesh(mesh):
+        state = tx.init(params)
+        step = jax.jit(tx.update)
+        for t in range(steps):
+            grads = treedef.unflatten([rand(10_000 + 100 * t + i, n_, leaf) for i, (n_, leaf) in enumerate(named)])
+            updates, state = step(grads, state, params)
+            params = optax.apply_updates(params, updates)
+        jax.block_until_ready(state)
+    per_device = measured_device_bytes(state, mesh)
+    sp = next(x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, SketchplanState))
+              if isinstance(x, SketchplanState))
+    mu, nu = jax.tree.leaves(sp.mu), jax.tree.leaves(sp.nu)
+    entries = {a: e for e in plan.tensors for m in (e.name, *e.tied) for a in _aliases(m)}
+    rows = []
+    for i, (name, _) in enumerate(named):
+        e = entries.get(name)
+        if e is None or e.name not in configs:
+            continue
+        arrays = [mu[i], nu[i], *sp.factors[i].values()]
+        rows.append(MeasuredTensor(name=e.name, predicted_bytes=e.device_state_bytes or 0,
+                                   measured_bytes=max(measured_device_bytes(arrays, mesh)),
+                                   method=configs[e.name].label()))
+    predicted = list(plan.totals.state_bytes_by_device or [])
+    return Measurement(device=f"mesh {mesh_label(sizes)} ({n} {jax.default_backend()} devices)", mode="materialised",
+                       note=f"parameters placed by the plan's specs on explicit axes, random values; build_optax "
+                            f"state after {steps} step(s), each device's bytes from addressable_shards; per tensor the "
+                            "device holding most", tensors=rows,
+                       predicted_state_bytes=max(predicted, default=0), measured_state_bytes=max(per_device),
+                       predicted_device_bytes=predicted, measured_device_bytes=per_device,
                        predicted_peak_bytes=plan.totals.peak_bytes)

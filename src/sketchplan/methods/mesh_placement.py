@@ -100,3 +100,63 @@ def tensor_device_bytes(layout: Sequence[StateTensor], param_shape: tuple[int, .
         for i, n in enumerate(shard_elements(t.shape, spec, mesh)):
             total[i] += n * dtype_bytes(t.dtype)
     return total
+
+
+def spec_axes(spec: Spec) -> list[str]:
+    """The mesh axes a spec names, in order (an axis may appear once only)."""
+    return [a for entry in spec for a in _axes(entry)]
+
+
+def spec_problem(shape: Sequence[int], spec: Spec, mesh: Mapping[str, int]) -> Optional[str]:
+    """Why a parameter of ``shape`` cannot be split by ``spec`` on ``mesh`` (a clause), or None when it can.
+
+    A spec has at most one entry per dimension, names only the mesh's axes, each at most once, and splits a
+    dimension only over axes whose product divides it: JAX refuses uneven shards (``IndivisibleError`` on
+    ``device_put``, a ``ValueError`` under explicit axes), and the elementwise state is placed exactly like its
+    parameter, so it needs the same division."""
+    if len(spec) > len(shape):
+        return f"spec {_show(spec)} has {len(spec)} entries for a tensor of {len(shape)} dimensions"
+    for entry in spec:
+        if entry is not None and not (isinstance(entry, str) or (isinstance(entry, tuple) and
+                                                                  all(isinstance(a, str) for a in entry))):
+            return f"spec {_show(spec)} has the entry {entry!r}; each entry is None, an axis name or a tuple of them"
+    axes = spec_axes(spec)
+    unknown = [a for a in axes if a not in mesh]
+    if unknown:
+        return (f"spec {_show(spec)} names mesh axis {unknown[0]!r}, which the mesh "
+                f"{','.join(f'{k}={v}' for k, v in mesh.items())} lacks")
+    twice = sorted({a for a in axes if axes.count(a) > 1})
+    if twice:
+        return f"spec {_show(spec)} uses mesh axis {twice[0]!r} twice"
+    for i, (d, entry) in enumerate(zip(shape, spec)):
+        ways = math.prod(mesh[a] for a in _axes(entry))
+        if ways > 1 and d % ways:
+            return (f"dimension {i} of size {d} is split over {'×'.join(_axes(entry))} ({ways} devices), which does "
+                    "not divide it")
+    return None
+
+
+def _show(spec: Spec) -> str:
+    return "P(" + ", ".join(repr(e) if not isinstance(e, tuple) else "(" + ", ".join(map(repr, e)) + ")"
+                            for e in spec) + ")"
+
+
+def even_tensor_bytes(layout: Sequence[StateTensor], param_shape: tuple[int, ...], param_spec: Spec,
+                      mesh: Mapping[str, int]) -> Optional[int]:
+    """``tensor_device_bytes`` in closed form when ``param_spec`` divides the parameter (``spec_problem`` is
+    None): then every device holds the same bytes — an elementwise array numel / Π(ways of each split
+    dimension), a block-split array numel / devices, a replicated one all of it. None otherwise. (The planner
+    prices thousands of candidates on meshes of up to 2^20 devices; enumerating devices would not scale.)"""
+    if spec_problem(param_shape, param_spec, mesh) is not None:
+        return None
+    n = math.prod(mesh.values())
+    ways = math.prod(math.prod(mesh[a] for a in _axes(e)) for e in param_spec)
+    total = 0
+    for t in layout:
+        numel = math.prod(t.shape)
+        if elementwise_role(t, param_shape):
+            numel //= ways
+        elif factor_spec(t.shape, mesh):
+            numel //= n
+        total += numel * dtype_bytes(t.dtype)
+    return total

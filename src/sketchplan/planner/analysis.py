@@ -33,6 +33,9 @@ class ParamSpec:
     batch_dims: int = 0  # leading axes indexing independent matrices (stacked experts; planner.structure)
     splits: tuple[int, ...] | None = None  # fused segment sizes along matrix axis split_axis (gate|up, q|k|v)
     split_axis: int = 0
+    #: JAX partition spec (one entry per dimension: None, an axis name or a tuple of names) from a sharded leaf or
+    #: a shapes file's ``spec:``; None: not given (replicated). Only a plan for a mesh reads it (``planner.mesh``).
+    spec: tuple | None = None
 
     @property
     def numel(self) -> int:
@@ -54,6 +57,8 @@ class ModelSpec:
     params: list[ParamSpec]
     buffers: list[BufferSpec] = field(default_factory=list)
     source: str = ""
+    #: axis → size of the mesh the model's arrays are sharded over (a factory returning sharded arrays), else None
+    mesh: dict[str, int] | None = None
 
     @property
     def trainable(self) -> list[ParamSpec]:
@@ -109,16 +114,35 @@ def is_pytree_of_arrays(obj) -> bool:
     return False
 
 
+def _sharding_of(leaf) -> tuple[tuple | None, dict[str, int] | None]:
+    """The partition spec and mesh (axis → size) of a leaf with a ``NamedSharding`` (an array placed with
+    ``jax.device_put`` or a ``ShapeDtypeStruct(..., sharding=...)``), read by attribute; (None, None) otherwise."""
+    sharding = getattr(leaf, "sharding", None)
+    spec, mesh = getattr(sharding, "spec", None), getattr(sharding, "mesh", None)
+    if spec is None or mesh is None:
+        return None, None
+    entries = tuple(tuple(e) if isinstance(e, (tuple, list)) else e for e in spec)
+    return entries, dict(getattr(mesh, "shape", {}))
+
+
 def analyze_pytree(tree, source: str = "") -> ModelSpec:
-    """Parameter specs of a JAX pytree of arrays or ``jax.ShapeDtypeStruct``s; names are key paths."""
+    """Parameter specs of a JAX pytree of arrays or ``jax.ShapeDtypeStruct``s; names are key paths. A leaf with a
+    ``NamedSharding`` records its partition spec, and the model the mesh (all such leaves must share one)."""
     import jax
 
-    params = []
+    params, meshes = [], []
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         name = key_path_name(path)
+        spec, mesh = _sharding_of(leaf)
+        if mesh is not None and mesh not in meshes:
+            meshes.append(mesh)
         params.append(ParamSpec(name=name, shape=tuple(int(d) for d in leaf.shape), dtype=str(leaf.dtype),
-                                trainable=True, module=name.rsplit("/", 1)[0] if "/" in name else ""))
-    return ModelSpec(params=params, source=source)
+                                trainable=True, module=name.rsplit("/", 1)[0] if "/" in name else "", spec=spec))
+    if len(meshes) > 1:
+        raise UserError(f"the model's arrays are sharded over {len(meshes)} different meshes "
+                        f"({', '.join(','.join(f'{k}={v}' for k, v in m.items()) for m in meshes[:2])}); place them "
+                        "all on one mesh.")
+    return ModelSpec(params=params, source=source, mesh=meshes[0] if meshes else None)
 
 
 def analyze(model, source: str = "") -> ModelSpec:

@@ -41,6 +41,12 @@ class Candidate:
     workspace_bytes: int
     score: float
     time_ms: float = 0.0  # predicted amortised step time (0 without a hardware profile)
+    device_bytes: int | None = None  # on a mesh: the state bytes of the device holding most (planner.mesh)
+
+    @property
+    def budget_bytes(self) -> int:
+        """The bytes the memory budget sees: the largest device's on a mesh, else the whole state."""
+        return self.state_bytes if self.device_bytes is None else self.device_bytes
 
 
 def check_grid(methods, ranks, block_sizes, grafts, momenta, compress=DEFAULT_COMPRESS) -> None:
@@ -113,9 +119,10 @@ def evaluate(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults,
 
 
 def candidates_for(shape: tuple[int, ...], configs: list[MethodConfig], opts: OptimizerDefaults,
-                   spectrum=None, timer=None) -> list[Candidate]:
+                   spectrum=None, timer=None, device_bytes=None) -> list[Candidate]:
     """Evaluated candidates for ``shape``, without duplicates and without dominated ones (in bytes, workspace,
-    score and, with ``timer`` (``planner.timing.StepTimer``), predicted step time), sorted by bytes."""
+    score and, with ``timer`` (``planner.timing.StepTimer``), predicted step time), sorted by bytes.
+    ``device_bytes``: on a mesh, config → the largest device's state bytes; domination then compares those."""
     seen: dict[tuple, Candidate] = {}
     if _empty(shape):
         configs = [ADAM]
@@ -127,18 +134,22 @@ def candidates_for(shape: tuple[int, ...], configs: list[MethodConfig], opts: Op
         if timer is not None:
             ms, picks = timer(shape, cfg)
             c = replace(c, time_ms=ms, workspace_bytes=_picked_workspace(shape, c, opts, picks))
-        key = (c.state_bytes, c.workspace_bytes, round(c.score, 12), round(c.time_ms, 9))
+        if device_bytes is not None:
+            c = replace(c, device_bytes=device_bytes(c.cfg))
+        key = (c.budget_bytes, c.state_bytes, c.workspace_bytes, round(c.score, 12), round(c.time_ms, 9))
         if key not in seen:  # the first config in grid order wins a tie (simplest: lower rank/block first)
             seen[key] = c
     if not seen:
         c = evaluate(shape, ADAM, opts, spectrum)
         if timer is not None:
             c = replace(c, time_ms=timer(shape, ADAM)[0])
-        seen[(c.state_bytes, c.workspace_bytes, round(c.score, 12), round(c.time_ms, 9))] = c
-    cands = sorted(seen.values(), key=lambda c: (c.state_bytes, c.workspace_bytes, -c.score))
+        if device_bytes is not None:
+            c = replace(c, device_bytes=device_bytes(c.cfg))
+        seen[(c.budget_bytes, c.state_bytes, c.workspace_bytes, round(c.score, 12), round(c.time_ms, 9))] = c
+    cands = sorted(seen.values(), key=lambda c: (c.budget_bytes, c.workspace_bytes, -c.score))
     kept: list[Candidate] = []
     for c in cands:
-        if any(o.state_bytes <= c.state_bytes and o.workspace_bytes <= c.workspace_bytes and o.score >= c.score
+        if any(o.budget_bytes <= c.budget_bytes and o.workspace_bytes <= c.workspace_bytes and o.score >= c.score
                and o.time_ms <= c.time_ms for o in kept):
             continue
         kept.append(c)

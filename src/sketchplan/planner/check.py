@@ -51,7 +51,8 @@ class TensorDiff(_M):
 
 
 class CheckResult(_M):
-    name: str = Field(description="structure | state-bytes | budget | measured-state-bytes | measured-peak")
+    name: str = Field(description="structure | state-bytes | device-state-bytes | budget | measured-state-bytes | "
+                      "measured-device-bytes | measured-peak")
     ok: bool
     message: str
 
@@ -72,6 +73,10 @@ class Measurement(_M):
     measured_state_bytes: int
     peak_allocated_bytes: int | None = None
     predicted_peak_bytes: int | None = None
+    predicted_device_bytes: list[int] | None = Field(default=None, description="mesh plans: each device's "
+                                                     "predicted optimizer state, the step count included")
+    measured_device_bytes: list[int] | None = Field(default=None, description="mesh plans: what each device holds "
+                                                    "(addressable_shards), in the mesh's device order")
 
 
 class CheckReport(_M):
@@ -157,9 +162,21 @@ def predicted_peak(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig]
     s = plan.settings
     prec = Precision(s.param_dtype, s.grad_dtype, s.master_weights)
     par = parallel.from_settings(s)
+    options = {e.name: e.options() for e in plan.tensors}
+    if par.mesh is not None:  # one device's: specs as the plan recorded them (planner.mesh)
+        import dataclasses
+
+        from .mesh import plan_specs, state_by_device
+
+        specs = plan_specs(plan)
+        spec = ModelSpec([dataclasses.replace(p, spec=specs.get(p.name, ())) for p in spec.params], spec.buffers,
+                         spec.source)
     fixed = parallel.fixed_per_rank(spec, prec, par)
     shapes = {p.name: p.shape for p in spec.params}
     state = sum(total_bytes(state_layout(shapes[n], c, plan.defaults)) for n, c in configs.items())
+    if par.mesh is not None:
+        state = max(state_by_device([(shapes[n], c, plan.defaults.model_copy(update=options.get(n, {})),
+                                      specs.get(n, ())) for n, c in configs.items()], par.mesh_sizes))
     if par.world > 1:
         owners = {e.name: e.owners for e in plan.tensors if e.owners is not None}
         rest = {e.name: e.owner for e in plan.tensors if e.owner is not None}
@@ -171,13 +188,30 @@ def predicted_peak(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig]
         state = ranks.largest + ranks.exchange
     from .transients import step_workspace
 
-    options = {e.name: e.options() for e in plan.tensors}
     local = parallel.local_spec(spec, par)
     ws = step_workspace([(p.shape, p.dtype, configs[p.name], options.get(p.name, {})) for p in local.params
                          if p.name in configs], plan.defaults, s.param_dtype)[0]
     act = plan.totals.activation_bytes
     ret = plan.activations.retained_bytes if act is not None and plan.activations is not None else 0
     return step_peak(fixed, state, ws, spec.buffers_bytes if plan.totals.buffers_bytes else 0, act, ret)
+
+
+def _device_state_check(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig],
+                        tolerance_pct: float) -> CheckResult:
+    """Mesh plans: today's bytes on the largest device (``planner.mesh``, the plan's specs) against the plan's;
+    the whole state can stay the same while the placement rule changes what one device holds."""
+    from .mesh import plan_specs, state_by_device
+
+    specs = plan_specs(plan)
+    shapes = {p.name: p.shape for p in spec.params}
+    options = {e.name: e.options() for e in plan.tensors}
+    today = max(state_by_device([(shapes[n], c, plan.defaults.model_copy(update=options.get(n, {})),
+                                  specs.get(n, ())) for n, c in configs.items()], plan.settings.mesh))
+    old = plan.totals.state_bytes_per_device or 0
+    pct = 100.0 * (today - old) / old if old else 0.0
+    return CheckResult(name="device-state-bytes", ok=not _grew(old, today, tolerance_pct),
+                       message=f"optimizer state on the largest device {old:,} → {today:,} bytes ({pct:+.2f}%, "
+                               f"tolerance {tolerance_pct:g}%)")
 
 
 #: Measures a plan on a device: (plan, model, spec, configs) → Measurement (``sketchplan.verify.measure_plan``).
@@ -219,12 +253,18 @@ def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 
         message=f"optimizer state {old_state:,} → {new_state:,} bytes ({pct:+.2f}%, tolerance {tolerance_pct:g}%)"
         + (f"; {len(grown)} tensor(s) grew beyond tolerance" if grown else "")))
 
+    if plan.settings.mesh is not None and not structural:
+        checks.append(_device_state_check(plan, spec, configs, tolerance_pct))
     peak = predicted_peak(plan, spec, configs)
     if budget is None and plan.budget.memory_bytes is not None:
         budget = plan.budget.available()
     if budget is not None:
         par = parallel.from_settings(plan.settings)
         where = f" per rank ({par.kind}, {par.world} ranks)" if par.world > 1 else ""
+        if par.mesh is not None:
+            from .mesh import mesh_label
+
+            where = f" per device (mesh {mesh_label(par.mesh_sizes)})"
         checks.append(CheckResult(name="budget", ok=peak <= budget,
                                   message=f"predicted peak{where} {peak:,} bytes vs budget {budget:,} bytes"))
 
@@ -241,6 +281,16 @@ def check(plan: Plan, model, *, plan_path: str = "plan", tolerance_pct: float = 
                      f"({measured.measured_state_bytes:,} bytes, {measured.mode})") if not bad else
             f"{len(bad)} tensor(s) allocate other bytes than predicted: " +
             ", ".join(f"{t.name} {t.predicted_bytes:,} → {t.measured_bytes:,}" for t in bad[:5])))
+        if measured.measured_device_bytes is not None:
+            ok = measured.measured_device_bytes == measured.predicted_device_bytes
+            diff = [(i, p, m) for i, (p, m) in enumerate(zip(measured.predicted_device_bytes or [],
+                                                                measured.measured_device_bytes)) if p != m]
+            checks.append(CheckResult(
+                name="measured-device-bytes", ok=ok,
+                message=(f"each of the {len(measured.measured_device_bytes)} devices holds the predicted optimizer "
+                         f"state ({max(measured.measured_device_bytes):,} bytes on the largest)") if ok else
+                f"{len(diff) or 'the'} device(s) hold other bytes than predicted: " +
+                ", ".join(f"device {i} {p:,} → {m:,}" for i, p, m in diff[:4])))
         if measured.peak_allocated_bytes is not None:
             ok = measured.predicted_peak_bytes is None or measured.peak_allocated_bytes <= measured.predicted_peak_bytes
             checks.append(CheckResult(

@@ -41,17 +41,23 @@ class _Group:
 
 
 def _groups(spec: ModelSpec, configs: list[MethodConfig], opts: OptimizerDefaults, spectra=None,
-            timer=None) -> list[_Group]:
-    """Tensors of one shape share their candidates, except probed ones: each has its own measured spectrum."""
+            timer=None, mesh: dict[str, int] | None = None) -> list[_Group]:
+    """Tensors of one shape share their candidates, except probed ones: each has its own measured spectrum. On a
+    mesh, tensors of one shape and one partition spec: candidates weigh the largest device's bytes."""
+    from .mesh import largest_tensor_bytes
+
     spectra = spectra or {}
     by_key: OrderedDict[tuple, list[ParamSpec]] = OrderedDict()
     for p in spec.trainable:
-        key = (p.shape, p.name if p.name in spectra else None, p.batch_dims, p.splits, p.split_axis)
+        key = (p.shape, p.name if p.name in spectra else None, p.batch_dims, p.splits, p.split_axis,
+               p.spec if mesh else None)
         by_key.setdefault(key, []).append(p)
     out = []
     for (shape, name, *_), ps in by_key.items():
         own = [c for c in (structure.structured(cfg, ps[0]) for cfg in configs) if c is not None]
-        out.append(_Group(shape, ps, cand.candidates_for(shape, own, opts, spectra.get(name), timer)))
+        per_device = None if mesh is None else \
+            (lambda cfg, shape=shape, s=ps[0].spec or (): largest_tensor_bytes(shape, cfg, opts, s, mesh))
+        out.append(_Group(shape, ps, cand.candidates_for(shape, own, opts, spectra.get(name), timer, per_device)))
     return out
 
 
@@ -67,7 +73,7 @@ def _plannable(spec: ModelSpec, excluded: dict[str, str]) -> ModelSpec:
     if not excluded:
         return spec
     return ModelSpec(params=[dataclasses.replace(p, trainable=False) if p.name in excluded else p
-                             for p in spec.params], buffers=spec.buffers, source=spec.source)
+                             for p in spec.params], buffers=spec.buffers, source=spec.source, mesh=spec.mesh)
 
 
 def _validated(model, source: str) -> tuple[ModelSpec, dict[str, str], ModelSpec]:
@@ -103,6 +109,7 @@ def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate],
             e.splits = list(c.cfg.splits) if c.cfg.splits else None
             e.packed = c.cfg.packed  # issue 19b
             e.state_bytes, e.workspace_bytes, e.score = c.state_bytes, c.workspace_bytes, round(c.score, 6)
+            e.device_state_bytes = c.device_bytes
             if timer is not None:
                 ms, picks = timer(p.shape, c.cfg)
                 e.step_ms, e.variant = round(ms, 4), (dict(picks) or None)
@@ -119,6 +126,7 @@ class _Costs:
     by_method: dict[str, int]
     ranks: par_.RankState | None = None
     tensor_workspace: int = 0
+    by_device: list[int] | None = None  # on a mesh: each device's state, the step count included (planner.mesh)
 
     @property
     def extra(self) -> int:
@@ -140,6 +148,12 @@ def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDe
     by_method: dict[str, int] = {}
     for c in choice.values():
         by_method[c.cfg.method] = by_method.get(c.cfg.method, 0) + c.state_bytes
+    if par.mesh is not None:
+        from .mesh import state_by_device
+
+        by_dev = state_by_device([(p.shape, choice[p.name].cfg, opts, p.spec or ()) for p in spec.trainable],
+                                 par.mesh_sizes)
+        return _Costs(state, max(by_dev), ws, score, by_method, None, ws_tensors, by_dev)
     if par.world == 1:
         return _Costs(state, state, ws, score, by_method, None, ws_tensors)
     rs = par_.rank_state(spec, {n: c.cfg for n, c in choice.items()}, opts, par, timer)
@@ -199,6 +213,8 @@ def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block
             e.owners = c.ranks.owners[p.name]
         if c.ranks is not None and p.name in c.ranks.rest_owner:
             e.owner = c.ranks.rest_owner[p.name]
+        if par.mesh is not None:
+            e.spec = [list(x) if isinstance(x, tuple) else x for x in (p.spec or ())]
     step_ms = None if timer is None else round(sum(e.step_ms or 0.0 for e in entries), 3)
     avail = budget.available()
     local = {p.name: p.shape for p in par_.local_spec(spec, par).params}
@@ -220,6 +236,13 @@ def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block
     )
     if par.world > 1:
         par_.fill_totals(totals, spec, prec, par, c.ranks)
+    if par.mesh is not None:
+        totals.state_bytes_by_device = c.by_device
+        totals.state_bytes_per_device = max(c.by_device)
+        totals.params_bytes_per_device, totals.grads_bytes_per_device = fixed.params, fixed.grads
+        totals.master_bytes_per_device = fixed.master
+        whole = fixed_bytes(spec, prec)
+        totals.params_bytes, totals.grads_bytes, totals.master_bytes = whole.params, whole.grads, whole.master
     return Plan(
         created_by=f"sketchplan {__version__}",
         model=ModelInfo(source=spec.source, fingerprint=spec.fingerprint, n_params=spec.n_params,
@@ -228,7 +251,7 @@ def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block
         budget=budget,
         settings=Settings(param_dtype=prec.param_dtype, grad_dtype=prec.grad_dtype,
                           master_weights=prec.master_weights, world_size=par.world,
-                          parallelism=par.kind, shard_group=par.shard_group),
+                          parallelism=par.kind, shard_group=par.shard_group, mesh=par.mesh_sizes),
         defaults=opts,
         grid=grid,
         tensors=entries,
@@ -248,7 +271,7 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
               spectrum=None, time_budget_ms: float | None = None, parallelism: str | None = None,
               max_step_vs_adam: float | None = DEFAULT_MAX_STEP_VS_ADAM, tokens_per_step: int | None = None,
               activations=None, example_inputs=None, headroom: float | None = None,
-              shard_group: int | None = None) -> Plan:
+              shard_group: int | None = None, mesh=None, partition_specs=None) -> Plan:
     """Choose one candidate per trainable tensor maximising the parameter-weighted score within the budget.
 
     ``model``: an ``nn.Module`` (meta device is fine) or a ``ModelSpec``. ``memory_budget``: bytes or a size
@@ -261,7 +284,11 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     None); the solver then honours both budgets (``planner.solve_time``) and reports which binds and what
     relaxing it would buy. ``world_size`` and ``parallelism`` (``ddp``, ``zero1``, ``zero2``, ``fsdp``,
     ``hsdp`` with ``shard_group``; ``shard_optimizer_state`` is an alias of ``zero1``): the budget is per rank and
-    the totals carry per-rank figures (``planner.parallel``). ``max_step_vs_adam``: without ``time_budget_ms``
+    the totals carry per-rank figures (``planner.parallel``). ``mesh``: a JAX device mesh (a ``jax.sharding.Mesh``
+    or axis sizes ``{"data": 4, "model": 2}``) with ``partition_specs`` (a mapping name → spec, or a pytree of
+    ``PartitionSpec`` shaped like the params; default: the specs of sharded leaves, else replicated): the budget is
+    per device, candidates are weighed by the largest device's bytes and the plan records the mesh, each tensor's
+    spec and per-device bytes (``planner.mesh``). ``max_step_vs_adam``: without ``time_budget_ms``
     but with ``hardware``, the time budget is this multiple of all-Adam's predicted step (the default bound,
     ``planner.time_bound``; None or ``inf``: no bound), raised to a quarter of the predicted forward+backward when
     ``tokens_per_step`` is given. The bound applied and where it came from are written to ``plan.budget``.
@@ -276,14 +303,15 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     opts = defaults or OptimizerDefaults()
     spec, excluded, pspec = _validated(model, source)
     spec.params = structure.annotate(spec.params)  # by name where no module told (shapes files, pytrees)
-    pspec = _plannable(spec, excluded)
-    prec = Precision(param_dtype, grad_dtype, master_weights)
     from ..validate import MAX_WORLD_SIZE, number
 
     world_size = number(world_size, "world size", lo=1, hi=MAX_WORLD_SIZE, integer=True)
+    par = par_.parallel(parallelism, world_size, shard_group, shard_optimizer_state, mesh)
+    _place(spec, par, partition_specs)
+    pspec = _plannable(spec, excluded)
+    prec = Precision(param_dtype, grad_dtype, master_weights)
     if time_budget_ms is not None:
         time_budget_ms = number(time_budget_ms, "time budget (ms)", lo=0, lo_open=True, example="500")
-    par = par_.parallel(parallelism, world_size, shard_group, shard_optimizer_state)
     cand_spec = par_.local_spec(pspec, par)
     budget_bytes = None if memory_budget is None else parse_size(memory_budget, "memory budget")
     reserve_bytes = parse_size(reserve, "reserve")
@@ -320,7 +348,8 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     timer = None if hardware is None else StepTimer(CostModel(resolve_profile(hardware)), opts)
     time_budget_ms, time_source = time_bound.choose(cand_spec, timer, time_budget_ms, max_step_vs_adam,
                                                     tokens_per_step)
-    groups = _groups(cand_spec, configs, opts, spectrum.tensors if spectrum is not None else None, timer)
+    groups = _groups(cand_spec, configs, opts, spectrum.tensors if spectrum is not None else None, timer,
+                     par.mesh_sizes)
     fixed = par_.fixed_per_rank(spec, prec, par)
     items = [Item(len(g.params), [_knapsack_bytes(g.shape, c, opts, par) for c in g.cands],
                   [c.workspace_bytes for c in g.cands], [c.score * _numel(g.shape) for c in g.cands],
@@ -391,13 +420,16 @@ def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = 
 
 def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None, *, source: str = "",
                       memory_budget=None, hardware=None, world_size: int = 1, parallelism: str | None = None,
-                      shard_group: int | None = None) -> Plan:
+                      shard_group: int | None = None, mesh=None, partition_specs=None) -> Plan:
     """A plan with the given choice per tensor: ``configs`` is one ``MethodConfig`` for all trainable tensors, or a
     mapping name → ``MethodConfig`` (or a callable ``ParamSpec -> MethodConfig``). Bytes come from the layouts;
-    with ``world_size``/``parallelism`` the per-rank placement too (``planner.parallel``)."""
+    with ``world_size``/``parallelism`` the per-rank placement too (``planner.parallel``), with ``mesh`` and
+    ``partition_specs`` the per-device one (``planner.mesh``, as ``make_plan``)."""
     opts = defaults or OptimizerDefaults()
     spec, excluded, pspec = _validated(model, source)
-    par = par_.parallel(parallelism, world_size, shard_group)
+    par = par_.parallel(parallelism, world_size, shard_group, mesh=mesh)
+    _place(spec, par, partition_specs)
+    pspec = _plannable(spec, excluded)
     cand_spec = par_.local_spec(pspec, par)
     if isinstance(configs, MethodConfig):
         pick = lambda p: configs  # noqa: E731
@@ -410,6 +442,11 @@ def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None,
         pick = lambda p: configs[p.name]  # noqa: E731
     choice = {p.name: cand.evaluate(p.shape, structure.structured(pick(spec_p), p) or pick(spec_p), opts)
               for p, spec_p in zip(cand_spec.trainable, pspec.trainable)}
+    if par.mesh is not None:
+        from .mesh import largest_tensor_bytes
+
+        choice = {p.name: dataclasses.replace(choice[p.name], device_bytes=largest_tensor_bytes(
+            p.shape, choice[p.name].cfg, opts, p.spec or (), par.mesh_sizes)) for p in cand_spec.trainable}
     budget = Budget(memory_bytes=None if memory_budget is None else parse_size(memory_budget, "memory budget"))
     info = SolverInfo(status="exact", gap=0.0, binding=None)
     used = {c.cfg for c in choice.values()}
@@ -424,7 +461,22 @@ def owner_unsupported(cfg: MethodConfig) -> bool:
     return cfg.method == "soap" or cfg.packed
 
 
+def _place(spec: ModelSpec, par: par_.Parallel, partition_specs) -> None:
+    """On a mesh, give every parameter its checked partition spec (``planner.mesh.resolve_specs``)."""
+    if par.mesh is None:
+        if partition_specs is not None:
+            raise UserError("partition_specs say how parameters are split over a device mesh; give the mesh too "
+                            "(mesh={'data': 4} or --mesh data=4).")
+        return
+    from .mesh import resolve_specs
+
+    specs = resolve_specs(spec, par.mesh_sizes, partition_specs)
+    spec.params = [dataclasses.replace(p, spec=specs[p.name]) for p in spec.params]
+
+
 def _knapsack_bytes(shape, c: cand.Candidate, opts: OptimizerDefaults, par: par_.Parallel) -> int:
+    if c.device_bytes is not None:
+        return c.device_bytes
     if not (par.owner and par.kind == "ddp"):
         return c.state_bytes
     return par_.knapsack_bytes(c.state_bytes, par_.rest_bytes(state_layout(shape, c.cfg, opts)), par)

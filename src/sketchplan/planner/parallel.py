@@ -59,11 +59,17 @@ BUCKET_BYTES = 25 * 2**20
 @dataclass(frozen=True)
 class Parallel:
     """How the model is trained across ranks: ``kind`` (one of ``PARALLELISMS``), ``world`` ranks and, for HSDP,
-    the ``shard_group`` size a parameter is sharded over (it must divide ``world``)."""
+    the ``shard_group`` size a parameter is sharded over (it must divide ``world``). ``mesh``: a JAX device mesh
+    (axis, size) pairs instead of ranks — one process, state placed per device by ``planner.mesh``."""
 
     kind: str = "none"
     world: int = 1
     shard_group: int | None = None
+    mesh: tuple[tuple[str, int], ...] | None = None
+
+    @property
+    def mesh_sizes(self) -> dict[str, int] | None:
+        return None if self.mesh is None else dict(self.mesh)
 
     @property
     def owner(self) -> bool:
@@ -89,8 +95,16 @@ class Parallel:
 
 
 def parallel(kind: str | None, world_size: int, shard_group: int | None = None,
-             shard_optimizer_state: bool = False) -> Parallel:
-    """Validate the user's parallelism settings (``UserError`` with one sentence naming the fix)."""
+             shard_optimizer_state: bool = False, mesh=None) -> Parallel:
+    """Validate the user's parallelism settings (``UserError`` with one sentence naming the fix). ``mesh``: a JAX
+    mesh (``planner.mesh.as_mesh``), exclusive with torch ranks."""
+    if mesh is not None:
+        from .mesh import as_mesh
+
+        if world_size > 1 or kind is not None or shard_optimizer_state or shard_group is not None:
+            raise UserError("--mesh plans a JAX device mesh and --world-size/--parallelism torch ranks; give one "
+                            "of them.")
+        return Parallel(mesh=tuple(as_mesh(mesh).items()))
     if world_size < 1:
         raise UserError(f"world size {world_size} must be at least 1.")
     if kind is None:
@@ -176,6 +190,12 @@ def _ceil_div(a: int, b: int) -> int:
 
 def fixed_per_rank(spec: ModelSpec, prec: Precision, par: Parallel) -> RankFixed:
     """Parameters, gradients, master weights and engine buffers of the largest rank (see module docstring)."""
+    if par.mesh is not None:  # split like the parameters (planner.mesh); every device holds the same
+        from .mesh import fixed_by_device
+
+        specs = {p.name: p.spec or () for p in spec.params}
+        params_d, grads_d, master_d = fixed_by_device(spec, prec, par.mesh_sizes, specs)
+        return RankFixed(max(params_d), max(grads_d), max(master_d), 0)
     params = sum(prec.param_bytes(p) for p in spec.params)
     grads = sum(prec.grad_bytes(p) for p in spec.params)
     master = sum(prec.master_bytes(p) for p in spec.params)
@@ -374,6 +394,8 @@ def from_settings(settings) -> Parallel:
     """The ``Parallel`` a plan's ``Settings`` describe (older plans: ``shard_optimizer_state`` means ZeRO-1 and a
     world size above 1 without it means DDP with whole state, counted as DDP here)."""
     kind = settings.parallelism
+    if getattr(settings, "mesh", None):
+        return Parallel(mesh=tuple(settings.mesh.items()))
     if settings.world_size <= 1:
         return Parallel()
     if kind == "none":
@@ -385,4 +407,4 @@ def settings_kwargs(settings) -> dict:
     """``make_plan`` keyword arguments that re-create a plan's parallelism."""
     par = from_settings(settings)
     return dict(world_size=par.world, parallelism=None if par.kind == "none" else par.kind,
-                shard_group=par.shard_group)
+                shard_group=par.shard_group, mesh=par.mesh_sizes)

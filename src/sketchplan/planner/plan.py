@@ -32,6 +32,17 @@ Dim = Annotated[int, Field(ge=0, le=MAX_DIM)]
 Positive = Annotated[int, Field(gt=0, le=MAX_INT)]
 Score = Annotated[float, Field(ge=0, le=1)]
 Millis = Annotated[float, Field(ge=0)]
+#: one dimension of a JAX partition spec: not split, one mesh axis, or several (first name major)
+SpecEntry = str | list[str] | None
+
+
+def _omit_none(data, fields: tuple[str, ...]):
+    """Drop the mesh fields that are unset, so plans made without a mesh stay as they were."""
+    if isinstance(data, dict):
+        for f in fields:
+            if data.get(f) is None:
+                data.pop(f, None)
+    return data
 
 
 def _known_dtype(v: str | None) -> str | None:
@@ -93,8 +104,15 @@ class Settings(_Strict):
     parallelism: Literal["none", "ddp", "zero1", "zero2", "fsdp", "hsdp"] = "none"
     shard_group: int | None = Field(default=None, ge=1, le=MAX_WORLD_SIZE,
                                     description="HSDP: ranks a parameter is sharded over")
+    mesh: dict[str, Annotated[int, Field(ge=1, le=2**20)]] | None = Field(
+        default=None, description="JAX device mesh the plan is for, axis → size in mesh order (planner.mesh); "
+        "budget and per-device figures are one device's")
 
     _dtypes = field_validator("param_dtype", "grad_dtype")(_known_dtype)
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_mesh(self, handler):
+        return _omit_none(handler(self), ("mesh",))
 
 
 class CandidateGrid(_Strict):
@@ -149,6 +167,10 @@ class TensorEntry(_Strict):
                               "state (moments, graft, momentum) and computes its update")
     excluded: str | None = Field(default=None, description="why this trainable tensor gets no optimizer from "
                                  "sketchplan (e.g. a complex dtype); written only when set")
+    spec: list[SpecEntry] | None = Field(default=None, description="mesh plans: the parameter's partition spec "
+                                         "([] replicated); written only with a mesh")
+    device_state_bytes: Count | None = Field(default=None, description="mesh plans: this tensor's optimizer state "
+                                             "on the device holding most of it (planner.mesh)")
 
     _dtype = field_validator("dtype")(_known_dtype)
 
@@ -181,7 +203,7 @@ class TensorEntry(_Strict):
             data.pop("packed", None)  # issue 19b: plans without packed factors stay as they were
         if isinstance(data, dict) and data.get("compress") == "none":
             data.pop("compress", None)  # and so do plans without compressed state
-        return data
+        return _omit_none(data, ("spec", "device_state_bytes"))
 
     def options(self) -> dict[str, str]:
         """The optimizer options the recorded variants set (``fd_variant``, ``root_method``)."""
@@ -224,12 +246,26 @@ class Totals(_Strict):
     comm_bytes_per_rank: Count | None = Field(default=None, description="communication buffers: DDP buckets, "
                                               "FSDP2 all-gather/reduce-scatter, the direction exchange")
     peak_bytes_per_rank: Count | None = None
+    params_bytes_per_device: Count | None = Field(default=None, description="mesh plans: parameters on one device "
+                                                  "(split like their specs)")
+    grads_bytes_per_device: Count | None = None
+    master_bytes_per_device: Count | None = None
+    state_bytes_per_device: Count | None = Field(default=None, description="mesh plans: optimizer state of the "
+                                                 "device holding most, the int32 step count included")
+    state_bytes_by_device: list[Count] | None = Field(default=None, description="mesh plans: optimizer state of "
+                                                      "each device, in the mesh's row-major device order")
     step_ms: Millis | None = None
     adam_step_ms: Millis | None = Field(default=None, description="all-Adam's predicted step on the same profile")
     forward_backward_ms: Millis | None = Field(default=None, description="predicted forward+backward of one "
                                                "training step, 6·N·tokens FLOPs (planner.time_bound)")
     tokens_per_step: Count | None = Field(default=None, description="tokens per step behind forward_backward_ms")
     score: Score = Field(description="parameter-weighted preconditioning score in [0, 1]")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_mesh(self, handler):
+        return _omit_none(handler(self), ("params_bytes_per_device", "grads_bytes_per_device",
+                                          "master_bytes_per_device", "state_bytes_per_device",
+                                          "state_bytes_by_device"))
 
 
 class WhatIf(_Strict):
@@ -271,6 +307,28 @@ class Plan(YamlFile):
     what_if: list[WhatIf] = Field(default_factory=list)
     solver: SolverInfo | None = None
     activations: ActivationInfo | None = None
+
+    @model_validator(mode="after")
+    def _mesh_specs_fit(self) -> "Plan":
+        """A mesh plan's specs name its axes and divide their dimensions (``methods.mesh_placement``), and it has
+        one per-device figure per device: a hand-edited plan fails here, not inside JAX."""
+        mesh = self.settings.mesh
+        if mesh is None:
+            return self
+        from ..methods.mesh_placement import spec_problem
+
+        for e in self.tensors:
+            spec = tuple(tuple(x) if isinstance(x, list) else x for x in (e.spec or []))
+            problem = spec_problem(tuple(e.shape), spec, mesh)
+            if problem:
+                raise ValueError(f"tensor {e.name!r}: {problem}")
+        by_device = self.totals.state_bytes_by_device
+        n = 1
+        for size in mesh.values():
+            n *= size
+        if by_device is not None and len(by_device) != n:
+            raise ValueError(f"totals.state_bytes_by_device lists {len(by_device)} devices, the mesh has {n}")
+        return self
 
     def entry(self, name: str) -> TensorEntry:
         for e in self.tensors:

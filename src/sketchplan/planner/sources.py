@@ -5,7 +5,8 @@ Everything is built on the meta device: shapes and dtypes only, nothing allocate
 - Presets: transformers configurations with the published hyper-parameters (GPT-2 small/medium/large/XL,
   BERT base/large, ViT-B/16 and L/16, Llama 7B/13B/70B, ResNet-18/50). Needs the ``hf`` extra.
 - ``package.module:factory``: a callable returning an ``nn.Module``, called under ``torch.device("meta")``.
-- A shapes file (``.yaml``/``.yml``/``.json``): ``params:`` list of ``{name, shape, dtype?, trainable?}``.
+- A shapes file (``.yaml``/``.yml``/``.json``): ``params:`` list of ``{name, shape, dtype?, trainable?, spec?}``;
+  ``spec`` is the tensor's JAX partition spec on a mesh (``[null, model]``; read by ``plan --mesh``).
 - ``hf:PATH/config.json``: a local transformers configuration file. Any error transformers raises while reading
   the configuration or building the model (negative, fractional or inconsistent sizes, a class that is not a
   model) is reported as one sentence quoting transformers' own message; a configuration that would build more
@@ -234,9 +235,10 @@ def load_shapes_file(path: str) -> ModelSpec:
         where = f"shapes file {path!r}, entry {i}"
         if not isinstance(e, dict) or "name" not in e or "shape" not in e:
             raise UserError(f"{where} needs 'name' and 'shape'.")
-        unknown = set(e) - {"name", "shape", "dtype", "trainable"}
+        unknown = set(e) - {"name", "shape", "dtype", "trainable", "spec"}
         if unknown:
-            raise UserError(f"{where} has unknown field {sorted(unknown)[0]!r}; allowed: name, shape, dtype, trainable.")
+            raise UserError(f"{where} has unknown field {sorted(unknown)[0]!r}; allowed: name, shape, dtype, trainable, "
+                            "spec.")
         shape = e["shape"]
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                   for d in shape):
@@ -255,11 +257,19 @@ def load_shapes_file(path: str) -> ModelSpec:
         if not isinstance(trainable, bool):
             raise UserError(f"{where} ({str(e['name'])[:80]!r}): 'trainable' must be true or false.")
         name = str(e["name"])
+        spec = None
+        if e.get("spec") is not None:
+            from .mesh import as_spec
+
+            if not isinstance(e["spec"], list) or len(e["spec"]) > 64:
+                raise UserError(f"{where} ({name[:80]!r}): 'spec' must be a list with one entry per dimension, e.g. "
+                                "[null, model].")
+            spec = as_spec(e["spec"], f"{where} ({name[:80]!r})")
         if name in seen:
             raise UserError(f"{where}: name {name!r} appears twice; names must be unique.")
         seen.add(name)
         params.append(ParamSpec(name=name, shape=tuple(shape), dtype=dtype, trainable=trainable,
-                                module=name.rsplit(".", 1)[0] if "." in name else ""))
+                                module=name.rsplit(".", 1)[0] if "." in name else "", spec=spec))
     return ModelSpec(params=params, source=str(path))
 
 
