@@ -112,8 +112,9 @@ def build_optimizer(plan: Plan, model: "torch.nn.Module", allow_mismatch: bool =
             param_groups, adam, plan.defaults, kind=kind if s.world_size > 1 else "fsdp", world=s.world_size,
             names=names,
             owners={e.name: e.owners for e in plan.tensors if e.owners is not None},
-            rest_owner={e.name: e.owner for e in plan.tensors if e.owner is not None})
-    return SketchplanOptimizer(param_groups, adam, plan.defaults)
+            rest_owner={e.name: e.owner for e in plan.tensors if e.owner is not None},
+            master_weights=s.master_weights)
+    return SketchplanOptimizer(param_groups, adam, plan.defaults, master_weights=s.master_weights)
 
 
 def _unwrap(model):

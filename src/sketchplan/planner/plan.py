@@ -219,8 +219,13 @@ class Totals(_Strict):
     state_bytes_by_rank: list[Count] | None = Field(default=None, description="optimizer state of each rank "
                                                     "(of one shard group under FSDP/HSDP)")
     params_bytes_per_rank: Count | None = None
-    grads_bytes_per_rank: Count | None = None
+    grads_bytes_per_rank: Count | None = Field(default=None, description="largest rank's gradients after backward "
+                                               "(ZeRO-2: the gradients of the tensors it owns)")
     master_bytes_per_rank: Count | None = None
+    grads_bytes_by_rank: list[Count] | None = Field(default=None, description="ZeRO-1/2: each rank's gradients "
+                                                    "after backward (ZeRO-2: its owned tensors')")
+    master_bytes_by_rank: list[Count] | None = Field(default=None, description="ZeRO-1/2: each rank's fp32 master "
+                                                     "copies (its owned tensors')")
     comm_bytes_per_rank: Count | None = Field(default=None, description="communication buffers: DDP buckets, "
                                               "FSDP2 all-gather/reduce-scatter, the direction exchange")
     peak_bytes_per_rank: Count | None = None
@@ -230,6 +235,14 @@ class Totals(_Strict):
                                                "training step, 6·N·tokens FLOPs (planner.time_bound)")
     tokens_per_step: Count | None = Field(default=None, description="tokens per step behind forward_backward_ms")
     score: Score = Field(description="parameter-weighted preconditioning score in [0, 1]")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_by_rank(self, handler):
+        data = handler(self)
+        for key in ("grads_bytes_by_rank", "master_bytes_by_rank"):
+            if isinstance(data, dict) and data.get(key) is None:
+                data.pop(key, None)  # plans without ZeRO stay as they were
+        return data
 
 
 class WhatIf(_Strict):
