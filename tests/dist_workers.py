@@ -232,9 +232,16 @@ def bf16_reference(world: int, steps: int = STEPS, lr: float = 3e-3, betas=(0.9,
 
 
 def gather_masters(opt, m, owner: dict, kind: str, rank: int) -> dict[str, torch.Tensor]:
-    """Every tensor's fp32 master, broadcast from the rank keeping it (its owner under ZeRO, every rank else)."""
+    """Every tensor's fp32 master, broadcast from the rank keeping it (its owner under ZeRO, every rank under DDP),
+    or gathered from the local shards (FSDP2)."""
     out = {}
     for n, p in m.named_parameters():
+        if kind in ("fsdp", "hsdp"):  # each rank keeps its local shard's master
+            from torch.distributed.tensor import DTensor
+
+            out[n] = DTensor.from_local(opt.state[p]["master"], p.device_mesh, p.placements, shape=p.shape,
+                                        stride=p.stride()).full_tensor()
+            continue
         r = owner[n] if kind in ("zero1", "zero2") else 0
         buf = opt.state[p]["master"].clone() if r == rank else torch.empty(p.shape, dtype=torch.float32)
         dist.broadcast(buf, r)

@@ -4,7 +4,8 @@ split) over 20 steps; each rank allocates exactly the plan's per-rank state; ran
 saved at step 10 resumes to bit-identical parameters at step 20; ``check --measure`` per rank agrees. HSDP runs on
 4 ranks (every method under FSDP2 there too). One spawn per world size keeps it fast. Under ZeRO-2 each rank holds,
 after every backward, exactly the gradients of the tensors it owns (the plan's ``grads_bytes_by_rank``) and no
-other; bfloat16 models with fp32 master weights match a reference written in ``dist_workers.bf16_reference``."""
+other; bfloat16 models with fp32 master weights (under ZeRO-1/2 on the owner, under FSDP2 per local shard) match a
+reference written in ``dist_workers.bf16_reference``."""
 
 import pytest
 
@@ -90,7 +91,7 @@ def test_two_ranks_every_method_ddp_zero_fsdp(two_ranks):
 def zero2_two_ranks(tmp_path_factory):
     scenarios = [("zero2", m, m in ("shampoo", "sketchy")) for m in METHODS]
     scenarios += [("zero2", "mixed", False), ("zero2", "adam_bf16", True), ("zero2", "shampoo_bf16", False),
-                  ("zero1", "adam_bf16", False), ("zero2", "sketchy", "check")]
+                  ("zero1", "adam_bf16", False), ("fsdp", "adam_bf16", False), ("zero2", "sketchy", "check")]
     return dw.spawn(2, scenarios, str(tmp_path_factory.mktemp("zero2")))
 
 

@@ -10,7 +10,10 @@ kernel variants (``TensorEntry.variant``: the FD-update variant and the inverse-
 profiled device) override ``fd_variant`` / ``root_method`` in its group. The plan must match the model: the same
 trainable names (tied weights are listed once, under the name ``model.named_parameters()`` yields, with their
 other names in ``tied``), the same shapes and the same ``model_fingerprint``. ``allow_mismatch=True`` turns
-mismatches into warnings and gives unplanned tensors Adam.
+mismatches into warnings and gives unplanned tensors Adam. With ``settings.master_weights`` the optimizer keeps an
+fp32 master copy of each 16-bit parameter (``optimizers.torch.base``). A multi-rank plan builds the distributed
+optimizer (``optimizers.torch.distributed``): pass the model DDP-wrapped (ddp, zero1), sharded by ``fully_shard``
+(fsdp, hsdp) or unwrapped (zero2: the optimizer's hooks reduce each gradient to the tensor's owner).
 
 ``build_optax(plan, params)``: the JAX twin: each leaf, named by its key path (``params/Dense_0/kernel``, the names
 ``planner.analysis`` gives a pytree), gets its plan entry's method config, with the plan's ``defaults`` and the
