@@ -1,4 +1,4 @@
-"""The float32 quadratic of ALGORITHMS.md §6 (Mei, Moreno & Walters 2023's synthetic test), at n = 512.
+"""The float32 quadratic of Mei, Moreno & Walters 2023 (KrADagrad's synthetic test), at n = 512.
 
 f(X) = Σ X ⊙ (H₀ X H₁) = tr(Xᵀ H₀ X H₁), H_i = Q_i diag(λ) Q_iᵀ with λ log-spaced from 1 to 1e-4 (condition
 1e4 per factor), gradient 2 H₀ X H₁. KrADagrad and Shampoo (default ``epsilon_mode="relative"``) run T steps

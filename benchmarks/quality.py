@@ -5,7 +5,7 @@ Tasks (no downloads: data that Python and scikit-learn ship):
 (a) ``lm``: the byte-level transformer ``tasks.CharLM`` (d = 128, 2 layers, 4 heads, context 64, batch 16) on the
     Python standard library's source text, validation on held-out stdlib files;
 (b) ``digits``: a 64-128-128-10 tanh MLP on scikit-learn's 8×8 digits (minibatches of 64, 20% held out);
-(c) ``quad``: the ill-conditioned quadratic of ALGORITHMS.md §6, f(X) = Σ X ⊙ (H₀ X H₁) with
+(c) ``quad``: the ill-conditioned quadratic of KrADagrad's paper (Mei et al. 2023), f(X) = Σ X ⊙ (H₀ X H₁) with
     Hᵢ = Qᵢ diag(λ) Qᵢᵀ, λ log-spaced from 1 to 1e-4 (condition 1e4 per factor), X of QUAD_N × QUAD_N, in
     float32 and in float64; the loss reported is f(X_T) / f(X_0).
 
@@ -128,7 +128,7 @@ def digits_task() -> Task:
 
 
 class Quadratic(nn.Module):
-    """f(X) = Σ X ⊙ (H₀ X H₁) (ALGORITHMS.md §6), normalised by f(X₀); X₀ ~ N(0, 1) from the seed."""
+    """f(X) = Σ X ⊙ (H₀ X H₁) (Mei et al. 2023), normalised by f(X₀); X₀ ~ N(0, 1) from the seed."""
 
     def __init__(self, n: int, seed: int, dtype: torch.dtype):
         super().__init__()

@@ -91,7 +91,11 @@ def extra_configs():
     from sketchplan.methods.layout import MethodConfig
 
     return {"soap": MethodConfig(method="soap", block_size=8),
-            "shampoo_packed": MethodConfig(method="shampoo", graft="adam", packed=True)}
+            "shampoo_packed": MethodConfig(method="shampoo", graft="adam", packed=True),
+            # issue 19 part A: Adafactor and Lion everywhere, Muon under DDP/ZeRO (FSDP shards its matrices)
+            "adafactor": MethodConfig(method="adafactor", momentum="float32"),
+            "lion": MethodConfig(method="lion"),
+            "muon": MethodConfig(method="muon")}
 
 
 def mixed(p):

@@ -109,6 +109,21 @@ def test_every_module_has_a_layer():
             "sketchplan.kernels.torch.roots", "sketchplan.kernels.jax.roots", "sketchplan.build"} <= MODULES.keys()
 
 
+def test_backends_have_one_module_per_method():
+    """Each backend names its modules after what they hold: one per registered method (blocked Shampoo shares
+    Shampoo's step in JAX), the compressed-state wrapper, the constructors — never after the issue that added
+    them (a folder says the architecture)."""
+    import re
+
+    from sketchplan.methods import METHOD_MODULES
+
+    assert not [m for m in MODULES if re.search(r"issue_?\d", m.rsplit(".", 1)[-1])]
+    for backend in ("torch", "jax"):
+        have = {m.rsplit(".", 1)[-1] for m in MODULES if m.startswith(f"sketchplan.optimizers.{backend}.")}
+        methods = set(METHOD_MODULES) - ({"blocked_shampoo"} if backend == "jax" else set())
+        assert methods | {"compressed", "packing"} <= have, (backend, sorted(methods - have))
+
+
 def test_imports_point_down_only():
     bad = []
     for src, targets in GRAPH.items():

@@ -110,6 +110,7 @@ def test_optax_state_bytes_equal_plan():
     import jax.numpy as jnp
 
     from sketchplan import build_optax
+    from sketchplan.optimizers.jax import tensor_state
     from sketchplan.planner import uniform_plan
 
     for model_name in MODELS:
@@ -118,8 +119,10 @@ def test_optax_state_bytes_equal_plan():
         for name in ("adafactor", "lion", "muon_int8", "adam_8bit", "sketchy_bf16"):
             plan = uniform_plan(params, NEW[name], OptimizerDefaults(max_precond_dim=300))
             state = jax.eval_shape(build_optax(plan, params).init, params)
+            assert sum(math.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in jax.tree.leaves(state)) \
+                == plan.totals.state_bytes + 4  # + the step count
             for e in plan.tensors:
-                arrays = state.tensors[e.name]
+                arrays = tensor_state(state[0], params, e.name, e.config(), plan.defaults)
                 got = sum(math.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in arrays.values())
                 assert got == e.state_bytes, (model_name, name, e.name)
                 assert sorted(arrays) == sorted(t.name for t in state_layout(tuple(e.shape), e.config(),
@@ -405,50 +408,20 @@ REPLAY = [NEW["adafactor"], NEW["adafactor_mom"], NEW["lion"], MethodConfig(meth
 def test_replay_matches_memtracker(cfg, dtype, monkeypatch):
     """As tests/test_step_peak.py: every float32 eigh/SVD fails, so the float64 retry the replays assume runs;
     the shared 8-bit code and bucket tables (allocated once per device) exist before the tracked steps."""
-    import random
+    from replay import force_float64_retry, measured_step_transients, random_shapes
 
-    from sketchplan.optimizers.torch.compressed import code_tables
+    from sketchplan.methods import workspace_of
+    from sketchplan.optimizers.torch.compressed import bucket_table, code_tables
 
-    def failing(fn):
-        def wrapped(a, *args, **kwargs):
-            if a.dtype == torch.float32:
-                raise torch.linalg.LinAlgError("forced by the test")
-            return fn(a, *args, **kwargs)
-        return wrapped
-
-    monkeypatch.setattr(torch.linalg, "eigh", failing(torch.linalg.eigh))
-    monkeypatch.setattr(torch.linalg, "svd", failing(torch.linalg.svd))
-    from sketchplan.optimizers.torch.compressed import bucket_table
-
+    force_float64_retry(monkeypatch)
     for signed in (True, False):
         code_tables(signed, torch.device("cpu"))
         bucket_table(signed, torch.device("cpu"))
-
-    from torch.distributed._tools.mem_tracker import MemTracker
-
-    from sketchplan.methods import workspace_of
-    from sketchplan.optimizers.torch import SketchplanOptimizer, group_options
-
-    seed = random.randrange(10**6)
-    rng = random.Random(seed)
-    shapes = [(rng.randint(2, 120), rng.randint(2, 90)), (rng.randint(2, 300),),
-              (rng.randint(2, 6), rng.randint(2, 40), rng.randint(2, 9))]
+    seed, shapes = random_shapes(vector_max=300)
     # roots refreshed every step: the second step refreshes with every tensor's state allocated (compressed groups
     # allocate tensor by tensor during the first), the high-water mark the replays predict
     opts = OptimizerDefaults(precondition_frequency=1)
-    ps = [torch.nn.Parameter(torch.randn(s, dtype=dtype)) for s in shapes]
-    opt = SketchplanOptimizer([{"params": ps, **group_options(cfg, opts)}], cfg, opts)
-    kept = sum(p.numel() * p.element_size() * 2 for p in ps)
-    kept += sum(total_bytes(state_layout(tuple(p.shape), cfg, opts)) for p in ps)
-    measured = 0
-    for _ in range(2):
-        for p in ps:
-            p.grad = torch.randn_like(p)
-        mt = MemTracker()
-        mt.track_external(*ps, *[p.grad for p in ps], opt)
-        with mt:
-            opt.step()
-        measured = max(measured, sum(s["Total"] for s in mt.get_tracker_snapshot("peak").values()) - kept)
+    measured = measured_step_transients(shapes, cfg, dtype, opts, steps=2)
     dt = str(dtype).removeprefix("torch.")
     predicted = max(workspace_of(tuple(s), cfg, opts, dt, scratch=False) for s in shapes)
     assert measured <= predicted <= measured * 1.015 + 64, (seed, shapes, predicted, measured)

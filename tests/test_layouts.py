@@ -1,4 +1,4 @@
-"""State layouts against hand-derived expectations from ALGORITHMS.md (§0 merge/block, §1-§6 state)."""
+"""State layouts against hand-derived expectations from docs/algorithms.md (shapes, and each method's state)."""
 
 import math
 

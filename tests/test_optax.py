@@ -24,6 +24,7 @@ from sketchplan.optimizers import (  # noqa: E402
 )
 from sketchplan.optimizers.jax import constructors as jx  # noqa: E402
 from sketchplan.optimizers.jax.common import bias_correction  # noqa: E402
+from sketchplan.optimizers.jax.transform import SketchplanState, named_leaves  # noqa: E402
 from sketchplan.planner import make_plan, uniform_plan  # noqa: E402
 from sketchplan.planner.plan import Plan  # noqa: E402
 
@@ -45,6 +46,28 @@ def tree_bytes(tree) -> int:
     return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
+def sp_state(state) -> SketchplanState:
+    """The ``SketchplanState`` inside an alias's ``optax.chain`` state."""
+    return next(s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, SketchplanState))
+                if isinstance(s, SketchplanState))
+
+
+def tensor_arrays(state, params, name, method) -> dict:
+    """One tensor's layout arrays by layout name, read from the tree-shaped state: ``factors`` by leaf position,
+    ``mu``/``nu`` where the tensor has that role (a non-empty leaf): Adam's exp_avg / exp_avg_sq, the matrix
+    methods' momentum / graft_exp_avg_sq (docs/jax.md)."""
+    s = sp_state(state)
+    i = [n for n, _ in named_leaves(params)[0]].index(name)
+    out = dict(s.factors[i])
+    names = {"mu": "exp_avg" if method == "adam" else "momentum",
+             "nu": "exp_avg_sq" if method == "adam" else "graft_exp_avg_sq"}
+    for field, layout_name in names.items():
+        leaf = jax.tree.leaves(getattr(s, field))[i]
+        if math.prod(leaf.shape):
+            out[layout_name] = leaf
+    return out
+
+
 # ---- state bytes ----
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -53,9 +76,9 @@ def test_state_bytes_equal_plan(name):
     plan = uniform_plan(params, CONFIGS[name], DEFAULTS)
     state = jax.eval_shape(build_optax(plan, params).init, params)
     assert tree_bytes(state) == plan.totals.state_bytes + COUNT_BYTES
-    assert state.count.shape == () and state.count.dtype == jnp.int32
+    assert sp_state(state).count.shape == () and sp_state(state).count.dtype == jnp.int32
     for e in plan.tensors:
-        arrays = state.tensors[e.name]
+        arrays = tensor_arrays(state, params, e.name, e.method)
         expected = state_layout(tuple(e.shape), e.config(), plan.defaults)
         assert sorted((t.name, t.shape, t.dtype) for t in expected) == sorted(
             (k, tuple(v.shape), str(v.dtype)) for k, v in arrays.items())
@@ -188,10 +211,11 @@ def test_nonfinite_gradient_is_skipped_and_counted():
     _, state = update(good, state, params)
     bad = {"w": good["w"].at[0, 0].set(jnp.nan), "b": good["b"]}
     updates, state2 = update(bad, state, params)
-    assert int(state2.tensors["w"]["nonfinite_skips"]) == 1
-    assert int(state2.tensors["b"]["nonfinite_skips"]) == 0
+    w2, w1 = (tensor_arrays(s, params, "w", "shampoo") for s in (state2, state))
+    assert int(w2["nonfinite_skips"]) == 1
+    assert int(tensor_arrays(state2, params, "b", "shampoo")["nonfinite_skips"]) == 0
     assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves((updates, state2)))
-    np.testing.assert_array_equal(state2.tensors["w"]["blocks0.stat0"], 0.999 * state.tensors["w"]["blocks0.stat0"])
+    np.testing.assert_array_equal(w2["blocks0.stat0"], 0.999 * w1["blocks0.stat0"])
 
 
 def test_roots_are_recomputed_every_precondition_frequency_steps():
@@ -203,7 +227,7 @@ def test_roots_are_recomputed_every_precondition_frequency_steps():
     roots = []
     for _ in range(9):
         _, state = update({"w": jnp.asarray(rng.standard_normal((5, 3)), jnp.float32)}, state, params)
-        roots.append(np.asarray(state.tensors["w"]["blocks0.root0"]))
+        roots.append(np.asarray(tensor_arrays(state, params, "w", "kradagrad")["blocks0.root0"]))
     changed = [t + 1 for t in range(1, 9) if not np.array_equal(roots[t], roots[t - 1])]
     assert changed == [5, 9]  # steps 1, 5, 9 (start 1, every 4)
 
@@ -219,7 +243,49 @@ def test_eval_shape_and_jit_for_every_method():
     tx = jx.sketchy(optax.linear_schedule(1e-3, 0.0, 10), rank=2)
     state = jax.eval_shape(tx.init, params)
     assert tree_bytes(state) == sum(t.nbytes for s in ((6, 4), (4,)) for t in state_layout(
-        s, MethodConfig(method="sketchy", rank=2), OptimizerDefaults())) + COUNT_BYTES
+        s, MethodConfig(method="sketchy", rank=2), OptimizerDefaults())) + COUNT_BYTES + 4  # the schedule's count
+
+
+
+@pytest.mark.parametrize("name", ["soap", "adafactor", "lion", "muon"])
+def test_issue19_aliases_take_inject_hyperparams_and_tree_map_params(name):
+    """SOAP, Adafactor, Lion and Muon as optax idioms: ``inject_hyperparams`` gives the alias's updates (a float
+    learning rate injected and traced), ``tree_map_params`` maps the params' specs onto ``mu``/``nu``, the state
+    bytes are the layouts' plus the count, and the direction form chains to the same updates."""
+    rng = np.random.default_rng()
+    params = {"w": jnp.asarray(rng.standard_normal((6, 4)), jnp.float32),
+              "b": jnp.asarray(rng.standard_normal((4,)), jnp.float32)}
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+    make, direction = getattr(jx, name), getattr(jx, f"scale_by_{name}")
+    plain = make(1e-2)
+    injected = optax.inject_hyperparams(make)(learning_rate=1e-2)
+    chained = optax.chain(direction(**({"lr": 1e-2} if name == "adafactor" else {})),
+                          optax.scale_by_learning_rate(1e-2))
+    outs = []
+    for tx in (plain, injected, chained):
+        state = tx.init(params)
+        for _ in range(3):
+            updates, state = jax.jit(tx.update)(grads, state, params)
+        outs.append(updates)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(outs[1][k]), np.asarray(outs[0][k]), rtol=1e-6, atol=1e-9)
+        np.testing.assert_array_equal(np.asarray(outs[2][k]), np.asarray(outs[0][k]))
+    state = plain.init(params)
+    cfg = MethodConfig(method=name, momentum="none" if name == "adafactor" else "float32")  # the aliases' defaults
+    opts = OptimizerDefaults(betas=(0.95, 0.95)) if name == "soap" else OptimizerDefaults()
+    assert tree_bytes(state) == sum(t.nbytes for p in params.values()
+                                    for t in state_layout(tuple(p.shape), cfg, opts)) + COUNT_BYTES
+    marks = optax.tree_map_params(plain, lambda p, m: m, state, {"w": "W", "b": "B"},
+                                  transform_non_params=lambda _: None)
+    sp = sp_state(marks)
+    assert sp.mu == {"w": "W", "b": "B"} and sp.nu == {"w": "W", "b": "B"}
+
+
+def test_adafactor_update_without_params_is_refused():
+    params = {"w": jnp.ones((6, 4))}
+    tx = jx.adafactor(1e-2)
+    with pytest.raises(UserError, match=r"update\(grads, state, params\)"):
+        tx.update(params, tx.init(params))
 
 
 # ---- training on digits ----

@@ -149,12 +149,12 @@ def test_soap_optax_matches_torch():
     opt = SOAP([{"params": [tparams[k]]} for k in ("mat", "cube", "vec")]
                + [{"params": [tparams["blk"]], "block_size": 4, "packed": True, "momentum": "bfloat16"}],
                lr=1e-2, **kw)
-    from sketchplan.optimizers.jax.transform import sketchplan_transform
+    from sketchplan.optimizers.jax import scale_by_assignment, with_learning_rate
 
     base = OptimizerDefaults(lr=1e-2, **kw)
     cfgs = {k: MethodConfig(method="soap") for k in ("mat", "cube", "vec")}
     cfgs["blk"] = MethodConfig(method="soap", block_size=4, packed=True, momentum="bfloat16")
-    tx = sketchplan_transform(lambda name, shape: (cfgs[name], base))
+    tx = with_learning_rate(scale_by_assignment(lambda name, shape: (cfgs[name], base)), base.lr, base.weight_decay)
     params = {k: jnp.asarray(v) for k, v in init.items()}
     state = tx.init(params)
     update = jax.jit(tx.update)

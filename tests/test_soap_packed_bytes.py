@@ -82,9 +82,13 @@ def test_optax_state_bytes_equal_plan(model_name, name):
     tree = {"params": {n.replace(".", "/"): jax.ShapeDtypeStruct(tuple(p.shape), jnp.float32)
                        for n, p in model.named_parameters()}}
     plan = uniform_plan(tree, CONFIGS[name], OPTS)
+    from sketchplan.optimizers.jax import tensor_state
+
     state = jax.eval_shape(build_optax(plan, tree).init, tree)
+    assert sum(math.prod(v.shape) * jnp.dtype(v.dtype).itemsize for v in jax.tree.leaves(state)) \
+        == plan.totals.state_bytes + 4  # + the step count
     for e in plan.tensors:
-        arrays = state.tensors[e.name]
+        arrays = tensor_state(state[0], tree, e.name, e.config(), plan.defaults)
         expected = state_layout(tuple(e.shape), e.config(), plan.defaults)
         assert sorted((t.name, t.shape, t.dtype) for t in expected) == sorted(
             (k, tuple(v.shape), str(v.dtype)) for k, v in arrays.items()), e.name
@@ -142,7 +146,7 @@ def test_optax_packed_equals_square(method, extra):
     import jax.numpy as jnp
     import numpy as np
 
-    from sketchplan.optimizers.jax.transform import sketchplan_transform
+    from sketchplan.optimizers.jax import scale_by_assignment, with_learning_rate
 
     seed = random.randrange(10**6)
     rng = np.random.default_rng(seed)
@@ -153,7 +157,7 @@ def test_optax_packed_equals_square(method, extra):
     outs = []
     for packed in (False, True):
         cfg = MethodConfig(method=method, packed=packed, **extra)
-        tx = sketchplan_transform(lambda name, shape, cfg=cfg: (cfg, opts))
+        tx = with_learning_rate(scale_by_assignment(lambda name, shape, cfg=cfg: (cfg, opts)), opts.lr)
         state, update = tx.init(params), jax.jit(tx.update)
         for g in grads:
             updates, state = update(g, state, params)

@@ -16,28 +16,20 @@ from torch.distributed._tools.mem_tracker import MemTracker
 
 from sketchplan.build import build_optimizer
 from sketchplan.errors import UserError
-from sketchplan.methods import METHOD_MODULES, MethodConfig, OptimizerDefaults, state_layout, total_bytes
+from sketchplan.methods import METHOD_MODULES, MethodConfig, OptimizerDefaults
 from sketchplan.methods.adam import group_workspace_bytes
-from sketchplan.optimizers.torch import SketchplanOptimizer, group_options
 from sketchplan.planner import make_plan, uniform_plan
 from sketchplan.planner.activations import preset_inputs, trace_activations
+
+from replay import force_float64_retry, measured_step_transients, random_shapes
 
 tiny = pytest.importorskip("tiny_models")
 
 
 @pytest.fixture(autouse=True)
 def float64_retry(monkeypatch):
-    """Every float32 eigh and SVD fails, so every step takes the float64 retry: the high-water mark the replays
-    predict (real training hits it: float32 eigh fails on the rank-deficient statistics of an embedding)."""
-    def failing(fn):
-        def wrapped(a, *args, **kwargs):
-            if a.dtype == torch.float32:
-                raise torch.linalg.LinAlgError("forced by the test")
-            return fn(a, *args, **kwargs)
-        return wrapped
+    force_float64_retry(monkeypatch)
 
-    monkeypatch.setattr(torch.linalg, "eigh", failing(torch.linalg.eigh))
-    monkeypatch.setattr(torch.linalg, "svd", failing(torch.linalg.svd))
 
 EVERY_METHOD = [MethodConfig(method="adam"), MethodConfig(method="shampoo"),
                 MethodConfig(method="blocked_shampoo", block_size=48),
@@ -69,19 +61,7 @@ def _replay_vs_tracker(shapes, cfg, dtype, opts=None):
     # the default start (−1) preconditions from the first refresh, at step precondition_frequency: measure the
     # steps before it and the refresh itself, with a short period so the loop stays cheap
     opts = opts or OptimizerDefaults(precondition_frequency=2)
-    ps = [torch.nn.Parameter(torch.randn(s, dtype=dtype)) for s in shapes]
-    opt = SketchplanOptimizer([{"params": ps, **group_options(cfg, opts)}], cfg, opts)
-    kept = sum(p.numel() * p.element_size() * 2 for p in ps)
-    kept += sum(total_bytes(state_layout(tuple(p.shape), cfg, opts)) for p in ps)
-    measured = 0
-    for _ in range(3):
-        for p in ps:
-            p.grad = torch.randn_like(p)
-        mt = MemTracker()
-        mt.track_external(*ps, *[p.grad for p in ps], opt)
-        with mt:
-            opt.step()
-        measured = max(measured, sum(s["Total"] for s in mt.get_tracker_snapshot("peak").values()) - kept)
+    measured = measured_step_transients(shapes, cfg, dtype, opts, steps=3)
     dt = str(dtype).replace("torch.", "")
     if cfg.method == "adam":
         predicted = group_workspace_bytes([(tuple(s), dt) for s in shapes], cfg, opts)
@@ -105,11 +85,7 @@ REPLAY_CFGS += [MethodConfig(method="soap"), MethodConfig(method="soap", block_s
 @pytest.mark.parametrize("cfg", REPLAY_CFGS, ids=lambda c: c.label())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_each_methods_replay_matches_memtracker(cfg, dtype):
-    rng = random.Random()
-    seed = rng.randrange(10**6)
-    rng.seed(seed)
-    shapes = [(rng.randint(2, 120), rng.randint(2, 90)), (rng.randint(2, 200),),
-              (rng.randint(2, 6), rng.randint(2, 40), rng.randint(2, 9))]
+    seed, shapes = random_shapes()
     predicted, measured = _replay_vs_tracker(shapes, cfg, dtype)
     # never under; over by at most the replay's 16-byte scalar allowance and 1.5% (KrADagrad's blocked unfoldings)
     assert measured <= predicted <= measured * 1.015 + 64, (seed, shapes, predicted, measured)

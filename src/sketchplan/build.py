@@ -16,8 +16,9 @@ optimizer (``optimizers.torch.distributed``): pass the model DDP-wrapped (ddp, z
 (fsdp, hsdp) or unwrapped (zero2: the optimizer's hooks reduce each gradient to the tensor's owner).
 
 ``build_optax(plan, params)``: the JAX twin: each leaf, named by its key path (``params/Dense_0/kernel``, the names
-``planner.analysis`` gives a pytree), gets its plan entry's method config, with the plan's ``defaults`` and the
-entry's recorded kernel variants as options; frozen entries get zero updates. The plan must match the tree (names,
+``planner.analysis`` gives a pytree; a flax nnx ``…/value`` suffix matches either way), gets its plan entry's
+method config, with the plan's ``defaults`` and the entry's recorded kernel variants as options; frozen entries
+get zero updates. ``scale_by_plan`` is its direction-only part, for ``optax.chain``. The plan must match the tree (names,
 shapes, fingerprint); a mismatch is a ``UserError`` naming the key path.
 """
 
@@ -129,6 +130,14 @@ def _unwrap(model):
     return model
 
 
+def _aliases(name: str) -> list[str]:
+    """``name`` and its flax nnx twin: ``nnx.state`` trees name a leaf ``l1/kernel/value`` (the Variable's value),
+    the arrays ``nnx.Optimizer`` updates ``l1/kernel``."""
+    if name == "value" or name.endswith("/value"):
+        return [name, name[: -len("/value")]]
+    return [name, f"{name}/value"]
+
+
 def plan_assignments(plan: "Plan", params) -> dict[str, tuple[MethodConfig, OptimizerDefaults] | None]:
     """What each leaf of ``params`` gets from ``plan`` (None: frozen); ``UserError`` on any mismatch."""
     if plan.settings.world_size > 1:
@@ -143,7 +152,10 @@ def plan_assignments(plan: "Plan", params) -> dict[str, tuple[MethodConfig, Opti
     from .optimizers.jax.transform import named_leaves
 
     for name, leaf in named_leaves(params)[0]:
-        e = entries.get(name)
+        if name in out:
+            raise UserError(f"two leaves of the parameter tree are both named {name!r} (a key containing '/' next "
+                            "to a nested path); rename one so every key path is unique.")
+        e = next((entries[n] for n in _aliases(name) if n in entries), None)
         if e is None:
             raise UserError(f"parameter {name!r} of the tree is not in the plan; regenerate the plan.")
         shape = tuple(int(d) for d in leaf.shape)
@@ -152,7 +164,8 @@ def plan_assignments(plan: "Plan", params) -> dict[str, tuple[MethodConfig, Opti
                             "regenerate the plan.")
         cfg = e.config()
         out[name] = None if cfg is None else (cfg, plan.defaults.model_copy(update=e.options()))
-    missing = [e.name for e in plan.tensors if not ({e.name, *e.tied} & out.keys())]
+    missing = [e.name for e in plan.tensors
+               if not ({n for m in (e.name, *e.tied) for n in _aliases(m)} & out.keys())]
     if missing:
         raise UserError(f"tensor {missing[0]!r} of the plan is not in the parameter tree; regenerate the plan.")
     fp = analyze_pytree(params).fingerprint
@@ -164,24 +177,55 @@ def plan_assignments(plan: "Plan", params) -> dict[str, tuple[MethodConfig, Opti
     return out
 
 
-def build_optax(plan: "Plan", params, learning_rate: "LearningRate" = None) -> "optax.GradientTransformation":
-    """One ``optax.GradientTransformation`` for ``params`` (arrays or ``jax.ShapeDtypeStruct``s) from ``plan``.
-
-    ``learning_rate``: a float or an optax schedule; None uses the plan's ``defaults.lr``. Its state is
-    ``SketchplanState``: each tensor's layout arrays (exactly the plan's state bytes) plus one int32 counter.
-    Raises ``UserError`` naming the key path when the plan does not match the tree.
-    """
+def scale_by_plan(plan: "Plan", params) -> "optax.GradientTransformation":
+    """The plan's direction-only transformation for ``params`` (each leaf's method direction D, no learning rate
+    or weight decay; ``optimizers.jax.transform.scale_by_assignment``), to compose with ``optax.chain``.
+    Leaves are matched by key path, a flax nnx ``…/value`` suffix either way (``_aliases``)."""
     assignments = plan_assignments(plan, params)
     require("optax", "build_optax")
-    from .optimizers.jax.transform import sketchplan_transform
+    from .optimizers.jax.transform import scale_by_assignment
 
     def assign(name: str, shape: tuple[int, ...]):
-        if name not in assignments:
-            raise UserError(f"parameter {name!r} was not in the tree the transformation was built for; build it "
-                            "again with build_optax(plan, params).")
-        return assignments[name]
+        for n in _aliases(name):
+            if n in assignments:
+                return assignments[n]
+        raise UserError(f"parameter {name!r} was not in the tree the transformation was built for; build it "
+                        "again with build_optax(plan, params).")
 
-    return sketchplan_transform(assign, learning_rate)
+    return scale_by_assignment(assign)
+
+
+def build_optax(plan: "Plan", params, learning_rate: "LearningRate" = None,
+                mask=None) -> "optax.GradientTransformation":
+    """One ``optax.GradientTransformation`` for ``params`` (arrays or ``jax.ShapeDtypeStruct``s) from ``plan``:
+    ``optax.chain(scale_by_plan(plan, params), optax.add_decayed_weights(λ, mask), optax.scale_by_learning_rate(η))``.
+
+    ``learning_rate`` η: a float or an optax schedule; None uses the plan's ``defaults.lr``. λ is the plan's
+    ``defaults.weight_decay`` (no decay step at all when 0), ``mask`` optax's (a tree of booleans or a function of
+    the params). The state is a tuple whose first element is ``SketchplanState`` (each tensor's layout arrays,
+    exactly the plan's state bytes, plus one int32 counter; a schedule adds optax's own int32 counter).
+    Raises ``UserError`` naming the key path when the plan does not match the tree.
+    """
+    direction = scale_by_plan(plan, params)
+    import jax
+
+    from .optimizers.jax.constructors import with_learning_rate
+    from .pytree import key_path_name
+
+    frozen = {n for n, a in plan_assignments(plan, params).items() if a is None}
+    if frozen and plan.defaults.weight_decay:  # frozen entries get zero updates: no decay either
+        user = mask
+
+        def mask(tree):
+            planned = jax.tree_util.tree_map_with_path(
+                lambda path, _: not set(_aliases(key_path_name(path))) & frozen, tree)
+            if user is None:
+                return planned
+            chosen = user(tree) if callable(user) else user
+            return jax.tree.map(lambda a, b: bool(a) and b, planned, chosen)
+
+    lr = plan.defaults.lr if learning_rate is None else learning_rate
+    return with_learning_rate(direction, lr, plan.defaults.weight_decay, mask)
 
 
 def _refuse_distributed_issue19(configs, kind: str) -> None:

@@ -16,7 +16,7 @@ kernel                  dims            what one problem computes
                                         columns; exact variants ``svd``, ``gram_small``, ``gram_large``,
                                         ``qr_svd``; ``subspace``: warm-started subspace iteration,
                                         O(d·(k+n)·k) (contract: ``subspace_width``)
-``lowrank_apply``       (d, k, m)       (U diag(σ²) Uᵀ + ρI)^α X for X of d × m (ALGORITHMS.md §4)
+``lowrank_apply``       (d, k, m)       (U diag(σ²) Uᵀ + ρI)^α X for X of d × m (docs/algorithms.md, Sketchy)
 ``pointwise``           (n,)            one elementwise pass over n floats (read two, write one);
                                         small n measures the per-operation dispatch cost
 ``newton_schulz``       (m, n, iters)   Muon's orthogonalisation of an m × n matrix (m ≤ n): ``iters``

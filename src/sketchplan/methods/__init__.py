@@ -15,7 +15,7 @@ Each module (``adam``, ``shampoo``, ``blocked_shampoo``, ``sketchy``, ``extreme_
   (``planner.quality``).
 
 The options themselves (``MethodConfig`` per tensor, ``OptimizerDefaults`` per plan) live in ``layout``;
-merging and blocking of shapes (ALGORITHMS.md §0) in ``blocking``; compressed storage of moments (bfloat16,
+merging and blocking of shapes (docs/algorithms.md, Shapes) in ``blocking``; compressed storage of moments (bfloat16,
 8-bit blockwise), which applies to every method around its own layout, in ``compression``. Nothing here imports torch, JAX or numpy.
 """
 

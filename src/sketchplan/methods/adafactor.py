@@ -13,7 +13,7 @@ a vector or scalar keeps V ← lerp(V, G², 1 − β̂2ₜ) (param-shaped). Then
 ε1 = the state dtype's machine epsilon, ε2 = ``EPS2`` = 1e-3, d = ``CLIP`` = 1 (torch's defaults).
 State: ``row_var`` and ``col_var`` (or ``variance``) in the state dtype, optional ``momentum``, the skip counter.
 Implementations: ``optimizers.torch.adafactor`` (numerically torch.optim.Adafactor without momentum),
-``optimizers.jax.issue19``.
+``optimizers.jax.adafactor``.
 """
 
 from __future__ import annotations

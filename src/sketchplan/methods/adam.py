@@ -2,7 +2,7 @@
 
 m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²;  p ← p − η λ p − η (m / (1−β1ᵗ)) / (√(v / (1−β2ᵗ)) + ε).
 
-State (ALGORITHMS.md §1): ``exp_avg`` in the momentum dtype (float32 by default; bfloat16 halves it; ``none``
+State (docs/algorithms.md, Adam): ``exp_avg`` in the momentum dtype (float32 by default; bfloat16 halves it; ``none``
 drops it, which is RMSProp with bias correction), ``exp_avg_sq`` in the state dtype, and the int32 counter of
 skipped non-finite gradients. Implementations: ``optimizers.torch.adam``, ``optimizers.jax.adam``.
 """
@@ -36,6 +36,19 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
     return out
 
 
+def fused(cfg: MethodConfig, opts: OptimizerDefaults, param_dtypes) -> bool:
+    """Whether the torch step of a chunk runs torch's fused AdamW kernel (``torch._fused_adamw_``, the one
+    ``torch.optim.AdamW(fused=True)`` calls: a single pass reading p, g, m, v and writing p, m, v, no
+    temporaries): when the parameters, the momentum and v all have one dtype and β2 < 1 (the kernel's
+    v ← β2 v + (1−β2) g² cannot express β2 = 1's running sum). Otherwise the step is the multi-tensor one."""
+    return (cfg.momentum == opts.state_dtype and opts.betas[1] < 1
+            and all(dt == opts.state_dtype for dt in param_dtypes))
+
+
+#: Bytes of the fused step's only temporary: the step count as one float32 scalar tensor (every tensor of the
+#: chunk reads the same one).
+FUSED_STEP_BYTES = 4
+
 #: The multi-tensor step runs over consecutive chunks of a param group holding at most this many elements (a
 #: larger tensor is a chunk of its own), so its temporaries stay bounded whatever the group's size: at most
 #: 14 bytes per element (bfloat16 parameters, float32 state) · 2²⁴ = 224 MiB, and the kernel launches of a
@@ -59,7 +72,8 @@ def chunks(numels: list[int], limit: int = CHUNK_ELEMENTS) -> list[list[int]]:
 
 
 def chunk_transients(tensors: list[tuple[int, str]], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
-    """High-water mark of ``_adamw_foreach`` over one chunk of (numel, parameter dtype) tensors, in bytes.
+    """High-water mark of one chunk's step over (numel, parameter dtype) tensors, in bytes: the fused kernel's
+    step scalar (``fused``), or ``_adamw_foreach``'s temporaries:
 
     Gradients of another dtype than v are cast (kept); a momentum of another dtype gets the cast gradient
     (temporary); the denominators √v̂ + ε are one list; when parameter, numerator and denominator dtypes differ
@@ -68,6 +82,8 @@ def chunk_transients(tensors: list[tuple[int, str]], cfg: MethodConfig, opts: Op
     """
     from .transients import Live
 
+    if fused(cfg, opts, [dt for _, dt in tensors]):
+        return FUSED_STEP_BYTES
     sb = dtype_bytes(opts.state_dtype)
     mb = dtype_bytes(cfg.momentum) if cfg.momentum != "none" else sb
     live = Live()
@@ -107,12 +123,22 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
     return group_workspace_bytes([(shape, param_dtype)], cfg, opts)
 
 
-def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
-    """The elementwise passes of one AdamW step over this parameter (``_adamw_foreach``, after ``sanitize``).
+#: The fused kernel's cost in elementwise passes: it reads four and writes three arrays in one sweep, which on the
+#: reference CPU took about as long as three of the profile's two-array passes (``torch.optim.AdamW(fused=True)``
+#: 43.7 ms vs the eight-pass multi-tensor step's 87.3 ms on GPT-2 shapes, ``benchmarks/results/step_time.md``).
+FUSED_PASSES = 3
 
-    The finiteness sum, m's lerp, v's decay and g² accumulation, √v, bias correction, +ε and the addcdiv: eight
+
+def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
+    """The elementwise passes of one AdamW step over this parameter (after ``sanitize``'s finiteness sum).
+
+    Fused (``fused``, for parameters in the state dtype): the finiteness sum and one kernel streaming seven
+    parameter-sized arrays, counted as ``FUSED_PASSES`` passes. Multi-tensor (``_adamw_foreach``): the
+    finiteness sum, m's lerp, v's decay and g² accumulation, √v, bias correction, +ε and the addcdiv: eight
     passes with float32 momentum, seven without (the numerator is g); a bfloat16 m adds its cast for the lerp
     and the cast/divide/add of the mixed-dtype update. Weight decay adds one.
     """
+    if fused(cfg, opts, [opts.state_dtype]):
+        return [pointwise(math.prod(shape), 1 + FUSED_PASSES), pointwise(1)]
     passes = 7 + {"float32": 1, "bfloat16": 5, "none": 0}[cfg.momentum] + (1 if opts.weight_decay else 0)
     return [pointwise(math.prod(shape), passes), pointwise(1)]

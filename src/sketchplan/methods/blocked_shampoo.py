@@ -1,6 +1,6 @@
 """Blocked Shampoo (Anil et al. 2020): Shampoo on square-ish blocks of at most B along every dimension.
 
-Each dimension larger than the block size B is cut into chunks of B (ALGORITHMS.md §0.2) and every block keeps
+Each dimension larger than the block size B is cut into chunks of B (docs/algorithms.md, Shapes) and every block keeps
 its own statistics and roots; with square B×B blocks this costs about 4·numel floats whatever B is. The layout
 and update are Shampoo's (``methods.shampoo``) with ``block_size`` set; this module only names the method.
 """

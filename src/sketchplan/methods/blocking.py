@@ -1,4 +1,4 @@
-"""Merging and blocking of parameter shapes (ALGORITHMS.md §0), shared by every matrix method.
+"""Merging and blocking of parameter shapes (docs/algorithms.md, Shapes), shared by every matrix method.
 
 The optimizer and the planner both call these functions, so both see the same blocks.
 
@@ -135,7 +135,7 @@ class MatrixPlan:
 
 def matrix_plan(shape: tuple[int, ...], block_size: int | None, merge_dims: int, max_precond_dim: int,
                 batch_dims: int = 0, splits: tuple[int, ...] | None = None, split_axis: int = 0) -> MatrixPlan:
-    """Apply ALGORITHMS.md §0 to one parameter shape for a matrix method with optional block size (and the
+    """Apply the shape rules (docs/algorithms.md, Shapes) to one parameter shape for a matrix method with optional block size (and the
     structure of rule 3 in the module docstring)."""
     batch = math.prod(shape[:batch_dims]) if batch_dims else 1
     whole = tuple(d for d in shape[batch_dims:] if d != 1)

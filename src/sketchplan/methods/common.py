@@ -1,4 +1,4 @@
-"""State shared by the matrix methods: grafting and momentum (ALGORITHMS.md §2, Agarwal et al. grafting).
+"""State shared by the matrix methods: grafting and momentum (docs/algorithms.md, Grafting and momentum).
 
 Grafting keeps the step size of a diagonal method: per block, D ← D · ‖A‖_F / (‖D‖_F + tiny), where A is the
 graft's direction. Its state:

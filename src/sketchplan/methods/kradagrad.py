@@ -2,7 +2,7 @@
 
 KrADagrad* per block and axis, with L̃₀ = I/ε:
     L̃ ← L̃/β2;   L̃ ← L̃ − L̃ G Gᵀ L̃ / (1 + ‖G Gᵀ L̃‖_F)      (same for R̃ with Gᵀ)
-a Woodbury step with the small inverse replaced by a scalar (as the authors' code does; ALGORITHMS.md §6's
+a Woodbury step with the small inverse replaced by a scalar (as the authors' code does; docs/algorithms.md's KrADagrad
 m·(1 + tr) denominator is m times weaker and left L̃ near I/ε); the result dominates the exact inverse in Loewner
 order, so float32 suffices. Roots P = L̃^(1/(2k)) by eigh (eigenvalues clamped at 0) every
 ``precondition_frequency`` steps; direction P_L G P_R, always norm-grafted. The "MM" variant updates one mode

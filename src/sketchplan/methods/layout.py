@@ -164,12 +164,12 @@ class MethodConfig(BaseModel):
 
 
 class OptimizerDefaults(BaseModel):
-    """Options shared by every tensor of a plan (hyper-parameters and the shape rules of ALGORITHMS.md §0).
+    """Options shared by every tensor of a plan (hyper-parameters and the shape rules of docs/algorithms.md, Shapes).
 
     - ``lr``, ``betas`` (β1 for momentum, β2 for second moments; β2 = 1 means a running sum), ``eps``,
       ``weight_decay`` (decoupled, AdamW-style).
     - ``state_dtype``: dtype of statistics, roots, sketches and graft moments (momentum has its own option).
-    - ``merge_dims``: adjacent dimensions are merged while their product stays ≤ this (ALGORITHMS.md §0.1).
+    - ``merge_dims``: adjacent dimensions are merged while their product stays ≤ this (docs/algorithms.md, Shapes).
     - ``max_precond_dim``: a merged dimension above this is not preconditioned by a full (unblocked) factor;
       the tensor falls back to its graft method.
     - ``precondition_frequency``: inverse roots are recomputed every this many steps.

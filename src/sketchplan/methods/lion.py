@@ -7,7 +7,7 @@ optimization algorithms", NeurIPS): one momentum, a sign update.
 (β1, β2) = ``opts.lion_betas`` (0.9, 0.99 as published); the paper's advice that Lion's learning rate be 3–10×
 smaller than AdamW's is ``lion_lr_ratio`` (0.3), so a plan's one ``lr`` serves both. Without momentum
 (``momentum="none"``) D = sign(g) (signSGD). State: ``momentum`` in the momentum dtype and the skip counter.
-Implementations: ``optimizers.torch.lion``, ``optimizers.jax.issue19`` (also checked against ``optax.lion``).
+Implementations: ``optimizers.torch.lion``, ``optimizers.jax.lion`` (also checked against ``optax.lion``).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Everything else — vectors, scalars, and whatever the planner keeps off Muon (e
 its authors train with AdamW: ``planner.structure``) — is AdamW inside the same method (``adam.layout``), so a
 plan may name Muon for every tensor. State: the momentum ``momentum`` (momentum dtype; ``none`` drops it) and
 the skip counter; on a non-matrix tensor Adam's ``exp_avg``, ``exp_avg_sq`` and counter.
-Implementations: ``optimizers.torch.muon``, ``optimizers.jax.issue19``; the kernel:
+Implementations: ``optimizers.torch.muon``, ``optimizers.jax.muon``; the kernel:
 ``kernels.torch.newton_schulz``, catalogued as ``newton_schulz(m, n, iters)``.
 """
 

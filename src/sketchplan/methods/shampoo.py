@@ -1,6 +1,6 @@
 """Shampoo (Gupta, Koren & Singer 2018; Anil et al. 2020, "Scalable second order optimization").
 
-Per block with dims d_1..d_k (after ALGORITHMS.md §0 merging/blocking) and per axis i:
+Per block with dims d_1..d_k (after merging/blocking: docs/algorithms.md, Shapes) and per axis i:
     S_i ← β2 S_i + (1−β2) G_(i) G_(i)ᵀ            (β2 = 1: a running sum)
     P_i = (S_i + ε I)^(−1/(2k))                    every ``precondition_frequency`` steps (eigh, fp64 retry)
     D = G ×_1 P_1 ×_2 … ×_k P_k                      (matrix: P_L G P_R)

@@ -1,9 +1,9 @@
 """Sketchy (Feinberg, Chen, Sun, Anil & Hazan 2023): Shampoo with Frequent-Directions-sketched statistics.
 
 Each Shampoo statistic S_i is replaced by an FD sketch (Liberty 2013; Ghashami et al. 2016) of rank
-k_i = min(k, d_i): Ŝ_i = U_i diag(σ_i²) U_iᵀ + ρ_i I, where ρ_i is the escaped mass (ALGORITHMS.md §3). One FD
+k_i = min(k, d_i): Ŝ_i = U_i diag(σ_i²) U_iᵀ + ρ_i I, where ρ_i is the escaped mass (docs/algorithms.md, Frequent Directions). One FD
 update with new columns X (d × N): Y = [√β2 U diag(σ), X]; thin SVD Y = u s vᵀ; c = s_{k+1}²;
-σ² ← s_{1..k}² − c; U ← u[:, :k]; ρ ← β2 ρ + c. The inverse root needs no d×d matrix (ALGORITHMS.md §4):
+σ² ← s_{1..k}² − c; U ← u[:, :k]; ρ ← β2 ρ + c. The inverse root needs no d×d matrix (docs/algorithms.md, Sketchy):
     Ŝ^α g = U diag((σ² + ρ + ε)^α) Uᵀ g + (ρ + ε)^α (g − U Uᵀ g),   α = −1/(2·order).
 
 State per block group and axis i: ``blocks{g}.U{i}`` (count, d_i, k_i), ``blocks{g}.sig2_{i}`` (count, k_i),

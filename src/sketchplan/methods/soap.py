@@ -1,7 +1,7 @@
 """SOAP (Vyas, Morwani, Zhao, Kwun, Shapira, Brandfonbrener, Janson & Kakade 2024, "SOAP: Improving and
 Stabilizing Shampoo using Adam", arXiv:2409.11321): Adam run in the eigenbasis of Shampoo's factors.
 
-Per block (dims d_1..d_k after ALGORITHMS.md §0 merging/blocking, as Shampoo's) with Kronecker factors L_i, their
+Per block (dims d_1..d_k after merging/blocking, docs/algorithms.md, Shapes, as Shampoo's) with Kronecker factors L_i, their
 eigenbases Q_i (orthogonal d_i×d_i, Q_i = I before the first refresh) and, at step t with gradient G (the
 paper's Algorithm 3; for a matrix, G' = Q_Lᵀ G Q_R):
 

@@ -1,7 +1,7 @@
 """``probe``: run a few real training steps and measure each matrix parameter's Kronecker-factor spectra.
 
 The training itself uses AdamW (the trajectory most models start on); after every backward pass each
-parameter whose merged shape (ALGORITHMS.md §0) has order ≥ 2 feeds its gradient to one Frequent-Directions
+parameter whose merged shape (docs/algorithms.md, Shapes) has order ≥ 2 feeds its gradient to one Frequent-Directions
 sketch per axis (rank ``rank``, β2 = 1, the same FD kernel Sketchy uses), so the probe needs only
 d·rank floats per axis, not d². What it records is described in ``planner.spectrum``.
 """

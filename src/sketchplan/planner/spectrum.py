@@ -1,7 +1,7 @@
 """Measured gradient spectra (``sketchplan probe``) and how they score candidates (``plan --spectrum``).
 
 For every probed matrix parameter and every axis i of its merged shape, the probe keeps a Frequent-Directions
-sketch (ALGORITHMS.md §3, β2 = 1) of the Kronecker factor C_i = Σ_t G_(i) G_(i)ᵀ and records:
+sketch (docs/algorithms.md, Frequent Directions, β2 = 1) of the Kronecker factor C_i = Σ_t G_(i) G_(i)ᵀ and records:
 
 - ``eigenvalues``: the sketch's leading eigenvalues λ_1 ≥ … ≥ λ_r (r = the probe's rank);
 - ``trace``: tr C_i = Σ_t ‖G_t‖_F², exact;

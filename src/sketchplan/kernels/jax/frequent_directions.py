@@ -1,5 +1,5 @@
 """JAX version of ``kernels.torch.frequent_directions``: one Frequent-Directions update (Liberty 2013; Ghashami et
-al. 2016; ALGORITHMS.md §3), batched over a leading block dimension, in the four interchangeable variants.
+al. 2016; docs/algorithms.md, Frequent Directions), batched over a leading block dimension, in the four interchangeable variants.
 
 Y = [√β2 · U diag(σ), X] (d × (k+N)); s², u = squared singular values (descending) and left singular vectors
 of Y; c = s²_{k+1} (0 when Y has ≤ k of them); σ² ← s²_{1..k} − c; U ← u[:, :k]; ρ ← β2 ρ + c.

@@ -1,4 +1,4 @@
-"""JAX version of ``kernels.torch.lowrank`` (ALGORITHMS.md §4; Feinberg et al. 2023): for Ŝ = U diag(σ²) Uᵀ + ρI,
+"""JAX version of ``kernels.torch.lowrank`` (docs/algorithms.md, Sketchy; Feinberg et al. 2023): for Ŝ = U diag(σ²) Uᵀ + ρI,
     (Ŝ + εI)^α X = U diag((σ² + ρ + ε)^α − (ρ + ε)^α) Uᵀ X + (ρ + ε)^α X,
 without a d × d matrix; when k = d the complement term is exactly zero and dropped (as in torch). Batched:
 u (b, d, k), sig2 (b, k), rho (b,), x (b, d, m); jit-compiled.

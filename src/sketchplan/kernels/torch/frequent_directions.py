@@ -1,5 +1,5 @@
 """Frequent Directions in covariance form (Liberty 2013; Ghashami, Liberty, Phillips & Woodruff 2016),
-batched over a leading block dimension (ALGORITHMS.md §3).
+batched over a leading block dimension (docs/algorithms.md, Frequent Directions).
 
 The sketch Ĉ = U diag(σ²) Uᵀ (U: d × k, orthonormal columns or zero columns) and the escaped mass ρ track
 C_t = Σ_s β2^(t−s) X_s X_sᵀ. One update with new columns X (d × N):

@@ -1,4 +1,4 @@
-"""Inverse root of a low-rank-plus-ridge matrix applied to a block of vectors (ALGORITHMS.md §4; Feinberg et al.
+"""Inverse root of a low-rank-plus-ridge matrix applied to a block of vectors (docs/algorithms.md, Sketchy; Feinberg et al.
 2023, "Sketchy: memory-efficient adaptive regularization with Frequent Directions").
 
 For Ŝ = U diag(σ²) Uᵀ + ρ I with U's columns orthonormal (or zero) and α < 0:

@@ -1,4 +1,4 @@
-"""Symmetric matrix powers and inverse roots, batched over a leading dimension (ALGORITHMS.md §2).
+"""Symmetric matrix powers and inverse roots, batched over a leading dimension (docs/algorithms.md, Shampoo).
 
 Shampoo needs P = (S + εI)^(−1/p) (p = 2·order) of symmetric positive semi-definite statistics S; KrADagrad
 needs positive powers of its inverse statistics. Two kernels:

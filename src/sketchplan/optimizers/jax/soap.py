@@ -4,13 +4,14 @@ Per parameter, with the traced step t: momentum M in the original space; per blo
 G' = G ×_i Q_iᵀ and M' = M ×_i Q_iᵀ, V ← β2 V + (1−β2) G'², N = (M'/bc1)/(√(V/bc2)+ε) ×_i Q_i; then the
 statistics L_i (Shampoo's ``gram_update``) and, on refresh steps (``lax.cond``), the basis: eigh the first time
 (``start_preconditioning_step``), else one power-iteration step and QR with the estimates sorted and V permuted
-alike. A non-finite eigh or QR keeps the basis. Returns the direction; the transformation applies −η(D + λW).
+alike. A non-finite eigh or QR keeps the basis. eigh and QR are ``kernels.jax.traced``'s (one matrix at a time on
+CPU with several devices, avoiding jaxlib's batched-LAPACK stall). Returns the direction; the transformation applies −η(D + λW).
 """
 
 from __future__ import annotations
 
 from ...kernels.jax.products import gram_update
-from ...kernels.jax.roots import _eigh
+from ...kernels.jax.traced import eigh, qr_q
 from ...kernels.jax.support import require_jax
 from ...methods.blocking import config_plan, plan_partition
 from ...methods.common import ema_weights, stats_weights
@@ -38,7 +39,7 @@ def _first_basis(st: dict, g: int, order: int) -> dict:
     out = {}
     for i in range(order):
         q = st[f"blocks{g}.basis{i}"]
-        _, vecs, ok = _eigh(st[f"blocks{g}.stat{i}"])
+        _, vecs, ok = eigh(st[f"blocks{g}.stat{i}"])
         out[f"blocks{g}.basis{i}"] = jnp.where(ok, jnp.flip(vecs, -1), q)
     out[f"blocks{g}.exp_avg_sq"] = st[f"blocks{g}.exp_avg_sq"]
     return out
@@ -53,7 +54,7 @@ def _qr_basis(st: dict, g: int, order: int) -> dict:
         est = jnp.sum(q * lq, axis=-2)
         idx = jnp.argsort(-est, axis=-1, stable=True)
         power = jnp.take_along_axis(lq, idx[:, None, :], axis=-1)
-        new, _ = jnp.linalg.qr(power)
+        new = qr_q(power)
         ok = jnp.isfinite(new).all()
         out[f"blocks{g}.basis{i}"] = jnp.where(ok, new, q)
         shape = [1] * v.ndim

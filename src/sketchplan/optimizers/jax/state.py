@@ -22,25 +22,38 @@ def jax_dtype(name: str):
     return jnp.dtype(name)
 
 
+def identities(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> dict[str, float]:
+    """Layout names that start as c·I (batched over the block axis), by name → c: ``methods.initial_identity``
+    (Shampoo's roots, KrADagrad's L̃₀ = I/ε and roots; as in torch) and SOAP's eigenbases Q = I."""
+    out = dict(initial_identity(shape, cfg, opts))
+    if cfg.method == "soap":  # as ``optimizers.torch.soap``'s init: the eigenbases start as the identity
+        out.update({t.name: 1.0 for t in state_layout(shape, cfg, opts) if ".basis" in t.name})
+    return out
+
+
+def initial_array(t: StateTensor, identity: float | None = None, like=None):
+    """The initial value of layout tensor ``t``: c·I per block when ``identity`` is c (a packed factor, shape
+    (count, d(d+1)/2), gets the packed c·I), else zeros. ``like`` (an array of ``t``'s shape, e.g. the
+    parameter): zeros placed like it (``jnp.zeros_like`` keeps a concrete or explicitly sharded array's
+    sharding)."""
+    dtype = jax_dtype(t.dtype)
+    if identity is not None:
+        c = jnp.asarray(identity, dtype)
+        if len(t.shape) == 2:  # a packed triangle (count, d(d+1)/2)
+            d = side(t.shape[-1])
+            return pack(jnp.broadcast_to(jnp.eye(d, dtype=dtype) * c, (t.shape[0], d, d)))
+        return jnp.broadcast_to(jnp.eye(t.shape[-1], dtype=dtype) * c, t.shape)
+    if like is not None:
+        return jnp.zeros_like(like, dtype=dtype)
+    return jnp.zeros(t.shape, dtype=dtype)
+
+
 def allocate(layout: list[StateTensor]) -> dict:
     """Zero arrays with exactly the names, shapes and dtypes of ``layout``."""
     return {t.name: jnp.zeros(t.shape, dtype=jax_dtype(t.dtype)) for t in layout}
 
 
 def init_tensor_state(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> dict:
-    """The state of one parameter: its method's layout, zero, except the tensors that start as c·I
-    (``methods.initial_identity``: Shampoo's roots, KrADagrad's L̃₀ = I/ε and roots; as in torch; a packed factor
-    gets the packed c·I) and SOAP's eigenbases Q = I."""
-    state = allocate(state_layout(shape, cfg, opts))
-    for name, c in initial_identity(shape, cfg, opts).items():
-        t = state[name]
-        if t.ndim == 2:  # issue 19b: a packed triangle (count, d(d+1)/2)
-            d = side(t.shape[-1])
-            state[name] = pack(jnp.broadcast_to(jnp.eye(d, dtype=t.dtype) * jnp.asarray(c, t.dtype), (t.shape[0], d, d)))
-            continue
-        state[name] = jnp.broadcast_to(jnp.eye(t.shape[-1], dtype=t.dtype) * jnp.asarray(c, t.dtype), t.shape)
-    if cfg.method == "soap":  # issue 19b: the eigenbases start as the identity
-        for name, t in state.items():
-            if ".basis" in name:
-                state[name] = jnp.broadcast_to(jnp.eye(t.shape[-1], dtype=t.dtype), t.shape)
-    return state
+    """The state of one parameter as one dict: its method's layout, initialised by ``initial_array``."""
+    ids = identities(shape, cfg, opts)
+    return {t.name: initial_array(t, ids.get(t.name)) for t in state_layout(shape, cfg, opts)}

@@ -1,12 +1,14 @@
-"""AdamW in torch: multi-tensor (``torch._foreach_*``) kernels over a param group, in the same operation order as
-``torch.optim.AdamW(foreach=True)``. The math, state layout, workspace and kernel calls are in ``methods.adam``.
+"""AdamW in torch: torch's fused AdamW kernel where the dtypes allow it (``methods.adam.fused``: bit-identical to
+``torch.optim.AdamW(fused=True)``), else multi-tensor (``torch._foreach_*``) kernels over a param group in the same
+operation order as ``torch.optim.AdamW(foreach=True)``. The math, state layout, workspace and kernel calls are in
+``methods.adam``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ...methods.adam import chunks, layout
+from ...methods.adam import chunks, fused, layout
 from ...methods.common import bias_correction, ema_weights
 from ...methods.layout import MethodConfig, OptimizerDefaults
 from .base import MethodRule, SketchplanOptimizer, register
@@ -20,19 +22,39 @@ class AdamRule(MethodRule):
     layout = staticmethod(layout)
 
     def step(self, opt, params, cfg, opts):
-        states = [opt.state_for(p, cfg, opts) for p in params]
-        for s in states:
-            s["step"] += 1
+        states, grads = self.begin(opt, params, cfg, opts)
         by_step: dict[int, list[int]] = {}
         for i, s in enumerate(states):
             by_step.setdefault(s["step"], []).append(i)
-        grads = opt.sanitize([p.grad for p in params], [s["nonfinite_skips"] for s in states],
-                             states[0]["step"], opts)
         for step, idx in by_step.items():
             for chunk in chunks([params[i].numel() for i in idx]):  # bounded temporaries (methods.adam.chunks)
                 sel = [idx[j] for j in chunk]
+                if _fused_available(params[sel[0]]) and fused(cfg, opts, [_dtype(params[i]) for i in sel]):
+                    _adamw_fused([params[i] for i in sel], [grads[i] for i in sel], [states[i] for i in sel],
+                                 step, opts)
+                    continue
                 _adamw_foreach([params[i] for i in sel], [grads[i] for i in sel], [states[i] for i in sel], step,
                                opts)
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _fused_available(p: torch.Tensor) -> bool:
+    """torch ships the fused AdamW kernel for these devices (CPU since torch 2.4)."""
+    return hasattr(torch, "_fused_adamw_") and p.device.type in ("cpu", "cuda", "mps")
+
+
+def _adamw_fused(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], step: int,
+                 opts: OptimizerDefaults) -> None:
+    """One ``torch._fused_adamw_`` call over the chunk; its one temporary is the step count as a float32 scalar
+    (``methods.adam.FUSED_STEP_BYTES``), which every tensor reads."""
+    beta1, beta2 = opts.betas
+    t = torch.tensor(float(step), dtype=torch.float32, device=params[0].device)
+    torch._fused_adamw_(params, grads, [s["exp_avg"] for s in states],
+                        [s["exp_avg_sq"] for s in states], [], [t] * len(params), lr=opts.lr, beta1=beta1,
+                        beta2=beta2, weight_decay=opts.weight_decay, eps=opts.eps, amsgrad=False, maximize=False)
 
 
 def _adamw_foreach(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], step: int,

@@ -50,8 +50,32 @@ class MethodRule:
     def init_state(self, state: dict, shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> None:
         """Fill freshly allocated state where neither zero nor ``methods.initial_identity`` is the right start."""
 
+    def begin(self, opt: "SketchplanOptimizer", params: list[torch.Tensor], cfg: MethodConfig,
+              opts: OptimizerDefaults) -> tuple[list[dict], list[torch.Tensor]]:
+        """What every step starts with: each tensor's state (allocated on first use), its step count advanced,
+        and the gradients through the non-finite guard (``SketchplanOptimizer.sanitize``)."""
+        states = [opt.state_for(p, cfg, opts) for p in params]
+        for s in states:
+            s["step"] += 1
+        grads = opt.sanitize([p.grad for p in params], [s["nonfinite_skips"] for s in states],
+                             states[0]["step"], opts)
+        return states, grads
+
     def step(self, opt: "SketchplanOptimizer", params: list[torch.Tensor], cfg: MethodConfig,
              opts: OptimizerDefaults) -> None:
+        """One tensor at a time, so that each tensor's temporaries are gone before the next one's (the workspace
+        replays of ``methods.<method>.workspace_bytes`` assume it), with packed factors unpacked around it
+        (``packing.unpacked_state``; the state itself when nothing is packed)."""
+        from .packing import unpacked_state
+
+        states, grads = self.begin(opt, params, cfg, opts)
+        for p, g, s in zip(params, grads, states):
+            with unpacked_state(s, cfg, opts) as work:
+                self.step_param(p, g, work, cfg, opts)
+
+    def step_param(self, p: torch.Tensor, grad: torch.Tensor, state: dict, cfg: MethodConfig,
+                   opts: OptimizerDefaults) -> None:
+        """One tensor's update from its sanitised gradient (the rules that step per tensor define it)."""
         raise NotImplementedError
 
 

@@ -18,14 +18,8 @@ class ExtremeTensoringRule(MethodRule):
 
     layout = staticmethod(layout)
 
-    def step(self, opt, params, cfg, opts):
-        states = [opt.state_for(p, cfg, opts) for p in params]
-        for s in states:
-            s["step"] += 1
-        grads = opt.sanitize([p.grad for p in params], [s["nonfinite_skips"] for s in states],
-                             states[0]["step"], opts)
-        for p, grad, state in zip(params, grads, states):
-            _step_param(p, grad, state, opts)
+    def step_param(self, p, grad, state, cfg, opts):
+        _step_param(p, grad, state, opts)
 
 
 def _step_param(p: torch.Tensor, grad: torch.Tensor, state: dict, opts: OptimizerDefaults) -> None:

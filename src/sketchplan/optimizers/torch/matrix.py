@@ -29,9 +29,8 @@ from ...methods.blocking import BlockGroup
 from ...methods.blocking import config_plan, plan_partition
 from ...methods.common import preconditioning_start
 from ...methods.layout import MethodConfig, OptimizerDefaults
-from .base import MethodRule, SketchplanOptimizer
+from .base import MethodRule
 from .common import apply_momentum, apply_update, graft_direction
-from .packing import unpacked_state
 
 _TINY = 1e-30
 
@@ -90,16 +89,6 @@ class MatrixRule(MethodRule):
 
     def precondition(self, state: dict, g: int, grad_blocks: torch.Tensor, opts: OptimizerDefaults) -> torch.Tensor:
         raise NotImplementedError
-
-    def step(self, opt: SketchplanOptimizer, params, cfg, opts):
-        states = [opt.state_for(p, cfg, opts) for p in params]
-        for s in states:
-            s["step"] += 1
-        grads = opt.sanitize([p.grad for p in params], [s["nonfinite_skips"] for s in states],
-                             states[0]["step"], opts)
-        for p, g, s in zip(params, grads, states):
-            with unpacked_state(s, cfg, opts) as work:  # issue 19b: packed factors as full squares
-                self.step_param(p, g, work, cfg, opts)
 
     def step_param(self, p: torch.Tensor, grad: torch.Tensor, state: dict, cfg: MethodConfig,
                    opts: OptimizerDefaults) -> None:

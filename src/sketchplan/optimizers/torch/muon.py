@@ -24,11 +24,7 @@ class MuonRule(MethodRule):
             self.adam.step(opt, rest, adam_config(cfg), opts)
         if not mats:
             return
-        states = [opt.state_for(p, cfg, opts) for p in mats]
-        for s in states:
-            s["step"] += 1
-        grads = opt.sanitize([p.grad for p in mats], [s["nonfinite_skips"] for s in states],
-                             states[0]["step"], opts)
+        states, grads = self.begin(opt, mats, cfg, opts)
         for p, grad, state in zip(mats, grads, states):
             _step_param(p, grad, state, cfg, opts)
 

@@ -14,7 +14,6 @@ from ...methods.soap import layout
 from .base import MethodRule, SketchplanOptimizer, register
 from .common import apply_momentum, apply_update
 from .matrix import from_blocks, mode_apply, to_blocks, unfold
-from .packing import unpacked_state
 
 
 def rotate(state: dict, g: int, blocks: torch.Tensor, into: bool) -> torch.Tensor:
@@ -41,16 +40,6 @@ class SoapRule(MethodRule):
         for name, t in state.items():
             if ".basis" in name:
                 t.copy_(torch.eye(t.shape[-1], dtype=t.dtype, device=t.device).expand_as(t))
-
-    def step(self, opt: SketchplanOptimizer, params, cfg, opts):
-        states = [opt.state_for(p, cfg, opts) for p in params]
-        for s in states:
-            s["step"] += 1
-        grads = opt.sanitize([p.grad for p in params], [s["nonfinite_skips"] for s in states],
-                             states[0]["step"], opts)
-        for p, g, s in zip(params, grads, states):
-            with unpacked_state(s, cfg, opts) as work:
-                self.step_param(p, g, work, cfg, opts)
 
     def step_param(self, p: torch.Tensor, grad: torch.Tensor, state: dict, cfg: MethodConfig,
                    opts: OptimizerDefaults) -> None:
