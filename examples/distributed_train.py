@@ -1,4 +1,5 @@
-"""Train a small transformer on several processes with a sketchplan plan: DDP, ZeRO-1/2 or FSDP2.
+"""Train a small transformer on several processes with a sketchplan plan: DDP, ZeRO-1/2 or FSDP2 (under ZeRO-2 the
+model is not wrapped in DDP: the optimizer reduces each gradient to the rank that owns the tensor).
 
     torchrun --nproc-per-node 2 examples/distributed_train.py --parallelism fsdp     # gloo on CPU, NCCL on GPUs
     torchrun --nproc-per-node 2 examples/distributed_train.py --parallelism ddp --plan plan.yaml
@@ -85,6 +86,8 @@ def main() -> None:
             fully_shard(block)
         fully_shard(model)
         wrapped = model
+    elif plan.settings.parallelism == "zero2":
+        wrapped = model  # not DDP: the optimizer reduces each gradient to the rank that owns the tensor
     else:
         wrapped = nn.parallel.DistributedDataParallel(model)
     opt = sketchplan.build_optimizer(plan, wrapped)
@@ -102,6 +105,11 @@ def main() -> None:
         if step == 1:
             m = assert_rank_matches_plan(opt, wrapped, plan)
             print(f"rank {rank}: optimizer state {m['measured_bytes']:,} B = plan's {m['predicted_bytes']:,} B")
+            if plan.totals.grads_bytes_by_rank and plan.settings.parallelism == "zero2":
+                held = sum(p.grad.nbytes for p in model.parameters() if p.grad is not None)  # after step: owned
+                want = plan.totals.grads_bytes_by_rank[rank]
+                assert held == want, (held, want)
+                print(f"rank {rank}: gradients {held:,} B = plan's {want:,} B (the tensors it owns)")
         if rank == 0 and step % 5 == 0:
             print(f"step {step}: loss {loss.item():.4f}")
     checkpoint.save(opt, wrapped, args.checkpoint)

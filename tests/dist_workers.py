@@ -1,6 +1,9 @@
 """Workers of the multi-process tests (``torch.multiprocessing.spawn``, gloo on CPU): a tiny transformer trained
-under DDP, ZeRO-1 and FSDP2 with every method, against single-process references written without any
-distributed code. Each worker writes a JSON report per scenario; the tests assert on the reports."""
+under DDP, ZeRO-1, ZeRO-2 and FSDP2 with every method, against single-process references written without any
+distributed code. Each worker writes a JSON report per scenario; the tests assert on the reports. ZeRO-2 runs
+the model unwrapped (the optimizer reduces each gradient to its owner); its reports also give each rank's
+gradient bytes after every backward and any gradient held for a tensor the rank does not own. Method names
+ending in ``_bf16`` train a bfloat16 model with fp32 master weights (``bf16_reference`` is the reference)."""
 
 from __future__ import annotations
 
@@ -113,7 +116,8 @@ def defaults():
 
 
 def state_bytes(opt) -> int:
-    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+    """Optimizer state as the plan counts it: every state tensor but the fp32 master copies (master weights)."""
+    return sum(v.nbytes for s in opt.state.values() for k, v in s.items() if torch.is_tensor(v) and k != "master")
 
 
 def reference(cfg, opts, world: int, sharded: bool) -> dict[str, torch.Tensor]:
@@ -170,6 +174,92 @@ def run_check(rank: int, world: int, kind: str, method: str) -> dict:
             "predicted": plan.totals.state_bytes_by_rank[rank]}
 
 
+def grad_bytes(m) -> int:
+    """Bytes of every gradient the model's parameters hold (nothing else holds one: no DDP buckets)."""
+    return sum(p.grad.nbytes for p in m.parameters() if p.grad is not None)
+
+
+def rank_mean_grads(m, batch, world: int) -> dict[str, torch.Tensor]:
+    """The gradients the owners hold after a ZeRO-2 backward, computed in one process: each rank's slice of the
+    batch backpropagated alone, summed in the parameters' dtype, divided by the world size."""
+    per = BATCH // world
+    total: dict[str, torch.Tensor] = {}
+    for r in range(world):
+        m.zero_grad()
+        loss_of(m, batch[r * per:(r + 1) * per]).backward()
+        for n, p in m.named_parameters():
+            total[n] = p.grad.clone() if n not in total else total[n] + p.grad
+    m.zero_grad()
+    return {n: g / world for n, g in total.items()}
+
+
+def bf16_single(cfg, opts, world: int) -> dict[str, torch.Tensor]:
+    """The single-process sketchplan optimizer with master weights on the same bf16 model and gradients
+    (``rank_mean_grads``): the fp32 masters after ``STEPS`` steps."""
+    import sketchplan
+    from sketchplan.planner.make import plan_from_configs
+
+    with torch.device("meta"):
+        meta = TinyLM().to(torch.bfloat16)
+    m = model().to(torch.bfloat16)
+    opt = sketchplan.build_optimizer(plan_from_configs(meta, cfg, opts, master_weights=True), m)
+    for batch in batches():
+        grads = rank_mean_grads(m, batch, world)
+        for n, p in m.named_parameters():
+            p.grad = grads[n]
+        opt.step()
+    return {n: opt.state[p]["master"].clone() for n, p in m.named_parameters()}
+
+
+def bf16_reference(world: int, steps: int = STEPS, lr: float = 3e-3, betas=(0.9, 0.999), eps: float = 1e-8):
+    """AdamW on fp32 master weights of a bfloat16 model, written here without sketchplan: each step the bf16
+    model (parameters = the masters rounded) computes each rank's half-batch gradients in bf16, they are summed and
+    halved in bf16 (what ``dist.reduce`` then the owner's division do, exactly for 2 ranks), and the masters take
+    the update in float32: m ← β1 m + (1−β1) g, v ← β2 v + (1−β2) g², θ ← θ − η/(1−β1ᵗ) · m / (√(v/(1−β2ᵗ)) + ε).
+    Returns the final fp32 masters by name."""
+    m = model().to(torch.bfloat16)
+    params = dict(m.named_parameters())
+    master = {n: p.detach().float() for n, p in params.items()}  # the bf16 model's weights, in fp32
+    mom = {n: torch.zeros_like(t) for n, t in master.items()}
+    vel = {n: torch.zeros_like(t) for n, t in master.items()}
+    for t, batch in enumerate(batches(steps), 1):
+        grads = rank_mean_grads(m, batch, world)
+        for n, p in params.items():
+            g = grads[n].float()
+            mom[n] = betas[0] * mom[n] + (1 - betas[0]) * g
+            vel[n] = betas[1] * vel[n] + (1 - betas[1]) * g * g
+            denom = (vel[n] / (1 - betas[1] ** t)).sqrt() + eps
+            master[n] = master[n] - lr / (1 - betas[0] ** t) * mom[n] / denom
+            with torch.no_grad():
+                p.copy_(master[n])
+    return master
+
+
+def gather_masters(opt, m, owner: dict, kind: str, rank: int) -> dict[str, torch.Tensor]:
+    """Every tensor's fp32 master, broadcast from the rank keeping it (its owner under ZeRO, every rank under DDP),
+    or gathered from the local shards (FSDP2)."""
+    out = {}
+    for n, p in m.named_parameters():
+        if kind in ("fsdp", "hsdp"):  # each rank keeps its local shard's master
+            from torch.distributed.tensor import DTensor
+
+            out[n] = DTensor.from_local(opt.state[p]["master"], p.device_mesh, p.placements, shape=p.shape,
+                                        stride=p.stride()).full_tensor()
+            continue
+        r = owner[n] if kind in ("zero1", "zero2") else 0
+        buf = opt.state[p]["master"].clone() if r == rank else torch.empty(p.shape, dtype=torch.float32)
+        dist.broadcast(buf, r)
+        out[n] = buf
+    return out
+
+
+#: bf16 scenarios compare the masters after this many steps to float32 tolerance: later, one master rounding to
+#: another bf16 value than the reference's (a 1e-7 difference crossing a rounding boundary) changes the next
+#: gradients by bf16 rounding and the runs part by O(lr) (measured: all masters within 1.2e-7 up to step 5,
+#: 6.5e-4 apart at step 10), so steps 6-20 are held to a bound of a few learning rates only.
+BF16_TIGHT_STEPS = 5
+
+
 def run_scenario(rank: int, world: int, kind: str, method: str, out_dir: str, ckpt_dir: str | None) -> dict:
     from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -177,16 +267,19 @@ def run_scenario(rank: int, world: int, kind: str, method: str, out_dir: str, ck
     import sketchplan
     from sketchplan.planner.make import plan_from_configs
 
-    cfg, opts = (mixed if method == "mixed" else {**configs(), **extra_configs()}[method]), defaults()
+    bf16 = method.endswith("_bf16")
+    base = method[:-len("_bf16")] if bf16 else method
+    cfg, opts = (mixed if method == "mixed" else {**configs(), **extra_configs()}[base]), defaults()
     if method == "soap":  # first basis from full-rank statistics: a rank-deficient factor's null-space basis is
         # arbitrary, and the all-reduce's rounding would pick another one than the reference (SOAP's Adam scaling
         # depends on it; Shampoo's roots do not)
         opts = opts.model_copy(update={"start_preconditioning_step": 12})
     with torch.device("meta"):
-        meta = TinyLM()
+        meta = TinyLM().to(torch.bfloat16) if bf16 else TinyLM()
     group = 2 if kind == "hsdp" else None
-    plan = plan_from_configs(meta, cfg, opts, world_size=world, parallelism=kind, shard_group=group)
-    m = model()
+    plan = plan_from_configs(meta, cfg, opts, world_size=world, parallelism=kind, shard_group=group,
+                             master_weights=bf16)  # a bf16 model: fp32 master weights
+    m = model().to(torch.bfloat16) if bf16 else model()
     if kind in ("fsdp", "hsdp"):
         mesh = None
         if kind == "hsdp":  # replicate over world/2 groups, shard inside each group of 2
@@ -197,16 +290,26 @@ def run_scenario(rank: int, world: int, kind: str, method: str, out_dir: str, ck
             fully_shard(b, mesh=mesh)
         fully_shard(m, mesh=mesh)
         wrapped = m
+    elif kind == "zero2":
+        wrapped = m  # the optimizer reduces the gradients itself
     else:
         wrapped = DDP(m)
     opt = sketchplan.build_optimizer(plan, wrapped)
     data = batches()
     per = BATCH // world
     report = {"kind": kind, "method": method, "rank": rank}
+    names = {id(p): n for n, p in m.named_parameters()}
+    owner = {e.name: e.owner for e in plan.tensors}
+    grads_seen, foreign = set(), set()
     for step, batch in enumerate(data, 1):
         opt.zero_grad()
         loss_of(wrapped, batch[rank * per:(rank + 1) * per]).backward()
+        if kind == "zero2":
+            grads_seen.add(grad_bytes(m))
+            foreign |= {names[id(p)] for p in m.parameters() if p.grad is not None and owner[names[id(p)]] != rank}
         opt.step()
+        if bf16 and step == BF16_TIGHT_STEPS:
+            early = gather_masters(opt, m, owner, kind, rank)
         if step == 10 and ckpt_dir:
             from sketchplan.checkpoint import save
 
@@ -235,13 +338,39 @@ def run_scenario(rank: int, world: int, kind: str, method: str, out_dir: str, ck
     full = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
             for n, p in m.named_parameters()}
     report["predicted_state_bytes"] = plan.totals.state_bytes_by_rank[rank % len(plan.totals.state_bytes_by_rank)]
+    if kind == "zero2":
+        report["grad_bytes"] = sorted(grads_seen)  # one figure: the same after every backward
+        report["predicted_grad_bytes"] = plan.totals.grads_bytes_by_rank[rank]
+        report["largest_rank_grad_bytes"] = plan.totals.grads_bytes_per_rank
+        report["grad_bytes_whole"] = plan.totals.grads_bytes  # one copy of every gradient
+        report["foreign_grads"] = sorted(foreign)
+    if bf16:
+        from sketchplan.optimizers.torch.base import MASTER_KEY
+
+        report["master_bytes"] = sum(s[MASTER_KEY].nbytes for s in opt.state.values() if MASTER_KEY in s)
+        by_rank = plan.totals.master_bytes_by_rank
+        report["predicted_master_bytes"] = by_rank[rank] if by_rank else plan.totals.master_bytes_per_rank
     report["single_device_state_bytes"] = plan_from_configs(meta, cfg, opts).totals.state_bytes
     # ranks in sync: every rank's full parameters equal rank 0's bit for bit
     flat = torch.cat([t.reshape(-1) for t in full.values()])
     ref0 = flat.clone()
     dist.broadcast(ref0, 0)
     report["in_sync"] = bool(torch.equal(flat, ref0))
-    if rank == 0:
+    if bf16:  # the fp32 masters, broadcast from their owners, against the reference written here
+        masters = gather_masters(opt, m, owner, kind, rank)
+    if rank == 0 and bf16:
+        if base == "adam":  # early: to float32 tolerance; at the end: within a few learning rates (see above)
+            ref5 = bf16_reference(world, steps=BF16_TIGHT_STEPS, lr=opts.lr, betas=opts.betas, eps=opts.eps)
+            report["early_max_abs_err"] = max(float((early[n] - ref5[n]).abs().max()) for n in ref5)
+            ref = bf16_reference(world, lr=opts.lr, betas=opts.betas, eps=opts.eps)
+        else:
+            ref = bf16_single(cfg, opts, world)
+        errs = {n: float((masters[n] - ref[n]).abs().max()) for n in ref}
+        report["max_abs_err"] = max(errs.values())
+        report["worst"] = max(errs, key=errs.get)
+        report["moved"] = max(float((masters[n] - model().state_dict()[n]).abs().max()) for n in ref)
+        report["rounded"] = all(torch.equal(full[n], masters[n].to(torch.bfloat16)) for n in ref)
+    elif rank == 0:
         ref = reference(cfg, opts, group or world, kind in ("fsdp", "hsdp"))
         errs = {n: float((full[n] - ref[n]).abs().max() / (ref[n].abs().max() + 1e-12)) for n in ref}
         report["max_rel_err"] = max(errs.values())
@@ -253,11 +382,13 @@ def run_scenario(rank: int, world: int, kind: str, method: str, out_dir: str, ck
         # resume from step 10 in a fresh model and optimizer: steps 11..20 must give the same parameters
         from sketchplan.checkpoint import load
 
-        m2 = model(seed=99)
+        m2 = model(seed=99).to(torch.bfloat16) if bf16 else model(seed=99)
         if kind in ("fsdp", "hsdp"):
             for b in m2.layers:
                 fully_shard(b)
             fully_shard(m2)
+            w2 = m2
+        elif kind == "zero2":
             w2 = m2
         else:
             w2 = DDP(m2)

@@ -1,8 +1,11 @@
-"""Multi-process training on CPU with gloo (``torch.multiprocessing.spawn``): every method under DDP, ZeRO-1 and
-FSDP2 (``fully_shard``) matches a single-process run written without distributed code (same seed, same data
+"""Multi-process training on CPU with gloo (``torch.multiprocessing.spawn``): every method under DDP, ZeRO-1, ZeRO-2
+and FSDP2 (``fully_shard``) matches a single-process run written without distributed code (same seed, same data
 split) over 20 steps; each rank allocates exactly the plan's per-rank state; ranks stay in sync; a DCP checkpoint
 saved at step 10 resumes to bit-identical parameters at step 20; ``check --measure`` per rank agrees. HSDP runs on
-4 ranks (every method under FSDP2 there too). One spawn per world size keeps it fast."""
+4 ranks (every method under FSDP2 there too). One spawn per world size keeps it fast. Under ZeRO-2 each rank holds,
+after every backward, exactly the gradients of the tensors it owns (the plan's ``grads_bytes_by_rank``) and no
+other; bfloat16 models with fp32 master weights (under ZeRO-1/2 on the owner, under FSDP2 per local shard) match a
+reference written in ``dist_workers.bf16_reference``."""
 
 import pytest
 
@@ -55,9 +58,25 @@ def _check(reports, world):
             assert rep["in_sync"], what
             if "resume_bitexact" in rep:
                 assert rep["resume_bitexact"], what
+            if rep["kind"] == "zero2":  # after every backward: its own tensors' gradients, exactly, and no other
+                assert rep["grad_bytes"] == [rep["predicted_grad_bytes"]], (what, rep["grad_bytes"])
+                assert rep["foreign_grads"] == [], what
+            if "master_bytes" in rep:
+                assert rep["master_bytes"] == rep["predicted_master_bytes"] > 0, what
         lead = per_rank[0]
         what = f"{lead['kind']}/{lead['method']}"
+        if lead["kind"] == "zero2":  # the plan's per-rank figure is the largest rank's
+            assert max(r["grad_bytes"][0] for r in per_rank) == lead["largest_rank_grad_bytes"], what
+            assert sum(r["grad_bytes"][0] for r in per_rank) == lead["grad_bytes_whole"], what  # each tensor once
         assert lead["moved"] > 1e-3, what  # it trained
+        if lead["method"].endswith("_bf16"):
+            assert lead["rounded"], what  # the parameters are their masters rounded to bf16
+            if "early_max_abs_err" in lead:  # against bf16_reference: float32 tolerance, then a few lr apart
+                assert lead["early_max_abs_err"] < 1e-6, (what, lead["early_max_abs_err"])
+                assert lead["max_abs_err"] < 5 * 3e-3, (what, lead["worst"], lead["max_abs_err"])
+            else:  # against the single-process optimizer on the same gradients
+                assert lead["max_abs_err"] < 1e-6, (what, lead["worst"], lead["max_abs_err"])
+            continue
         assert lead["max_rel_err"] < 2e-5, (what, lead["worst"], lead["max_rel_err"])
         elementwise = lead["method"] in ("adam", "extreme_tensoring", "lion", "adafactor")
         if not (elementwise and lead["kind"] == "ddp"):  # DDP keeps element-wise state whole on every rank
@@ -70,6 +89,24 @@ def test_two_ranks_every_method_ddp_zero_fsdp(two_ranks):
     seen = {(r["kind"], r["method"]) for r in two_ranks[0] if not r["kind"].startswith("check")} - \
         {("ddp", "mixed"), ("zero1", "mixed")}
     assert seen == {(k, m) for k in ("ddp", "zero1", "fsdp") for m in METHODS} | set(ISSUE19)
+
+
+@pytest.fixture(scope="module")
+def zero2_two_ranks(tmp_path_factory):
+    scenarios = [("zero2", m, m in ("shampoo", "sketchy")) for m in METHODS]
+    scenarios += [("zero2", "mixed", False), ("zero2", "adam_bf16", True), ("zero2", "shampoo_bf16", False),
+                  ("zero1", "adam_bf16", False), ("fsdp", "adam_bf16", False), ("zero2", "sketchy", "check")]
+    scenarios += [("zero2", m, False) for m in ("adafactor", "lion", "muon")]
+    return dw.spawn(2, scenarios, str(tmp_path_factory.mktemp("zero2")))
+
+
+def test_two_ranks_zero2_shards_gradients_and_keeps_masters(zero2_two_ranks):
+    """ZeRO-2 without DistributedDataParallel: every method matches the single-process run, each rank holds the
+    plan's gradient bytes for its own tensors after every backward, resume is bit-exact; bf16 with fp32 masters
+    (allocated per rank as planned) matches the reference."""
+    _check(zero2_two_ranks, 2)
+    seen = {r["method"] for r in zero2_two_ranks[0] if r["kind"] == "zero2"}
+    assert seen == set(METHODS) | {"mixed", "adam_bf16", "shampoo_bf16", "adafactor", "lion", "muon"}
 
 
 def test_two_ranks_fsdp_soap_and_packed_factors(tmp_path):

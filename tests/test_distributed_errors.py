@@ -81,3 +81,29 @@ def test_cli_measure_multi_rank_plan_in_one_process(tmp_path, capsys):
     code = main(["check", str(out), "--measure"])
     err = capsys.readouterr().err
     assert code == 2 and "torchrun --nproc-per-node 2" in err and "Traceback" not in err
+
+
+def test_zero2_refuses_a_ddp_wrapped_model(one_rank_group):
+    plan = plan_from_configs(_meta(), CFG, world_size=2, parallelism="zero2")
+    with pytest.raises(UserError, match="zero2 plan reduces each gradient to its owner rank itself; pass the model "
+                                        "unwrapped"):
+        sketchplan.build_optimizer(plan, nn.parallel.DistributedDataParallel(dw.model()))
+
+
+def test_zero2_refuses_a_second_backward_before_step(one_rank_group):
+    """The hook reduces during backward: accumulating a second backward would add to a reduced gradient."""
+    from sketchplan.methods.layout import OptimizerDefaults
+    from sketchplan.optimizers.torch import group_options
+    from sketchplan.optimizers.torch.distributed import build_distributed
+
+    m = dw.model()
+    adam, opts = MethodConfig(method="adam"), OptimizerDefaults()
+    names = {id(p): n for n, p in m.named_parameters()}
+    opt = build_distributed([{"params": list(m.parameters()), **group_options(adam, opts)}], adam, opts,
+                            kind="zero2", world=1, names=names, owners={}, rest_owner={n: 0 for n in names.values()})
+    batch = dw.batches(1)[0]
+    dw.loss_of(m, batch).backward()
+    assert all(p.grad is not None for p in m.parameters())  # the only rank owns everything
+    with pytest.raises(UserError, match="call step\\(\\) \\(and zero_grad\\) after every backward"):
+        dw.loss_of(m, batch).backward()
+    opt.remove_hooks()

@@ -48,13 +48,42 @@ def test_fsdp_fixed_bytes_by_hand():
 def test_ddp_and_zero_fixed_bytes_by_hand():
     spec = _spec()
     n = 40 + 3 + 40 + 30
-    prec = Precision(None, None, True)
+    prec = Precision("bfloat16", None, True)
     ddp = fixed_per_rank(spec, prec, Parallel("ddp", 4))
-    assert (ddp.params, ddp.grads, ddp.master, ddp.comm) == (4 * n, 4 * n, 4 * n, 4 * n)
+    assert (ddp.params, ddp.grads, ddp.master, ddp.comm) == (2 * n, 2 * n, 4 * n, 2 * n)
+    assert fixed_per_rank(spec, Precision(None, None, True), Parallel("ddp", 4)).master == 0  # fp32: no master
+    # before the owner assignment: an even share plus the largest tensor (40 elements) bounds ZeRO's owned bytes
     z1 = fixed_per_rank(spec, prec, Parallel("zero1", 4))
-    assert (z1.params, z1.grads, z1.master) == (4 * n, 4 * n, -(-4 * n // 4))
+    assert (z1.params, z1.grads, z1.master) == (2 * n, 2 * n, -(-4 * n // 4) + 4 * 40)
     z2 = fixed_per_rank(spec, prec, Parallel("zero2", 4))
-    assert (z2.grads, z2.comm) == (-(-4 * n // 4), 4 * n)  # bucket capped at the gradients
+    assert (z2.grads, z2.master, z2.comm) == (-(-2 * n // 4) + 2 * 40, -(-4 * n // 4) + 4 * 40, 2 * 40)
+
+
+def test_zero2_gradients_and_masters_follow_tensor_owners_by_hand():
+    """ZeRO-2 with the owners a plan gives: a rank holds the bf16 gradients and fp32 masters of its tensors, and
+    while it reduces a gradient it does not own, that one too (its largest such gradient)."""
+    spec = _spec()  # layers.0.w (10,4) · layers.0.b (3,) · layers.1.w (10,4) · head.w (5,6)
+    prec = Precision("bfloat16", None, True)
+    cfg = MethodConfig(method="adam")
+    configs = {p.name: cfg for p in spec.params}
+    rest = {"layers.0.w": 0, "layers.0.b": 1, "layers.1.w": 1, "head.w": 0}
+    rs = rank_state(spec, configs, OptimizerDefaults(), Parallel("zero2", 2), owners={}, rest_owner=rest, prec=prec)
+    assert rs.grads_by_rank == [2 * (40 + 30), 2 * (3 + 40)]
+    assert rs.master_by_rank == [4 * (40 + 30), 4 * (3 + 40)]
+    assert rs.inflight_by_rank == [2 * 40, 2 * 40]  # rank 0 reduces layers.1.w, rank 1 layers.0.w
+    adam = 2 * 4  # exp_avg + exp_avg_sq, float32 (+ an int32 skip counter per tensor)
+    counter = 4
+    assert rs.by_rank == [(40 + 30) * adam + 2 * counter, (3 + 40) * adam + 2 * counter]
+    f = fixed_per_rank(spec, prec, Parallel("zero2", 2), rs)
+    assert (f.params, f.grads, f.master, f.comm) == (2 * 113, 140, 280, 80)
+    # the planner's own assignment puts each tensor, blocks and all, on one rank
+    blocked = {p.name: MethodConfig(method="blocked_shampoo", block_size=4) for p in spec.params}
+    rs = rank_state(spec, blocked, OptimizerDefaults(), Parallel("zero2", 2), prec=prec)
+    assert all(set(o) == {rs.rest_owner[t]} for t, o in rs.owners.items())
+    assert sorted(rs.grads_by_rank) != [0, 226]  # both ranks own something
+    with pytest.raises(UserError, match="blocks on several ranks"):
+        rank_state(spec, blocked, OptimizerDefaults(), Parallel("zero2", 2), prec=prec,
+                   owners={**rs.owners, "layers.0.w": [0, 1] + rs.owners["layers.0.w"][2:]}, rest_owner=rs.rest_owner)
 
 
 def test_owner_assignment_places_every_block_once():

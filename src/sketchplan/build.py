@@ -10,7 +10,10 @@ kernel variants (``TensorEntry.variant``: the FD-update variant and the inverse-
 profiled device) override ``fd_variant`` / ``root_method`` in its group. The plan must match the model: the same
 trainable names (tied weights are listed once, under the name ``model.named_parameters()`` yields, with their
 other names in ``tied``), the same shapes and the same ``model_fingerprint``. ``allow_mismatch=True`` turns
-mismatches into warnings and gives unplanned tensors Adam.
+mismatches into warnings and gives unplanned tensors Adam. With ``settings.master_weights`` the optimizer keeps an
+fp32 master copy of each 16-bit parameter (``optimizers.torch.base``). A multi-rank plan builds the distributed
+optimizer (``optimizers.torch.distributed``): pass the model DDP-wrapped (ddp, zero1), sharded by ``fully_shard``
+(fsdp, hsdp) or unwrapped (zero2: the optimizer's hooks reduce each gradient to the tensor's owner).
 
 ``build_optax(plan, params)``: the JAX twin: each leaf, named by its key path (``params/Dense_0/kernel``, the names
 ``planner.analysis`` gives a pytree; a flax nnx ``…/value`` suffix matches either way), gets its plan entry's
@@ -118,8 +121,9 @@ def build_optimizer(plan: Plan, model: "torch.nn.Module", allow_mismatch: bool =
             param_groups, adam, plan.defaults, kind=kind if s.world_size > 1 else "fsdp", world=s.world_size,
             names=names,
             owners={e.name: e.owners for e in plan.tensors if e.owners is not None},
-            rest_owner={e.name: e.owner for e in plan.tensors if e.owner is not None})
-    return SketchplanOptimizer(param_groups, adam, plan.defaults)
+            rest_owner={e.name: e.owner for e in plan.tensors if e.owner is not None},
+            master_weights=s.master_weights)
+    return SketchplanOptimizer(param_groups, adam, plan.defaults, master_weights=s.master_weights)
 
 
 def _unwrap(model):

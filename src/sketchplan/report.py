@@ -229,13 +229,16 @@ def _per_rank_rows(t: Table, plan: Plan) -> None:
     group = f", shard group {s.shard_group}" if s.shard_group else ""
     t.add_row(Text(f"per rank ({kind}, {s.world_size} ranks{group})", style="bold"), "")
     t.add_row("  parameters", fmt_bytes(tot.params_bytes_per_rank or 0))
-    t.add_row("  gradients", fmt_bytes(tot.grads_bytes_per_rank or 0))
+    owned = " (its own tensors', largest rank)" if kind == "zero2" else ""
+    t.add_row("  gradients" + owned, fmt_bytes(tot.grads_bytes_per_rank or 0))
     if tot.master_bytes_per_rank:
-        t.add_row("  master weights (fp32)", fmt_bytes(tot.master_bytes_per_rank))
+        mine = " (its own tensors', largest rank)" if kind in ("zero1", "zero2") else ""
+        t.add_row("  master weights (fp32)" + mine, fmt_bytes(tot.master_bytes_per_rank))
     t.add_row("  optimizer state (largest rank)", fmt_bytes(tot.state_bytes_per_rank or 0))
     if tot.state_bytes_by_rank and len(set(tot.state_bytes_by_rank)) > 1:
         t.add_row("  optimizer state (smallest rank)", fmt_bytes(min(tot.state_bytes_by_rank)))
-    t.add_row("  communication buffers", fmt_bytes(tot.comm_bytes_per_rank or 0))
+    inflight = " (with the gradient being reduced)" if kind == "zero2" else ""
+    t.add_row("  communication buffers" + inflight, fmt_bytes(tot.comm_bytes_per_rank or 0))
 
 
 def _per_device_rows(t: Table, plan: Plan) -> None:

@@ -67,9 +67,9 @@ def materialise(model, device):
 
 
 def _state_bytes(opt, p) -> int:
-    import torch
+    from .optimizers.torch.base import method_state_bytes
 
-    return sum(v.numel() * v.element_size() for v in opt.state[p].values() if isinstance(v, torch.Tensor))
+    return method_state_bytes(opt.state[p])  # the master copy is counted as master weights, not state
 
 
 def _randomise(params, gen_device) -> None:
@@ -199,7 +199,7 @@ def measure_rank(optimizer, model, plan: Plan) -> dict:
     "predicted_bytes", "measured_bytes"}]}``; the prediction of a tensor is its method's layout cut to this rank's
     blocks and element-wise owner (DDP/ZeRO) or of its local shard (FSDP/HSDP), ``methods.placement``.
     """
-    torch = require("torch", "measure_rank")
+    require("torch", "measure_rank")
     import torch.distributed as dist
 
     from .build import _unwrap
@@ -228,8 +228,9 @@ def measure_rank(optimizer, model, plan: Plan) -> dict:
             layout = local_layout(layout, owned_by_group(e.owners or [], layout, rank), keep)
             if not keep and not matrix:
                 layout = []
-        state = optimizer.state.get(p, {})
-        measured = sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+        from .optimizers.torch.base import method_state_bytes
+
+        measured = method_state_bytes(optimizer.state.get(p, {}))
         rows.append({"name": name, "predicted_bytes": total_bytes(layout), "measured_bytes": measured})
     by_rank = plan.totals.state_bytes_by_rank
     return {"rank": rank, "world_size": par.world, "parallelism": par.kind,
@@ -273,6 +274,8 @@ def _measure_ranks(plan: Plan, model, configs: dict[str, MethodConfig], dev, ste
                 fully_shard(mod)
         fully_shard(model)
         wrapped = model
+    elif par.kind == "zero2":
+        wrapped = model  # the optimizer reduces the gradients itself (optimizers.torch.distributed)
     else:
         wrapped = torch.nn.parallel.DistributedDataParallel(model)
     opt = build_optimizer(plan, wrapped)

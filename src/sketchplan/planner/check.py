@@ -177,20 +177,23 @@ def predicted_peak(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig]
     if par.mesh is not None:
         state = max(state_by_device([(shapes[n], c, plan.defaults.model_copy(update=options.get(n, {})),
                                       specs.get(n, ())) for n, c in configs.items()], par.mesh_sizes))
+    ranks = None
     if par.world > 1:
         owners = {e.name: e.owners for e in plan.tensors if e.owners is not None}
         rest = {e.name: e.owner for e in plan.tensors if e.owner is not None}
         try:  # the plan's own assignment; a changed model falls back to a fresh one
-            ranks = parallel.rank_state(spec, configs, plan.defaults, par, owners=owners, rest_owner=rest) \
+            ranks = parallel.rank_state(spec, configs, plan.defaults, par, owners=owners, rest_owner=rest,
+                                        prec=prec) \
                 if par.owner else parallel.rank_state(spec, configs, plan.defaults, par)
         except (KeyError, IndexError, ValueError):
-            ranks = parallel.rank_state(spec, configs, plan.defaults, par)
+            ranks = parallel.rank_state(spec, configs, plan.defaults, par, prec=prec)
         state = ranks.largest + ranks.exchange
+    fixed = parallel.fixed_per_rank(spec, prec, par, ranks)
     from .transients import step_workspace
 
     local = parallel.local_spec(spec, par)
     ws = step_workspace([(p.shape, p.dtype, configs[p.name], options.get(p.name, {})) for p in local.params
-                         if p.name in configs], plan.defaults, s.param_dtype)[0]
+                         if p.name in configs], plan.defaults, s.param_dtype, s.master_weights)[0]
     act = plan.totals.activation_bytes
     ret = plan.activations.retained_bytes if act is not None and plan.activations is not None else 0
     return step_peak(fixed, state, ws, spec.buffers_bytes if plan.totals.buffers_bytes else 0, act, ret)

@@ -135,14 +135,16 @@ class _Costs:
 
 
 def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDefaults,
-           par: par_.Parallel = par_.Parallel(), timer=None, param_dtype: str | None = None) -> _Costs:
+           par: par_.Parallel = par_.Parallel(), timer=None, param_dtype: str | None = None,
+           prec: Precision | None = None) -> _Costs:
     """State (total and largest rank's), the optimizer step's transients (``planner.transients``, on each rank's
     local shapes), the weighted score and bytes by method of one choice per tensor."""
     from .transients import step_workspace
 
     state = sum(c.state_bytes for c in choice.values())
     ws, ws_tensors = step_workspace([(p.shape, p.dtype, choice[p.name].cfg, {})
-                                     for p in par_.local_spec(spec, par).trainable], opts, param_dtype)
+                                     for p in par_.local_spec(spec, par).trainable], opts, param_dtype,
+                                    bool(prec and prec.master_weights))
     w = sum(p.numel for p in spec.trainable)
     score = sum(choice[p.name].score * p.numel for p in spec.trainable) / w if w else 1.0
     by_method: dict[str, int] = {}
@@ -156,14 +158,23 @@ def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDe
         return _Costs(state, max(by_dev), ws, score, by_method, None, ws_tensors, by_dev)
     if par.world == 1:
         return _Costs(state, state, ws, score, by_method, None, ws_tensors)
-    rs = par_.rank_state(spec, {n: c.cfg for n, c in choice.items()}, opts, par, timer)
+    rs = par_.rank_state(spec, {n: c.cfg for n, c in choice.items()}, opts, par, timer,
+                         prec=prec or Precision(param_dtype))
     if par.sharded:
         state = sum(rs.by_rank)
     return _Costs(state, rs.largest, ws, score, by_method, rs, ws_tensors)
 
 
+def _owned(fixed, spec: ModelSpec, prec: Precision | None, par: par_.Parallel, c: _Costs):
+    """ZeRO: the fixed per-rank bytes with the master copies (and ZeRO-2 gradients) of the owner assignment ``c``
+    made, in place of the bound used before it (``parallel.fixed_per_rank``)."""
+    if not (par.owner and par.kind != "ddp" and c.ranks is not None and prec is not None):
+        return fixed
+    return par_.fixed_per_rank(spec, prec, par, c.ranks)
+
+
 def _what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer=None, cand_spec=None, act=None,
-              param_dtype=None, ret=0) -> list[WhatIf]:
+              param_dtype=None, ret=0, prec: Precision | None = None) -> list[WhatIf]:
     cand_spec = cand_spec or spec
     alts = [MethodConfig(method="adam"), MethodConfig(method="shampoo")]
     alts += [MethodConfig(method="blocked_shampoo", block_size=b) for b in block_sizes]
@@ -187,8 +198,9 @@ def _what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer=None, can
             if key not in cache:
                 cache[key] = cand.evaluate(p.shape, own, opts)
             choice[p.name] = cache[key]
-        c = _costs(spec, choice, opts, par, timer, param_dtype)
-        peak = step_peak(fixed, c.per_rank + c.extra, c.workspace, spec.buffers_bytes, act, ret)
+        c = _costs(spec, choice, opts, par, timer, param_dtype, prec)
+        peak = step_peak(_owned(fixed, spec, prec, par, c), c.per_rank + c.extra, c.workspace, spec.buffers_bytes,
+                         act, ret)
         ms = None if timer is None else round(sum(timer(p.shape, choice[p.name].cfg)[0]
                                                   for p in cand_spec.trainable), 3)
         out.append(WhatIf(label="all " + cfg.label(), state_bytes=c.state, peak_bytes=peak,
@@ -204,7 +216,8 @@ def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block
     pspec = _plannable(spec, excluded or {})
     profile = resolve_profile(hardware)
     timer = None if profile is None else StepTimer(CostModel(profile), opts)
-    c = _costs(pspec, choice, opts, par, timer, prec.param_dtype)
+    c = _costs(pspec, choice, opts, par, timer, prec.param_dtype, prec)
+    fixed = _owned(fixed, spec, prec, par, c)
     cand_spec = par_.local_spec(pspec, par)
     entries = _entries(par_.local_spec(spec, par), choice, timer, excluded)
     for e, p in zip(entries, spec.params):
@@ -219,7 +232,7 @@ def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block
     avail = budget.available()
     local = {p.name: p.shape for p in par_.local_spec(spec, par).params}
     ws, ws_tensors = step_workspace([(local[e.name], e.dtype, e.config(), e.options()) for e in entries
-                                     if e.method is not None], opts, prec.param_dtype)
+                                     if e.method is not None], opts, prec.param_dtype, prec.master_weights)
     act = None if activations is None or activations.source != "fake-tensor trace" else activations.peak_bytes
     ret = 0 if act is None else activations.retained_bytes
     totals = Totals(
@@ -257,7 +270,7 @@ def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block
         tensors=entries,
         totals=totals,
         what_if=_what_ifs(pspec, opts, fixed, avail, par, ranks, block_sizes, timer, cand_spec, act,
-                          prec.param_dtype, ret),
+                          prec.param_dtype, ret, prec),
         solver=solver,
         activations=activations,
     )
@@ -387,8 +400,9 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         choice = _choice(groups, sol.assign)
         if avail is None:
             break
-        c = _costs(pspec, choice, opts, par, assign_timer, param_dtype)
-        over = step_peak(fixed, c.per_rank + c.extra, c.workspace, spec.buffers_bytes, act, ret) - avail
+        c = _costs(pspec, choice, opts, par, assign_timer, param_dtype, prec)
+        over = step_peak(_owned(fixed, spec, prec, par, c), c.per_rank + c.extra, c.workspace, spec.buffers_bytes,
+                         act, ret) - avail
         if over <= 0:
             break
         state_budget -= max(over, state_budget // 200, 1)
@@ -420,11 +434,13 @@ def uniform_plan(model, cfg: MethodConfig, defaults: OptimizerDefaults | None = 
 
 def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None, *, source: str = "",
                       memory_budget=None, hardware=None, world_size: int = 1, parallelism: str | None = None,
-                      shard_group: int | None = None, mesh=None, partition_specs=None) -> Plan:
+                      shard_group: int | None = None, mesh=None, partition_specs=None,
+                      master_weights: bool = False) -> Plan:
     """A plan with the given choice per tensor: ``configs`` is one ``MethodConfig`` for all trainable tensors, or a
     mapping name → ``MethodConfig`` (or a callable ``ParamSpec -> MethodConfig``). Bytes come from the layouts;
     with ``world_size``/``parallelism`` the per-rank placement too (``planner.parallel``), with ``mesh`` and
-    ``partition_specs`` the per-device one (``planner.mesh``, as ``make_plan``)."""
+    ``partition_specs`` the per-device one (``planner.mesh``, as ``make_plan``); ``master_weights``: fp32 master
+    copies of the model's 16-bit tensors."""
     opts = defaults or OptimizerDefaults()
     spec, excluded, pspec = _validated(model, source)
     par = par_.parallel(parallelism, world_size, shard_group, mesh=mesh)
@@ -452,7 +468,8 @@ def plan_from_configs(model, configs, defaults: OptimizerDefaults | None = None,
     used = {c.cfg for c in choice.values()}
     ranks = tuple(sorted({c.rank for c in used if c.rank}))
     blocks = tuple(sorted({c.block_size for c in used if c.block_size}))
-    return _assemble(spec, choice, opts, par_.fixed_per_rank(spec, Precision(), par), budget, Precision(), par, info,
+    prec = Precision(master_weights=master_weights)
+    return _assemble(spec, choice, opts, par_.fixed_per_rank(spec, prec, par), budget, prec, par, info,
                      ranks, blocks, hardware, excluded=excluded)
 
 

@@ -2,7 +2,8 @@
 
 - parameters: every tensor once (tied weights once), frozen ones included, in its dtype (or ``param_dtype``);
 - gradients: trainable tensors, in ``grad_dtype`` or the parameter's dtype;
-- master weights: a float32 copy of every trainable tensor when ``master_weights`` (mixed precision);
+- master weights: a float32 copy of every trainable 16-bit (bfloat16/float16) tensor when ``master_weights``
+  (mixed precision; the torch optimizer allocates exactly these, ``optimizers.torch.base``);
 - optimizer state: the sum of the chosen layouts' bytes; with ``world_size`` N and ``shard_optimizer_state``
   (ZeRO-1) the state is split across ranks by whole preconditioner blocks (element-wise state evenly) with
   longest-processing-time assignment, and the largest rank's share is what must fit;
@@ -24,6 +25,10 @@ from ..methods.layout import StateTensor, dtype_bytes
 from .analysis import ModelSpec, ParamSpec
 
 
+#: Parameter dtypes that get an fp32 master copy under ``master_weights``.
+MASTER_DTYPES = ("bfloat16", "float16")
+
+
 @dataclass(frozen=True)
 class Precision:
     param_dtype: str | None = None
@@ -37,7 +42,9 @@ class Precision:
         return p.numel * dtype_bytes(self.grad_dtype or self.param_dtype or p.dtype) if p.trainable else 0
 
     def master_bytes(self, p: ParamSpec) -> int:
-        return p.numel * 4 if (self.master_weights and p.trainable) else 0
+        """A float32 copy of a trainable tensor whose dtype is 16-bit (a float32/float64 one needs none)."""
+        wanted = self.master_weights and p.trainable and self.param_dtype_of(p) in MASTER_DTYPES
+        return p.numel * 4 if wanted else 0
 
     def param_dtype_of(self, p: ParamSpec) -> str:
         return self.param_dtype or p.dtype

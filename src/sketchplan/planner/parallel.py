@@ -2,18 +2,29 @@
 
 Per rank, with N = ``world_size`` ranks and S the shard group (S = N under FSDP, ``shard_group`` under HSDP):
 
-==========  ======================  ===================  ===============  ======================================
-parallel.   parameters              gradients            master (fp32)    optimizer state
-==========  ======================  ===================  ===============  ======================================
-ddp         whole                   whole                whole            blocks by owner, element-wise whole
-zero1       whole                   whole                ⌈1/N⌉ (flat)     blocks by owner, element-wise by owner
-zero2       whole                   ⌈1/N⌉ (flat)         ⌈1/N⌉ (flat)     blocks by owner, element-wise by owner
-fsdp, hsdp  dim-0 shard, padded     dim-0 shard, padded  shard, padded    the method's layout of the local shard
-==========  ======================  ===================  ===============  ======================================
+==========  ======================  ======================  ==================  ===================================
+parallel.   parameters              gradients               master (fp32)       optimizer state
+==========  ======================  ======================  ==================  ===================================
+ddp         whole                   whole                   whole               blocks by owner, element-wise whole
+zero1       whole                   whole                   owned tensors'      blocks by owner, element-wise by owner
+zero2       whole                   owned tensors'          owned tensors'      each tensor's whole state on its owner
+fsdp, hsdp  dim-0 shard, padded     dim-0 shard, padded     shard, padded       the method's layout of the local shard
+==========  ======================  ======================  ==================  ===================================
 
 "Blocks by owner": every preconditioner block sits on one rank (``methods.placement``), assigned by
 ``assign_owners`` to balance the predicted compute (eigh / FD time from the hardware profile, a flop count
-without one) and the bytes together; under ZeRO each tensor's element-wise state also has one owner rank.
+without one) and the bytes together; under ZeRO each tensor's element-wise state also has one owner rank, which
+also keeps the tensor's fp32 master copy (``master_weights``, 16-bit parameters only: ``Precision.master_bytes``).
+
+ZeRO-2 is tensor-granular: every tensor has one owner rank, which keeps all of its blocks, its element-wise state,
+its master copy and its averaged gradient (``optimizers.torch.distributed``: a post-accumulate-grad hook
+``dist.reduce``s each gradient to its owner as soon as backward has accumulated it, and frees it on every other
+rank). ``assign_owners`` balances, per tensor, its state + gradient + master bytes and its predicted seconds. A
+rank's gradients are exactly the gradients of the tensors it owns (``RankState.grads_by_rank``); while a gradient
+of a tensor it does not own is being reduced, that one gradient is alive too: the largest such gradient is this
+rank's in-flight transient, counted with the communication buffers. Such a tensor needs no direction exchange (its
+owner computes and applies its direction); the owners then broadcast the updated parameters, as under ZeRO-1.
+
 FSDP2 shards dim 0 with ``torch.chunk`` semantics and pads every shard to ⌈d0/S⌉ rows; a rank holds the
 padded storage of parameters and gradients, and its optimizer state is its local (unpadded) shard's layout.
 
@@ -21,14 +32,19 @@ Communication buffers the engine allocates, counted in the peak:
 
 - DDP (and ZeRO-1, whose runtime is DDP): gradient buckets, one flat copy of every gradient
   (``DistributedDataParallel``'s default ``gradient_as_bucket_view=False``);
-- ZeRO-2: one reduce bucket, ``bucket_cap_mb`` = 25 MiB (capped at the gradients);
+- ZeRO-2: no bucket (the model is not wrapped in ``DistributedDataParallel``): the in-flight gradient, the
+  largest gradient of a tensor the rank does not own (see above);
 - FSDP2 / HSDP: the all-gather output of the largest unit (its unsharded, padded parameters) twice (the unit
   being computed and the prefetched next one) plus the reduce-scatter input of the largest unit (its unsharded
   gradients). A unit is what ``fully_shard`` wraps: a module path up to its first integer component
   (``model.layers.7``), the rest forms the root unit;
 - the owner placement's direction exchange: ``all_gather`` of every rank's preconditioned blocks,
   N · (largest rank's block elements) in float32, plus this rank's send buffer; under ZeRO the owners then
-  broadcast their updated parameters, one owner's packed tensors at a time (not alive with the directions).
+  broadcast their updated parameters, one owner's packed tensors at a time (not alive with the directions). A
+  tensor whose blocks all sit on its element-wise owner (every tensor under ZeRO-2) exchanges no directions.
+
+Each per-rank term is the largest rank's; the peak adds them, an upper bound when different ranks are the largest
+in different terms (the owner assignment balances their sum).
 
 The single-device case is ``Parallel()`` (world size 1): everything whole, no buffers, as before.
 """
@@ -188,8 +204,12 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def fixed_per_rank(spec: ModelSpec, prec: Precision, par: Parallel) -> RankFixed:
-    """Parameters, gradients, master weights and engine buffers of the largest rank (see module docstring)."""
+def fixed_per_rank(spec: ModelSpec, prec: Precision, par: Parallel, ranks: "RankState | None" = None) -> RankFixed:
+    """Parameters, gradients, master weights and engine buffers of the largest rank (see module docstring).
+
+    Under ZeRO the master weights (and under ZeRO-2 the gradients and the in-flight gradient) follow the tensor
+    owners: ``ranks`` (``rank_state``'s assignment) gives them exactly; without it (before the optimizer choice
+    fixes the assignment) a bound: an even share plus the largest tensor."""
     if par.mesh is not None:  # split like the parameters (planner.mesh); every device holds the same
         from .mesh import fixed_by_device
 
@@ -205,9 +225,17 @@ def fixed_per_rank(spec: ModelSpec, prec: Precision, par: Parallel) -> RankFixed
         n = par.world
         if par.kind == "ddp":
             return RankFixed(params, grads, master, grads)
+        top_grad = max((prec.grad_bytes(p) for p in spec.params), default=0)
+        top_master = max((prec.master_bytes(p) for p in spec.params), default=0)
+        if ranks is not None and ranks.master_by_rank:
+            master_r = max(ranks.master_by_rank)
+        else:
+            master_r = min(master, _ceil_div(master, n) + top_master)
         if par.kind == "zero1":
-            return RankFixed(params, grads, _ceil_div(master, n), grads)
-        return RankFixed(params, _ceil_div(grads, n), _ceil_div(master, n), min(BUCKET_BYTES, grads))
+            return RankFixed(params, grads, master_r, grads)
+        if ranks is not None and ranks.grads_by_rank:
+            return RankFixed(params, max(ranks.grads_by_rank), master_r, max(ranks.inflight_by_rank))
+        return RankFixed(params, min(grads, _ceil_div(grads, n) + top_grad), master_r, top_grad)
     s = par.shards
 
     def shard(p: ParamSpec, nbytes: int) -> int:
@@ -239,6 +267,7 @@ class Unit:
     nbytes: int
     seconds: float
     elements: int = 0  # direction elements the owner sends (blocks only)
+    extra: int = 0  # bytes that go with the unit to its owner (its gradient, master copy), balanced, not state
 
 
 def _block_seconds(bshape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, timer) -> float:
@@ -272,22 +301,32 @@ def units_for(p: ParamSpec, cfg: MethodConfig, opts: OptimizerDefaults, par: Par
     return out
 
 
+def tensor_unit(p: ParamSpec, cfg: MethodConfig, opts: OptimizerDefaults, timer=None, extra: int = 0) -> Unit:
+    """ZeRO-2's unit: a whole tensor (all its blocks and its element-wise rest) on one rank, with ``extra`` bytes
+    (its gradient and master copy) going along."""
+    parts = units_for(p, cfg, opts, Parallel("zero1", 2), timer)
+    return Unit(p.name, None, sum(u.nbytes for u in parts), sum(u.seconds for u in parts), p.numel, extra)
+
+
 def assign_owners(units: list[Unit], world: int, base_bytes: int = 0) -> tuple[list[int], list[int], list[float]]:
     """Greedy longest-first assignment balancing time and bytes together: units in decreasing order of their
     larger share (of all seconds, of all bytes) go to the rank whose larger normalised load grows least.
+    A unit's bytes are its state plus its ``extra`` (gradient, master copy under ZeRO).
     Returns (owner per unit, bytes per rank, seconds per rank); every rank starts with ``base_bytes``."""
-    tb = sum(u.nbytes for u in units) or 1
+    tb = sum(u.nbytes + u.extra for u in units) or 1
     ts = sum(u.seconds for u in units) or 1.0
     loads_b = [base_bytes] * world
     loads_s = [0.0] * world
     owner = [0] * len(units)
-    order = sorted(range(len(units)), key=lambda i: -max(units[i].nbytes / tb, units[i].seconds / ts))
+    order = sorted(range(len(units)), key=lambda i: -max((units[i].nbytes + units[i].extra) / tb,
+                                                         units[i].seconds / ts))
     for i in order:
         u = units[i]
-        best = min(range(world), key=lambda r: (max((loads_b[r] + u.nbytes) / tb, (loads_s[r] + u.seconds) / ts),
+        size = u.nbytes + u.extra
+        best = min(range(world), key=lambda r: (max((loads_b[r] + size) / tb, (loads_s[r] + u.seconds) / ts),
                                                  loads_b[r], r))
         owner[i] = best
-        loads_b[best] += u.nbytes
+        loads_b[best] += size
         loads_s[best] += u.seconds
     return owner, loads_b, loads_s
 
@@ -301,6 +340,9 @@ class RankState:
     owners: dict[str, list[int]] = field(default_factory=dict)  # tensor → owner per block
     rest_owner: dict[str, int] = field(default_factory=dict)  # tensor → owner of its element-wise rest (ZeRO)
     exchange: int = 0  # bytes of the owner placement's exchange buffers on one rank (largest tensor's)
+    grads_by_rank: list[int] = field(default_factory=list)  # gradients each rank holds after backward (owner kinds)
+    master_by_rank: list[int] = field(default_factory=list)  # fp32 master copies each rank keeps (owner kinds)
+    inflight_by_rank: list[int] = field(default_factory=list)  # ZeRO-2: largest non-owned gradient being reduced
 
     @property
     def largest(self) -> int:
@@ -309,9 +351,11 @@ class RankState:
 
 def rank_state(spec: ModelSpec, configs: dict[str, MethodConfig], opts: OptimizerDefaults, par: Parallel,
                timer=None, owners: dict[str, list[int]] | None = None,
-               rest_owner: dict[str, int] | None = None) -> RankState:
+               rest_owner: dict[str, int] | None = None, prec: Precision | None = None) -> RankState:
     """Optimizer-state bytes of every rank. Owner placement: assigned here (or the given ``owners`` /
-    ``rest_owner`` from a plan); shard placement: the layouts of every shard's local shapes."""
+    ``rest_owner`` from a plan; ZeRO-2 at tensor granularity, balancing each tensor's gradient and master bytes
+    under ``prec`` too) with each rank's gradients and master copies; shard placement: the layouts of every shard's
+    local shapes."""
     shapes = {p.name: p for p in spec.params}
     if par.sharded:
         by_rank = [0] * par.shards
@@ -328,23 +372,38 @@ def rank_state(spec: ModelSpec, configs: dict[str, MethodConfig], opts: Optimize
     if not par.owner:
         total = sum(local_layout_bytes(shapes[n].shape, c, opts) for n, c in configs.items())
         return RankState([total])
+    prec = prec or Precision()
+    zero2 = par.kind == "zero2"
     units: list[Unit] = []
     replicated = 0
     for n, c in configs.items():
-        units += units_for(shapes[n], c, opts, par, timer)
+        p = shapes[n]
+        if zero2:
+            units.append(tensor_unit(p, c, opts, timer, prec.grad_bytes(p) + prec.master_bytes(p)))
+            continue
+        mine = units_for(p, c, opts, par, timer)
+        if par.kind == "zero1":
+            mine[-1].extra = prec.master_bytes(p)  # the rest's owner keeps the master copy
+        units += mine
         if par.kind == "ddp":
-            replicated += rest_bytes(state_layout(shapes[n].shape, c, opts))
+            replicated += rest_bytes(state_layout(p.shape, c, opts))
     if owners is None:
-        who, loads, secs = assign_owners(units, par.world, replicated)
+        who = assign_owners(units, par.world, replicated)[0]
     else:
-        who = [owners[u.tensor][u.block] if u.block is not None else rest_owner[u.tensor] for u in units]
-        loads, secs = [replicated] * par.world, [0.0] * par.world
-        for u, r in zip(units, who):
+        who = []
+        for u in units:
+            r = owners[u.tensor][u.block] if u.block is not None else rest_owner[u.tensor]
+            if zero2 and any(b != r for b in owners.get(u.tensor) or []):
+                raise UserError(f"tensor {u.tensor!r} has blocks on several ranks, which a zero2 plan never assigns; "
+                                "regenerate the plan.")
             if not 0 <= r < par.world:
                 raise UserError(f"tensor {u.tensor!r} is assigned to rank {r}, outside world size {par.world}; "
                                 "regenerate the plan.")
-            loads[r] += u.nbytes
-            secs[r] += u.seconds
+            who.append(r)
+    loads, secs = [replicated] * par.world, [0.0] * par.world
+    for u, r in zip(units, who):
+        loads[r] += u.nbytes
+        secs[r] += u.seconds
     out_owners: dict[str, list[int]] = {}
     out_rest: dict[str, int] = {}
     owned_params = [0] * par.world
@@ -353,20 +412,43 @@ def rank_state(spec: ModelSpec, configs: dict[str, MethodConfig], opts: Optimize
         if u.block is None:
             out_rest[u.tensor] = r
             owned_params[r] += u.elements
+            if zero2:
+                nblocks = len(block_bytes(state_layout(shapes[u.tensor].shape, configs[u.tensor], opts)))
+                if nblocks:
+                    out_owners[u.tensor] = [r] * nblocks
         else:
             out_owners.setdefault(u.tensor, []).append(r)
             per_tensor.setdefault(u.tensor, [0] * par.world)[r] += u.elements
-    # directions are exchanged tensor by tensor: a broadcast of the tensor's directions when one rank owns all its
+    # directions are exchanged tensor by tensor: none when one rank owns all its blocks and its element-wise rest
+    # (ZeRO; it applies the direction itself), a broadcast of the tensor's directions when one rank owns all its
     # blocks, else an all_gather (a send buffer and N receive buffers padded to the rank owning most of it), in
     # float32 (8 bytes for float64 state); then, under ZeRO, one owner's packed parameters at a time (broadcast)
     wide = 8 if opts.state_dtype == "float64" else 4
     exchange = 0
-    for elems in per_tensor.values():
-        owners_of = sum(1 for e in elems if e)
-        exchange = max(exchange, (sum(elems) if owners_of == 1 else (par.world + 1) * max(elems)) * wide)
+    for t, elems in per_tensor.items():
+        holders = [r for r, e in enumerate(elems) if e]
+        if len(holders) == 1 and out_rest.get(t) == holders[0]:
+            continue
+        exchange = max(exchange, (sum(elems) if len(holders) == 1 else (par.world + 1) * max(elems)) * wide)
     pwide = 8 if any(shapes[n].dtype == "float64" for n in configs) else 4
     exchange = max(exchange, max(owned_params) * pwide)
-    return RankState(loads, secs, out_owners, out_rest, exchange)
+    # gradients and master copies per rank (module docstring); gradients of tensors outside ``configs`` (left
+    # out of the optimizer) stay whole on every rank
+    grads = [sum(prec.grad_bytes(p) for p in spec.params if p.name not in configs)] * par.world
+    master = [0] * par.world
+    inflight = [0] * par.world
+    for n in configs:
+        g, m = prec.grad_bytes(shapes[n]), prec.master_bytes(shapes[n])
+        if par.kind == "ddp":
+            master = [x + m for x in master]
+        else:
+            master[out_rest[n]] += m
+        if zero2:
+            grads[out_rest[n]] += g
+            inflight = [x if r == out_rest[n] else max(x, g) for r, x in enumerate(inflight)]
+        else:
+            grads = [x + g for x in grads]
+    return RankState(loads, secs, out_owners, out_rest, exchange, grads, master, inflight)
 
 
 def largest_workspace(spec: ModelSpec, configs: dict[str, MethodConfig], opts: OptimizerDefaults) -> int:
@@ -380,7 +462,7 @@ def fill_totals(totals, spec: ModelSpec, prec: Precision, par: Parallel, ranks: 
     one shard group under FSDP/HSDP, every rank otherwise)."""
     whole = fixed_per_rank(spec, prec, Parallel())
     totals.params_bytes, totals.grads_bytes, totals.master_bytes = whole.params, whole.grads, whole.master
-    fixed = fixed_per_rank(spec, prec, par)
+    fixed = fixed_per_rank(spec, prec, par, ranks)
     totals.params_bytes_per_rank = fixed.params
     totals.grads_bytes_per_rank = fixed.grads
     totals.master_bytes_per_rank = fixed.master
@@ -388,6 +470,9 @@ def fill_totals(totals, spec: ModelSpec, prec: Precision, par: Parallel, ranks: 
     totals.peak_bytes_per_rank = totals.peak_bytes
     if ranks is not None:
         totals.state_bytes_by_rank = list(ranks.by_rank)
+        if par.kind in ("zero1", "zero2") and ranks.grads_by_rank:
+            totals.grads_bytes_by_rank = list(ranks.grads_by_rank)
+            totals.master_bytes_by_rank = list(ranks.master_by_rank)
 
 
 def from_settings(settings) -> Parallel:

@@ -37,7 +37,7 @@ SpecEntry = str | list[str] | None
 
 
 def _omit_none(data, fields: tuple[str, ...]):
-    """Drop the mesh fields that are unset, so plans made without a mesh stay as they were."""
+    """Drop the optional fields (a mesh's, ZeRO's) that are unset, so plans made without them stay as they were."""
     if isinstance(data, dict):
         for f in fields:
             if data.get(f) is None:
@@ -241,8 +241,13 @@ class Totals(_Strict):
     state_bytes_by_rank: list[Count] | None = Field(default=None, description="optimizer state of each rank "
                                                     "(of one shard group under FSDP/HSDP)")
     params_bytes_per_rank: Count | None = None
-    grads_bytes_per_rank: Count | None = None
+    grads_bytes_per_rank: Count | None = Field(default=None, description="largest rank's gradients after backward "
+                                               "(ZeRO-2: the gradients of the tensors it owns)")
     master_bytes_per_rank: Count | None = None
+    grads_bytes_by_rank: list[Count] | None = Field(default=None, description="ZeRO-1/2: each rank's gradients "
+                                                    "after backward (ZeRO-2: its owned tensors')")
+    master_bytes_by_rank: list[Count] | None = Field(default=None, description="ZeRO-1/2: each rank's fp32 master "
+                                                     "copies (its owned tensors')")
     comm_bytes_per_rank: Count | None = Field(default=None, description="communication buffers: DDP buckets, "
                                               "FSDP2 all-gather/reduce-scatter, the direction exchange")
     peak_bytes_per_rank: Count | None = None
@@ -262,10 +267,11 @@ class Totals(_Strict):
     score: Score = Field(description="parameter-weighted preconditioning score in [0, 1]")
 
     @model_serializer(mode="wrap")
-    def _omit_unset_mesh(self, handler):
+    def _omit_unset(self, handler):
+        # plans made without a mesh (or without ZeRO) stay as they were
         return _omit_none(handler(self), ("params_bytes_per_device", "grads_bytes_per_device",
                                           "master_bytes_per_device", "state_bytes_per_device",
-                                          "state_bytes_by_device"))
+                                          "state_bytes_by_device", "grads_bytes_by_rank", "master_bytes_by_rank"))
 
 
 class WhatIf(_Strict):

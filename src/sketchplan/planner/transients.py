@@ -10,20 +10,34 @@ torch's ``MemTracker`` sees).
 
 from __future__ import annotations
 
+import math
+
 from ..methods import group_workspace_bytes
 from ..methods.layout import OptimizerDefaults
 
 
-def step_workspace(tensors, opts: OptimizerDefaults, param_dtype: str | None = None) -> tuple[int, int]:
+def step_workspace(tensors, opts: OptimizerDefaults, param_dtype: str | None = None,
+                   master_weights: bool = False) -> tuple[int, int]:
     """(bytes with kernel scratch, bytes without) of the optimizer step over ``tensors``: (shape, dtype, method
     config, kernel-variant options) of every trainable tensor in parameter order; ``param_dtype`` overrides the
-    dtypes."""
+    dtypes. With ``master_weights`` a 16-bit tensor is stepped alone on its fp32 master with a float32 copy of its
+    gradient (``optimizers.torch.base.SketchplanOptimizer.on_masters``): its transients are a float32 tensor's
+    plus that copy."""
+    from .memory import MASTER_DTYPES
+
     groups: dict[tuple, list[tuple[tuple[int, ...], str]]] = {}
     for shape, dtype, cfg, options in tensors:
         groups.setdefault((cfg, tuple(sorted(options.items()))), []).append((tuple(shape), param_dtype or dtype))
     with_scratch = without = 0
     for (cfg, variant), tensors in groups.items():
         o = opts.model_copy(update=dict(variant)) if variant else opts
-        with_scratch = max(with_scratch, group_workspace_bytes(tensors, cfg, o, scratch=True))
-        without = max(without, group_workspace_bytes(tensors, cfg, o, scratch=False))
+        alone = [t for t in tensors if master_weights and t[1] in MASTER_DTYPES]
+        together = [t for t in tensors if t not in alone] if alone else tensors
+        if together:
+            with_scratch = max(with_scratch, group_workspace_bytes(together, cfg, o, scratch=True))
+            without = max(without, group_workspace_bytes(together, cfg, o, scratch=False))
+        for shape, _ in alone:
+            copy = 4 * math.prod(shape)
+            with_scratch = max(with_scratch, group_workspace_bytes([(shape, "float32")], cfg, o, scratch=True) + copy)
+            without = max(without, group_workspace_bytes([(shape, "float32")], cfg, o, scratch=False) + copy)
     return with_scratch, without

@@ -7,12 +7,18 @@ different tensors (``factory.build_optimizer``) while LR schedulers, ``zero_grad
 ``Shampoo``, ``Sketchy``, ...) are this optimizer with one group default.
 
 Each method registers a ``MethodRule`` (its update rule). State is allocated lazily, on a tensor's first step,
-from the method's layout (``state.allocate``) — nothing else is kept per tensor except the Python int ``step``.
+from the method's layout (``state.allocate``) — nothing else is kept per tensor except the Python int ``step``
+and, in a group with ``master_weights=True``, the fp32 master copy of each 16-bit (bfloat16/float16) parameter,
+``state[p]["master"]`` (Micikevicius et al. 2018, "Mixed precision training"): such a parameter is stepped one
+tensor at a time on its master, with its gradient cast to float32, and the master is written back rounded to the
+parameter's dtype. The master is part of ``state_dict()`` (so checkpoints resume bit-exact) but not of the
+method's layout: the planner counts it as master weights (``planner.memory.Precision.master_bytes``).
 """
 
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from typing import Callable, Iterable
 
 import torch
@@ -26,6 +32,14 @@ from .state import allocate, set_identities
 
 METHOD_KEYS = tuple(MethodConfig.model_fields)
 DEFAULT_KEYS = tuple(OptimizerDefaults.model_fields)
+#: The state key of a parameter's fp32 master copy, and the parameter dtypes that get one.
+MASTER_KEY = "master"
+MASTER_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def method_state_bytes(state: dict) -> int:
+    """Bytes of a parameter's optimizer state as the method's layout counts them (the master copy excluded)."""
+    return sum(v.numel() * v.element_size() for k, v in state.items() if torch.is_tensor(v) and k != MASTER_KEY)
 
 
 class MethodRule:
@@ -99,8 +113,11 @@ class SketchplanOptimizer(torch.optim.Optimizer):
     ``cfg`` and ``opts`` give the defaults of every group.
     """
 
-    def __init__(self, params: Iterable, cfg: MethodConfig, opts: OptimizerDefaults):
-        super().__init__(params, group_options(cfg, opts))
+    def __init__(self, params: Iterable, cfg: MethodConfig, opts: OptimizerDefaults, master_weights: bool = False):
+        self._key: dict[int, torch.Tensor] = {}  # id(a tensor stepped in a parameter's place) → the parameter
+        defaults = group_options(cfg, opts)
+        defaults["master_weights"] = master_weights
+        super().__init__(params, defaults)
         self._warned_nonfinite = False
 
     @torch.no_grad()
@@ -113,11 +130,65 @@ class SketchplanOptimizer(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if params:
                 cfg, opts = group_config(group)
-                if is_compressed(cfg):
-                    self._step_compressed(params, cfg, opts)
-                else:
-                    RULES[cfg.method].step(self, params, cfg, opts)
+                for batch in self.master_batches(params, group):
+                    with self.on_masters(batch, group) as views:
+                        if is_compressed(cfg):
+                            self._step_compressed(views, cfg, opts)
+                        else:
+                            RULES[cfg.method].step(self, views, cfg, opts)
         return loss
+
+    # ---- master weights (module docstring) ----
+
+    def wants_master(self, group: dict, p: torch.Tensor) -> bool:
+        return bool(group.get("master_weights")) and p.dtype in MASTER_DTYPES
+
+    def master_batches(self, params: list[torch.Tensor], group: dict) -> list[list[torch.Tensor]]:
+        """The parameters in the batches they are stepped in: 16-bit ones with a master copy one at a time (one
+        fp32 gradient copy alive at a time), the others together."""
+        plain = [p for p in params if not self.wants_master(group, p)]
+        return ([plain] if plain else []) + [[p] for p in params if self.wants_master(group, p)]
+
+    def master_of(self, p: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """The fp32 master copy of ``p`` (the parameter or its local shard), kept in ``state[key]``; made from
+        ``p`` on first use."""
+        state = self.state[key]
+        if MASTER_KEY not in state:
+            state[MASTER_KEY] = p.detach().to(torch.float32, copy=True)
+        return state[MASTER_KEY]
+
+    @contextmanager
+    def on_masters(self, params: list[torch.Tensor], group: dict, keys: list[torch.Tensor] | None = None):
+        """Yield the tensors a rule steps in place of ``params``: each 16-bit parameter's fp32 master, its
+        ``.grad`` the parameter's gradient cast to float32, keyed to the parameter's state (``keys``: the tensors
+        that key it, default ``params``); the others themselves. Afterwards the masters are written back, rounded
+        to the parameter's dtype."""
+        keys = keys or params
+        views, pairs = [], []
+        for p, key in zip(params, keys):
+            if not self.wants_master(group, p):
+                views.append(p)
+                continue
+            m = self.master_of(p, key)
+            m.grad = p.grad.to(torch.float32)
+            self._key[id(m)] = key
+            views.append(m)
+            pairs.append((p, m))
+        try:
+            yield views
+            for p, m in pairs:
+                p.copy_(m)
+        finally:
+            for _, m in pairs:
+                m.grad = None
+                self._key.pop(id(m), None)
+
+    def allocate_masters(self) -> None:
+        """Allocate every master copy this process keeps (checkpoint loading)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if self.wants_master(group, p):
+                    self.master_of(p, p)
 
     def _step_compressed(self, params: list[torch.Tensor], cfg: MethodConfig, opts: OptimizerDefaults) -> None:
         """Compressed state (``methods.compression``): one tensor at a time, its stored moments decoded for the
@@ -134,7 +205,7 @@ class SketchplanOptimizer(torch.optim.Optimizer):
         """The state of ``p``, allocated from the method's layout on first use."""
         param = self.state_key(p)
         state = self.state[param]
-        if not state:
+        if "step" not in state:
             rule = RULES[cfg.method]
             shape = tuple(p.shape)
             state.update(allocate(self.local_layout(param, state_layout(shape, cfg, opts)), p.device))
@@ -144,8 +215,9 @@ class SketchplanOptimizer(torch.optim.Optimizer):
         return state
 
     def state_key(self, p: torch.Tensor) -> torch.Tensor:
-        """The tensor that keys ``p``'s state (the parameter itself; the distributed optimizer maps local views)."""
-        return p
+        """The tensor that keys ``p``'s state: the parameter itself, or the parameter whose master copy or local
+        shard (the distributed optimizer) ``p`` is."""
+        return self._key.get(id(p), p)
 
     def local_layout(self, param: torch.Tensor, layout: list[StateTensor]) -> list[StateTensor]:
         """The part of ``layout`` this process keeps (all of it; the distributed optimizer keeps its blocks)."""
@@ -157,6 +229,7 @@ class SketchplanOptimizer(torch.optim.Optimizer):
             cfg, opts = group_config(group)
             for p in group["params"]:
                 self.state_for(p, cfg, opts)
+        self.allocate_masters()
 
     def sanitize(self, grads: list[torch.Tensor], skips: list[torch.Tensor], step: int,
                  opts: OptimizerDefaults) -> list[torch.Tensor]:

@@ -17,6 +17,22 @@ parameters without another collective), on the tensor's owner rank under ZeRO, w
 ``all_gather`` of the updated parameters. Adam and extreme tensoring have no blocks: under DDP every rank steps
 them, under ZeRO their owner does.
 
+**ZeRO-2** (the model is *not* wrapped in ``DistributedDataParallel``): every tensor has one owner rank
+(``TensorEntry.owner``; the planner assigns whole tensors, ``planner.parallel``), which keeps all of its blocks,
+its element-wise state, its master copy and its gradient. The optimizer registers a post-accumulate-grad hook on
+every parameter: as soon as backward has accumulated a gradient, it is ``dist.reduce``d (sum) to the owner, which
+divides it by the world size, and freed (``p.grad = None``) on every other rank. So after backward each rank holds
+exactly the gradients of the tensors it owns; one gradient it does not own is alive at a time, while it is
+reduced. The owner computes the tensor's direction and update alone (no direction exchange), then the owners
+broadcast the updated parameters as under ZeRO-1. Parameters stay replicated: the optimizer broadcasts rank 0's
+parameters when it is built (as ``DistributedDataParallel`` does when it wraps a model). One backward per
+``step()``: gradient accumulation over micro-batches would add a local gradient to an already reduced one, so a
+second backward before ``step()`` is refused. Gradients set by hand (no backward) are reduced by ``step()``.
+
+**Master weights** (``master_weights`` in the plan, 16-bit parameters): the rank that applies a tensor's update
+keeps its fp32 master copy (``state[p]["master"]``, ``SketchplanOptimizer.on_masters``): every rank under DDP,
+the owner under ZeRO, the local shard under FSDP2/HSDP.
+
 Host synchronisation: none beyond the single-process rules' (collectives are enqueued, not waited on by the
 host, on accelerators).
 """
@@ -53,6 +69,7 @@ class Placement:
     rank: int
     world: int
     group: object = None
+    kind: str = ""  # the plan's parallelism (ddp, zero1, zero2, fsdp, hsdp)
     owners: dict[int, list[int]] = field(default_factory=dict)
     rest_owner: dict[int, int] = field(default_factory=dict)
 
@@ -61,15 +78,72 @@ class DistributedSketchplanOptimizer(SketchplanOptimizer):
     """``SketchplanOptimizer`` with a ``Placement`` (module docstring). Built by ``sketchplan.build_optimizer``
     from a plan made for the running process group; ``state_dict()`` holds this rank's state only."""
 
-    def __init__(self, params, cfg: MethodConfig, opts: OptimizerDefaults, placement: Placement):
-        super().__init__(params, cfg, opts)
+    def __init__(self, params, cfg: MethodConfig, opts: OptimizerDefaults, placement: Placement,
+                 master_weights: bool = False):
+        super().__init__(params, cfg, opts, master_weights)
         self.placement = placement
-        self._key: dict[int, torch.Tensor] = {}  # id(local view) → the parameter that keys the state
+        self._reduced: set[int] = set()  # ZeRO-2: parameters whose gradient this backward has reduced
+        self._hooks = []
+        if placement.kind == "zero2":
+            self._sync_params()
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self._hooks.append(p.register_post_accumulate_grad_hook(self._reduce_grad))
+
+    # ---- ZeRO-2 gradients (module docstring) ----
+
+    def _global(self, r: int) -> int:
+        pl = self.placement
+        return dist.get_global_rank(pl.group, r) if pl.group is not None else r
+
+    def _sync_params(self) -> None:
+        """Every rank starts from rank 0's parameters (as ``DistributedDataParallel`` does when it wraps a model)."""
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    dist.broadcast(p.data, src=self._global(0), group=self.placement.group)
+
+    def _reduce_grad(self, p: torch.Tensor) -> None:
+        """Sum ``p``'s gradient onto its owner rank, which averages it; every other rank frees its copy."""
+        from ...errors import UserError
+
+        pl = self.placement
+        if id(p) in self._reduced:
+            raise UserError("a zero2 optimizer reduces each gradient during backward, so a second backward before "
+                            "optimizer.step() would add to an already reduced gradient; call step() (and zero_grad) "
+                            "after every backward, or plan --parallelism zero1 to accumulate micro-batches.")
+        owner = pl.rest_owner[id(p)]
+        with torch.no_grad():
+            dist.reduce(p.grad, dst=self._global(owner), op=dist.ReduceOp.SUM, group=pl.group)
+            if owner == pl.rank:
+                p.grad.div_(pl.world)
+            else:
+                p.grad = None
+        self._reduced.add(id(p))
+
+    def remove_hooks(self) -> None:
+        """Remove the ZeRO-2 gradient hooks from the parameters (the optimizer then no longer reduces)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def _active_zero2(self) -> set[int]:
+        """ZeRO-2: the parameters stepped now: those backward reduced, plus any gradient set by hand (reduced
+        here, in parameter order, which every rank shares); the record is cleared for the next backward."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if id(p) not in self._reduced and p.grad is not None:
+                    self._reduce_grad(p)
+        active, self._reduced = self._reduced, set()
+        return active
 
     # ---- state ----
 
-    def state_key(self, p: torch.Tensor) -> torch.Tensor:
-        return self._key.get(id(p), p)
+    def solo(self, p: torch.Tensor) -> bool:
+        """True when one rank owns all of ``p``'s blocks and its element-wise state (ZeRO; every tensor under
+        ZeRO-2): that rank alone computes and applies its direction, no exchange."""
+        r = self.placement.rest_owner.get(id(p))
+        return r is not None and all(o == r for o in self.placement.owners.get(id(p), []))
 
     def local_layout(self, param: torch.Tensor, layout: list) -> list:
         """Owner placement: only the blocks (and element-wise state) this rank owns; shard placement: all of the
@@ -95,8 +169,19 @@ class DistributedSketchplanOptimizer(SketchplanOptimizer):
                         self.state_for(local, cfg, opts)
                     finally:
                         self._key.pop(id(local), None)
-                elif matrix or self.keeps_rest(p):
+                elif (matrix and not self.solo(p)) or self.keeps_rest(p):
                     self.state_for(p, cfg, opts)
+        self.allocate_masters()
+
+    def allocate_masters(self) -> None:
+        """The master copies this rank keeps: its local shards' (FSDP2), else those of the tensors it updates."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                local = local_tensor(p)
+                if not self.wants_master(group, local) or local.numel() == 0:
+                    continue
+                if self.placement.mode == "shard" or self.keeps_rest(p):
+                    self.master_of(local, p)
 
     def keeps_rest(self, p: torch.Tensor) -> bool:
         return self.placement.rest_owner.get(id(p), self.placement.rank) == self.placement.rank
@@ -130,7 +215,9 @@ class DistributedSketchplanOptimizer(SketchplanOptimizer):
                 views.append(local)
             if views:
                 try:
-                    RULES[cfg.method].step(self, views, cfg, opts)
+                    for batch in self.master_batches(views, group):
+                        with self.on_masters(batch, group, [self._key[id(v)] for v in batch]) as stepped:
+                            RULES[cfg.method].step(self, stepped, cfg, opts)
                 finally:
                     for v in views:
                         v.grad = None
@@ -139,31 +226,42 @@ class DistributedSketchplanOptimizer(SketchplanOptimizer):
     def _owner_step(self) -> None:
         pl = self.placement
         shared = []  # tensors whose updated values the owners share (ZeRO)
+        active = self._active_zero2() if pl.kind == "zero2" else None
         for group in self.param_groups:
             cfg, opts = group_config(group)
-            params = [p for p in group["params"] if p.grad is not None]
+            if active is None:
+                params = [p for p in group["params"] if p.grad is not None]
+            else:  # ZeRO-2: only owners hold a gradient; every rank knows which tensors backward reduced
+                params = [p for p in group["params"] if id(p) in active]
             if not params:
                 continue
             rule = RULES[cfg.method]
+            shared += [p for p in params if id(p) in pl.rest_owner]
             if not isinstance(rule, MatrixRule):
                 mine = [p for p in params if self.keeps_rest(p)]
-                if mine:
-                    rule.step(self, mine, cfg, opts)
-                shared += [p for p in params if id(p) in pl.rest_owner]
+                for batch in self.master_batches(mine, group):
+                    with self.on_masters(batch, group) as stepped:
+                        rule.step(self, stepped, cfg, opts)
                 continue
-            states = [self.state_for(p, cfg, opts) for p in params]
+            work = [p for p in params if not self.solo(p) or self.keeps_rest(p)]  # a solo tensor: its owner only
+            if not work:
+                continue
+            states = [self.state_for(p, cfg, opts) for p in work]
             for s in states:
                 s["step"] += 1
             skips = [s["nonfinite_skips"] if "nonfinite_skips" in s else
-                     torch.zeros((), dtype=torch.int32, device=p.device) for p, s in zip(params, states)]
-            grads = self.sanitize([p.grad for p in params], skips, states[0]["step"], opts)
-            for p, g, s in zip(params, grads, states):
+                     torch.zeros((), dtype=torch.int32, device=p.device) for p, s in zip(work, states)]
+            grads = self.sanitize([p.grad for p in work], skips, states[0]["step"], opts)
+            for p, g, s in zip(work, grads, states):
                 # one exchange per tensor: its buffers are the largest tensor's, not the model's
                 item = self._own_blocks(rule, p, g, s, cfg, opts)
-                self._finish(item, self._exchange_directions([item])[0])
+                item["group"] = group
+                if self.solo(p):  # this rank owns every block: its own directions, nothing to exchange
+                    blocks = {gi: d.to(item["g"].dtype) for gi, d in item["mine"].items()}
+                else:
+                    blocks = self._exchange_directions([item])[0]
+                self._finish(item, blocks)
                 del item
-                if id(p) in pl.rest_owner:
-                    shared.append(p)
         if shared:
             self._exchange_params(shared)
 
@@ -278,7 +376,12 @@ class DistributedSketchplanOptimizer(SketchplanOptimizer):
                         for gi, ab in enumerate(a_blocks)]
             direction = from_blocks(d_blocks, groups, mp.merged).reshape(p.shape)
         update = apply_momentum(state, direction, opts.betas[0], opts.nesterov)
-        apply_update(p, update, opts.lr, opts.weight_decay)
+        if self.wants_master(item["group"], p):  # step the fp32 master, write it back rounded
+            master = self.master_of(p, p)
+            apply_update(master, update, opts.lr, opts.weight_decay)
+            p.copy_(master)
+        else:
+            apply_update(p, update, opts.lr, opts.weight_decay)
 
     def _exchange_params(self, params: list[torch.Tensor]) -> None:
         """ZeRO: each owner broadcasts its updated tensors, packed in one flat buffer per owner rank (one buffer of
@@ -339,6 +442,10 @@ def check_running(kind: str, world: int, shard_group: int | None, params: list[t
         raise UserError(f"the plan was made for {world} ranks ({kind}) but torch.distributed is not initialized; "
                         "start the script with torchrun (init_process_group), or plan with --world-size 1.")
     if kind in OWNER_KINDS:
+        if kind == "zero2" and wrapped_ddp:
+            raise UserError("a zero2 plan reduces each gradient to its owner rank itself; pass the model unwrapped "
+                            "(no DistributedDataParallel, which would keep whole gradients on every rank) to "
+                            "build_optimizer and train it as it is.")
         if running != world:
             raise UserError(f"the plan was made for world size {world} but the process group has {running} ranks; "
                             f"regenerate it with --world-size {running}.")
@@ -363,25 +470,19 @@ def check_running(kind: str, world: int, shard_group: int | None, params: list[t
 
 def build_distributed(param_groups: list[dict], cfg: MethodConfig, opts: OptimizerDefaults, *, kind: str,
                       world: int, names: dict[int, str], owners: dict[str, list[int]], rest_owner: dict[str, int],
-                      process_group=None) -> DistributedSketchplanOptimizer:
+                      process_group=None, master_weights: bool = False) -> DistributedSketchplanOptimizer:
     """The distributed optimizer for a plan made for ``kind`` on ``world`` ranks (call ``check_running`` first).
-    ``names``: id(param) → plan name; ``owners`` / ``rest_owner``: the plan's block and element-wise owners."""
+    ``names``: id(param) → plan name; ``owners`` / ``rest_owner``: the plan's block and element-wise owners;
+    ``master_weights``: keep fp32 master copies of 16-bit parameters (module docstring)."""
     from ...errors import UserError
     from ...methods import state_layout
     from ...methods.placement import block_counts
 
     rank = dist.get_rank(process_group)
-    if kind == "zero2" and rank == 0:
-        import warnings
-
-        warnings.warn("sketchplan runs a zero2 plan on DistributedDataParallel: optimizer state and master weights "
-                      "are placed as planned, but DDP keeps whole gradients on every rank (the plan counts 1/N); "
-                      "for sharded gradients shard the model with fully_shard and plan --parallelism fsdp.",
-                      RuntimeWarning, stacklevel=3)
     if kind in SHARD_KINDS:
-        placement = Placement("shard", rank, world, process_group)
+        placement = Placement("shard", rank, world, process_group, kind=kind)
     else:
-        placement = Placement("owner", rank, world, process_group)
+        placement = Placement("owner", rank, world, process_group, kind=kind)
         for g in param_groups:
             gcfg, gopts = group_config({**{k: v for k, v in g.items() if k != "params"}})
             if gcfg.method == "soap" or gcfg.packed:  # issue 19b
@@ -400,4 +501,7 @@ def build_distributed(param_groups: list[dict], cfg: MethodConfig, opts: Optimiz
                     if name not in rest_owner:
                         raise UserError(f"tensor {name!r} has no owner rank in the {kind} plan; regenerate it.")
                     placement.rest_owner[id(p)] = rest_owner[name]
-    return DistributedSketchplanOptimizer(param_groups, cfg, opts, placement)
+                if kind == "zero2" and any(r != rest_owner[name] for r in got):
+                    raise UserError(f"tensor {name!r} has blocks on several ranks, which a zero2 plan never "
+                                    "assigns; regenerate the plan.")
+    return DistributedSketchplanOptimizer(param_groups, cfg, opts, placement, master_weights)
