@@ -1,7 +1,7 @@
 """Step time and per-device state bytes of the optax transformations on a 4-device CPU mesh, against
 ``optax.adamw`` on the same mesh and against the same transformation unsharded (all arrays on one device).
 
-    python benchmarks/jax_mesh.py [--rounds 7] [--steps 10]     → benchmarks/results/jax_mesh.md
+    python benchmarks/jax_mesh.py [--rounds 7] [--steps 10] [--only NAME,...]     → benchmarks/results/jax_mesh.md
 
 Model: a 4-layer MLP's parameters (4 × (512, 512) kernels split over ("data", "model") = (2, 2) on explicit
 axes, biases split on "model"), gradients random and fixed. Each round times ``--steps`` jitted steps of every
@@ -26,7 +26,7 @@ import optax  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from sketchplan.optimizers.jax import adam, blocked_shampoo, sketchy  # noqa: E402
+from sketchplan.optimizers.jax import adafactor, adam, blocked_shampoo, lion, muon, sketchy, soap  # noqa: E402
 
 D, LAYERS = 512, 4
 CONFIGS = {
@@ -34,6 +34,11 @@ CONFIGS = {
     "sketchplan adam": lambda: adam(1e-3),
     "blocked_shampoo B=128": lambda: blocked_shampoo(1e-3, block_size=128, precondition_frequency=10),
     "sketchy r=16 B=128": lambda: sketchy(1e-3, rank=16, block_size=128),
+    "soap B=128 packed": lambda: soap(3e-3, block_size=128, packed=True, precondition_frequency=10),
+    "adafactor": lambda: adafactor(1e-2),
+    "lion int8 momentum": lambda: lion(1e-4, momentum="int8"),
+    "muon": lambda: muon(1e-3),
+    "adam int8 (8-bit)": lambda: adam(1e-3, compress="int8", momentum="int8"),
 }
 
 
@@ -89,7 +94,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "jax_mesh.md"))
+    ap.add_argument("--only", default=None, help="comma-separated configuration names (optax.adamw always runs)")
     args = ap.parse_args()
+    if args.only:
+        keep = {"optax.adamw", *args.only.split(",")}
+        for name in [n for n in CONFIGS if n not in keep]:
+            del CONFIGS[name]
     mesh = jax.make_mesh((2, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
     runners = {(n, "mesh"): Runner(n, mesh) for n in CONFIGS}
     runners.update({(n, "one device"): Runner(n, None) for n in CONFIGS if n != "optax.adamw"})

@@ -33,7 +33,7 @@ MESH = {"data": 2, "model": 2}
 #: scalar and an odd-sized matrix nothing divides (its factors stay replicated: 5 and 3 are not multiples of 4).
 SHAPES = {"w": (16, 8), "v": (12, 8), "k": (8, 4, 6), "b": (8,), "s": (), "odd": (5, 3)}
 SPECS = {"w": ("data", "model"), "v": (None, "model"), "k": ("data",), "b": ("model",), "s": (), "odd": ()}
-MATRIX = dict(merge_dims=8, precondition_frequency=2, shampoo_eps=1e-6, start_preconditioning_step=3)
+MATRIX = dict(merge_dims=8, precondition_frequency=2, shampoo_eps=1e-4, start_preconditioning_step=3)
 METHODS = {
     "adam": (lambda: jx.adam(1e-2, weight_decay=0.01), "adam", {}),
     "shampoo": (lambda: jx.shampoo(1e-2, **MATRIX), "shampoo", {}),
