@@ -17,10 +17,16 @@ Each module (``adam``, ``shampoo``, ``blocked_shampoo``, ``sketchy``, ``extreme_
 The options themselves (``MethodConfig`` per tensor, ``OptimizerDefaults`` per plan) live in ``layout``;
 merging and blocking of shapes (ALGORITHMS.md §0) in ``blocking``; compressed storage of moments (bfloat16,
 8-bit blockwise), which applies to every method around its own layout, in ``compression``. Nothing here imports torch, JAX or numpy.
+
+The dispatchers below (``state_layout``, ``workspace_of``, ``kernel_calls``) are pure functions of hashable
+arguments (shapes, frozen ``MethodConfig``/``OptimizerDefaults``), so each remembers its last ``MEMO_SIZE``
+answers: a plan asks about the same (shape, configuration) many times (every tensor of a repeated layer, every
+what-if, the solver's re-checks), and the answer is the same arithmetic each time.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from types import ModuleType
 
 from . import adam, blocked_shampoo, extreme_tensoring, kradagrad, shampoo, sketchy
@@ -55,6 +61,13 @@ METHOD_MODULES: dict[str, ModuleType] = {
 }
 METHOD_MODULES["soap"] = soap  # issue 19b
 
+#: answers each dispatcher remembers (a GPT-2 plan asks about ~10^4 distinct (shape, configuration) pairs)
+MEMO_SIZE = 1 << 16
+
+
+def _dims(shape) -> tuple[int, ...]:
+    return tuple(int(d) for d in shape)
+
 
 def plain_layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
     """The layout the method's rule computes on: ``state_layout`` with compressed tensors decoded
@@ -65,7 +78,12 @@ def plain_layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
 def state_layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
     """The exact state tensors ``cfg.method`` allocates for a parameter of ``shape`` (compressed moments stored as
     ``methods.compression`` says)."""
-    return stored_layout(plain_layout(shape, cfg, opts), cfg)
+    return list(_state_layout(_dims(shape), cfg, opts))
+
+
+@lru_cache(maxsize=MEMO_SIZE)
+def _state_layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> tuple[StateTensor, ...]:
+    return tuple(stored_layout(plain_layout(shape, cfg, opts), cfg))
 
 
 def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
@@ -78,7 +96,12 @@ def workspace_of(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
     """``workspace_bytes`` for a parameter of ``param_dtype``; ``scratch=False`` leaves out kernels' internal work
     buffers (the tensor-level figure torch's ``MemTracker`` sees). With compressed state: the rule's own figure on
     the plain configuration on top of the decoded copies, or the encode-back (``compression.workspace_extra``)."""
-    shape = tuple(int(d) for d in shape)
+    return _workspace_of(_dims(shape), cfg, opts, param_dtype, scratch)
+
+
+@lru_cache(maxsize=MEMO_SIZE)
+def _workspace_of(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, param_dtype: str,
+                  scratch: bool) -> int:
     plain = plain_config(cfg)
     ws = METHOD_MODULES[cfg.method].workspace_bytes(shape, plain, opts, param_dtype, scratch)
     if plain is cfg:
@@ -104,14 +127,18 @@ def group_workspace_bytes(tensors: list[tuple[tuple[int, ...], str]], cfg: Metho
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list:
     """The kernel calls one step of ``cfg.method`` makes for a parameter of ``shape`` (``kernels.calls``): the
     method's on the plain configuration, plus decoding and encoding its compressed tensors."""
+    return list(_kernel_calls(_dims(shape), cfg, opts))
+
+
+@lru_cache(maxsize=MEMO_SIZE)
+def _kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> tuple:
     from ..kernels.calls import pointwise
     from .compression import coded, quantisation_passes
 
-    shape = tuple(int(d) for d in shape)
     calls = METHOD_MODULES[cfg.method].kernel_calls(shape, plain_config(cfg), opts)
     if is_compressed(cfg):
         calls = calls + [pointwise(t.numel, quantisation_passes(c)) for t, c in coded(plain_layout(shape, cfg, opts), cfg)]
-    return calls
+    return tuple(calls)
 
 
 def initial_identity(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> dict[str, float]:

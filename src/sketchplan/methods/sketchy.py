@@ -22,7 +22,7 @@ from .blocking import MatrixPlan, cached_plan, matrix_plan
 from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor
 from .step_calls import matrix_frame_calls, unfold_copies
-from .transients import Live, matrix_step, mode_products, safe_eigh, svd_scratch_bytes, unfold_copy
+from .transients import Live, matrix_step, mode_products, replayed, safe_eigh, svd_scratch_bytes, unfold_copy
 
 NAME = "sketchy"
 MATRIX = True
@@ -167,6 +167,7 @@ def subspace_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> 
     return left + new
 
 
+@replayed
 def fd_transients(live: Live, count: int, d: int, k: int, m: int, sb: int, variant: str) -> int:
     """``kernels.torch.frequent_directions.fd_update`` on (count, d, ·) blocks with m new columns: replays the
     variant's tensors (and its LAPACK/cuSOLVER scratch when the replay counts it) and returns the bytes of the
