@@ -255,6 +255,7 @@ def safe_eigh(live: Live, count: int, d: int, sb: int) -> int:
     return ev
 
 
+@replayed
 def eigh_roots(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
     """Refresh of every axis's root by ``symmetric_power``; each result stays alive until the next axis's."""
     prev = 0
