@@ -2,7 +2,7 @@
 
 - ``methods.transients.replayed``: a memoised replay step applied to a counter at any state leaves the same
   (live bytes, high-water mark) as running the step itself (random steps, random starting states);
-- the memoised dispatchers hand out copies (a caller editing its list cannot change the next answer);
+- layouts and kernel calls come as fresh lists (a caller editing its list cannot change the next answer);
 - ``make_plan`` pauses the cyclic garbage collector only while it runs, also when it raises.
 """
 
@@ -60,7 +60,7 @@ def test_replayed_step_leaves_the_counter_as_the_step_itself(scratch):
         assert (memo.now, memo.peak) == (plain.now, plain.peak)
 
 
-def test_memoised_layouts_and_calls_are_handed_out_as_copies():
+def test_layouts_and_calls_come_as_fresh_lists():
     rng = random.Random()
     shape = (rng.randrange(2, 300), rng.randrange(2, 300))
     cfg, opts = MethodConfig(method="sketchy", rank=rng.choice([4, 8])), OptimizerDefaults()

@@ -18,10 +18,12 @@ The options themselves (``MethodConfig`` per tensor, ``OptimizerDefaults`` per p
 merging and blocking of shapes (ALGORITHMS.md §0) in ``blocking``; compressed storage of moments (bfloat16,
 8-bit blockwise), which applies to every method around its own layout, in ``compression``. Nothing here imports torch, JAX or numpy.
 
-The dispatchers below (``state_layout``, ``workspace_of``, ``kernel_calls``) are pure functions of hashable
-arguments (shapes, frozen ``MethodConfig``/``OptimizerDefaults``), so each remembers its last ``MEMO_SIZE``
-answers: a plan asks about the same (shape, configuration) many times (every tensor of a repeated layer, every
-what-if, the solver's re-checks), and the answer is the same arithmetic each time.
+``workspace_of`` is a pure function of hashable arguments (shapes, frozen ``MethodConfig``/``OptimizerDefaults``)
+and remembers its last ``MEMO_SIZE`` answers (small integers): a plan asks for the same (shape, configuration)
+many times (every tensor of a repeated layer, every what-if, each re-check of the solver's choice), and the answer
+is the same replay each time. Layouts and kernel calls are not memoised: the planner asks for each once per
+candidate (the step timer keeps its own answers), and keeping their ~10^5 small objects alive would make every
+garbage collection walk them.
 """
 
 from __future__ import annotations
@@ -78,12 +80,7 @@ def plain_layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
 def state_layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
     """The exact state tensors ``cfg.method`` allocates for a parameter of ``shape`` (compressed moments stored as
     ``methods.compression`` says)."""
-    return list(_state_layout(_dims(shape), cfg, opts))
-
-
-@lru_cache(maxsize=MEMO_SIZE)
-def _state_layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> tuple[StateTensor, ...]:
-    return tuple(stored_layout(plain_layout(shape, cfg, opts), cfg))
+    return stored_layout(plain_layout(shape, cfg, opts), cfg)
 
 
 def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> int:
@@ -127,18 +124,14 @@ def group_workspace_bytes(tensors: list[tuple[tuple[int, ...], str]], cfg: Metho
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list:
     """The kernel calls one step of ``cfg.method`` makes for a parameter of ``shape`` (``kernels.calls``): the
     method's on the plain configuration, plus decoding and encoding its compressed tensors."""
-    return list(_kernel_calls(_dims(shape), cfg, opts))
-
-
-@lru_cache(maxsize=MEMO_SIZE)
-def _kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> tuple:
     from ..kernels.calls import pointwise
     from .compression import coded, quantisation_passes
 
+    shape = _dims(shape)
     calls = METHOD_MODULES[cfg.method].kernel_calls(shape, plain_config(cfg), opts)
     if is_compressed(cfg):
         calls = calls + [pointwise(t.numel, quantisation_passes(c)) for t, c in coded(plain_layout(shape, cfg, opts), cfg)]
-    return tuple(calls)
+    return calls
 
 
 def initial_identity(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> dict[str, float]:

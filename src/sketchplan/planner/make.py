@@ -246,9 +246,9 @@ def _without_gc(fn):
     """Run ``fn`` with Python's cyclic garbage collector paused (restored after, whatever happens).
 
     Planning allocates ~10^6 short-lived objects and creates no reference cycles worth collecting, while the
-    memoised layouts, workspaces and kernel calls (``sketchplan.methods``) keep ~10^4 live ones: each automatic
-    full collection walks all of them, which cost a GPT-2 plan ~30% of its candidate evaluation. Nothing is
-    leaked: cycles made meanwhile are collected by the next collection after the collector is back on.
+    models, candidates and memos it builds stay alive: each automatic full collection walks all of them again
+    (with the memos, ~30% of a GPT-2 plan's candidate evaluation). Nothing is leaked: cycles made meanwhile are
+    collected by the next collection after the collector is back on.
     """
     @functools.wraps(fn)
     def run(*args, **kwargs):
