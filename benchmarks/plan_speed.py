@@ -146,7 +146,8 @@ def main() -> None:
             rows.append((model, budget, len(spec.params), len({p.shape for p in spec.trainable}),
                          statistics.median(plan_times), cold, warm, plan.solver.status, plan.solver.gap))
     head = (f"Measured on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}; medians of {REPS} runs.\n\n")
+            f"Python {platform.python_version()}; medians of {REPS} runs. Planning: ``make_plan`` called {REPS} times in "
+            "one process (the memos are warm after the first call); whole CLI: fresh processes.\n\n")
     table = ["| model | budget | tensors | distinct shapes | planning (s) | whole CLI, cold cache (s) | "
              "whole CLI, warm cache (s) | solver | gap |",
              "|---|---|---|---|---|---|---|---|---|"]
