@@ -17,10 +17,18 @@ Each module (``adam``, ``shampoo``, ``blocked_shampoo``, ``sketchy``, ``extreme_
 The options themselves (``MethodConfig`` per tensor, ``OptimizerDefaults`` per plan) live in ``layout``;
 merging and blocking of shapes (docs/algorithms.md, Shapes) in ``blocking``; compressed storage of moments (bfloat16,
 8-bit blockwise), which applies to every method around its own layout, in ``compression``. Nothing here imports torch, JAX or numpy.
+
+``workspace_of`` is a pure function of hashable arguments (shapes, frozen ``MethodConfig``/``OptimizerDefaults``)
+and remembers its last ``MEMO_SIZE`` answers (small integers): a plan asks for the same (shape, configuration)
+many times (every tensor of a repeated layer, every what-if, each re-check of the solver's choice), and the answer
+is the same replay each time. Layouts and kernel calls are not memoised: the planner asks for each once per
+candidate (the step timer keeps its own answers), and keeping their ~10^5 small objects alive would make every
+garbage collection walk them.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from types import ModuleType
 
 from . import adam, blocked_shampoo, extreme_tensoring, kradagrad, shampoo, sketchy
@@ -55,6 +63,13 @@ METHOD_MODULES: dict[str, ModuleType] = {
 }
 METHOD_MODULES["soap"] = soap  # issue 19b
 
+#: answers each dispatcher remembers (a GPT-2 plan asks about ~10^4 distinct (shape, configuration) pairs)
+MEMO_SIZE = 1 << 16
+
+
+def _dims(shape) -> tuple[int, ...]:
+    return tuple(int(d) for d in shape)
+
 
 def plain_layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
     """The layout the method's rule computes on: ``state_layout`` with compressed tensors decoded
@@ -78,7 +93,12 @@ def workspace_of(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
     """``workspace_bytes`` for a parameter of ``param_dtype``; ``scratch=False`` leaves out kernels' internal work
     buffers (the tensor-level figure torch's ``MemTracker`` sees). With compressed state: the rule's own figure on
     the plain configuration on top of the decoded copies, or the encode-back (``compression.workspace_extra``)."""
-    shape = tuple(int(d) for d in shape)
+    return _workspace_of(_dims(shape), cfg, opts, param_dtype, scratch)
+
+
+@lru_cache(maxsize=MEMO_SIZE)
+def _workspace_of(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, param_dtype: str,
+                  scratch: bool) -> int:
     plain = plain_config(cfg)
     ws = METHOD_MODULES[cfg.method].workspace_bytes(shape, plain, opts, param_dtype, scratch)
     if plain is cfg:
@@ -107,7 +127,7 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
     from ..kernels.calls import pointwise
     from .compression import coded, quantisation_passes
 
-    shape = tuple(int(d) for d in shape)
+    shape = _dims(shape)
     calls = METHOD_MODULES[cfg.method].kernel_calls(shape, plain_config(cfg), opts)
     if is_compressed(cfg):
         calls = calls + [pointwise(t.numel, quantisation_passes(c)) for t, c in coded(plain_layout(shape, cfg, opts), cfg)]

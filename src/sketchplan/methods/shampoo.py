@@ -24,7 +24,7 @@ from .common import diagonal_tail
 from .layout import MethodConfig, OptimizerDefaults, StateTensor
 from .packing import packed_numel
 from .step_calls import matrix_frame_calls, unfold_copies
-from .transients import Live, eigh_roots, matrix_step, mode_products, unfolds
+from .transients import Live, eigh_roots, matrix_step, mode_products, replayed, unfolds
 
 NAME = "shampoo"
 #: Kronecker-factored: takes graft and momentum options (``planner.candidates``).
@@ -69,11 +69,13 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
     return factor_layout(mp, ("stat", "root"), opts.state_dtype, cfg.packed) + diagonal_tail(shape, cfg, opts)
 
 
+@replayed
 def stats_transients(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
     """``ShampooRule.update_statistics``: S_i += G_(i) G_(i)ᵀ in place; only middle-axis unfoldings copy."""
     unfolds(live, count, bshape, bn, sb)
 
 
+@replayed
 def newton_roots(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
     """``roots.inverse_root_newton`` per axis (float32): A = S + εI, M, X, and per iteration T, X·T, Tᵖ and
     Tᵖ·M while the previous X and M are alive; each result stays alive until the next axis's."""
@@ -93,6 +95,7 @@ def newton_roots(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: i
     live.free(prev)
 
 
+@replayed
 def precondition_transients(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
     """``apply_roots``: one batched product per axis (P_i times the mode-i unfolding), then norm grafting."""
     mode_products(live, count, bshape, bn, sb, lambda lv, d, m: lv.alloc(count * d * m * sb))

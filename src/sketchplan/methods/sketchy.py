@@ -22,7 +22,7 @@ from .blocking import MatrixPlan, cached_plan, matrix_plan
 from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor
 from .step_calls import matrix_frame_calls, unfold_copies
-from .transients import Live, matrix_step, mode_products, safe_eigh, svd_scratch_bytes, unfold_copy
+from .transients import Live, matrix_step, mode_products, replayed, safe_eigh, svd_scratch_bytes, unfold_copy
 
 NAME = "sketchy"
 MATRIX = True
@@ -167,6 +167,7 @@ def subspace_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> 
     return left + new
 
 
+@replayed
 def fd_transients(live: Live, count: int, d: int, k: int, m: int, sb: int, variant: str) -> int:
     """``kernels.torch.frequent_directions.fd_update`` on (count, d, ·) blocks with m new columns: replays the
     variant's tensors (and its LAPACK/cuSOLVER scratch when the replay counts it) and returns the bytes of the
@@ -213,24 +214,32 @@ def fd_transients(live: Live, count: int, d: int, k: int, m: int, sb: int, varia
 def stats_transients(cfg: MethodConfig, opts: OptimizerDefaults):
     """``SketchyRule.update_statistics``: per axis the unfolding (a copy on middle axes), its scaled copy when
     β2 < 1, the FD update; the previous axis's new sketch is alive until rebound."""
-    weight = stats_weights(opts.betas[1], opts.stats_every)[1]
+    scaled = stats_weights(opts.betas[1], opts.stats_every)[1] != 1.0
 
     def stats(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
-        order = len(bshape)
-        x_prev = new_prev = 0
-        for i, d in enumerate(bshape):
-            x = live.alloc(count * bn * sb) if unfold_copy(i, order) else 0
-            live.free(x_prev)
-            if weight != 1.0:
-                xs = live.alloc(count * bn * sb)
-                live.free(x)
-                x = xs
-            new = fd_transients(live, count, d, sketch_rank(cfg.rank, d), bn // d, sb, opts.fd_variant)
-            live.free(new_prev)
-            x_prev, new_prev = x, new
-        live.free(x_prev + new_prev)
+        _stats_replay(live, count, bshape, bn, sb, cfg.rank, scaled, opts.fd_variant)
 
     return stats
+
+
+@replayed
+def _stats_replay(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int, rank: int, scaled: bool,
+                  fd_variant: str) -> int:
+    """``stats_transients``' replay of one block group (memoised by ``transients.replayed``)."""
+    order = len(bshape)
+    x_prev = new_prev = 0
+    for i, d in enumerate(bshape):
+        x = live.alloc(count * bn * sb) if unfold_copy(i, order) else 0
+        live.free(x_prev)
+        if scaled:
+            xs = live.alloc(count * bn * sb)
+            live.free(x)
+            x = xs
+        new = fd_transients(live, count, d, sketch_rank(rank, d), bn // d, sb, fd_variant)
+        live.free(new_prev)
+        x_prev, new_prev = x, new
+    live.free(x_prev + new_prev)
+    return 0
 
 
 def precondition_transients(cfg: MethodConfig):
@@ -238,29 +247,36 @@ def precondition_transients(cfg: MethodConfig):
     scaling, U times that, and their sum), then norm grafting."""
 
     def product(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
-        def one(lv: Live, d: int, m: int) -> None:
-            k = sketch_rank(cfg.rank, d)
-            small = lv.alloc(count * sb * (2 + 2 * k))
-            if k == d:
-                t2 = lv.alloc(count * k * m * sb)
-                t3 = lv.alloc(count * k * m * sb)
-                lv.free(t2)
-                lv.alloc(count * d * m * sb)
-                lv.free(t3)
-            else:
-                t1 = lv.alloc(count * d * m * sb)
-                t2 = lv.alloc(count * k * m * sb)
-                t3 = lv.alloc(count * k * m * sb)
-                lv.free(t2)
-                t4 = lv.alloc(count * d * m * sb)
-                lv.free(t3)
-                lv.alloc(count * d * m * sb)
-                lv.free(t1 + t4)
-            lv.free(small)
-
-        mode_products(live, count, bshape, bn, sb, one)
+        _precondition_replay(live, count, bshape, bn, sb, cfg.rank)
 
     return product
+
+
+@replayed
+def _precondition_replay(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int, rank: int) -> int:
+    """``precondition_transients``' replay of one block group (memoised by ``transients.replayed``)."""
+    def one(lv: Live, d: int, m: int) -> None:
+        k = sketch_rank(rank, d)
+        small = lv.alloc(count * sb * (2 + 2 * k))
+        if k == d:
+            t2 = lv.alloc(count * k * m * sb)
+            t3 = lv.alloc(count * k * m * sb)
+            lv.free(t2)
+            lv.alloc(count * d * m * sb)
+            lv.free(t3)
+        else:
+            t1 = lv.alloc(count * d * m * sb)
+            t2 = lv.alloc(count * k * m * sb)
+            t3 = lv.alloc(count * k * m * sb)
+            lv.free(t2)
+            t4 = lv.alloc(count * d * m * sb)
+            lv.free(t3)
+            lv.alloc(count * d * m * sb)
+            lv.free(t1 + t4)
+        lv.free(small)
+
+    mode_products(live, count, bshape, bn, sb, one)
+    return 0
 
 
 def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults,

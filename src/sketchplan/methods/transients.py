@@ -18,6 +18,7 @@ group with multi-tensor kernels: its transients are per chunk of the group (``ad
 from __future__ import annotations
 
 import math
+from functools import wraps
 from typing import Callable
 
 from .blocking import MatrixPlan
@@ -58,6 +59,34 @@ class Live:
         """A kernel's internal scratch (not a tensor): counted unless the replay is tensor-level only."""
         if self.count_scratch:
             self.spike(nbytes)
+
+
+def replayed(fn: Callable[..., int]) -> Callable[..., int]:
+    """Memoise a replay step ``fn(live, *args) -> int`` by its arguments (and whether scratch counts).
+
+    A step only allocates and frees (it never reads ``live``), so its effect on any counter is fixed by two
+    numbers: the high-water mark above the bytes live when it starts, and the net change. The first call replays
+    it on a fresh counter and records both with its return value; every later call with the same arguments adds
+    them to ``live``: peak = max(peak, now + rise), now += net, the same integers the replay would give. A
+    planner grid asks for the same FD update (block, rank, columns) under every graft and momentum.
+    """
+    memo: dict[tuple, tuple[int, int, int]] = {}
+
+    @wraps(fn)
+    def run(live: Live, *args) -> int:
+        key = (live.count_scratch,) + args
+        hit = memo.get(key)
+        if hit is None:
+            fresh = Live(live.count_scratch)
+            out = fn(fresh, *args)
+            if len(memo) >= 1 << 16:
+                memo.clear()
+            hit = memo[key] = (fresh.peak, fresh.now, out)
+        live.peak = max(live.peak, live.now + hit[0])
+        live.now += hit[1]
+        return hit[2]
+
+    return run
 
 
 def eigh_scratch_bytes(d: int, sb: int) -> int:
@@ -226,6 +255,7 @@ def safe_eigh(live: Live, count: int, d: int, sb: int) -> int:
     return ev
 
 
+@replayed
 def eigh_roots(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
     """Refresh of every axis's root by ``symmetric_power``; each result stays alive until the next axis's."""
     prev = 0

@@ -7,6 +7,8 @@ optimizers' layouts) → solve the knapsack → one entry per tensor, totals, wh
 from __future__ import annotations
 
 import dataclasses
+import functools
+import gc
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -276,6 +278,28 @@ def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block
     )
 
 
+def _without_gc(fn):
+    """Run ``fn`` with Python's cyclic garbage collector paused (restored after, whatever happens).
+
+    Planning allocates ~10^6 short-lived objects and creates no reference cycles worth collecting, while the
+    models, candidates and memos it builds stay alive: each automatic full collection walks all of them again
+    (with the memos, ~30% of a GPT-2 plan's candidate evaluation). Nothing is leaked: cycles made meanwhile are
+    collected by the next collection after the collector is back on.
+    """
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        was_on = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was_on:
+                gc.enable()
+
+    return run
+
+
+@_without_gc
 def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAULT_METHODS,
               ranks=cand.DEFAULT_RANKS, block_sizes=cand.DEFAULT_BLOCK_SIZES, grafts=cand.DEFAULT_GRAFTS,
               momenta=cand.DEFAULT_MOMENTA, compress=cand.DEFAULT_COMPRESS, defaults: OptimizerDefaults | None = None, reserve=0,

@@ -90,6 +90,18 @@ def _allowed(item: Item, cap: int) -> list[int]:
     return [c for c in range(len(item.bytes)) if item.ws[c] <= cap]
 
 
+def _min_bytes(items: list[Item], allowed: list[list[int]]) -> int | None:
+    """``min_state``'s byte total alone (the tie-break on value picks among equal bytes, so it cannot change
+    the sum), given each item's allowed candidates."""
+    total = 0
+    for it, idx in zip(items, allowed):
+        if not idx:
+            return None
+        b = it.bytes
+        total += it.count * min(b[c] for c in idx)
+    return total
+
+
 def min_state(items: list[Item], cap: int) -> tuple[int, list[dict[int, int]]] | None:
     """Least state bytes with workspace ≤ cap, and the assignment that gives it (None if impossible)."""
     total, assign = 0, []
@@ -103,15 +115,25 @@ def min_state(items: list[Item], cap: int) -> tuple[int, list[dict[int, int]]] |
     return total, assign
 
 
-def greedy(items: list[Item], budget: int, cap: int, polish: bool = True) -> Solution | None:
+def greedy(items: list[Item], budget: int, cap: int, polish: bool = True, allowed: list[list[int]] | None = None,
+           hull_memo: dict | None = None) -> Solution | None:
     """LP-greedy on hulls with counts (see module docstring); None when even the cheapest choice does not fit.
-    ``polish``: improve the rounded LP solution by local moves (``_fill``); the LP bound does not depend on it."""
+    ``polish``: improve the rounded LP solution by local moves (``_fill``); the LP bound does not depend on it.
+    ``allowed``: each item's candidates under ``cap`` when the caller has them; ``hull_memo``: hulls already
+    built for these items, by (item, allowed candidates) (``solve`` shares one across its caps)."""
     hulls = []
-    for it in items:
-        allowed = _allowed(it, cap)
-        if not allowed:
+    for g, it in enumerate(items):
+        idx = _allowed(it, cap) if allowed is None else allowed[g]
+        if not idx:
             return None
-        hulls.append(_hull(allowed, it))
+        if hull_memo is None:
+            hulls.append(_hull(idx, it))
+            continue
+        key = (g, tuple(idx))
+        h = hull_memo.get(key)
+        if h is None:
+            h = hull_memo[key] = _hull(idx, it)
+        hulls.append(h)
     base = sum(it.count * it.bytes[h[0]] for it, h in zip(items, hulls))
     if base > budget:
         return None
@@ -159,11 +181,14 @@ def _fill(items: list[Item], assign: list[dict[int, int]], rem: int, cap: int, v
     for _ in range(2_000):
         best = None  # (gain, moves) with moves = [(g, from, to)]
         singles = []  # (dv, db, g, cur, c) for every one-copy change
+        add = singles.append
         for g, it in enumerate(items):
+            values, nbytes = it.value, it.bytes
             for cur in assign[g]:
+                v_cur, b_cur = values[cur], nbytes[cur]
                 for c in allowed[g]:
                     if c != cur:
-                        singles.append((it.value[c] - it.value[cur], it.bytes[c] - it.bytes[cur], g, cur, c))
+                        add((values[c] - v_cur, nbytes[c] - b_cur, g, cur, c))
         for dv, db, g, cur, c in singles:
             if dv > TOL and db <= rem and (best is None or dv > best[0]):
                 n = assign[g][cur] if db <= 0 else min(assign[g][cur], rem // db)
@@ -271,12 +296,14 @@ def solve(items: list[Item], budget: int | None, exact_limit: int = 64, caps: li
     best: Solution | None = None
     ub = -math.inf
     tried = 0
+    hull_memo: dict = {}
     for cap in caps:
-        ms = min_state(items, cap)
-        if ms is None or ms[0] + cap > budget:
+        allowed = [_allowed(it, cap) for it in items]
+        ms = _min_bytes(items, allowed)
+        if ms is None or ms + cap > budget:
             continue
         tried += 1
-        sol = greedy(items, budget - cap, cap, polish)
+        sol = greedy(items, budget - cap, cap, polish, allowed, hull_memo)
         if sol is None:
             continue
         if cap_values is not None:

@@ -66,18 +66,22 @@ def _repair(items: list[Item], assign: list[dict[int, int]], budget: int, time_b
         state, ws = _bytes(items, assign)
         rem_t = time_budget - total_time(items, assign)
         best = None
+        best_dv = 0.0
         for g, it in enumerate(items):
+            values, nbytes, wss, tg = it.value, it.bytes, it.ws, ts[g]
             for cur in assign[g]:
-                for c in range(len(it.bytes)):
-                    dv = it.value[c] - it.value[cur]
+                v_cur, room, t_cur = values[cur], budget - state + nbytes[cur], rem_t + 1e-12
+                for c in range(len(nbytes)):
+                    dv = values[c] - v_cur
                     if dv <= TOL:
                         continue
-                    if state - it.bytes[cur] + it.bytes[c] + max(ws, it.ws[c]) > budget:
+                    w = wss[c]
+                    if nbytes[c] + (ws if ws >= w else w) > room:
                         continue
-                    if ts[g][c] - ts[g][cur] > rem_t + 1e-12:
+                    if tg[c] - tg[cur] > t_cur:
                         continue
-                    if best is None or dv > best[0]:
-                        best = (dv, g, cur, c)
+                    if best is None or dv > best_dv:
+                        best, best_dv = (dv, g, cur, c), dv
         if best is None:
             return
         _, g, cur, c = best

@@ -1,0 +1,69 @@
+"""Speed work must not change what the planner decides: ``sketchplan plan`` writes, byte for byte, the plans the
+version before it (541d307, issue 12's speed-up) wrote for the same inputs.
+
+The expected plans (``tests/golden/plans/*.yaml.gz``) were written by that version's CLI; the preset specs
+(``tests/golden/presets/*.json.gz``) are the analysed models it cached, seeded into this session's preset cache
+so the test needs no model build (transformers is still needed for the cache's key: its version). The hardware
+profile is pinned to the shipped one, so ``auto``'s calibration of this machine plays no part. To regenerate
+after an intended change of plans, run the ``CASES`` below with ``python -m sketchplan plan ... --out F`` from
+the repository root and ``gzip -9 -n F`` each output.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sketchplan.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden"
+HW = ["--hardware", "cpu-amd-epyc-1t-torch"]
+ALL = ["--methods", "adam,shampoo,sketchy,extreme_tensoring,kradagrad,soap,adafactor,lion,muon",
+       "--compress", "none,bfloat16,int8", "--momenta", "float32,bfloat16,int8"]
+#: name → the flags it was planned with (the golden file is plans/<name>.yaml.gz)
+CASES = {
+    "gpt2_4g": ["--model", "gpt2", "--memory-budget", "4GiB"],
+    "gpt2_all": ["--model", "gpt2", "--memory-budget", "2GiB", *ALL],
+    "llama7b_80g": ["--model", "llama-7b", "--memory-budget", "80GiB"],
+    "llama70b_640g": ["--model", "llama-70b", "--memory-budget", "640GiB"],
+    "llama70b_fsdp": ["--model", "llama-70b", "--memory-budget", "80GiB", "--world-size", "64",
+                      "--parallelism", "fsdp"],
+    "shapes_1g": ["--model", "examples/shapes.yaml", "--memory-budget", "1GiB"],
+}
+
+
+def _seed_presets() -> None:
+    """Put the recorded preset specs where ``planner.sources.preset_spec`` looks for its cache."""
+    from sketchplan.planner import sources
+
+    for path in (GOLDEN / "presets").glob("*.json.gz"):
+        name = path.name.removesuffix(".json.gz")
+        target = sources._cache_path(name)
+        if target is None:
+            pytest.skip("the preset cache is off (SKETCHPLAN_NO_CACHE) or transformers is not installed")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(path, "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_plan_is_byte_identical_to_the_recorded_one(name, tmp_path, monkeypatch, capsys):
+    if "SKETCHPLAN_NO_CACHE" in os.environ:
+        monkeypatch.delenv("SKETCHPLAN_NO_CACHE")
+    _seed_presets()
+    monkeypatch.chdir(ROOT)  # the shapes file's source is recorded as given, relative to the repository
+    out = tmp_path / "plan.yaml"
+    assert main(["plan", *CASES[name], *HW, "--out", str(out)]) == 0
+    capsys.readouterr()
+    expected = gzip.decompress((GOLDEN / "plans" / f"{name}.yaml.gz").read_bytes()).decode()
+    got = out.read_text()
+    if got != expected:
+        diff = "".join(list(difflib.unified_diff(expected.splitlines(True), got.splitlines(True), "recorded",
+                                                 "now", n=1))[:40])
+        pytest.fail(f"plan {name} differs from the recorded one:\n{diff}")
