@@ -3,8 +3,9 @@
 Two placements, both derived from the method's own ``layout`` so the planner's per-rank bytes and what the
 distributed torch optimizer allocates cannot drift apart:
 
-- **owner placement** (DDP, ZeRO-1, ZeRO-2; ALGORITHMS.md §8, as DistributedShampoo does): every rank sees the
-  whole averaged gradient. Each preconditioner block (one slice of a stacked ``blocks{g}.*`` tensor) is owned by
+- **owner placement** (DDP, ZeRO-1, ZeRO-2; docs/algorithms.md, Spreading the work over ranks, as
+  DistributedShampoo does): under DDP and ZeRO-1 every rank sees the whole averaged gradient; under ZeRO-2 only
+  the tensor's owner receives it (all of a tensor's blocks are then on that owner). Each preconditioner block (one slice of a stacked ``blocks{g}.*`` tensor) is owned by
   one rank, which keeps that block's statistics, sketch and roots and computes its direction. The element-wise
   rest (Adam moments, graft, momentum, extreme-tensoring accumulators, the skip counter) is kept by every rank
   under DDP and by one owner rank per tensor under ZeRO. ``local_layout`` is the layout one rank allocates.

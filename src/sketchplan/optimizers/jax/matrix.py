@@ -1,4 +1,4 @@
-"""The JAX step shared by the Kronecker-factored methods (``optimizers.torch.matrix``; ALGORITHMS.md §0, §2).
+"""The JAX step shared by the Kronecker-factored methods (``optimizers.torch.matrix``; docs/algorithms.md, Shapes and Shampoo).
 
 Per parameter, with the traced step t (1-based):
 

@@ -1,4 +1,4 @@
-"""The torch arithmetic of the step pieces every method shares (ALGORITHMS.md §2): the graft's direction, EMA
+"""The torch arithmetic of the step pieces every method shares (docs/algorithms.md, Grafting and momentum): the graft's direction, EMA
 momentum (optionally Nesterov) and decoupled weight decay with the step. The graft and momentum *state* (what is
 allocated) is declared in ``methods.common``; the scalar conventions (β2 = 1 as a running sum, bias correction)
 come from there too.

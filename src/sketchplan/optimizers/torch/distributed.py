@@ -1,5 +1,5 @@
 """The distributed torch optimizer: every method on DDP / ZeRO (owner placement) and FSDP2 / HSDP (shard
-placement), on ``torch.distributed`` collectives only (ALGORITHMS.md §8; ``methods.placement`` says what each
+placement), on ``torch.distributed`` collectives only (docs/algorithms.md, Spreading the work over ranks; ``methods.placement`` says what each
 rank allocates, and the planner counts exactly that).
 
 **Shard placement** (parameters are ``DTensor``s sharded on dim 0 by ``fully_shard``): each rank runs the

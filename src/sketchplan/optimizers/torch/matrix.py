@@ -1,6 +1,6 @@
 """The step shared by the Kronecker-factored methods (Shampoo, blocked Shampoo, Sketchy, KrADagrad).
 
-Per parameter, ALGORITHMS.md §0 and §2:
+Per parameter (docs/algorithms.md, Shapes, Shampoo, Grafting and momentum):
 
 1. non-finite gradients are replaced by zeros and counted (``SketchplanOptimizer.sanitize``);
 2. the graft's direction A is computed (``common.graft_direction``: adam, rmsprop, adafactor, sgd; none: A = G);
@@ -138,6 +138,6 @@ MATRIX_OPTIONS_DOC = """
             that step standing for the skipped ones (step skipping, Sketchy paper App. F; default 1).
         start_preconditioning_step: before this step the graft direction is used as is (default −1:
             ``precondition_frequency`` for methods with stored roots, 1 for Sketchy).
-        merge_dims, max_precond_dim: the shape rules of ALGORITHMS.md §0 (defaults 1024 and 8192).
+        merge_dims, max_precond_dim: the shape rules of docs/algorithms.md, Shapes (defaults 1024 and 8192).
         state_dtype: dtype of statistics, roots, sketches and graft moments (default float32).
 """

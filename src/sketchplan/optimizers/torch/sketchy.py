@@ -46,7 +46,7 @@ class Sketchy(SketchplanOptimizer):
     """Sketchy (Feinberg, Chen, Sun, Anil & Hazan 2023, "Sketchy: memory-efficient adaptive regularization with
     Frequent Directions"): Shampoo whose statistics are Frequent-Directions sketches.
 
-    Per block and axis i (ALGORITHMS.md §3–4), with α = −1/(2k) for a block of order k:
+    Per block and axis i (docs/algorithms.md, Frequent Directions and Sketchy), with α = −1/(2k) for a block of order k:
         (U_i, σ_i², ρ_i) ← FD-update with the columns of √(1−β2)·G_(i)   (β2 = 1: of G_(i));
         Ŝ_i = U_i diag(σ_i²) U_iᵀ + ρ_i I;
         D = G ×_1 (Ŝ_1 + εI)^α … ×_k (Ŝ_k + εI)^α, applied in O(d·k) per column without d×d matrices;
