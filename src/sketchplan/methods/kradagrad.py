@@ -62,8 +62,10 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
     """High-water mark of one KrADagrad step beyond params, grads and state (``transients.matrix_step``).
 
     First step: L̃₀ = I/ε from ``eye`` and its quotient (2·d² for the largest axis). Statistics, per axis:
-    the (scaled) unfolding X, L̃X, the trace's X ⊙ L̃X, then (L̃X)(L̃X)ᵀ and its quotient, then L̃ + L̃ᵀ and its
-    half, with the previous axis's X and L̃X alive until rebound. Roots: eigh as Shampoo's (with its LAPACK
+    the unfolding X (a copy for a middle axis) and its scaled copy, X ⊙ X for ‖X‖², X̂ = X/‖X‖ and L̃X̂ (so
+    three unfolding-sized arrays at once), X̂(L̃X̂)ᵀ for the norm, (L̃X̂)(L̃X̂)ᵀ and its quotient, then L̃ + L̃ᵀ
+    and its half; KrADagrad* updates every axis with the previous axis's X and L̃X alive
+    until rebound, KrADagrad one axis per step (the worst axis's high-water mark counts). Roots: eigh as Shampoo's (with its LAPACK
     scratch when ``scratch``); directions: Shampoo's mode products.
     """
     mp = plan_for(shape, cfg, opts)
@@ -73,31 +75,55 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
         dmax = max((d for b, _ in mp.groups for d in b), default=0)
         live.spike(2 * dmax * dmax * dtype_bytes(opts.state_dtype))
 
+    def axis_update(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int, i: int,
+                    prev: tuple[int, ...]) -> tuple[int, ...]:
+        """One axis's update (``optimizers.torch.kradagrad.update_statistics``, statement by statement) with the
+        previous axis's X, ‖X‖², X̂, L̃X̂ and norm (``prev``) alive until rebound; returns this axis's, still
+        alive."""
+        d, order = bshape[i], len(bshape)
+        x_prev, sq_prev, xh_prev, lx_prev, nm_prev = prev
+        x = live.alloc(count * bn * sb) if unfold_copy(i, order) else 0
+        live.free(x_prev)
+        if weight != 1.0:               # X·√w
+            xs = live.alloc(count * bn * sb)
+            live.free(x)
+            x = xs
+        live.spike(count * bn * sb)     # X ⊙ X, summed
+        total = live.alloc(count * sb)
+        sq = live.alloc(count * sb)     # clamped
+        live.free(total + sq_prev)
+        live.spike(count * sb)          # √‖X‖²
+        xh = live.alloc(count * bn * sb)
+        live.free(xh_prev)
+        lx = live.alloc(count * bn * sb)
+        live.free(lx_prev)
+        live.spike(count * d * d * sb)  # X̂ (L̃X̂)ᵀ, for its norm
+        nm = live.alloc(count * sb)
+        live.free(nm_prev)
+        outer = live.alloc(count * d * d * sb)  # (L̃X̂)(L̃X̂)ᵀ
+        live.spike(count * sb)          # 1/‖X‖² + norm
+        quot = live.alloc(count * d * d * sb)
+        live.free(outer + quot)
+        sym = live.alloc(count * d * d * sb)    # L̃ + L̃ᵀ, then its half
+        live.spike(count * d * d * sb)
+        live.free(sym)
+        return x, sq, xh, lx, nm
+
     def stats(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
-        order = len(bshape)
-        axes = range(order) if opts.kradagrad_variant == "star" else range(1)
-        x_prev = lx_prev = tr_prev = 0
-        for i in axes:
-            d = bshape[i]
-            x = live.alloc(count * bn * sb) if unfold_copy(i, order) else 0
-            live.free(x_prev)
-            if weight != 1.0:
-                xs = live.alloc(count * bn * sb)
-                live.free(x)
-                x = xs
-            lx = live.alloc(count * bn * sb)
-            live.free(lx_prev)
-            live.spike(count * bn * sb)     # X ⊙ L̃X
-            tr = live.alloc(count * sb)
-            live.free(tr_prev)
-            q = live.alloc(count * d * d * sb)
-            live.spike(count * d * d * sb)
-            live.free(q)
-            q = live.alloc(count * d * d * sb)
-            live.spike(count * d * d * sb)
-            live.free(q)
-            x_prev, lx_prev, tr_prev = x, lx, tr
-        live.free(x_prev + lx_prev + tr_prev)
+        if opts.kradagrad_variant == "star":  # every axis, one after the other
+            prev = (0, 0, 0, 0, 0)
+            for i in range(len(bshape)):
+                prev = axis_update(live, count, bshape, bn, sb, i, prev)
+            live.free(sum(prev))
+            return
+        # one axis per step, (step − 1) mod order: the high-water mark is the worst axis's (a middle axis's
+        # unfolding is a copy, so on an order-3 block it is not axis 0's)
+        rises = []
+        for i in range(len(bshape)):
+            probe = Live(live.count_scratch)
+            probe.free(sum(axis_update(probe, count, bshape, bn, sb, i, (0, 0, 0, 0, 0))))
+            rises.append(probe.peak)
+        live.spike(max(rises))
 
     return matrix_step(shape, mp, cfg, opts, param_dtype, scratch, init=init, stats=stats, refresh=eigh_roots,
                        precondition=precondition_transients)
