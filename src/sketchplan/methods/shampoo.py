@@ -77,18 +77,21 @@ def stats_transients(live: Live, count: int, bshape: tuple[int, ...], bn: int, s
 
 @replayed
 def newton_roots(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
-    """``roots.inverse_root_newton`` per axis (float32): A = S + εI, M, X, and per iteration T, X·T, Tᵖ and
-    Tᵖ·M while the previous X and M are alive; each result stays alive until the next axis's."""
+    """``roots.inverse_root_newton`` per axis (float32): the identity (one d × d, alive throughout), A = S + εI,
+    M, X, and per iteration T, X·T, Tᵖ and Tᵖ·M while the previous X and M are alive; each result stays alive
+    until the next axis's."""
     prev = 0
     for d in bshape:
         sq = count * d * d * sb
-        live.spike(2 * d * d * sb)          # eye, ε·eye
+        eye = live.alloc(d * d * sb)
+        live.spike(d * d * sb)              # ε·eye
         a = live.alloc(sq)
+        z = live.alloc(count * sb)          # the scale z = (p+1) / (2‖A‖_F)
         m = live.alloc(sq)
         x = live.alloc(sq)
         live.alloc(3 * sq)                  # (p+1)I − M, /p → T; X·T; Tᵖ (products of T) and Tᵖ·M
-        live.free(3 * sq)
-        live.free(x + m + a)
+        live.free(3 * sq)                   # (the error check, T with M − I and |·|, peaks no higher)
+        live.free(x + m + z + a + eye)
         out = live.alloc(sq)
         live.free(prev)
         prev = out
