@@ -1,0 +1,300 @@
+"""The methods' framework-free facts for small concrete shapes, written out by hand (issue 21: the survivors of the
+mutation run of ``src/sketchplan/methods/``).
+
+Every expected value below is typed in from the method's description — the papers' algorithms, the module
+docstrings and the torch rule each call list mirrors, operation by operation — never computed by the code under
+test. Kernel calls are compared as multisets (their order does not change a step's time).
+
+Notation: ``pw(n, p, e)`` = p elementwise passes over n elements every e steps; ``gemm(m, n, k, b, e)`` = b
+products (m × k) @ (k × n) every e steps; ``root(d, b, e)`` = b eigh-based matrix roots of d × d every e steps.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from sketchplan.kernels.calls import KernelCall
+from sketchplan.methods import METHOD_MODULES, MethodConfig, OptimizerDefaults, StateTensor, kernel_calls
+from sketchplan.methods import placement
+
+
+def pw(n, passes=1, every=1):
+    return KernelCall("pointwise", (n,), passes, every)
+
+
+def gemm(m, n, k, batch=1, every=1):
+    return KernelCall("gemm", (m, n, k), batch, every)
+
+
+def root(d, batch=1, every=10):
+    return KernelCall("inv_root", (d,), batch, every, variant="eigh")
+
+
+def same_calls(got, expected):
+    assert Counter(got) == Counter(expected), (sorted(map(repr, Counter(got) - Counter(expected))),
+                                               sorted(map(repr, Counter(expected) - Counter(got))))
+
+
+# ---------------------------------------------------------------------------------------------------- labels
+
+LABELS = [  # (config, the label ``MethodConfig.label`` documents: method(inner) +graft/momentum +v:compress)
+    (dict(method="adam"), "adam"),
+    (dict(method="adam", momentum="none"), "adam +nomom"),
+    (dict(method="adam", momentum="bfloat16", compress="int8"), "adam +bf16 +v:8bit"),
+    (dict(method="adam", momentum="int8", compress="bfloat16"), "adam +m8 +v:bf16"),
+    (dict(method="lion", momentum="none"), "lion +nomom"),
+    (dict(method="muon"), "muon"),
+    (dict(method="shampoo"), "shampoo +adam/fp32"),
+    (dict(method="shampoo", graft="sgd", momentum="none", packed=True), "shampoo(packed) +sgd/nomom"),
+    (dict(method="blocked_shampoo", block_size=128, graft="rmsprop", momentum="bfloat16"),
+     "blocked_shampoo(B=128) +rmsprop/bf16"),
+    (dict(method="sketchy", rank=256, graft="adafactor", momentum="bfloat16"), "sketchy(k=256) +adafactor/bf16"),
+    (dict(method="sketchy", rank=8, block_size=64, momentum="int8", compress="int8"),
+     "sketchy(k=8, B=64) +adam/m8 +v:8bit"),
+    (dict(method="kradagrad", graft="none", batch_dims=1, splits=(3, 5), packed=True),
+     "kradagrad(per expert, split 3|5, packed) +none/fp32"),
+    (dict(method="soap", block_size=32, momentum="none"), "soap(B=32) +nomom"),
+    (dict(method="soap", momentum="bfloat16"), "soap +bf16"),
+    (dict(method="soap", momentum="int8"), "soap +m8"),
+    (dict(method="extreme_tensoring"), "extreme_tensoring +fp32"),
+    (dict(method="extreme_tensoring", momentum="none"), "extreme_tensoring"),
+    (dict(method="extreme_tensoring", momentum="int8"), "extreme_tensoring +m8"),
+    (dict(method="adafactor", momentum="bfloat16"), "adafactor +bf16"),
+    (dict(method="adafactor", momentum="none", batch_dims=1, splits=(2, 2)), "adafactor"),
+    (dict(method="lion", momentum="bfloat16", compress="bfloat16"), "lion +bf16 +v:bf16"),
+    (dict(method="muon", momentum="int8"), "muon +m8"),
+]
+
+
+@pytest.mark.parametrize("kw,label", LABELS, ids=[lb for _, lb in LABELS])
+def test_labels_read_as_documented(kw, label):
+    assert MethodConfig(**kw).label() == label
+
+
+# ------------------------------------------------------------------------------------------------------ grids
+
+def test_grids_are_the_documented_options():
+    """Each module's ``grid`` docstring, for ranks (8, 64) and block sizes (32, 128)."""
+    ranks, blocks = (8, 64), (32, 128)
+    sq_pk = [{}, {"packed": True}]
+    expected = {
+        "adam": [{}], "adafactor": [{}], "lion": [{}], "muon": [{}], "extreme_tensoring": [{}],
+        "shampoo": sq_pk,
+        "blocked_shampoo": [{"block_size": 32}, {"block_size": 32, "packed": True},
+                            {"block_size": 128}, {"block_size": 128, "packed": True}],
+        "kradagrad": sq_pk + [{"block_size": 32}, {"block_size": 32, "packed": True},
+                              {"block_size": 128}, {"block_size": 128, "packed": True}],
+        "soap": [{"block_size": None}, {"block_size": None, "packed": True},
+                 {"block_size": 32}, {"block_size": 32, "packed": True},
+                 {"block_size": 128}, {"block_size": 128, "packed": True}],
+        # every rank unblocked; blocked only inside a block larger than the rank (64 does not fit in 32)
+        "sketchy": [{"rank": 8}, {"rank": 64}, {"rank": 8, "block_size": 32}, {"rank": 8, "block_size": 128},
+                    {"rank": 64, "block_size": 128}],
+    }
+    assert set(expected) == set(METHOD_MODULES)
+    for method, module in METHOD_MODULES.items():
+        got = module.grid(ranks, blocks)
+        assert sorted(map(repr, got)) == sorted(map(repr, expected[method])), method
+        for options in got:  # every option is a valid configuration of its method
+            MethodConfig(method=method, **{k: v for k, v in options.items() if v is not None})
+
+
+# ----------------------------------------------------------------------------- kernel calls: diagonal methods
+
+def test_adam_kernel_calls_by_hand():
+    """``adam.kernel_calls``' docstring: finiteness sum, m's lerp, v's decay and g² add, √v, bias correction, +ε,
+    addcdiv: 8 passes with float32 m, 7 without, +4 for a bfloat16 m (cast for the lerp, cast/divide/add of the
+    mixed update), +1 for weight decay; and the skip counter's scalar add."""
+    n = 24 * 40
+    for momentum, wd, passes in [("float32", 0.0, 8), ("none", 0.0, 7), ("bfloat16", 0.0, 12),
+                                 ("float32", 0.1, 9), ("none", 0.1, 8), ("bfloat16", 0.1, 13)]:
+        got = kernel_calls((24, 40), MethodConfig(method="adam", momentum=momentum), OptimizerDefaults(weight_decay=wd))
+        same_calls(got, [pw(n, passes), pw(1)])
+
+
+def test_compressed_state_adds_its_decode_and_encode_passes():
+    """``compression.quantisation_passes``: int8 = gather + scale (2), |x|, block max, divide, cast (4) and a
+    searchsorted of ~8 comparisons (8): 14 passes per coded tensor; bfloat16: the two casts. int8 momentum runs
+    the plain rule with float32 momentum."""
+    n = 24 * 40
+    opts = OptimizerDefaults()
+    same_calls(kernel_calls((24, 40), MethodConfig(method="adam", compress="int8"), opts),
+               [pw(n, 8), pw(1), pw(n, 14)])
+    same_calls(kernel_calls((24, 40), MethodConfig(method="adam", compress="bfloat16"), opts),
+               [pw(n, 8), pw(1), pw(n, 2)])
+    same_calls(kernel_calls((24, 40), MethodConfig(method="adam", momentum="int8", compress="int8"), opts),
+               [pw(n, 8), pw(1), pw(n, 14), pw(n, 14)])
+    same_calls(kernel_calls((24, 40), MethodConfig(method="adam", momentum="int8"), opts),
+               [pw(n, 8), pw(1), pw(n, 14)])
+    # a matrix method's adam graft second moment in bfloat16: Shampoo's calls plus 2 passes over the graft
+    plain = kernel_calls((24, 40), MethodConfig(method="shampoo"), opts)
+    same_calls(kernel_calls((24, 40), MethodConfig(method="shampoo", compress="bfloat16"), opts), plain + [pw(n, 2)])
+
+
+def test_lion_kernel_calls_by_hand():
+    """Lion (Chen et al. 2023): sanitize (a sum and the counter add), c = β1 m + (1−β1) g and sign(c) (2 passes),
+    then ``momentum_update_calls``: m's lerp (+2 bf16 casts), weight decay, the update."""
+    n = 300
+    opts = OptimizerDefaults()
+    same_calls(kernel_calls((300,), MethodConfig(method="lion"), opts), [pw(n), pw(1), pw(n, 2), pw(n, 2)])
+    same_calls(kernel_calls((300,), MethodConfig(method="lion", momentum="bfloat16"),
+                            OptimizerDefaults(weight_decay=0.1)), [pw(n), pw(1), pw(n, 2), pw(n, 5)])
+    same_calls(kernel_calls((300,), MethodConfig(method="lion", momentum="none"), opts),
+               [pw(n), pw(1), pw(n, 2), pw(n, 1)])
+
+
+def test_adafactor_kernel_calls_by_hand():
+    """Adafactor (Shazeer & Stern 2018): factored for a matrix — the row and column mean squares (2 passes over G),
+    the factor updates on the longer vector (6 passes over max(rows, cols)), V̂ = R C and its normalisation
+    (2 passes over G); unfactored for a vector — G², V's decay and add (3 passes); then clamp, rsqrt, ×G, the two
+    RMS reductions and the scaling (6); momentum and the update (no Nesterov)."""
+    opts = OptimizerDefaults()
+    same_calls(kernel_calls((24, 40), MethodConfig(method="adafactor"), opts),
+               [pw(960), pw(1), pw(960, 2), pw(40, 6), pw(960, 2), pw(960, 6), pw(960, 2)])
+    same_calls(kernel_calls((40, 24), MethodConfig(method="adafactor", momentum="none"), opts),
+               [pw(960), pw(1), pw(960, 2), pw(40, 6), pw(960, 2), pw(960, 6), pw(960, 1)])
+    # order 3: rows (2, 3, 1) hold 6, columns (2, 1, 5) hold 10
+    same_calls(kernel_calls((2, 3, 5), MethodConfig(method="adafactor"), OptimizerDefaults(weight_decay=0.1)),
+               [pw(30), pw(1), pw(30, 2), pw(10, 6), pw(30, 2), pw(30, 6), pw(30, 3)])
+    same_calls(kernel_calls((300,), MethodConfig(method="adafactor", momentum="bfloat16"), opts),
+               [pw(300), pw(1), pw(300, 3), pw(300, 6), pw(300, 4)])
+
+
+def test_muon_kernel_calls_by_hand():
+    """Muon (Jordan et al. 2024): sanitize, the momentum, its Nesterov interpolation and the normalisation
+    (3 passes), ``ns_steps`` Newton–Schulz iterations on the (short × long) matrix, then Nesterov momentum's
+    update (lerp + Nesterov + update); a vector takes Adam's calls."""
+    opts = OptimizerDefaults()
+    ns = KernelCall("newton_schulz", (24, 40, 5), 1)
+    same_calls(kernel_calls((24, 40), MethodConfig(method="muon"), opts), [pw(960), pw(1), pw(960, 3), ns, pw(960, 3)])
+    same_calls(kernel_calls((40, 24), MethodConfig(method="muon", momentum="none"), OptimizerDefaults(weight_decay=0.1)),
+               [pw(960), pw(1), pw(960, 3), ns, pw(960, 2)])
+    same_calls(kernel_calls((4, 24, 40), MethodConfig(method="muon", batch_dims=1), OptimizerDefaults(ns_steps=3)),
+               [pw(3840), pw(1), pw(3840, 3), KernelCall("newton_schulz", (24, 40, 3), 4), pw(3840, 3)])
+    same_calls(kernel_calls((300,), MethodConfig(method="muon"), opts), [pw(300, 8), pw(1)])  # Adam's
+
+
+# ------------------------------------------------------------------------------------ kernel calls: KrADagrad
+
+def _kradagrad_axis(count, d, n, x_passes, dd_passes, every, pf=10):
+    """One block group's axis of ``KrADagradRule.update_statistics``/``refresh_roots``: the passes over X
+    (unfold copy of a middle axis, √weight scaling, X⊙X and its sum, X/‖X‖), over L̃ (÷decay, the quotient, the
+    subtraction, L̃ + L̃ᵀ, its half, the copy back and the norm), L̃X̂ (d, n, d), X̂(L̃X̂)ᵀ and (L̃X̂)(L̃X̂)ᵀ
+    (d, d, n); every ``pf`` steps the eigh root and its copy into the state."""
+    return [pw(count * d * n, x_passes, every), pw(count * d * d, dd_passes, every), gemm(d, n, d, count, every),
+            gemm(d, d, n, count, every), gemm(d, d, n, count, every), root(d, count, pf), pw(count * d * d, 1, pf)]
+
+
+def test_kradagrad_star_kernel_calls_by_hand():
+    """(24, 40) unmerged (merge_dims = 1; 960 ≤ the default 1024 would merge it into one axis), otherwise defaults: β2 = 0.999 < 1, so X is scaled by √(1−β2) (one more pass over X) and L̃ is divided by
+    β2 (one more pass over L̃): 3 passes over X and 7 over L̃ per axis, each step. Frame: sanitize, the Adam
+    graft (6 passes), the norm graft (3), float32 momentum and the update (2); the mode products P_i G."""
+    got = kernel_calls((24, 40), MethodConfig(method="kradagrad"), OptimizerDefaults(merge_dims=1))
+    same_calls(got, [pw(960), pw(1), pw(960, 6), pw(960, 3), pw(960, 2)]
+               + _kradagrad_axis(1, 24, 40, 3, 7, 1) + _kradagrad_axis(1, 40, 24, 3, 7, 1)
+               + [gemm(24, 40, 24), gemm(40, 24, 40)])
+
+
+def test_kradagrad_mm_order_three_kernel_calls_by_hand():
+    """(6, 5, 4) unmerged (merge_dims = 1), ``mm``, a running sum (β2 = 1: no division of L̃, X scaled by
+    √stats_every), stats_every 2: each axis is updated every 2·3 = 6 steps; the middle axis's unfolding copies
+    (one more pass over X, and one in its mode product). SGD graft: no graft state passes, the norm graft
+    stays; no momentum: the update alone."""
+    opts = OptimizerDefaults(merge_dims=1, kradagrad_variant="mm", betas=(0.9, 1.0), stats_every=2,
+                             precondition_frequency=4)
+    got = kernel_calls((6, 5, 4), MethodConfig(method="kradagrad", graft="sgd", momentum="none"), opts)
+    same_calls(got, [pw(120), pw(1), pw(120, 3), pw(120, 1)]
+               + _kradagrad_axis(1, 6, 20, 3, 6, 6, 4) + _kradagrad_axis(1, 5, 24, 4, 6, 6, 4)
+               + _kradagrad_axis(1, 4, 30, 3, 6, 6, 4)
+               + [gemm(6, 20, 6), pw(120), gemm(5, 24, 5), gemm(4, 30, 4)])
+
+
+def test_kradagrad_blocked_kernel_calls_by_hand():
+    """(24, 40) unmerged, in blocks of 16: rows 16 + 8, columns 16 + 16 + 8, so block groups (16, 16) × 2, (16, 8) × 1,
+    (8, 16) × 2, (8, 8) × 1 — six blocks. Blocking adds the stacking of G and of the direction (2 passes over G)
+    and one copy per block back (6 passes of 960/6 = 160); the norm graft runs per group. β2 = 1 and
+    stats_every = 1: X unscaled (2 passes, weight 1) and L̃ not divided (6 passes). Nesterov and weight decay add
+    a pass each to the update."""
+    opts = OptimizerDefaults(merge_dims=1, betas=(0.9, 1.0), nesterov=True, weight_decay=0.01,
+                             precondition_frequency=5)
+    got = kernel_calls((24, 40), MethodConfig(method="kradagrad", block_size=16, graft="adam"), opts)
+    frame = [pw(960), pw(1), pw(960, 6), pw(960, 2), pw(160, 6),
+             pw(512, 3), pw(128, 3), pw(256, 3), pw(64, 3), pw(960, 4)]
+    stats = (_kradagrad_axis(2, 16, 16, 2, 6, 1, 5) * 2                                    # (16, 16) × 2
+             + _kradagrad_axis(1, 16, 8, 2, 6, 1, 5) + _kradagrad_axis(1, 8, 16, 2, 6, 1, 5)  # (16, 8)
+             + _kradagrad_axis(2, 8, 16, 2, 6, 1, 5) + _kradagrad_axis(2, 16, 8, 2, 6, 1, 5)  # (8, 16) × 2
+             + _kradagrad_axis(1, 8, 8, 2, 6, 1, 5) * 2)                                    # (8, 8)
+    apply = [gemm(16, 16, 16, 2)] * 2 + [gemm(16, 8, 16), gemm(8, 16, 8)] + [gemm(8, 16, 8, 2), gemm(16, 8, 16, 2)] \
+        + [gemm(8, 8, 8)] * 2
+    same_calls(got, frame + stats + apply)
+
+
+# --------------------------------------------------------------------------------------- placement (per rank)
+
+def _blocked_layout():
+    """Blocked Shampoo's layout of a (24, 40) tensor in blocks of 16, written out: groups (16, 16) × 2,
+    (16, 8) × 1, (8, 16) × 2, (8, 8) × 1, each with a statistic and a root per axis; then the graft and momentum."""
+    out = []
+    for g, (count, dims) in enumerate([(2, (16, 16)), (1, (16, 8)), (2, (8, 16)), (1, (8, 8))]):
+        for kind in ("stat", "root"):
+            for i, d in enumerate(dims):
+                out.append(StateTensor(f"blocks{g}.{kind}{i}", (count, d, d), "float32"))
+    return out + [StateTensor("graft_exp_avg_sq", (24, 40), "float32"), StateTensor("momentum", (24, 40), "bfloat16"),
+                  StateTensor("nonfinite_skips", (), "int32")]
+
+
+def test_owner_placement_cuts_blocks_by_owner():
+    lay = _blocked_layout()
+    assert placement.block_counts(lay) == [2, 1, 2, 1]
+    # one block's bytes: 2 · 4 · (d0² + d1²)
+    b16, b168, b8 = 8 * (256 + 256), 8 * (256 + 64), 8 * (64 + 64)
+    assert placement.block_bytes(lay) == [b16, b16, b168, b168, b168, b8]
+    assert placement.rest_bytes(lay) == 960 * 4 + 960 * 2 + 4
+    owners = [0, 1, 1, 0, 1, 0]
+    assert placement.owned_by_group(owners, lay, 0) == [[0], [], [0], [0]]
+    assert placement.owned_by_group(owners, lay, 1) == [[1], [0], [1], []]
+    assert placement.owned_by_group(owners, lay, 2) == [[], [], [], []]
+    with pytest.raises(ValueError, match="7 block owners given for 6 blocks"):
+        placement.owned_by_group(owners + [0], lay, 0)
+    local = placement.local_layout(lay, [[0], [], [1], [0]], keep_rest=False)
+    assert [(t.name, t.shape) for t in local] == [
+        ("blocks0.stat0", (1, 16, 16)), ("blocks0.stat1", (1, 16, 16)), ("blocks0.root0", (1, 16, 16)),
+        ("blocks0.root1", (1, 16, 16)),
+        ("blocks2.stat0", (1, 8, 8)), ("blocks2.stat1", (1, 16, 16)), ("blocks2.root0", (1, 8, 8)),
+        ("blocks2.root1", (1, 16, 16)),
+        ("blocks3.stat0", (1, 8, 8)), ("blocks3.stat1", (1, 8, 8)), ("blocks3.root0", (1, 8, 8)),
+        ("blocks3.root1", (1, 8, 8))]
+    kept = placement.local_layout(lay, [[0, 1], [0], [], []], keep_rest=True)
+    assert [t.name for t in kept][-3:] == ["graft_exp_avg_sq", "momentum", "nonfinite_skips"]
+    assert [t.shape[0] for t in kept[:-3]] == [2, 2, 2, 2, 1, 1, 1, 1]
+    assert all(t.dtype == "float32" for t in kept[:-3])
+
+
+def test_block_tensors_are_named_stacked_tensors():
+    assert placement.is_block_tensor(StateTensor("blocks12.sketch0", (3, 8, 4), "float32"))
+    assert not placement.is_block_tensor(StateTensor("blocks0.rho0", (), "float32"))   # a scalar is no stack
+    assert not placement.is_block_tensor(StateTensor("graft_blocks", (3,), "float32"))
+    assert not placement.is_block_tensor(StateTensor("Blocks0.stat0", (3, 4, 4), "float32"))
+    assert placement.block_group(StateTensor("blocks12.sketch0", (3, 8, 4), "float32")) == 12
+    assert placement.block_counts([StateTensor("exp_avg", (5,), "float32")]) == []
+
+
+@pytest.mark.parametrize("dim0,shards,rows", [
+    (10, 4, [3, 3, 3, 1]),     # torch.chunk(10 rows, 4): ⌈10/4⌉ = 3 per chunk, the rest last
+    (5, 4, [2, 2, 1, 0]),      # 3 non-empty chunks of 2, 2, 1; the fourth rank holds none
+    (8, 2, [4, 4]),
+    (3, 1, [3]),
+    (2, 3, [1, 1, 0]),
+])
+def test_shards_follow_torch_chunk(dim0, shards, rows):
+    assert [placement.chunk_rows(dim0, shards, i) for i in range(shards)] == rows
+    assert placement.padded_rows(dim0, shards) == max(rows)
+    assert [placement.local_shape((dim0, 7), shards, i) for i in range(shards)] == [(r, 7) for r in rows]
+
+
+def test_local_shape_keeps_scalars_and_single_shards_whole():
+    assert placement.local_shape((), 4, 2) == ()
+    assert placement.local_shape((10, 3), 1, 0) == (10, 3)
+    assert placement.local_shape((10,), 4, 3) == (1,)
