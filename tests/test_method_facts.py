@@ -298,3 +298,132 @@ def test_local_shape_keeps_scalars_and_single_shards_whole():
     assert placement.local_shape((), 4, 2) == ()
     assert placement.local_shape((10, 3), 1, 0) == (10, 3)
     assert placement.local_shape((10,), 4, 3) == (1,)
+
+
+# -------------------------------------------------------------------------------------- kernel calls: Sketchy
+
+def fd(d, k, n, batch=1, every=1):
+    return KernelCall("fd_update", (d, k, n), batch, every)
+
+
+def lowrank(d, k, n, batch=1):
+    return KernelCall("lowrank_apply", (d, k, n), batch, 1)
+
+
+def test_sketchy_kernel_calls_by_hand():
+    """Sketchy (Feinberg et al. 2023) per block group and axis, every ``stats_every`` steps: √(1−β2)·G_(i) when
+    β2 < 1 (and the middle axis's unfolding copy), the FD update of the rank-min(k, d) sketch with numel/d new
+    columns, the copy of U back (d·k) and of σ², ρ (2 passes over k); every step the low-rank apply (and the
+    middle axis's copy for it). Frame as the other matrix methods."""
+    opts = OptimizerDefaults(merge_dims=1)
+    same_calls(kernel_calls((24, 40), MethodConfig(method="sketchy", rank=8), opts),
+               [pw(960), pw(1), pw(960, 6), pw(960, 3), pw(960, 2),
+                pw(960, 1), fd(24, 8, 40), pw(192), pw(8, 2), lowrank(24, 8, 40),
+                pw(960, 1), fd(40, 8, 24), pw(320), pw(8, 2), lowrank(40, 8, 24)])
+    # order 3, a running sum stood for by every 2nd gradient (weight 2: scaled), no graft, bfloat16 momentum
+    # (lerp and two casts) and the update; rank 5 is cut to 4 on the last axis
+    opts = OptimizerDefaults(merge_dims=1, betas=(0.9, 1.0), stats_every=2)
+    same_calls(kernel_calls((6, 5, 4), MethodConfig(method="sketchy", rank=5, graft="none", momentum="bfloat16"), opts),
+               [pw(120), pw(1), pw(120, 4),
+                pw(120, 1, 2), fd(6, 5, 20, 1, 2), pw(30, 1, 2), pw(5, 2, 2), lowrank(6, 5, 20),
+                pw(120, 2, 2), fd(5, 5, 24, 1, 2), pw(25, 1, 2), pw(5, 2, 2), pw(120), lowrank(5, 5, 24),
+                pw(120, 1, 2), fd(4, 4, 30, 1, 2), pw(16, 1, 2), pw(4, 2, 2), lowrank(4, 4, 30)])
+
+
+def test_blocked_sketchy_kernel_calls_by_hand():
+    """(24, 40) in blocks of 16 (groups (16, 16) × 2, (16, 8), (8, 16) × 2, (8, 8)), rank 16 (cut to 8 on the
+    8-wide axes), β2 = 1 and every step: weight 1, so no scaling pass."""
+    opts = OptimizerDefaults(merge_dims=1, betas=(0.9, 1.0))
+    got = kernel_calls((24, 40), MethodConfig(method="sketchy", rank=16, block_size=16), opts)
+    frame = [pw(960), pw(1), pw(960, 6), pw(960, 2), pw(160, 6), pw(512, 3), pw(128, 3), pw(256, 3), pw(64, 3),
+             pw(960, 2)]
+    groups = ([fd(16, 16, 16, 2), pw(512), pw(32, 2), lowrank(16, 16, 16, 2)] * 2
+              + [fd(16, 16, 8), pw(256), pw(16, 2), lowrank(16, 16, 8), fd(8, 8, 16), pw(64), pw(8, 2), lowrank(8, 8, 16)]
+              + [fd(8, 8, 16, 2), pw(128), pw(16, 2), lowrank(8, 8, 16, 2),
+                 fd(16, 16, 8, 2), pw(512), pw(32, 2), lowrank(16, 16, 8, 2)]
+              + [fd(8, 8, 8), pw(64), pw(8, 2), lowrank(8, 8, 8)] * 2)
+    same_calls(got, frame + groups)
+
+
+# ----------------------------------------------------------------------------------------- kernel calls: SOAP
+
+def _soap_axis(count, d, n, se, pf, middle=False):
+    """One axis of ``SoapRule.step_param``: three rotations (G', M', N) of the block (d, n, d) each step (with
+    the middle axis's unfolding copy each), L += G Gᵀ (d, d, n) every ``stats_every`` steps (its copy too), and
+    every ``precondition_frequency`` steps one power iteration L Q (d, d, d), the QR (timed as an eigh root),
+    the estimates and permutations (4 passes over d²) and V's permuted copy (2 over the block)."""
+    b = count * d * n
+    rot = ([pw(b)] if middle else []) + [gemm(d, n, d, count)]
+    return rot * 3 + ([pw(b, 1, se)] if middle else []) + [
+        gemm(d, d, n, count, se), gemm(d, d, d, count, pf), root(d, count, pf), pw(count * d * d, 4, pf), pw(b, 2, pf)]
+
+
+def test_soap_kernel_calls_by_hand():
+    """SOAP (Vyas et al. 2024): sanitize, momentum and the update, Adam in the rotated basis (7 passes over the
+    block) and per axis ``_soap_axis``."""
+    opts = OptimizerDefaults(merge_dims=1)
+    same_calls(kernel_calls((24, 40), MethodConfig(method="soap"), opts),
+               [pw(960), pw(1), pw(960, 2), pw(960, 7)] + _soap_axis(1, 24, 40, 1, 10) + _soap_axis(1, 40, 24, 1, 10))
+    opts = OptimizerDefaults(merge_dims=1, stats_every=3, precondition_frequency=4, weight_decay=0.1, nesterov=True)
+    same_calls(kernel_calls((6, 5, 4), MethodConfig(method="soap", momentum="none"), opts),
+               [pw(120), pw(1), pw(120, 2), pw(120, 7)] + _soap_axis(1, 6, 20, 3, 4)
+               + _soap_axis(1, 5, 24, 3, 4, middle=True) + _soap_axis(1, 4, 30, 3, 4))
+
+
+def test_blocked_packed_soap_kernel_calls_by_hand():
+    """Blocks of 16 of (24, 40): the stacking of G and of the two moments (3 passes) and the copy back per block
+    (6 × 160); packed statistics (``packing.unpack_calls``): per block group and axis, unpacking the d × d
+    statistic (10 passes over count·d²/4) each step and packing it back (6 passes) when it changes, every
+    ``stats_every`` steps. SOAP keeps no packed roots."""
+    opts = OptimizerDefaults(merge_dims=1, stats_every=2, precondition_frequency=6)
+    got = kernel_calls((24, 40), MethodConfig(method="soap", block_size=16, packed=True, momentum="bfloat16"), opts)
+    frame = [pw(960), pw(1), pw(960, 4), pw(960, 3), pw(160, 6), pw(512, 7), pw(128, 7), pw(256, 7), pw(64, 7)]
+    axes = (_soap_axis(2, 16, 16, 2, 6) * 2 + _soap_axis(1, 16, 8, 2, 6) + _soap_axis(1, 8, 16, 2, 6)
+            + _soap_axis(2, 8, 16, 2, 6) + _soap_axis(2, 16, 8, 2, 6) + _soap_axis(1, 8, 8, 2, 6) * 2)
+    unpack = ([pw(128, 10), pw(128, 6, 2)] * 2                          # (16, 16) × 2: 2·256/4
+              + [pw(64, 10), pw(64, 6, 2), pw(16, 10), pw(16, 6, 2)]    # (16, 8): 256/4, 64/4
+              + [pw(32, 10), pw(32, 6, 2), pw(128, 10), pw(128, 6, 2)]  # (8, 16) × 2
+              + [pw(16, 10), pw(16, 6, 2)] * 2)                        # (8, 8)
+    same_calls(got, frame + axes + unpack)
+
+
+def test_packed_kradagrad_unpacks_inverse_statistics_and_roots():
+    """Packed KrADagrad (issue 19b): both the inverse statistic (repacked every ``stats_every`` steps) and the
+    root (every ``precondition_frequency`` steps) of each axis are unpacked every step."""
+    opts = OptimizerDefaults(merge_dims=1, stats_every=2, precondition_frequency=6)
+    square = kernel_calls((24, 40), MethodConfig(method="kradagrad"), opts)
+    got = kernel_calls((24, 40), MethodConfig(method="kradagrad", packed=True), opts)
+    same_calls(got, square + [pw(144, 10), pw(144, 6, 2), pw(144, 10), pw(144, 6, 6),     # 24²/4 = 144
+                              pw(400, 10), pw(400, 6, 2), pw(400, 10), pw(400, 6, 6)])    # 40²/4 = 400
+
+
+def test_soap_fallback_is_adam_in_place():
+    """A dimension above ``max_precond_dim``: no rotation, Adam's 7 passes on the tensor itself."""
+    opts = OptimizerDefaults(max_precond_dim=32)
+    same_calls(kernel_calls((300,), MethodConfig(method="soap"), opts), [pw(300), pw(1), pw(300, 2), pw(300, 7)])
+
+
+# ------------------------------------------------------------------------ workspace: one tensor against MemTracker
+
+def _one_tensor_replay(shape, cfg, dtype, opts):
+    from test_step_peak import _replay_vs_tracker  # MemTracker's peak of three real steps, less params/grads/state
+
+    return _replay_vs_tracker([shape], cfg, dtype, opts)
+
+
+ET_CASES = [(MethodConfig(method="extreme_tensoring", momentum=m), OptimizerDefaults(et_max_dim=md, **kw))
+            for m, md, kw in [("none", 8, {}), ("float32", 8, {"nesterov": True}), ("bfloat16", 8, {}),
+                              ("float32", 0, {}), ("bfloat16", 5, {"weight_decay": 0.1}),
+                              ("none", 64, {"state_dtype": "bfloat16"})]]
+
+
+@pytest.mark.parametrize("cfg,opts", ET_CASES, ids=lambda x: x.label() if isinstance(x, MethodConfig) else "")
+@pytest.mark.parametrize("shape", [(12, 20), (5, 7, 3), (30,), (64, 9)])
+def test_extreme_tensoring_workspace_per_tensor(cfg, opts, shape):
+    """``extreme_tensoring.workspace_bytes`` for one tensor, float32 and bfloat16 parameters, against torch's
+    MemTracker: never under, at most the replays' 1.5 % + 64 bytes over (observed: equal to the byte)."""
+    import torch
+
+    for dtype in (torch.float32, torch.bfloat16):
+        predicted, measured = _one_tensor_replay(shape, cfg, dtype, opts)
+        assert measured <= predicted <= measured * 1.015 + 64, (dtype, predicted, measured)
