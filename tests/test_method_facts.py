@@ -427,3 +427,67 @@ def test_extreme_tensoring_workspace_per_tensor(cfg, opts, shape):
     for dtype in (torch.float32, torch.bfloat16):
         predicted, measured = _one_tensor_replay(shape, cfg, dtype, opts)
         assert measured <= predicted <= measured * 1.015 + 64, (dtype, predicted, measured)
+
+
+# ------------------------------------------------------------------------- extreme tensoring's mode sizes by hand
+
+@pytest.mark.parametrize("n,primes", [(2, [2]), (12, [2, 2, 3]), (97, [97]), (360, [2, 2, 2, 3, 3, 5]), (1, [])])
+def test_prime_factors(n, primes):
+    from sketchplan.methods.extreme_tensoring import _prime_factors
+
+    assert _prime_factors(n) == primes
+
+
+@pytest.mark.parametrize("d,max_dim,dims", [
+    (64, 8, [8, 8]),        # 8 = max_dim is allowed: two factors
+    (32, 6, [4, 4, 2]),     # no two factors of 32 are both ≤ 6 (2·16, 4·8): three, near-equal
+    (60, 8, [5, 4, 3]),     # 60 = 8·7.5 has no two-factor split ≤ 8
+    (98, 10, [7, 7, 2]),    # 14·7 fails, 7·7·2 fits
+    (776, 64, [97, 8]),     # 776 = 97·8: the prime 97 > 64 stays whole, the rest in one factor
+    (7, 4, [7]),            # a prime above max_dim stays whole
+    (5, 5, [5]),
+    (12, 1, [3, 2, 2]),     # max_dim 1: no factor above 1 fits, every prime whole (was a ZeroDivisionError)
+])
+def test_split_axis_fewest_near_equal_factors(d, max_dim, dims):
+    from sketchplan.methods.extreme_tensoring import split_axis
+
+    assert split_axis(d, max_dim) == dims
+
+
+def test_tensor_dims_drop_unit_axes_and_split_each_axis():
+    from sketchplan.methods.extreme_tensoring import tensor_dims
+
+    assert tensor_dims((1, 64, 1, 5), 8) == (8, 8, 5)
+    assert tensor_dims((6, 4), 0) == (24,)        # et_max_dim 0: one mode (diagonal AdaGrad)
+    assert tensor_dims((1, 1), 8) == (1,)
+    assert tensor_dims((), 8) == (1,)
+    assert tensor_dims((4, 6), 1) == (2, 2, 3, 2)  # accepted by OptimizerDefaults (ge=0), so it must work
+    layout = METHOD_MODULES["extreme_tensoring"].layout((4, 6), MethodConfig(method="extreme_tensoring", momentum="none"),
+                                                        OptimizerDefaults(et_max_dim=1))
+    assert [t.shape for t in layout] == [(2,), (2,), (3,), (2,), ()]
+
+
+# ------------------------------------------------------------------------------------ small corner cases by hand
+
+def test_quantisation_passes_per_codec():
+    from sketchplan.methods.compression import quantisation_passes
+
+    assert [quantisation_passes(c) for c in ("int8", "bfloat16", "none")] == [14, 2, 0]
+
+
+def test_a_one_element_parameter_still_makes_its_passes():
+    """Lion on a single element: every pass is over one element (the catalogue's smallest problem)."""
+    same_calls(kernel_calls((1,), MethodConfig(method="lion"), OptimizerDefaults()), [pw(1), pw(1), pw(1, 2), pw(1, 2)])
+
+
+def test_packed_factor_of_two_rows_unpacks_one_element_quarters():
+    """A 2 × 2 packed factor: 2²/4 = 1 element per quarter; a 24 × 24 one: 144."""
+    opts = OptimizerDefaults(merge_dims=1)
+    square = kernel_calls((2, 24), MethodConfig(method="shampoo"), opts)
+    got = kernel_calls((2, 24), MethodConfig(method="shampoo", packed=True), opts)
+    same_calls(got, square + [pw(1, 10), pw(1, 6), pw(1, 10), pw(1, 6, 10),
+                              pw(144, 10), pw(144, 6), pw(144, 10), pw(144, 6, 10)])
+
+
+def test_block_bytes_are_integers():
+    assert all(type(b) is int for b in placement.block_bytes(_blocked_layout()))
