@@ -491,3 +491,89 @@ def test_packed_factor_of_two_rows_unpacks_one_element_quarters():
 
 def test_block_bytes_are_integers():
     assert all(type(b) is int for b in placement.block_bytes(_blocked_layout()))
+
+
+# ----------------------------------------------------------------------------------------- Shampoo, by hand
+
+def _shampoo_axis(count, d, n, se, pf, middle=False):
+    """One axis of ``ShampooRule``: S += G_(i) G_(i)ᵀ (d, d, n) every ``stats_every`` steps (after the middle
+    axis's unfolding copy), the inverse root (variant left to the planner) and its copy every
+    ``precondition_frequency`` steps."""
+    return ([pw(count * d * n, 1, se)] if middle else []) + [
+        gemm(d, d, n, count, se), KernelCall("inv_root", (d,), count, pf), pw(count * d * d, 1, pf)]
+
+
+def test_shampoo_order_three_kernel_calls_by_hand():
+    opts = OptimizerDefaults(merge_dims=1, stats_every=2, precondition_frequency=3)
+    got = kernel_calls((6, 5, 4), MethodConfig(method="shampoo", graft="sgd", momentum="none"), opts)
+    same_calls(got, [pw(120), pw(1), pw(120, 3), pw(120)]
+               + _shampoo_axis(1, 6, 20, 2, 3) + _shampoo_axis(1, 5, 24, 2, 3, middle=True) + _shampoo_axis(1, 4, 30, 2, 3)
+               + [gemm(6, 20, 6), pw(120), gemm(5, 24, 5), gemm(4, 30, 4)])
+
+
+def test_blocked_shampoo_order_three_kernel_calls_by_hand():
+    """(8, 6, 4) in blocks of 4: 8 = 4 + 4, 6 = 4 + 2, 4 = 4, so groups (4, 4, 4) × 2 and (4, 2, 4) × 2; stacking
+    (2 passes over G, one copy of 192/4 = 48 per block), the norm graft per group."""
+    opts = OptimizerDefaults(merge_dims=1, stats_every=2, precondition_frequency=3)
+    got = kernel_calls((8, 6, 4), MethodConfig(method="blocked_shampoo", block_size=4, graft="sgd", momentum="none"), opts)
+    same_calls(got, [pw(192), pw(1), pw(192, 2), pw(48, 4), pw(128, 3), pw(64, 3), pw(192)]
+               + _shampoo_axis(2, 4, 16, 2, 3) + _shampoo_axis(2, 4, 16, 2, 3, middle=True) + _shampoo_axis(2, 4, 16, 2, 3)
+               + _shampoo_axis(2, 4, 8, 2, 3) + _shampoo_axis(2, 2, 16, 2, 3, middle=True) + _shampoo_axis(2, 4, 8, 2, 3)
+               + [gemm(4, 16, 4, 2), pw(128), gemm(4, 16, 4, 2), gemm(4, 16, 4, 2)]
+               + [gemm(4, 8, 4, 2), pw(64), gemm(2, 16, 2, 2), gemm(4, 8, 4, 2)])
+
+
+def test_soap_with_one_group_of_several_blocks_stacks_them():
+    """(32, 32) in blocks of 16: one group (16, 16) × 4, still blocked (stacking: 3 passes over G and 4 copies of
+    256 back)."""
+    opts = OptimizerDefaults(merge_dims=1)
+    got = kernel_calls((32, 32), MethodConfig(method="soap", block_size=16), opts)
+    same_calls(got, [pw(1024), pw(1), pw(1024, 2), pw(1024, 3), pw(256, 4), pw(1024, 7)]
+               + _soap_axis(4, 16, 16, 1, 10) * 2)
+
+
+# ------------------------------------------------------------------------------------ packing and identities
+
+def test_changed_names_follow_the_two_schedules():
+    """Statistics change on steps 1, 1 + f_s, …; roots on the refresh steps start, start + f_p, … (start = f_p
+    for the methods with stored roots when ``start_preconditioning_step`` is −1)."""
+    from sketchplan.methods.packing import changed_names
+
+    opts = OptimizerDefaults(stats_every=2, precondition_frequency=3)
+    assert [changed_names("shampoo", s, opts) for s in range(1, 8)] == [
+        ("stat",), (), ("stat", "root"), (), ("stat",), ("root",), ("stat",)]
+    opts = OptimizerDefaults(stats_every=1, precondition_frequency=3, start_preconditioning_step=2)
+    assert [changed_names("kradagrad", s, opts) for s in range(1, 6)] == [
+        ("inv",), ("inv", "root"), ("inv",), ("inv",), ("inv", "root")]
+    assert [changed_names("soap", s, OptimizerDefaults(stats_every=2)) for s in range(1, 4)] == [("stat",), (), ("stat",)]
+
+
+def test_packed_names_by_method():
+    from sketchplan.methods.packing import is_packed_name
+
+    assert is_packed_name("shampoo", "blocks0.stat1") and is_packed_name("shampoo", "blocks2.root0")
+    assert is_packed_name("kradagrad", "blocks0.inv10") and not is_packed_name("kradagrad", "blocks0.stat0")
+    assert is_packed_name("soap", "blocks1.stat0") and not is_packed_name("soap", "blocks1.basis0")
+    assert not is_packed_name("shampoo", "graft_exp_avg_sq") and not is_packed_name("shampoo", "momentum")
+    assert not is_packed_name("sketchy", "blocks0.stat0")  # a method without packed factors
+
+
+@pytest.mark.parametrize("d,shape", [(1, (1, 1)), (2, (3, 1)), (4, (5, 2)), (5, (5, 3)), (6, (7, 3)), (7, (7, 4))])
+def test_rectangular_full_packed_shape(d, shape):
+    """LAPACK's RFP layout: (d + 1) × d/2 for even d, d × (d + 1)/2 for odd d: d(d + 1)/2 elements either way."""
+    from sketchplan.methods.packing import rfp_shape
+
+    assert rfp_shape(d) == shape and shape[0] * shape[1] == d * (d + 1) // 2
+
+
+def test_kradagrad_starts_from_the_scaled_identity():
+    """L̃₀ = I/ε and its root (I/ε)^(1/(2k)) for k axes: ε = 1e-4 gives 1e4 and 1e4^(1/4) = 10 (order 2),
+    1e4^(1/6) = 10^(2/3) = 4.6416… (order 3)."""
+    from sketchplan.methods import initial_identity
+
+    got = initial_identity((24, 40), MethodConfig(method="kradagrad"), OptimizerDefaults(merge_dims=1, shampoo_eps=1e-4))
+    assert set(got) == {"blocks0.inv0", "blocks0.inv1", "blocks0.root0", "blocks0.root1"}
+    assert got["blocks0.inv0"] == got["blocks0.inv1"] == pytest.approx(1e4, rel=1e-12)
+    assert got["blocks0.root0"] == got["blocks0.root1"] == pytest.approx(10.0, rel=1e-12)
+    got = initial_identity((6, 5, 4), MethodConfig(method="kradagrad"), OptimizerDefaults(merge_dims=1, shampoo_eps=1e-4))
+    assert got["blocks0.root2"] == pytest.approx(10 ** (2 / 3), rel=1e-12)
