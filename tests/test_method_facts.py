@@ -577,3 +577,10 @@ def test_kradagrad_starts_from_the_scaled_identity():
     assert got["blocks0.root0"] == got["blocks0.root1"] == pytest.approx(10.0, rel=1e-12)
     got = initial_identity((6, 5, 4), MethodConfig(method="kradagrad"), OptimizerDefaults(merge_dims=1, shampoo_eps=1e-4))
     assert got["blocks0.root2"] == pytest.approx(10 ** (2 / 3), rel=1e-12)
+
+
+def test_soap_nesterov_momentum_adds_its_pass():
+    """``momentum_update_calls`` with Nesterov: lerp, the Nesterov combination and the update (3 passes)."""
+    opts = OptimizerDefaults(merge_dims=1, nesterov=True)
+    same_calls(kernel_calls((24, 40), MethodConfig(method="soap"), opts),
+               [pw(960), pw(1), pw(960, 3), pw(960, 7)] + _soap_axis(1, 24, 40, 1, 10) + _soap_axis(1, 40, 24, 1, 10))
