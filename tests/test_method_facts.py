@@ -584,3 +584,85 @@ def test_soap_nesterov_momentum_adds_its_pass():
     opts = OptimizerDefaults(merge_dims=1, nesterov=True)
     same_calls(kernel_calls((24, 40), MethodConfig(method="soap"), opts),
                [pw(960), pw(1), pw(960, 3), pw(960, 7)] + _soap_axis(1, 24, 40, 1, 10) + _soap_axis(1, 40, 24, 1, 10))
+
+
+# ------------------------------------------------------------------------------------------- blocking by hand
+
+def test_partition_and_group_counts_with_experts_and_fused_segments():
+    """(2 experts, 10, 6) in blocks of 4 with the 6 columns fused as 2 | 4: rows 4 + 4 + 2, columns 2 | 4 (each
+    segment blocked alone), per expert; groups in order of first appearance, row-major."""
+    from sketchplan.methods.blocking import group_counts, partition
+
+    r0, r1, r2, c0, c1 = slice(0, 4), slice(4, 8), slice(8, 10), slice(0, 2), slice(2, 6)
+    got = partition((2, 10, 6), 4, batched=True, splits=(None, (2, 4)))
+    assert [(g.shape, g.slices) for g in got] == [
+        ((4, 2), ((0, r0, c0), (0, r1, c0), (1, r0, c0), (1, r1, c0))),
+        ((4, 4), ((0, r0, c1), (0, r1, c1), (1, r0, c1), (1, r1, c1))),
+        ((2, 2), ((0, r2, c0), (1, r2, c0))),
+        ((2, 4), ((0, r2, c1), (1, r2, c1)))]
+    assert group_counts((2, 10, 6), 4, batched=True, splits=(None, (2, 4))) == [
+        ((4, 2), 4), ((4, 4), 4), ((2, 2), 2), ((2, 4), 2)]
+    # unbatched, no segments: rows 2 + 2 + 1, columns 2 + 1
+    got = partition((5, 3), 2)
+    assert [(g.shape, g.count) for g in got] == [((2, 2), 2), ((2, 1), 2), ((1, 2), 1), ((1, 1), 1)]
+    assert got[1].slices == ((slice(0, 2), slice(2, 3)), (slice(2, 4), slice(2, 3)))
+    assert group_counts((5, 3), 2) == [((2, 2), 2), ((2, 1), 2), ((1, 2), 1), ((1, 1), 1)]
+    assert group_counts((5, 3), None) == [((5, 3), 1)]
+
+
+def test_matrix_plan_defaults_are_one_unbatched_unsplit_tensor():
+    from sketchplan.methods.blocking import matrix_plan
+
+    mp = matrix_plan((24, 40), None, 1, 8192)
+    assert (mp.merged, mp.groups, mp.fallback, mp.batched) == ((24, 40), (((24, 40), 1),), None, False)
+
+
+def test_sketchy_blocks_only_larger_than_the_rank():
+    assert METHOD_MODULES["sketchy"].grid((32,), (16, 32, 64)) == [{"rank": 32}, {"rank": 32, "block_size": 64}]
+
+
+def test_workspace_defaults_are_float32_parameters_with_kernel_scratch():
+    """Every method's ``workspace_bytes(shape, cfg, opts)`` is the figure for a float32 parameter with the kernels'
+    internal scratch counted (what the planner uses)."""
+    opts = OptimizerDefaults(merge_dims=1)
+    for method, module in METHOD_MODULES.items():
+        cfg = MethodConfig(method=method, rank=4 if method == "sketchy" else None,
+                           block_size=8 if method == "blocked_shampoo" else None)
+        for shape in [(12, 20), (30,)]:
+            assert module.workspace_bytes(shape, cfg, opts) == module.workspace_bytes(shape, cfg, opts, "float32", True)
+
+
+# ------------------------------------------------------------------------------------- frame corner cases
+
+def test_adafactor_graft_on_a_matrix_adds_its_vector_updates():
+    """The adafactor graft (9 passes over G) on a 24 × 40 matrix also updates its row and column vectors
+    (6 passes over the longer, 40); on a vector there are no factors."""
+    opts = OptimizerDefaults(merge_dims=1)
+    same_calls(kernel_calls((24, 40), MethodConfig(method="shampoo", graft="adafactor"), opts),
+               [pw(960), pw(1), pw(960, 9), pw(40, 6), pw(960, 3), pw(960, 2)]
+               + _shampoo_axis(1, 24, 40, 1, 10) + _shampoo_axis(1, 40, 24, 1, 10) + [gemm(24, 40, 24), gemm(40, 24, 40)])
+    same_calls(kernel_calls((300,), MethodConfig(method="shampoo", graft="adafactor"), opts),
+               [pw(300), pw(1), pw(300, 9), pw(300, 3), pw(300, 2)] + _shampoo_axis(1, 300, 1, 1, 10) + [gemm(300, 1, 300)])
+
+
+def test_one_group_of_several_blocks_is_stacked():
+    """(32, 32) in blocks of 16: one group (16, 16) × 4 is still blocked (stacking and 4 copies of 256 back)."""
+    opts = OptimizerDefaults(merge_dims=1)
+    got = kernel_calls((32, 32), MethodConfig(method="blocked_shampoo", block_size=16, graft="sgd", momentum="none"), opts)
+    same_calls(got, [pw(1024), pw(1), pw(1024, 2), pw(256, 4), pw(1024, 3), pw(1024)]
+               + _shampoo_axis(4, 16, 16, 1, 10) * 2 + [gemm(16, 16, 16, 4)] * 2)
+
+
+def test_shampoo_roots_start_as_the_identity():
+    from sketchplan.methods import initial_identity
+
+    got = initial_identity((8, 6, 4), MethodConfig(method="blocked_shampoo", block_size=4), OptimizerDefaults(merge_dims=1))
+    assert got == {f"blocks{g}.root{i}": 1.0 for g in range(2) for i in range(3)}
+    assert initial_identity((30,), MethodConfig(method="adam"), OptimizerDefaults()) == {}
+
+
+def test_blocked_shampoo_layout_needs_a_block_size():
+    cfg = MethodConfig.model_construct(method="blocked_shampoo", block_size=None, graft="adam", momentum="float32",
+                                       compress="none", batch_dims=0, splits=None, split_axis=0, packed=False)
+    with pytest.raises(ValueError, match="^blocked_shampoo needs a block_size$"):
+        METHOD_MODULES["blocked_shampoo"].layout((24, 40), cfg, OptimizerDefaults())
