@@ -704,3 +704,23 @@ def test_matrix_methods_count_the_eigh_scratch():
         module = METHOD_MODULES[cfg.method]
         assert module.workspace_bytes((12, 20), cfg, opts, "float32", True) > \
             module.workspace_bytes((12, 20), cfg, opts, "float32", False)
+
+
+def test_matrix_plan_edges_by_hand():
+    """Segments that do not add up, or a lone segment, are no split (the axes merge as usual); fused segments keep
+    the axes unmerged even under a large ``merge_dims``; one expert is no batch; a scalar has nothing to merge; a
+    dimension equal to ``max_precond_dim`` is still preconditioned; a split axis past the end is ignored."""
+    from sketchplan.methods.blocking import matrix_plan
+
+    assert matrix_plan((10, 6), None, 1024, 8192, splits=(3, 4), split_axis=1).merged == (60,)
+    assert matrix_plan((10, 6), 4, 1024, 8192, splits=(5, 5)).merged == (10, 6)
+    one = matrix_plan((1, 10, 6), None, 1, 8192, batch_dims=1)
+    assert (one.merged, one.batched, one.groups) == ((10, 6), False, (((10, 6), 1),))
+    scalar = matrix_plan((1, 1), None, 1024, 8192)
+    assert (scalar.merged, scalar.groups, scalar.fallback) == ((), (), "scalar")
+    assert matrix_plan((24, 40), None, 1, 40).fallback is None
+    assert matrix_plan((24, 41), None, 1, 40).fallback == "dim>max_precond_dim"
+    assert matrix_plan((2, 10, 6), None, 1024, 8192, batch_dims=1, splits=(3, 3), split_axis=2).merged == (2, 60)
+    assert matrix_plan((10, 6), None, 1, 8192, splits=(3, 3), split_axis=2).splits is None
+    mp = matrix_plan((2, 10, 6), 4, 1, 8192, batch_dims=1, splits=(2, 4), split_axis=1)
+    assert mp.groups == (((4, 2), 4), ((4, 4), 4), ((2, 2), 2), ((2, 4), 2))
