@@ -68,6 +68,8 @@ EQUIVALENT: dict[str, str] = {
     "sketchplan.methods.packing.x_is_packed_name__mutmut_15": _NAMES,
     "sketchplan.methods.packing.x_changed_names__mutmut_8": "`out += stats` → `out = stats`: `out` is still the empty tuple there",
     "sketchplan.methods.blocking.x_matrix_plan__mutmut_5": "`batch` computed as ∏ shape[:0] = 1 without batch axes: the same 1",
+    "sketchplan.methods.blocking.x_matrix_plan__mutmut_29": "`merged_shape(shape[batch_dims:])` also without batch "
+    "axes: shape[0:] is the shape",
     "sketchplan.methods.blocking.x_matrix_plan__mutmut_7": "`batch` = 2 without batch axes: `batched` needs batch_dims > 0, so it "
     "is never read",
     "sketchplan.methods.extreme_tensoring.x_workspace_bytes__mutmut_3": "default `scratch=False`: extreme tensoring calls no kernel "
