@@ -51,6 +51,8 @@ def split_axis(d: int, max_dim: int) -> list[int]:
     if d <= max_dim:
         return [d]
     primes = sorted(_prime_factors(d), reverse=True)
+    if max_dim <= 1:  # no factor above 1 fits (et_max_dim = 1): every prime stays whole
+        return primes
     m = max(2, math.ceil(math.log(d) / math.log(max_dim)))
     while True:
         bins = [1] * m
