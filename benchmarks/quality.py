@@ -208,7 +208,7 @@ def methods(task: Task) -> dict[str, tuple[list[float], Callable]]:
                                            kradagrad_variant="star"))
     # issue 19b: SOAP (Adam in the eigenbasis of Shampoo's factors), basis refreshed every 10 steps like the roots
     out["SOAP (ours)"] = (lrs, _ours(MethodConfig(method="soap", momentum="float32"), task))
-    out.update(issue19_rows(task, lrs))
+    out.update(soap_adafactor_lion_muon_rows(task, lrs))
     out.update(peers(task, lrs))
     if ONLY:
         out = {k: v for k, v in out.items() if k in ONLY}
@@ -260,7 +260,7 @@ class _Both:
             o.step()
 
 
-def issue19_rows(task: Task, lrs: list[float]) -> dict[str, tuple[list[float], Callable]]:
+def soap_adafactor_lion_muon_rows(task: Task, lrs: list[float]) -> dict[str, tuple[list[float], Callable]]:
     """Ours: Adafactor (torch.optim.Adafactor's algorithm) on every tensor, Lion, Muon (hidden matrices, Adam on
     the rest), 8-bit Adam (int8 moments, ``methods.compression``); peers: torch.optim.Adafactor, torch.optim.Muon
     (+ AdamW), pytorch-optimizer's Lion and AdaFactor. Same learning-rate grid as Adam: our Lion scales it by

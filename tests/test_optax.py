@@ -248,7 +248,7 @@ def test_eval_shape_and_jit_for_every_method():
 
 
 @pytest.mark.parametrize("name", ["soap", "adafactor", "lion", "muon"])
-def test_issue19_aliases_take_inject_hyperparams_and_tree_map_params(name):
+def test_soap_adafactor_lion_muon_aliases_take_inject_hyperparams_and_tree_map_params(name):
     """SOAP, Adafactor, Lion and Muon as optax idioms: ``inject_hyperparams`` gives the alias's updates (a float
     learning rate injected and traced), ``tree_map_params`` maps the params' specs onto ``mu``/``nu``, the state
     bytes are the layouts' plus the count, and the direction form chains to the same updates."""

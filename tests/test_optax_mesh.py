@@ -94,7 +94,7 @@ def test_planned_mix_per_device_bytes_equal_the_planners_prediction(results):
     assert r["per_device"] == r["expected"]
 
 
-def test_planned_issue19_methods_per_device_bytes_equal_the_planners_prediction(results):
+def test_planned_soap_muon_mix_per_device_bytes_equal_the_planners_prediction(results):
     """A plan over SOAP, Adafactor, Lion and Muon with int8 second moments (no budget: each tensor's best
     candidate), built with build_optax on the explicit mesh: measured per-device bytes = device_state_bytes."""
     r = results["explicit"]["plan19"]

@@ -115,7 +115,7 @@ def build_optimizer(plan: Plan, model: "torch.nn.Module", allow_mismatch: bool =
     all_params = [p for ps in groups.values() for p in ps]
     dist_opt.check_running(kind, s.world_size, s.shard_group, all_params, wrapped_ddp)
     if s.world_size > 1 or any(dist_opt.is_dtensor(p) for p in all_params):  # FSDP2, also on one rank
-        _refuse_distributed_issue19([cfg for cfg, _ in groups], kind if s.world_size > 1 else "fsdp")
+        _refuse_unplaceable([cfg for cfg, _ in groups], kind if s.world_size > 1 else "fsdp")
         names = {id(p): entries[n].name for n, p in model.named_parameters() if n in entries}
         return dist_opt.build_distributed(
             param_groups, adam, plan.defaults, kind=kind if s.world_size > 1 else "fsdp", world=s.world_size,
@@ -284,8 +284,8 @@ def build_optax(plan: "Plan", params, learning_rate: "LearningRate" = None,
     return with_learning_rate(direction, lr, plan.defaults.weight_decay, mask)
 
 
-def _refuse_distributed_issue19(configs, kind: str) -> None:
-    """Issue 19 part A: compressed state is decoded by ``SketchplanOptimizer`` only (the distributed optimizer's
+def _refuse_unplaceable(configs, kind: str) -> None:
+    """Refuse what the distributed optimizer cannot place: compressed state is decoded by ``SketchplanOptimizer`` only (the distributed optimizer's
     placement assumes plain element-wise state), and Muon orthogonalises whole matrices, which FSDP/HSDP shard."""
     from .methods.compression import is_compressed
 

@@ -42,7 +42,7 @@ SCORE_FACTOR = 1.0
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_EPS = 1e-7
 #: Where NS₅ puts the singular values of a matrix whose normalised singular values are ≥ 1.1e-3 (Jordan 2024:
-#: "S' ~ Uniform(0.5, 1.5)"; ``tests/test_issue19_methods.py`` checks random matrices against it).
+#: "S' ~ Uniform(0.5, 1.5)"; ``tests/test_adafactor_lion_muon_compressed.py`` checks random matrices against it).
 NS_BAND = (0.5, 1.5)
 
 

@@ -12,7 +12,7 @@ Matrix methods (``MatrixRule.step_param``) step one parameter after another, so 
 parameter's replay (``matrix_step``) and the step's is the largest over parameters. Adam steps a whole param
 group with multi-tensor kernels: its transients are per chunk of the group (``adam.group_workspace_bytes``).
 
-``tests/test_step_peak.py`` and ``tests/test_issue19_methods.py`` measure every replay against torch's ``MemTracker`` on
+``tests/test_step_peak.py`` and ``tests/test_adafactor_lion_muon_compressed.py`` measure every replay against torch's ``MemTracker`` on
 random shapes (``tests/replay.py``).
 """
 
