@@ -285,8 +285,9 @@ def build_optax(plan: "Plan", params, learning_rate: "LearningRate" = None,
 
 
 def _refuse_unplaceable(configs, kind: str) -> None:
-    """Refuse what the distributed optimizer cannot place: compressed state is decoded by ``SketchplanOptimizer`` only (the distributed optimizer's
-    placement assumes plain element-wise state), and Muon orthogonalises whole matrices, which FSDP/HSDP shard."""
+    """Refuse what the distributed optimizer cannot place: compressed state is decoded by ``SketchplanOptimizer``
+    only (the distributed optimizer's placement assumes plain element-wise state), and Muon orthogonalises whole
+    matrices, which FSDP/HSDP shard."""
     from .methods.compression import is_compressed
 
     if any(is_compressed(c) for c in configs):
