@@ -34,17 +34,18 @@ def random_shapes(vector_max: int = 200) -> tuple[int, list[tuple[int, ...]]]:
                   (rng.randint(2, 6), rng.randint(2, 40), rng.randint(2, 9))]
 
 
-def measured_step_transients(shapes, cfg, dtype, opts, steps: int) -> int:
+def measured_step_transients(shapes, cfg, dtype, opts, steps: int, master_weights: bool = False) -> int:
     """MemTracker's peak over ``steps`` optimizer steps of one param group of ``shapes`` (fresh random
-    gradients), less what stays allocated (parameters, gradients and the method's state layout)."""
+    gradients), less what stays allocated (parameters, gradients, float32 masters with ``master_weights``, and
+    the method's state layout)."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
     from sketchplan.methods import state_layout, total_bytes
     from sketchplan.optimizers.torch import SketchplanOptimizer, group_options
 
     ps = [torch.nn.Parameter(torch.randn(s, dtype=dtype)) for s in shapes]
-    opt = SketchplanOptimizer([{"params": ps, **group_options(cfg, opts)}], cfg, opts)
-    kept = sum(p.numel() * p.element_size() * 2 for p in ps)
+    opt = SketchplanOptimizer([{"params": ps, **group_options(cfg, opts)}], cfg, opts, master_weights=master_weights)
+    kept = sum(p.numel() * (p.element_size() * 2 + (4 if master_weights else 0)) for p in ps)
     kept += sum(total_bytes(state_layout(tuple(p.shape), cfg, opts)) for p in ps)
     measured = 0
     for _ in range(steps):

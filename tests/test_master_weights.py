@@ -101,27 +101,12 @@ def test_dcp_checkpoint_holds_the_masters(tmp_path):
 
 
 def _transients(shapes, cfg, opts, master: bool) -> int:
-    """Bytes MemTracker sees the step allocate above parameters, gradients, masters and state (max of 3 steps)."""
-    from torch.distributed._tools.mem_tracker import MemTracker
+    """Bytes MemTracker sees the step allocate above parameters, gradients, masters and state (max of 3 steps):
+    bfloat16 parameters with float32 masters, or float32 parameters without."""
+    from replay import measured_step_transients
 
-    from sketchplan.methods import state_layout, total_bytes
-    from sketchplan.optimizers.torch import SketchplanOptimizer, group_options
-
-    dtype = torch.bfloat16 if master else torch.float32
-    ps = [torch.nn.Parameter(torch.randn(s).to(dtype)) for s in shapes]
-    opt = SketchplanOptimizer([{"params": ps, **group_options(cfg, opts)}], cfg, opts, master_weights=master)
-    kept = sum(p.nbytes * 2 + (p.numel() * 4 if master else 0) for p in ps)  # params, grads, masters
-    kept += sum(total_bytes(state_layout(tuple(p.shape), cfg, opts)) for p in ps)
-    measured = 0
-    for _ in range(3):
-        for p in ps:
-            p.grad = torch.randn_like(p)
-        mt = MemTracker()
-        mt.track_external(*ps, *[p.grad for p in ps], opt)
-        with mt:
-            opt.step()
-        measured = max(measured, sum(s["Total"] for s in mt.get_tracker_snapshot("peak").values()) - kept)
-    return measured
+    return measured_step_transients(shapes, cfg, torch.bfloat16 if master else torch.float32, opts, steps=3,
+                                    master_weights=master)
 
 
 @pytest.mark.parametrize("cfg", [MethodConfig(method="adam"), MethodConfig(method="sketchy", rank=4, graft="adafactor"),
