@@ -166,29 +166,13 @@ PARITY = {
 def test_directions_equal_torch(name):
     """Same gradient stream; the torch step Δp (float64 parameters, float32 state: Δp is the float32 update
     exactly) against the jitted optax update, relative error per tensor after warm-up (steps ≥ 10)."""
+    from jax_parity import worst_update_error
+
     make_torch, make_jax, tol = PARITY[name]
     rng = np.random.default_rng(0)
-    init = {k: np.asarray(rng.standard_normal(s), np.float32) for k, s in SHAPES.items()}
-    tparams = {k: torch.nn.Parameter(torch.tensor(v, dtype=torch.float64)) for k, v in init.items()}
-    opt = make_torch(list(tparams.values()))
-    tx = make_jax()
-    params = {k: jnp.asarray(v) for k, v in init.items()}
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    worst = 0.0
-    for t in range(1, 15):
-        grads = {k: np.asarray(rng.standard_normal(s) * (1 + 0.5 * np.sin(t)), np.float32) for k, s in SHAPES.items()}
-        before = {k: p.detach().clone() for k, p in tparams.items()}
-        for k, p in tparams.items():
-            p.grad = torch.tensor(grads[k], dtype=torch.float64)
-        opt.step()
-        updates, state = update({k: jnp.asarray(v) for k, v in grads.items()}, state, params)
-        params = optax.apply_updates(params, updates)
-        if t >= 10:
-            for k in SHAPES:
-                ref = (tparams[k].detach() - before[k]).numpy()
-                err = np.linalg.norm(ref - np.asarray(updates[k], np.float64)) / np.linalg.norm(ref)
-                worst = max(worst, err)
+    tparams = {k: torch.nn.Parameter(torch.tensor(np.asarray(rng.standard_normal(s), np.float32),
+                                                  dtype=torch.float64)) for k, s in SHAPES.items()}
+    worst = worst_update_error(make_torch(list(tparams.values())), tparams, make_jax(), rng, steps=14, from_step=10)
     assert worst <= tol, f"{name}: max relative error {worst:.2e}"
 
 
