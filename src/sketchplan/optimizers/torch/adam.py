@@ -51,7 +51,7 @@ def _adamw_fused(params: list[torch.Tensor], grads: list[torch.Tensor], states: 
     """One ``torch._fused_adamw_`` call over the chunk; its one temporary is the step count as a float32 scalar
     (``methods.adam.FUSED_STEP_BYTES``), which every tensor reads."""
     beta1, beta2 = opts.betas
-    t = torch.tensor(float(step), dtype=torch.float32, device=params[0].device)
+    t = torch.full((), float(step), dtype=torch.float32, device=params[0].device)  # a fill: no host-to-device copy
     torch._fused_adamw_(params, grads, [s["exp_avg"] for s in states],
                         [s["exp_avg_sq"] for s in states], [], [t] * len(params), lr=opts.lr, beta1=beta1,
                         beta2=beta2, weight_decay=opts.weight_decay, eps=opts.eps, amsgrad=False, maximize=False)
