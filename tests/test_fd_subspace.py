@@ -39,8 +39,11 @@ def _drifting_stream(rng, d, n, steps):
 
 @pytest.mark.parametrize("d,k,n,beta2", [(128, 16, 128, 0.999), (112, 24, 40, 0.99), (64, 8, 256, 0.999)])
 def test_subspace_keeps_the_fd_invariant_and_tracks_exact_fd(d, k, n, beta2):
-    """Observed worst over 20 steps, 3 shapes and 4 seeds (float64): lower gap ≥ −1e-16·tr C (exact), upper
-    shortfall ≤ 0.22 % of tr C, sketch ≤ 2.3 % and Sketchy direction ≤ 1.8 % from exact FD's; bounds ~2× those."""
+    """Observed worst over 20 steps, 3 shapes and 12 seeds (float64), with the warm start [U, P] and P refined
+    by power steps on the part of X outside U: lower gap ≥ −1e-16·tr C (exact), upper shortfall ≤ 0.17 % of
+    tr C, sketch ≤ 6.7 % and Sketchy direction ≤ 8.9 % from exact FD's; bounds ~2× those (2.3 % and 1.8 % with
+    the earlier full power steps on Y Yᵀ, which cost 2–3× the step on GPT-2 blocks for the same char-LM loss:
+    benchmarks/results/fd_variant_quality.md)."""
     assert subspace_width(d, k, n) < min(d, k + n)  # really the approximating regime
     seed = int(np.random.SeedSequence().entropy % 2**31)
     rng = np.random.default_rng(seed)
@@ -57,10 +60,32 @@ def test_subspace_keeps_the_fd_invariant_and_tracks_exact_fd(d, k, n, beta2):
         assert lower >= -1e-12, (seed, step, lower)           # 0 ≼ C − Ĉ: exact
         assert upper >= -4e-3, (seed, step, upper)            # C − Ĉ ≼ (ρ + 0.4 %·tr C) I
         ref = fd_reference.sketch(ru, rs)
-        assert np.linalg.norm(fd_reference.sketch(gu, gs) - ref) <= 0.05 * np.linalg.norm(ref), (seed, step)
+        assert np.linalg.norm(fd_reference.sketch(gu, gs) - ref) <= 0.13 * np.linalg.norm(ref), (seed, step)
         g = rng.standard_normal(d)
         want = _root_apply(ru, rs, rr, g)
-        assert np.linalg.norm(_root_apply(gu, gs, gr, g) - want) <= 0.04 * np.linalg.norm(want), (seed, step)
+        assert np.linalg.norm(_root_apply(gu, gs, gr, g) - want) <= 0.18 * np.linalg.norm(want), (seed, step)
+
+
+@pytest.mark.parametrize("d,k,n", [(40, 8, 1), (48, 12, 3), (26, 24, 2)])
+def test_subspace_is_exact_fd_when_its_basis_holds_all_of_y(d, k, n):
+    """With l = k + n (a vector's sketch, or few new columns) the basis [U, orth(X ⟂ U)] spans Y, so the update
+    is exact FD: U σ² Uᵀ and ρ equal the float64 reference's after every step, from the empty sketch through the
+    steps where the sketch is full (the rank-k truncation then drops mass into ρ)."""
+    assert subspace_width(d, k, n) == k + n
+    rng = np.random.default_rng()
+    u, sig2, rho = torch.zeros(1, d, k, dtype=torch.float64), torch.zeros(1, k, dtype=torch.float64), \
+        torch.zeros(1, dtype=torch.float64)
+    ru, rs, rr = np.zeros((d, k)), np.zeros(k), 0.0
+    for step, x in enumerate(_drifting_stream(rng, d, n, 2 * k // n + 4)):
+        u, sig2, rho = fd_update(u, sig2, rho, torch.from_numpy(x)[None], 0.99, "subspace")
+        ru, rs, rr = fd_reference.fd_step(ru, rs, rr, x, 0.99)
+        ref = fd_reference.sketch(ru, rs)
+        got = fd_reference.sketch(u[0].numpy(), sig2[0].numpy())
+        assert np.linalg.norm(got - ref) <= 1e-9 * np.linalg.norm(ref), step
+        assert rho.item() == pytest.approx(rr, rel=1e-9, abs=1e-12 * np.trace(ref)), step
+        gram = u[0].numpy().T @ u[0].numpy()        # orthonormal columns where σ² > 0, zero columns elsewhere
+        np.testing.assert_allclose(gram, np.diag((sig2[0].numpy() > 0).astype(float)), atol=1e-9)
+    assert rr > 0  # the stream overflowed the rank: the shrink really ran
 
 
 def test_subspace_lower_invariant_survives_a_bad_basis(monkeypatch):
@@ -131,4 +156,13 @@ def test_subspace_jax_keeps_the_lower_invariant_and_tracks_exact_fd():
             lower, upper = fd_reference.invariant_gap(cov, gu, gs, float(rho[0]))
             assert lower >= -1e-12 and upper >= -4e-3
             ref = fd_reference.sketch(ru, rs)
-            assert np.linalg.norm(fd_reference.sketch(gu, gs) - ref) <= 0.05 * np.linalg.norm(ref)
+            assert np.linalg.norm(fd_reference.sketch(gu, gs) - ref) <= 0.13 * np.linalg.norm(ref)
+        u, sig2, rho = jnp.zeros((1, 40, 8)), jnp.zeros((1, 8)), jnp.zeros((1,))  # the exact path (l = k + n)
+        ru, rs, rr = np.zeros((40, 8)), np.zeros(8), 0.0
+        for x in _drifting_stream(rng, 40, 2, 8):
+            u, sig2, rho = jfd.fd_update(u, sig2, rho, jnp.asarray(x[None]), 0.99, "subspace")
+            ru, rs, rr = fd_reference.fd_step(ru, rs, rr, x, 0.99)
+            ref = fd_reference.sketch(ru, rs)
+            got = fd_reference.sketch(np.asarray(u[0], np.float64), np.asarray(sig2[0], np.float64))
+            assert np.linalg.norm(got - ref) <= 1e-9 * np.linalg.norm(ref)
+            assert float(rho[0]) == pytest.approx(rr, rel=1e-9, abs=1e-12 * np.trace(ref))

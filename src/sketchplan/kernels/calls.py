@@ -43,11 +43,11 @@ FD_VARIANTS: tuple[str, ...] = KERNEL_VARIANTS["fd_update"]
 #: The FD variants that compute the exact update (the same sketch up to rounding); ``subspace`` approximates it.
 EXACT_FD_VARIANTS: tuple[str, ...] = ("svd", "gram_small", "gram_large", "qr_svd")
 
-#: ``subspace`` FD variant: subspace-iteration steps Q ← qr(Y Yᵀ Q) after the warm start (1 step: direction error
-#: up to 4–7 % on the tests' streams, 2 steps: up to 0.6–1.7 %), and the power iterations that estimate the largest eigenvalue the new sketch leaves out (added to ρ;
-#: ``kernels.torch.frequent_directions``).
+#: ``subspace`` FD variant: power steps refining the l − k new directions P ← orth((I − UUᵀ) X Xᵀ P) after the
+#: warm start (on Y Yᵀ from the cold start), and the power iterations that estimate the largest eigenvalue the new
+#: sketch leaves out (added to ρ; row-vector products, cheap). ``kernels.torch.frequent_directions``.
 SUBSPACE_POWER_STEPS = 2
-SUBSPACE_ESTIMATE_STEPS = 4
+SUBSPACE_ESTIMATE_STEPS = 8
 
 
 def subspace_width(d: int, k: int, n: int) -> int:
@@ -67,13 +67,15 @@ PLANNED_VARIANTS: dict[str, tuple[str, ...]] = {"fd_update": ("svd", "qr_svd", "
 
 def choose_variant(d: int, k: int, n: int) -> str:
     """The default (``auto``) FD variant for a d-dimensional sketch of rank k receiving n new columns without a
-    profile: ``subspace`` when its modelled flops are under 0.7× the exact variant's (it costs O(d·(k+n)·k) against
-    O(d·(k+n)²) for the thin SVD; on a 2-core CPU its measured time ratio tracked the flops ratio: 0.52 vs 0.58 at
-    (1024, 256, 1024), 0.95 vs 0.89 at (768, 256, 768), 0.22 vs 0.23 at (1024, 128, 1024)), else ``svd`` (thin SVD
-    of the d × (k+n) matrix Y), the accurate exact variant at every shape (the Gram variants square the
-    conditioning: ``PLANNED_VARIANTS``). With a profile the planner picks the measured fastest of
-    ``PLANNED_VARIANTS`` instead (``profiles.cost.CostModel.step``)."""
-    if 10 * flops("fd_update", "subspace", (d, k, n)) < 7 * flops("fd_update", "svd", (d, k, n)):
+    profile: ``subspace`` when its modelled flops are under 1.25× the exact thin SVD's, else ``svd`` (thin SVD of the
+    d × (k+n) matrix Y, the accurate exact variant at every shape: the Gram variants square the conditioning,
+    ``PLANNED_VARIANTS``). The margin is measured: LAPACK's SVD runs at a fraction of the gemm and eigh rate the
+    subspace variant runs at — on a 2-core CPU (torch 2.13, float32, ms for svd / subspace) 11.5 / 5.0 at
+    (768, 256, 1) (flops ratio 1.15; the subspace variant's exact path, l = k + n), 40.6 / 12.5 at (768, 256, 256)
+    (0.75), 479 / 58 for three (1024, 256, 768) blocks (0.20), 19.0 / 18.0 at (256, 256, 768) (2.28). With a
+    profile the planner picks the measured fastest of ``PLANNED_VARIANTS`` instead
+    (``profiles.cost.CostModel.step``)."""
+    if 4 * flops("fd_update", "subspace", (d, k, n)) < 5 * flops("fd_update", "svd", (d, k, n)):
         return "subspace"
     return "svd"
 
@@ -120,9 +122,12 @@ def flops(kernel: str, variant: str, dims: tuple[int, ...]) -> float:
     V diag(λ^a) Vᵀ; coupled Newton ≈ 20 iterations of (p+1)·2d³ with p = 4; thin SVD of an a × b matrix
     (a ≥ b) ≈ 4ab² + 8b³; FD with w = k + n columns: ``svd`` SVD(d, w); ``gram_small`` 2dw² + 9w³ + 2dw²;
     ``gram_large`` 2d²w + 9d³; ``qr_svd`` QR of the w × d matrix Yᵀ (2·w·d·min(w, d)) then SVD(d, min(w, d));
-    ``subspace`` with l = ``subspace_width``: the start 2dnl, (1 + power steps) QRs of d × l (4dl² each), per
-    power step Y(YᵀQ) (4dwl), B = QᵀY (2dwl), BBᵀ (2wl²) and its eigh (9l³), Bᵀ ub (2wlk), Z = Y(·) (2dwk),
-    the estimate's 1 + estimate steps of YYᵀv − ZZᵀv (4dw + 4dk each), ZᵀZ (2dk²), its eigh (9k³), Z V (2dk²).
+    ``subspace`` with l = ``subspace_width`` and m = l − k new directions (the warm path; the cold first steps
+    are rarer): X Ω (2dnm), per orthogonalisation to U two Gram–Schmidt passes (8dkm) and a QR of d × m (4dm²),
+    per power step X(XᵀP) (4dnm) and another orthogonalisation, B = QᵀY (2dwl), BBᵀ (2wl²) and its eigh (9l³),
+    Bᵀ ub (2wlk), Z = Y(·) (2dwk), the estimate's 1 + estimate steps of YYᵀv − ZZᵀv (4dw + 4dk each; none
+    when l = d), ZᵀZ (2dk²), its eigh (9k³), Z V (2dk²); when l = w (the exact path) orth(X ⟂ U) (8dkn + 4dn²),
+    B (2dw²), BBᵀ and its eigh (11w³), Q ub (2dwk).
     Newton–Schulz on m × n (m ≤ n): per iteration XXᵀ (2m²n), A² (2m³) and (bA + cA²)X (2m²n).
     """
     if kernel == "gemm":
@@ -142,9 +147,12 @@ def flops(kernel: str, variant: str, dims: tuple[int, ...]) -> float:
             return 2.0 * d * d * w + 9.0 * d**3
         if variant == "subspace":
             ll = subspace_width(d, k, n)
-            return (2.0 * d * n * ll + (1 + SUBSPACE_POWER_STEPS) * 4.0 * d * ll * ll
-                    + SUBSPACE_POWER_STEPS * 4.0 * d * w * ll + 2.0 * d * w * ll + 2.0 * w * ll * ll + 9.0 * ll**3
-                    + 2.0 * w * ll * k + 2.0 * d * w * k + (1 + SUBSPACE_ESTIMATE_STEPS) * (4.0 * d * w + 4.0 * d * k)
+            if ll == w:  # exact path: orth(X ⟂ U), B = QᵀY, B Bᵀ, its eigh, Q ub
+                return 8.0 * d * k * n + 4.0 * d * n * n + 2.0 * d * w * w + 11.0 * w**3 + 2.0 * d * w * k
+            m = ll - k
+            return (2.0 * d * n * m + (1 + SUBSPACE_POWER_STEPS) * (8.0 * d * k * m + 4.0 * d * m * m)
+                    + SUBSPACE_POWER_STEPS * 4.0 * d * n * m + 2.0 * d * w * ll + 2.0 * w * ll * ll + 9.0 * ll**3
+                    + 2.0 * w * ll * k + 2.0 * d * w * k + (ll < d) * (1 + SUBSPACE_ESTIMATE_STEPS) * (4.0 * d * w + 4.0 * d * k)
                     + 4.0 * d * k * k + 9.0 * k**3)
         b = min(w, d)
         return 2.0 * w * d * b + _svd_flops(d, b)

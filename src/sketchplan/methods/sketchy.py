@@ -91,43 +91,132 @@ def gram_left_transients(live: Live, c: int, d: int, r: int, sb: int) -> int:
     return values + left
 
 
-def subspace_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> int:
-    """``frequent_directions._subspace_update`` on (c, d, ·) blocks with m new columns (l = ``subspace_width``):
-    Y, the start (the larger of the warm [√β2 Uσ, X Ω] and the cold Y Ω, Ω drawn in float32), QR (Q and R),
-    each subspace step's Yᵀ Q, Y(·) and QR, B = QᵀY, B Bᵀ and its eigh, Z = Y (Bᵀ (ub · coef)), the power
-    estimate's vectors, ``_gram_left`` of Z; the spectrum s² (l), the mask (k booleans), the coefficients (k) and
-    the left-out mass stay alive to the end. Returns the new sketch's bytes (U, σ², ρ)."""
-    w, ll = k + m, subspace_width(d, k, m)
-    cast = 0 if sb == 4 else sb
-    t = live.alloc(c * d * k * sb + 3 * c * k * sb)      # √(β2 σ²) and U · that
+def _orthogonal_to_transients(live: Live, c: int, d: int, k: int, m: int, sb: int, own: bool) -> int:
+    """``frequent_directions._orthogonal_to`` of (c, d, m) columns: per Gram–Schmidt pass Uᵀ P, U(·) and P − ·
+    (the previous P freed, the argument only when ``own``: else its caller holds it), then QR (Q kept, R spiked)
+    and the last P freed. Returns Q's bytes."""
+    p = c * d * m * sb if own else 0
+    for _ in range(2):
+        t1 = live.alloc(c * k * m * sb)
+        t2 = live.alloc(c * d * m * sb)
+        live.free(t1)
+        new = live.alloc(c * d * m * sb)
+        live.free(t2 + p)
+        p = new
+    q = live.alloc(c * d * m * sb)
+    live.spike(c * m * m * sb)                           # R
+    live.free(p)
+    return q
+
+
+def _omega(live: Live, rows: int, cols: int, sb: int) -> int:
+    """A Gaussian draw (rows × cols) made in float32 and cast to the state dtype (the draw then freed)."""
+    om = live.alloc(rows * cols * 4)
+    if sb != 4:
+        live.alloc(rows * cols * sb)
+        live.free(om)
+        om = rows * cols * sb
+    return om
+
+
+def _sketch_columns_transients(live: Live, c: int, d: int, k: int, w: int, sb: int) -> int:
+    """``frequent_directions._sketch_columns``: √(β2 σ²) and U · that, then Y = [·, X]. Returns Y's bytes."""
+    t = live.alloc(c * d * k * sb + 3 * c * k * sb)
     y = live.alloc(c * d * w * sb)
     live.free(t)
-    warm_om = (ll - k) * m * (4 + cast)
-    cold_om = w * ll * (4 + cast)
-    z_bytes = c * d * ll * sb
-    live.spike(max(warm_om + c * d * (ll - k) * sb, c * d * (ll - k) * sb + z_bytes, cold_om + z_bytes)
-               - z_bytes)                                 # Ω and X Ω next to z (below)
-    z = live.alloc(z_bytes)
-    q = live.alloc(c * d * ll * sb)                      # Q
-    live.spike(c * ll * ll * sb)                         # R
-    live.free(z)
-    for _ in range(SUBSPACE_POWER_STEPS):
-        t1 = live.alloc(c * w * ll * sb)                 # Yᵀ Q
-        t2 = live.alloc(c * d * ll * sb)                 # Y (Yᵀ Q)
-        live.free(t1)
-        q2 = live.alloc(c * d * ll * sb)
-        live.spike(c * ll * ll * sb)
-        live.free(t2 + q)
-        q = q2
-    b = live.alloc(c * ll * w * sb)                      # B = Qᵀ Y
-    live.free(q)
-    bb = live.alloc(c * ll * ll * sb)                    # B Bᵀ
+    return y
+
+
+def _ritz_transients(live: Live, c: int, ll: int, w: int, sb: int) -> tuple[int, int, int]:
+    """``frequent_directions._ritz``: B = QᵀY, B Bᵀ and its eigh (freed on return), the flipped values clamped
+    and the flipped vectors. Returns the bytes of B, s² and ub."""
+    b = live.alloc(c * ll * w * sb)
+    bb = live.alloc(c * ll * ll * sb)
     ev = safe_eigh(live, c, ll, sb)
     live.free(bb)
     live.spike(c * ll * sb)                              # flipped values (clamped below)
-    small = live.alloc(c * ll * sb)                      # s²
-    ub = live.alloc(c * ll * ll * sb)                    # flipped vectors (the first k columns are used)
+    s2 = live.alloc(c * ll * sb)
+    ub = live.alloc(c * ll * ll * sb)
     live.free(ev)
+    return b, s2, ub
+
+
+def subspace_exact_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> int:
+    """``frequent_directions._subspace_exact`` (l = k + m): Q = [U, orth(X ⟂ U)], Y, the Ritz step, then the
+    mask, Q ub_k masked, σ² − c and β2 ρ + c. Returns the new sketch's bytes (U, σ², ρ)."""
+    w = k + m
+    qp = _orthogonal_to_transients(live, c, d, k, m, sb, own=False)
+    q = live.alloc(c * d * w * sb)                       # [U, P]
+    live.free(qp)
+    y = _sketch_columns_transients(live, c, d, k, w, sb)
+    b, s2, ub = _ritz_transients(live, c, w, w, sb)
+    live.free(y)
+    tmp = live.alloc(c * sb)                             # s²₁ · tolerance
+    keep = live.alloc(c * k)
+    live.free(tmp)
+    qu = live.alloc(c * d * k * sb)                      # Q ub_k
+    new_u = live.alloc(c * d * k * sb)                   # · mask
+    live.free(qu)
+    diff = live.alloc(c * k * sb)                        # s² − c
+    new_sig2 = live.alloc(c * k * sb)
+    live.free(diff)
+    br = live.alloc(c * sb)                              # β2 ρ
+    new_rho = live.alloc(c * sb)
+    live.free(br + keep + b + s2 + ub + q)
+    return new_u + new_sig2 + new_rho
+
+
+def subspace_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> int:
+    """``frequent_directions._subspace_update`` on (c, d, ·) blocks with m new columns (l = ``subspace_width``;
+    ``subspace_exact_transients`` when l = k + m): Y, the start — the larger of the warm one ([U, P]: X Ω, P
+    orthogonal to U, each residual power step's Xᵀ P, X(·) and P) and the cold one (Y Ω, QR, each power step's
+    Yᵀ Q, Y(·) and QR), Ω drawn in float32 — then the Ritz step (Q freed after it), Z = Y (Bᵀ (ub · coef)), the
+    power estimate's vectors, ``_gram_left`` of Z; the spectrum s² (l), the mask (k booleans), the coefficients
+    (k) and the left-out mass stay alive to the end. Returns the new sketch's bytes (U, σ², ρ)."""
+    w, ll = k + m, subspace_width(d, k, m)
+    if ll == w:
+        return subspace_exact_transients(live, c, d, k, m, sb)
+    y = _sketch_columns_transients(live, c, d, k, w, sb)
+    q_bytes = c * d * ll * sb
+    starts = []
+    if ll > k:                                           # warm
+        s = Live(live.count_scratch)
+        om = _omega(s, m, ll - k, sb)
+        xo = s.alloc(c * d * (ll - k) * sb)              # X Ω
+        s.free(om)
+        p = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False)
+        s.free(xo)
+        for _ in range(SUBSPACE_POWER_STEPS):
+            t1 = s.alloc(c * m * (ll - k) * sb)          # Xᵀ P
+            t2 = s.alloc(c * d * (ll - k) * sb)          # X (·)
+            s.free(t1)
+            p2 = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False)
+            s.free(t2 + p)
+            p = p2
+        s.alloc(q_bytes)                                 # [U, P]
+        s.free(p)
+        starts.append(s.peak)
+    s = Live(live.count_scratch)                         # cold
+    om = _omega(s, w, ll, sb)
+    z = s.alloc(c * d * ll * sb)                         # Y Ω
+    s.free(om)
+    q = s.alloc(q_bytes)
+    s.spike(c * ll * ll * sb)                            # R
+    s.free(z)
+    for _ in range(SUBSPACE_POWER_STEPS):
+        t1 = s.alloc(c * w * ll * sb)                    # Yᵀ Q
+        t2 = s.alloc(c * d * ll * sb)                    # Y (Yᵀ Q)
+        s.free(t1)
+        q2 = s.alloc(q_bytes)
+        s.spike(c * ll * ll * sb)
+        s.free(t2 + q)
+        q = q2
+    starts.append(s.peak)
+    live.spike(max(starts))
+    q = live.alloc(q_bytes)
+    b, small, ub = _ritz_transients(live, c, ll, w, sb)
+    live.free(q)
+    cast = 0 if sb == 4 else sb
     if ll <= k:
         small += live.alloc(c * sb)                      # c = 0 (no (k+1)-th value)
     live.spike(c * sb + c * k + 3 * c * k * sb)          # s²₁·tol, the mask, then (s² − c)₊ and its √ ...
@@ -137,29 +226,31 @@ def subspace_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> 
     live.free(t1)
     z = live.alloc(c * d * k * sb)                       # Z = Y (·)
     live.free(t2 + b + ub)
-    v = live.alloc(d * 4 + d * cast)                     # v: a float32 draw (cast), broadcast over blocks
-    r = 0
-    for _ in range(SUBSPACE_ESTIMATE_STEPS + 1):         # r = Y (Yᵀ v) − Z (Zᵀ v), then v ← r / ‖r‖
-        t1 = live.alloc(c * w * sb)
-        t2 = live.alloc(c * d * sb)
-        live.free(t1)
-        t3 = live.alloc(c * k * sb)
-        t4 = live.alloc(c * d * sb)
-        live.free(t3)
-        r_new = live.alloc(c * d * sb)
-        live.free(t2 + t4 + r)
-        r = r_new
-        if _ < SUBSPACE_ESTIMATE_STEPS:
-            n1 = live.alloc(c * sb)                      # ‖r‖, clamped
-            n2 = live.alloc(c * sb)
-            live.free(n1)
-            v_new = live.alloc(c * d * sb)
-            live.free(n2 + v)
-            v = v_new
-    vr = live.alloc(c * d * sb)                          # v · r, summed, max with c
-    live.spike(c * sb)
-    small += live.alloc(c * sb)                          # the left-out mass
-    live.free(vr + v + r + y)
+    if ll < d:  # the power estimate (none when the basis spans R^d)
+        v = live.alloc(d * 4 + d * cast)                     # v: a float32 draw (cast), broadcast over blocks
+        r = 0
+        for _ in range(SUBSPACE_ESTIMATE_STEPS + 1):         # r = Y (Yᵀ v) − Z (Zᵀ v), then v ← r / ‖r‖
+            t1 = live.alloc(c * w * sb)
+            t2 = live.alloc(c * d * sb)
+            live.free(t1)
+            t3 = live.alloc(c * k * sb)
+            t4 = live.alloc(c * d * sb)
+            live.free(t3)
+            r_new = live.alloc(c * d * sb)
+            live.free(t2 + t4 + r)
+            r = r_new
+            if _ < SUBSPACE_ESTIMATE_STEPS:
+                n1 = live.alloc(c * sb)                      # ‖r‖, clamped
+                n2 = live.alloc(c * sb)
+                live.free(n1)
+                v_new = live.alloc(c * d * sb)
+                live.free(n2 + v)
+                v = v_new
+        vr = live.alloc(c * d * sb)                          # v · r, summed, max with c
+        live.spike(c * sb)
+        small += live.alloc(c * sb)                          # the left-out mass
+        live.free(vr + v + r)
+    live.free(y)
     left = gram_left_transients(live, c, d, k, sb)
     live.free(z)
     new = live.alloc(c * sb)                             # β2 ρ + left-out mass

@@ -51,24 +51,53 @@ def _gram_left(y):
     return jnp.where(keep, w, 0), left * keep[..., None, :]
 
 
+def _orthogonal_to(u, p):
+    """Orthonormal basis of p's columns orthogonal to U's (torch's twin: Gram–Schmidt twice, then QR)."""
+    for _ in range(2):
+        p = p - u @ (_mT(u) @ p)
+    return jnp.linalg.qr(p)[0]
+
+
+def _subspace_exact(u, sig2, rho, x, beta2: float):
+    """The exact path of the ``subspace`` variant (l = k + n; ``kernels.torch.frequent_directions``'s twin)."""
+    k = u.shape[-1]
+    q = jnp.concatenate([u, _orthogonal_to(u, x)], axis=-1)
+    y = jnp.concatenate([u * jnp.sqrt(jnp.maximum(beta2 * sig2, 0))[..., None, :], x], axis=-1)
+    b = _mT(q) @ y
+    s2, ub = jnp.linalg.eigh(b @ _mT(b))
+    s2, ub = jnp.maximum(jnp.flip(s2, -1), 0), jnp.flip(ub, -1)
+    c = s2[..., k]
+    top = s2[..., :k]
+    keep = top > top[..., :1] * (s2.shape[-1] * jnp.finfo(x.dtype).eps)
+    new_u = (q @ ub[..., :k]) * keep[..., None, :]
+    return new_u, jnp.where(keep, top - c[..., None], 0), beta2 * rho + c
+
+
 def _subspace(u, sig2, rho, x, beta2: float):
     """The ``subspace`` variant: new (u, σ², ρ) (``kernels.torch.frequent_directions._subspace_update``)."""
     d, k, n = u.shape[-2], u.shape[-1], x.shape[-1]
     w, l = k + n, subspace_width(d, k, n)
+    if l == w:
+        return _subspace_exact(u, sig2, rho, x, beta2)
     keys = jax.random.split(jax.random.PRNGKey(20), 3)
     y = jnp.concatenate([u * jnp.sqrt(jnp.maximum(beta2 * sig2, 0))[..., None, :], x], axis=-1)
 
     def warm(_):
-        mix = x @ jax.random.normal(keys[0], (n, l - k)).astype(y.dtype)
-        return jnp.concatenate([y[..., :k], mix], axis=-1)
+        p = _orthogonal_to(u, x @ jax.random.normal(keys[0], (n, l - k)).astype(y.dtype))
+        for _ in range(SUBSPACE_POWER_STEPS):
+            p = _orthogonal_to(u, x @ (_mT(x) @ p))
+        return jnp.concatenate([u, p], axis=-1)
 
     def cold(_):
-        return y @ jax.random.normal(keys[1], (w, l)).astype(y.dtype)
+        q, _ = jnp.linalg.qr(y @ jax.random.normal(keys[1], (w, l)).astype(y.dtype))
+        for _ in range(SUBSPACE_POWER_STEPS):
+            q, _ = jnp.linalg.qr(y @ (_mT(y) @ q))
+        return q
 
-    z = jax.lax.cond(jnp.all(sig2[..., 0] > 0), warm, cold, None)
-    q, _ = jnp.linalg.qr(z)
-    for _ in range(SUBSPACE_POWER_STEPS):
-        q, _ = jnp.linalg.qr(y @ (_mT(y) @ q))
+    if l > k:
+        q = jax.lax.cond(jnp.all(sig2[..., -1] > 0), warm, cold, None)
+    else:
+        q = cold(None)
     b = _mT(q) @ y
     s2, ub = jnp.linalg.eigh(b @ _mT(b))
     s2, ub = jnp.maximum(jnp.flip(s2, -1), 0), jnp.flip(ub, -1)[..., :k]
@@ -82,10 +111,12 @@ def _subspace(u, sig2, rho, x, beta2: float):
     def residual(v):
         return y @ (_mT(y) @ v) - z @ (_mT(z) @ v)
 
-    for _ in range(SUBSPACE_ESTIMATE_STEPS):
-        r = residual(v)
-        v = r / jnp.maximum(jnp.linalg.norm(r, axis=-2, keepdims=True), jnp.finfo(y.dtype).tiny)
-    left_out = jnp.maximum(jnp.sum(v * residual(v), axis=(-2, -1)), c)
+    left_out = c
+    if l < d:  # l = d: the basis spans R^d, the update is exact
+        for _ in range(SUBSPACE_ESTIMATE_STEPS):
+            r = residual(v)
+            v = r / jnp.maximum(jnp.linalg.norm(r, axis=-2, keepdims=True), jnp.finfo(y.dtype).tiny)
+        left_out = jnp.maximum(jnp.sum(v * residual(v), axis=(-2, -1)), c)
     new_sig2, new_u = _gram_left(z)
     return new_u, new_sig2, beta2 * rho + left_out
 

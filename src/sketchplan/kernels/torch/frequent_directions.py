@@ -18,11 +18,14 @@ Invariant: 0 ≼ C_t − Ĉ_t ≼ ρ_t I. Step 2 has four interchangeable varian
 
 A fifth variant, ``subspace``, approximates step 2 in O(d·(k+N)·l) with l = k + max(8, k/8) columns
 (``kernels.calls.subspace_width``) instead of O(d³) or O(d·(k+N)²): a randomized range finder (Halko, Martinsson
-& Tropp 2011, "Finding structure with randomness", Alg. 4.4) warm-started from the previous sketch — the basis
-starts from Y's own first k columns √β2·U diag(σ) plus l − k Gaussian mixes of X (a sketch without mass starts
-from Y Ω) — then ``SUBSPACE_POWER_STEPS`` orthonormalised power steps Q ← qr(Y Yᵀ Q), and Rayleigh–Ritz:
-B = QᵀY (l × w), B Bᵀ = ub diag(sb²) ubᵀ, V_k = Bᵀ ub_k / sb_k (orthonormal in R^w), c = sb²_{k+1}. The new
-sketch is not the Ritz projection but the compression
+& Tropp 2011, "Finding structure with randomness", Alg. 4.4) warm-started from the previous sketch. The basis is
+Q = [U, P]: the previous directions U (orthonormal already) and P, an orthonormal basis of l − k Gaussian mixes
+X Ω made orthogonal to U by block Gram–Schmidt (twice), refined by ``SUBSPACE_POWER_STEPS`` power steps on the
+part of X outside U, P ← orth((I − UUᵀ) X Xᵀ P) — O(d·N·(l−k)) each, where a power step on all of Y Yᵀ costs
+O(d·(k+N)·l) and a QR of d × l (a sketch with fewer than k directions starts from the Gaussian range finder
+Y Ω with power steps Q ← qr(Y Yᵀ Q)). Then Rayleigh–Ritz: B = QᵀY (l × w), B Bᵀ = ub diag(sb²) ubᵀ,
+V_k = Bᵀ ub_k / sb_k (orthonormal in R^w whatever Q is), c = sb²_{k+1}. The new sketch is not the Ritz
+projection but the compression
 
     Ĉ' = Z Zᵀ = Y Π Yᵀ,  Z = Y V_k diag(√(1 − c/sb²)),  Π = V_k diag(1 − c/sb²) V_kᵀ,  0 ≼ Π ≼ I,
 
@@ -32,11 +35,13 @@ u diag(s² − c) uᵀ), and the escaped mass grows by an estimate of the larges
 Y Yᵀ − Z Zᵀ ≽ 0. U, σ² are read off Z by eigh of the k × k ZᵀZ (the ``gram_small`` step). Guarantee: the lower
 half of the invariant, 0 ≼ C_t − Ĉ_t, holds exactly (up to rounding); the upper half, C_t − Ĉ_t ≼ ρ_t I, holds
 up to Σ_s β2^(t−s) e_s where e_s ≥ 0 is the power estimate's shortfall λmax(Y Yᵀ − Z Zᵀ) − max(c, λ̂) at step s
-(measured against float64 exact FD in ``tests/test_fd_subspace.py``). The random matrices come from a
-generator with a fixed seed, so an update is deterministic.
+(measured against float64 exact FD in ``tests/test_fd_subspace.py``). When the basis can hold all of Y
+(l = k + N: a vector's sketch, or a few new columns) the variant is exact FD at O(d·(k+N)²): Q = [U, orth(X ⟂ U)]
+spans Y, U' = Q ub_k, σ'² = sb²_k − c, and no estimate is needed. The random matrices come from a generator with
+a fixed seed, so an update is deterministic.
 
-``auto`` picks ``subspace`` when its modelled flops are well below the exact ``svd``'s (``choose_variant``), else
-``svd``: the Gram variants square the conditioning, ~10× less accurate in float32 on decaying spectra, although
+``auto`` picks ``subspace`` unless its modelled flops exceed 1.25× the exact ``svd``'s (``choose_variant``: LAPACK's
+SVD runs at a fraction of the rate of the subspace variant's gemms and eighs), else ``svd``: the Gram variants square the conditioning, ~10× less accurate in float32 on decaying spectra, although
 ``gram_large`` is faster when k+N ≥ d (on a 2-core CPU the eigh of a 1024 × 1024 Gram took 0.08 s, the thin SVD
 of the 1024 × 1024 Y 0.22 s); name it to trade accuracy for speed. A variant that fails in float32 is retried in float64; if that fails too, the sketch
 is left unchanged.
@@ -106,41 +111,91 @@ def _randn(gen: torch.Generator, *shape: int, like: torch.Tensor) -> torch.Tenso
     return torch.randn(*shape, generator=gen, dtype=torch.float32, device=like.device).to(like.dtype)
 
 
+def _orthogonal_to(u: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis of p's columns made orthogonal to U's: block Gram–Schmidt twice ("twice is
+    enough", Giraud, Langou & Rozložník 2005), then QR of the d × m remainder (U's zero columns are no-ops)."""
+    for _ in range(2):
+        p = p - u @ (u.mT @ p)
+    return torch.linalg.qr(p).Q
+
+
+def _ritz(q: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Rayleigh–Ritz of Y Yᵀ on the basis Q: B = QᵀY and the descending eigenpairs (sb², ub) of B Bᵀ."""
+    b = q.mT @ y                                        # l × w
+    dec = safe_eigh(b @ b.mT)
+    if dec is None:
+        return None
+    return b, dec[0].flip(-1).clamp_min(0), dec[1].flip(-1)
+
+
+def _subspace_exact(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: torch.Tensor, beta2: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The ``subspace`` variant where its basis holds all of Y (l = k + n): Q = [U, orth(X ⟂ U)] spans Y, so the
+    Ritz pairs of B = QᵀY are Y's exact singular pairs and the update is exact FD: U' = Q ub_k, σ'² = sb²_k − c,
+    c = sb²_{k+1}, no estimate. O(d·(k+n)·n + d·(k+n)² + (k+n)³): for a vector (n = 1) a few d·k products, where
+    the approximate path's range finder would run QRs of d × (k+1) bases."""
+    k = u.shape[-1]
+    q = torch.cat([u, _orthogonal_to(u, x)], dim=-1)
+    out = _ritz(q, _sketch_columns(u, sig2, x, beta2))
+    if out is None:
+        return None
+    _, s2, ub = out
+    c = s2[..., k]
+    top = s2[..., :k]
+    keep = top > top[..., :1] * (s2.shape[-1] * torch.finfo(x.dtype).eps)
+    new_u = (q @ ub[..., :k]) * keep.unsqueeze(-2)
+    return new_u, torch.where(keep, top - c.unsqueeze(-1), 0.0), beta2 * rho + c
+
+
 def _subspace_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: torch.Tensor,
                      beta2: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The ``subspace`` variant (module docstring), or None when an eigh fails in float32 and float64."""
     d, k, n = u.shape[-2], u.shape[-1], x.shape[-1]
     w, l = k + n, subspace_width(d, k, n)
+    if l == w:
+        return _subspace_exact(u, sig2, rho, x, beta2)
     gen = torch.Generator(device=x.device).manual_seed(20)
     y = _sketch_columns(u, sig2, x, beta2)
-    if bool((sig2[..., 0] > 0).all()):  # warm: the previous directions (√β2 U σ) and l−k random mixes of X
-        z = torch.cat([y[..., :k], x @ _randn(gen, n, l - k, like=x)], dim=-1)
-    else:  # a sketch without mass: a Gaussian range finder on Y
-        z = y @ _randn(gen, w, l, like=y)
-    q = torch.linalg.qr(z).Q
-    del z
-    for _ in range(SUBSPACE_POWER_STEPS):               # subspace iteration on Y Yᵀ
-        q = torch.linalg.qr(y @ (y.mT @ q)).Q
-    b = q.mT @ y                                        # l × w
+    if l > k and bool((sig2[..., -1] > 0).all()):
+        # warm: Q = [U, P], U the previous directions (orthonormal: no QR of the d × l basis), P an orthonormal
+        # basis of l − k random mixes of X made orthogonal to U, refined by power steps on the part of X outside
+        # U, (I − UUᵀ) X Xᵀ (I − UUᵀ): O(d·n·(l−k)) each, where a power step on all of Y Yᵀ costs O(d·(k+n)·l)
+        p = _orthogonal_to(u, x @ _randn(gen, n, l - k, like=x))
+        for _ in range(SUBSPACE_POWER_STEPS):
+            p = _orthogonal_to(u, x @ (x.mT @ p))
+        q = torch.cat([u, p], dim=-1)
+        del p
+    else:  # a sketch with fewer than k directions: a Gaussian range finder on Y with power steps on Y Yᵀ
+        q = torch.linalg.qr(y @ _randn(gen, w, l, like=y)).Q
+        for _ in range(SUBSPACE_POWER_STEPS):
+            q = torch.linalg.qr(y @ (y.mT @ q)).Q
+    out = _ritz(q, y)
     del q
-    dec = safe_eigh(b @ b.mT)                           # B Bᵀ = ub diag(sb²) ubᵀ
-    if dec is None:
+    if out is None:
         return None
-    s2, ub = dec[0].flip(-1).clamp_min(0), dec[1].flip(-1)[..., :k]
-    del dec
+    b, s2, ub = out
+    ub = ub[..., :k]
+    del out
     c = s2[..., k] if l > k else torch.zeros_like(rho)
     top = s2[..., :k]
     keep = top > top[..., :1] * (w * torch.finfo(y.dtype).eps)
     coef = torch.where(keep, (top - c.unsqueeze(-1)).clamp_min(0).sqrt() / torch.where(keep, top, 1.0), 0.0)
     z = y @ (b.mT @ (ub * coef.unsqueeze(-2)))          # Z = Y V_k diag(√(1 − c/sb²)), Ĉ' = Z Zᵀ ≼ Y Yᵀ
     del b, ub
-    v = _randn(gen, d, 1, like=y).expand(*z.shape[:-2], d, 1)
-    for _ in range(SUBSPACE_ESTIMATE_STEPS):            # power iteration on Y Yᵀ − Z Zᵀ ≽ 0
-        r = y @ (y.mT @ v) - z @ (z.mT @ v)
-        v = r / r.norm(dim=-2, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
-    r = y @ (y.mT @ v) - z @ (z.mT @ v)
-    left_out = torch.maximum((v * r).sum((-2, -1)), c)
-    del y, v, r
+    # Power iteration on Y Yᵀ − Z Zᵀ ≽ 0 with v a row (1 × d): vᵀ Y and (·) Yᵀ are row-times-matrix products,
+    # which BLAS runs at memory speed, where the column form Yᵀ v (a transposed batched matrix-vector product) ran
+    # ~60× slower on CPU (7.9 ms against 0.13 ms for three 1024 × 1024 blocks).
+    # (l = d: the basis spans R^d, the update is exact and there is nothing to estimate)
+    left_out = c
+    if l < d:
+        v = _randn(gen, 1, d, like=y).expand(*z.shape[:-2], 1, d)
+        for _ in range(SUBSPACE_ESTIMATE_STEPS):
+            r = (v @ y) @ y.mT - (v @ z) @ z.mT
+            v = r / r.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
+        r = (v @ y) @ y.mT - (v @ z) @ z.mT
+        left_out = torch.maximum((v * r).sum((-2, -1)), c)
+        del v, r
+    del y
     spec = _gram_left(z)
     if spec is None:
         return None
