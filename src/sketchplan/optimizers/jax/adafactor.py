@@ -21,7 +21,7 @@ def step(grad, state, step, cfg: MethodConfig, opts: OptimizerDefaults, param=No
         raise ValueError("adafactor's relative step size needs the params: call update(grads, state, params).")
     st = dict(state)
     dtype = jnp.dtype(opts.state_dtype)
-    g = sanitize(st, grad).astype(dtype)
+    g = sanitize(st, grad, opts).astype(dtype)
     t = step.astype(jnp.float32)
     eps1 = jnp.finfo(dtype).eps
     w = t**BETA2_DECAY

@@ -22,7 +22,7 @@ def step(grad, state: dict, step, cfg: MethodConfig, opts: OptimizerDefaults):
     """(direction, new state) of one AdamW step for one parameter."""
     st = dict(state)
     beta1, beta2 = opts.betas
-    grad = sanitize(st, grad)
+    grad = sanitize(st, grad, opts)
     v = st["exp_avg_sq"]
     g = grad.astype(v.dtype)
     m = st.get("exp_avg")

@@ -39,11 +39,13 @@ def lerp(start, end, weight: float):
     return end - (end - start) * (1 - weight)
 
 
-def sanitize(st: dict, grad):
+def sanitize(st: dict, grad, opts: OptimizerDefaults):
     """``grad`` with a non-finite tensor replaced by zeros; such a tensor adds 1 to ``nonfinite_skips``.
 
     As in torch, the float32 squared norm finds it: NaN, ±Inf, or ‖g‖² above ``GRAD_SQNORM_LIMIT`` (a finite
-    gradient whose squares would overflow the state)."""
+    gradient whose squares would overflow the state). ``opts.nonfinite_guard = False``: ``grad`` as it is."""
+    if not opts.nonfinite_guard:
+        return grad
     flat = grad.reshape(-1).astype(jnp.float32)
     bad = ~(jnp.vdot(flat, flat) <= GRAD_SQNORM_LIMIT)
     st["nonfinite_skips"] = st["nonfinite_skips"] + bad.astype(jnp.int32)

@@ -18,7 +18,7 @@ jax, jnp = require_jax()
 def step(grad, state, step, cfg, opts):
     """(direction after momentum, new state) of one extreme-tensoring step for one parameter."""
     st = dict(state)
-    grad = sanitize(st, grad)
+    grad = sanitize(st, grad, opts)
     decay, weight = ema_weights(opts.betas[1])
     dims = tensor_dims(tuple(grad.shape), opts.et_max_dim)
     order = len(dims)

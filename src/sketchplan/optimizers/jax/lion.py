@@ -18,7 +18,7 @@ def step(grad, state, step, cfg: MethodConfig, opts: OptimizerDefaults, param=No
     """(direction, new state) of one Lion step for one parameter (module docstring)."""
     st = dict(state)
     beta1, beta2 = opts.lion_betas
-    g = sanitize(st, grad).astype(jnp.dtype(opts.state_dtype))
+    g = sanitize(st, grad, opts).astype(jnp.dtype(opts.state_dtype))
     m = st.get("momentum")
     if m is None:
         d = jnp.sign(g)

@@ -94,7 +94,7 @@ class MatrixHooks:
 def matrix_step(hooks: MatrixHooks, grad, state: dict, step, cfg: MethodConfig, opts: OptimizerDefaults):
     """One step of a matrix method for one parameter: (direction after momentum, new state). Module docstring."""
     st = dict(state)
-    grad = sanitize(st, grad)
+    grad = sanitize(st, grad, opts)
     g = grad.astype(jnp.dtype(opts.state_dtype))
     a = graft_direction(st, g, cfg.graft, opts, step)
     mp = config_plan(tuple(grad.shape), cfg, opts)

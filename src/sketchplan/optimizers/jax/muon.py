@@ -23,7 +23,7 @@ def step(grad, state, step, cfg: MethodConfig, opts: OptimizerDefaults, param=No
         return jax_adam.step(grad, state, step, adam_config(cfg), opts)
     st = dict(state)
     batch, m, n = view
-    g = sanitize(st, grad).astype(jnp.dtype(opts.state_dtype))
+    g = sanitize(st, grad, opts).astype(jnp.dtype(opts.state_dtype))
     u = apply_momentum(st, g, opts.muon_momentum, True) if "momentum" in st else g
     o = newton_schulz(u.reshape(batch, m, n), opts.ns_steps).reshape(grad.shape)
     return o * update_scale(m, n), st

@@ -67,7 +67,7 @@ def _qr_basis(st: dict, g: int, order: int) -> dict:
 def step(grad, state, step, cfg, opts):
     """(direction, new state) of one SOAP step for one parameter."""
     st = dict(state)
-    grad = sanitize(st, grad)
+    grad = sanitize(st, grad, opts)
     beta1, beta2 = opts.betas
     g = grad.astype(jnp.dtype(opts.state_dtype))
     m = apply_momentum(st, g, beta1, opts.nesterov)

@@ -246,6 +246,8 @@ class SketchplanOptimizer(torch.optim.Optimizer):
         ``torch.where`` per tensor, and the warning waits for a step that is a multiple of
         ``precondition_frequency`` (one scalar read then: the only host sync of a diagonal method's step).
         """
+        if not opts.nonfinite_guard:  # the user's loop checks (GradScaler, a clipped norm's isfinite): no read
+            return grads
         bad = ~(torch.stack([_sqnorm(g) for g in grads]) <= GRAD_SQNORM_LIMIT)
         torch._foreach_add_(skips, list(bad.to(torch.int32).unbind()))
         if grads[0].device.type == "cpu":

@@ -1,0 +1,59 @@
+"""``nonfinite_guard=False``: the gradients are used as they are (no read, no skip counted), in torch and optax;
+the default still replaces a non-finite gradient by zeros."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sketchplan.optimizers import Adam, Sketchy
+
+
+def _poisoned(seed: int) -> tuple[torch.nn.Parameter, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    p = torch.nn.Parameter(torch.randn(6, 5, generator=g))
+    grad = torch.randn(6, 5, generator=g)
+    grad[2, 3] = math.nan
+    return p, grad
+
+
+@pytest.mark.parametrize("make", [lambda ps, **kw: Adam(ps, lr=0.1, **kw),
+                                  lambda ps, **kw: Sketchy(ps, lr=0.1, rank=2, **kw)], ids=["adam", "sketchy"])
+def test_guard_off_lets_nan_through_and_counts_nothing(make):
+    for guard in (True, False):
+        p, grad = _poisoned(torch.seed() % 2**31)
+        before = p.detach().clone()
+        opt = make([p], nonfinite_guard=guard)
+        p.grad = grad
+        opt.step()
+        skips = int(opt.state[p]["nonfinite_skips"])
+        if guard:  # the tensor's statistics update is skipped; the state stays finite
+            assert skips == 1
+            assert all(bool(torch.isfinite(v).all()) for v in opt.state[p].values() if torch.is_tensor(v))
+            assert bool(torch.isfinite(p).all())
+        else:  # torch's semantics: the NaN reaches the parameter, nothing is counted
+            assert skips == 0
+            assert bool(torch.isnan(p[2, 3]))
+            assert not torch.equal(p.detach(), before)
+
+
+def test_guard_off_in_optax_lets_nan_through():
+    jnp = pytest.importorskip("jax.numpy")
+    import importlib
+
+    from sketchplan.methods import MethodConfig, OptimizerDefaults
+    jax_adam = importlib.import_module("sketchplan.optimizers.jax.adam")  # the package exports an ``adam`` too
+
+    import numpy as np
+    grad = np.random.default_rng().standard_normal((4, 3)).astype(np.float32)
+    grad[1, 2] = np.nan
+    cfg = MethodConfig(method="adam")
+    for guard in (True, False):
+        opts = OptimizerDefaults(lr=0.1, nonfinite_guard=guard)
+        state = {"exp_avg": jnp.zeros((4, 3)), "exp_avg_sq": jnp.zeros((4, 3)),
+                 "nonfinite_skips": jnp.zeros((), jnp.int32)}
+        update, new = jax_adam.step(jnp.asarray(grad), state, jnp.asarray(1, jnp.int32), cfg, opts)
+        assert int(new["nonfinite_skips"]) == (1 if guard else 0)
+        assert bool(jnp.isnan(update[1, 2])) is (not guard)
