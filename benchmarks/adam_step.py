@@ -68,6 +68,8 @@ def main() -> None:
         "torch AdamW fused": _OwnParams(lambda p: torch.optim.AdamW(p, fused=True, **kw), params),
         "torch AdamW foreach": _OwnParams(lambda p: torch.optim.AdamW(p, foreach=True, **kw), params),
         "sketchplan Adam (fused path)": _OwnParams(lambda p: Adam(p, **kw), params),
+        "sketchplan Adam (fused path, nonfinite_guard=False)": _OwnParams(
+            lambda p: Adam(p, nonfinite_guard=False, **kw), params),
         "sketchplan Adam (foreach path)": _OwnParams(lambda p: _ForeachOnly(Adam(p, **kw)), params),
     }
     load_before = os.getloadavg()

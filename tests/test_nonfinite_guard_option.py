@@ -57,3 +57,21 @@ def test_guard_off_in_optax_lets_nan_through():
         update, new = jax_adam.step(jnp.asarray(grad), state, jnp.asarray(1, jnp.int32), cfg, opts)
         assert int(new["nonfinite_skips"]) == (1 if guard else 0)
         assert bool(jnp.isnan(update[1, 2])) is (not guard)
+
+
+@pytest.mark.parametrize("method", ["adam", "lion", "sketchy", "soap"])
+def test_the_step_model_drops_the_guard_read_with_the_guard(method):
+    """The planner's kernel calls: the guard is one elementwise pass over the gradient (and a scalar add); with
+    ``nonfinite_guard`` off exactly those go, nothing else changes."""
+    from sketchplan.methods import MethodConfig, OptimizerDefaults, kernel_calls
+
+    shape, cfg = (48, 40), MethodConfig(method=method, rank=4 if method == "sketchy" else None)
+
+    def passes(calls):
+        return {n: sum(c.batch for c in calls if c.kernel == "pointwise" and c.dims == (n,)) for n in (1, 48 * 40)}
+
+    on = kernel_calls(shape, cfg, OptimizerDefaults())
+    off = kernel_calls(shape, cfg, OptimizerDefaults(nonfinite_guard=False))
+    assert passes(on)[48 * 40] - passes(off)[48 * 40] == 1
+    assert passes(on)[1] - passes(off)[1] == 1
+    assert [c for c in on if c.kernel != "pointwise"] == [c for c in off if c.kernel != "pointwise"]

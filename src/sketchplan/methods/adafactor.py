@@ -94,7 +94,7 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
     normalisation, clamp, rsqrt, ×G, the RMS of U and of p (two reductions), the scaling; momentum, update."""
     shape = tuple(shape)
     numel = math.prod(shape)
-    calls = sanitize_calls(numel)
+    calls = sanitize_calls(numel, opts)
     if factored(shape):
         r, c = factor_shapes(shape)
         calls += [pointwise(numel, 2), pointwise(max(math.prod(r), math.prod(c)), 6), pointwise(numel, 2)]

@@ -133,12 +133,13 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
     """The elementwise passes of one AdamW step over this parameter (after ``sanitize``'s finiteness sum).
 
     Fused (``fused``, for parameters in the state dtype): the finiteness sum and one kernel streaming seven
-    parameter-sized arrays, counted as ``FUSED_PASSES`` passes. Multi-tensor (``_adamw_foreach``): the
+    parameter-sized arrays, counted as ``FUSED_PASSES`` passes (no finiteness sum with ``nonfinite_guard`` off). Multi-tensor (``_adamw_foreach``): the
     finiteness sum, m's lerp, v's decay and g² accumulation, √v, bias correction, +ε and the addcdiv: eight
     passes with float32 momentum, seven without (the numerator is g); a bfloat16 m adds its cast for the lerp
     and the cast/divide/add of the mixed-dtype update. Weight decay adds one.
     """
+    guard = 1 if opts.nonfinite_guard else 0
     if fused(cfg, opts, [opts.state_dtype]):
-        return [pointwise(math.prod(shape), 1 + FUSED_PASSES), pointwise(1)]
-    passes = 7 + {"float32": 1, "bfloat16": 5, "none": 0}[cfg.momentum] + (1 if opts.weight_decay else 0)
-    return [pointwise(math.prod(shape), passes), pointwise(1)]
+        return [pointwise(math.prod(shape), guard + FUSED_PASSES)] + [pointwise(1)] * guard
+    passes = guard + 6 + {"float32": 1, "bfloat16": 5, "none": 0}[cfg.momentum] + (1 if opts.weight_decay else 0)
+    return [pointwise(math.prod(shape), passes)] + [pointwise(1)] * guard

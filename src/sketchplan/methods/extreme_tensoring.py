@@ -127,7 +127,7 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
     """
     numel = math.prod(shape)
     dims = tensor_dims(tuple(shape), opts.et_max_dim)
-    calls = sanitize_calls(numel) + [pointwise(numel, 1 + len(dims) + 1)]
+    calls = sanitize_calls(numel, opts) + [pointwise(numel, 1 + len(dims) + 1)]
     for i, d in enumerate(dims):
         calls.append(pointwise(d, 4))
         if i:

@@ -59,5 +59,5 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
     """Sanitize, the interpolation and its sign (two passes), the momentum update and the step."""
     numel = math.prod(shape)
-    return sanitize_calls(numel) + [KernelCall("pointwise", (max(1, numel),), 2)] + \
+    return sanitize_calls(numel, opts) + [KernelCall("pointwise", (max(1, numel),), 2)] + \
         momentum_update_calls(numel, cfg.momentum, False, opts.weight_decay)

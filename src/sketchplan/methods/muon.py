@@ -135,5 +135,5 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
         return adam.kernel_calls(shape, adam_config(cfg), opts)
     batch, m, n = view
     numel = math.prod(shape)
-    return sanitize_calls(numel) + [pointwise(numel, 3), newton_schulz(m, n, opts.ns_steps, batch)] + \
+    return sanitize_calls(numel, opts) + [pointwise(numel, 3), newton_schulz(m, n, opts.ns_steps, batch)] + \
         momentum_update_calls(numel, cfg.momentum, True, opts.weight_decay)

@@ -212,7 +212,7 @@ def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
     """
     mp = plan_for(shape, cfg, opts)
     numel = math.prod(shape)
-    calls = sanitize_calls(numel) + momentum_update_calls(numel, cfg.momentum, opts.nesterov, opts.weight_decay)
+    calls = sanitize_calls(numel, opts) + momentum_update_calls(numel, cfg.momentum, opts.nesterov, opts.weight_decay)
     if mp.fallback is not None:
         return calls + [pointwise(numel, 7)]
     pf, se = opts.precondition_frequency, opts.stats_every

@@ -18,9 +18,10 @@ from .packing import factor_dims, unpack_calls
 GRAFT_PASSES = {"adam": 6, "rmsprop": 6, "adafactor": 9, "sgd": 0, "none": 0}
 
 
-def sanitize_calls(numel: int) -> list[KernelCall]:
-    """``SketchplanOptimizer.sanitize``: one float32 sum per gradient and its skip-counter add."""
-    return [pointwise(numel), pointwise(1)]
+def sanitize_calls(numel: int, opts: OptimizerDefaults) -> list[KernelCall]:
+    """``SketchplanOptimizer.sanitize``: one float32 sum per gradient and its skip-counter add (nothing with
+    ``nonfinite_guard`` off)."""
+    return [pointwise(numel), pointwise(1)] if opts.nonfinite_guard else []
 
 
 def graft_calls(shape: tuple[int, ...], graft: str, opts: OptimizerDefaults) -> list[KernelCall]:
@@ -49,7 +50,7 @@ def matrix_frame_calls(shape: tuple[int, ...], mp: MatrixPlan, cfg: MethodConfig
     """``MatrixRule.step_param`` around the method's hooks: sanitize, graft, block stacking (when a tensor has
     more than one block), per-group norm grafting (two norms and a scale), momentum and the update."""
     numel = math.prod(shape)
-    calls = sanitize_calls(numel) + graft_calls(shape, cfg.graft, opts)
+    calls = sanitize_calls(numel, opts) + graft_calls(shape, cfg.graft, opts)
     if mp.fallback is None:
         blocked = not (len(mp.groups) == 1 and mp.groups[0][1] == 1)
         if blocked:  # to_blocks of G and A (one stack each) and from_blocks (one copy per block)
