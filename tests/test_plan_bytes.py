@@ -1,7 +1,9 @@
 """Speed work must not change what the planner decides: ``sketchplan plan`` writes, byte for byte, the recorded
 plans for the same inputs. The planning speed-up (issue 12) was checked against plans written by 541d307; the
-files were then re-recorded once, on purpose, when Adam's step became torch's fused kernel (its cheaper predicted
-step tightens the default time bound, 3x all-Adam's step, so some choices changed).
+files were then re-recorded on purpose when Adam's step became torch's fused kernel (its cheaper predicted step
+tightens the default time bound, 3x all-Adam's step, so some choices changed), and when the shipped CPU profile
+was re-measured with the ``subspace`` FD variant and the ``nonfinite_guard`` option joined the defaults (issue 20:
+Sketchy's cheaper measured update makes it the pick for some tensors).
 
 The expected plans (``tests/golden/plans/*.yaml.gz``) were written by the CLI; the preset specs
 (``tests/golden/presets/*.json.gz``) are the analysed models it cached, seeded into this session's preset cache

@@ -80,6 +80,7 @@ class CostModel:
         self._curves = {(t.kernel, t.variant): _Curve(t.kernel, t) for t in profile.tables if t.points}
         self._cache: dict[tuple, Estimate] = {}
         self._amortised: dict[tuple[KernelCall, str | None], float] = {}
+        self._steps: dict[tuple, tuple[float, dict[str, str]]] = {}  # ``step`` by its calls (grids repeat them)
         self._variants: dict[str, tuple[str, ...]] = {}
 
     def roofline(self, kernel: str, variant: str, dims: tuple[int, ...]) -> float:
@@ -136,8 +137,16 @@ class CostModel:
 
         For each kernel with several variants, the one variant (an optimizer option applies to the whole tensor)
         that minimises that kernel's amortised time over all its calls. Kernels the profile cannot compare (no
-        measured table) get no pick and are timed with ``defaults[kernel]`` (or the first variant).
+        measured table) get no pick and are timed with ``defaults[kernel]`` (or the first variant). Remembered by
+        the calls: a planner grid gives many configurations the same ones (momentum and graft variants of a rank).
         """
+        key = (tuple(calls), tuple(sorted(defaults.items())) if defaults else ())
+        hit = self._steps.get(key)
+        if hit is None:
+            hit = self._steps[key] = self._step(calls, defaults)
+        return hit[0], dict(hit[1])
+
+    def _step(self, calls: list[KernelCall], defaults: dict[str, str] | None) -> tuple[float, dict[str, str]]:
         total = 0.0
         picks: dict[str, str] = {}
         by_kernel: dict[str, list[KernelCall]] = {}
