@@ -118,6 +118,8 @@ def main() -> None:
         "AdamW (torch, foreach)": (torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, foreach=True), f),
         adamw_fused: (torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=True), f),
         "Adam (sketchplan)": (Adam(params, lr=1e-4, weight_decay=0.01), f),
+        "Adam (sketchplan, nonfinite_guard=False)": (Adam(params, lr=1e-4, weight_decay=0.01, nonfinite_guard=False),
+                                                     f),
         shampoo: (BlockedShampoo(params, lr=1e-4, block_size=b, precondition_frequency=f), f),
         **peers(params, args),
         f"Sketchy (k={k}, block {b}, exact FD: gram_large)": (
@@ -148,8 +150,9 @@ def main() -> None:
         "absolute times are inflated and noisy; ratios are taken within a round (min / median / max over rounds). "
         f"Shampoo-like rows are amortised over precondition cycles of {f} steps; Sketchy updates its sketches "
         f"every step, or every {f} steps with `stats_every={f}`. FD variants: `gram_large` is the exact update "
-        "(eigh of the d × d Gram, the default before the `subspace` variant), `subspace` the approximate "
-        "O(d·(k+n)·l) update, `auto` picks per shape without a profile (`kernels.calls.choose_variant`).",
+        "(eigh of the d × d Gram), `subspace` the approximate O(d·(k+n)·l) update (exact when l = k + n), `auto` "
+        "picks per shape without a profile (`kernels.calls.choose_variant`). `nonfinite_guard=False` drops the "
+        "per-step read of every gradient that keeps NaN and Inf out of the state (torch's AdamW has none).",
         "",
         "| method | ms / step (median) | × torch fused AdamW | × our Shampoo | × fb DistributedShampoo |",
         "|---|---:|---:|---:|---:|",

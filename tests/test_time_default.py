@@ -61,7 +61,7 @@ def test_default_bound_is_stated_recorded_and_met(gpt2):
     assert plan.budget.time_budget_ms == pytest.approx(3 * adam, rel=1e-6)
     assert plan.budget.time_budget_source.startswith("default: 3x all-Adam")
     assert plan.totals.step_ms <= plan.budget.time_budget_ms * (1 + 1e-6)
-    assert plan.totals.adam_step_ms == pytest.approx(adam, rel=1e-6)
+    assert plan.totals.adam_step_ms == pytest.approx(adam, abs=5e-4)  # recorded to 3 decimals (make.py)
     assert plan.totals.forward_backward_ms == pytest.approx(
         6 * gpt2.n_trainable * 8192 / resolve(PROFILE).roofline.peak_flops * 1e3, rel=1e-6)
     free = make_plan(gpt2, "4GiB", hardware=PROFILE, max_step_vs_adam=float("inf"))

@@ -65,17 +65,26 @@ def subspace_width(d: int, k: int, n: int) -> int:
 PLANNED_VARIANTS: dict[str, tuple[str, ...]] = {"fd_update": ("svd", "qr_svd", "subspace")}
 
 
+#: Below this many flops of the exact thin SVD (a few ms on one CPU core) ``auto`` keeps exact FD: the
+#: approximation would save little time and lose the paper's definition.
+SUBSPACE_MIN_FLOPS = 1e8
+
+
 def choose_variant(d: int, k: int, n: int) -> str:
     """The default (``auto``) FD variant for a d-dimensional sketch of rank k receiving n new columns without a
-    profile: ``subspace`` when its modelled flops are under 1.25× the exact thin SVD's, else ``svd`` (thin SVD of the
-    d × (k+n) matrix Y, the accurate exact variant at every shape: the Gram variants square the conditioning,
-    ``PLANNED_VARIANTS``). The margin is measured: LAPACK's SVD runs at a fraction of the gemm and eigh rate the
+    profile. ``subspace`` where its basis holds all of Y (l = k + n: its exact path) and its modelled flops are
+    under 1.25× the exact thin SVD's; ``subspace`` (approximate) where the SVD costs at least
+    ``SUBSPACE_MIN_FLOPS`` and the subspace variant under 0.8× its flops; else ``svd`` (thin SVD of the d × (k+n)
+    matrix Y, the accurate exact variant at every shape: the Gram variants square the conditioning,
+    ``PLANNED_VARIANTS``). The margins are measured: LAPACK's SVD runs at a fraction of the gemm and eigh rate the
     subspace variant runs at — on a 2-core CPU (torch 2.13, float32, ms for svd / subspace) 11.5 / 5.0 at
-    (768, 256, 1) (flops ratio 1.15; the subspace variant's exact path, l = k + n), 40.6 / 12.5 at (768, 256, 256)
-    (0.75), 479 / 58 for three (1024, 256, 768) blocks (0.20), 19.0 / 18.0 at (256, 256, 768) (2.28). With a
-    profile the planner picks the measured fastest of ``PLANNED_VARIANTS`` instead
-    (``profiles.cost.CostModel.step``)."""
-    if 4 * flops("fd_update", "subspace", (d, k, n)) < 5 * flops("fd_update", "svd", (d, k, n)):
+    (768, 256, 1) (flops ratio 1.15; the exact path), 40.6 / 12.5 at (768, 256, 256) (0.75), 479 / 58 for three
+    (1024, 256, 768) blocks (0.20), 19.0 / 18.0 at (256, 256, 768) (2.28). With a profile the planner picks the
+    measured fastest of ``PLANNED_VARIANTS`` instead (``profiles.cost.CostModel.step``)."""
+    sub, svd = flops("fd_update", "subspace", (d, k, n)), flops("fd_update", "svd", (d, k, n))
+    if subspace_width(d, k, n) == k + n:
+        return "subspace" if 4 * sub < 5 * svd else "svd"
+    if svd >= SUBSPACE_MIN_FLOPS and 5 * sub < 4 * svd:
         return "subspace"
     return "svd"
 

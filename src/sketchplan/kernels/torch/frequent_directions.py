@@ -40,8 +40,9 @@ up to Σ_s β2^(t−s) e_s where e_s ≥ 0 is the power estimate's shortfall λm
 spans Y, U' = Q ub_k, σ'² = sb²_k − c, and no estimate is needed. The random matrices come from a generator with
 a fixed seed, so an update is deterministic.
 
-``auto`` picks ``subspace`` unless its modelled flops exceed 1.25× the exact ``svd``'s (``choose_variant``: LAPACK's
-SVD runs at a fraction of the rate of the subspace variant's gemms and eighs), else ``svd``: the Gram variants square the conditioning, ~10× less accurate in float32 on decaying spectra, although
+``auto`` picks ``subspace`` where it is exact and modelled no slower, or where the exact update is large and the
+approximation much cheaper (``choose_variant``: LAPACK's SVD runs at a fraction of the rate of the subspace
+variant's gemms and eighs), else ``svd``: the Gram variants square the conditioning, ~10× less accurate in float32 on decaying spectra, although
 ``gram_large`` is faster when k+N ≥ d (on a 2-core CPU the eigh of a 1024 × 1024 Gram took 0.08 s, the thin SVD
 of the 1024 × 1024 Y 0.22 s); name it to trade accuracy for speed. A variant that fails in float32 is retried in float64; if that fails too, the sketch
 is left unchanged.
