@@ -75,3 +75,22 @@ def test_the_step_model_drops_the_guard_read_with_the_guard(method):
     assert passes(on)[48 * 40] - passes(off)[48 * 40] == 1
     assert passes(on)[1] - passes(off)[1] == 1
     assert [c for c in on if c.kernel != "pointwise"] == [c for c in off if c.kernel != "pointwise"]
+
+
+def test_a_state_dict_saved_before_the_option_loads_and_steps():
+    """torch's ``load_state_dict`` keeps the saved groups' keys only: a checkpoint from before ``nonfinite_guard``
+    existed must still step, with the option at its default (the guard on: a NaN gradient is skipped)."""
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    p = torch.nn.Parameter(torch.randn(3, 4, generator=g))
+    p.grad = torch.randn(3, 4, generator=g)
+    opt = Adam([p], lr=0.1)
+    opt.step()
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:
+        del group["nonfinite_guard"]
+    again = Adam([p], lr=0.1)
+    again.load_state_dict(saved)
+    p.grad = torch.full((3, 4), math.nan)
+    with pytest.warns(RuntimeWarning, match="NaN or Inf"):
+        again.step()
+    assert int(again.state[p]["nonfinite_skips"]) == 1 and bool(torch.isfinite(p).all())

@@ -92,9 +92,12 @@ def group_options(cfg: MethodConfig, opts: OptimizerDefaults) -> dict:
 
 
 def group_config(group: dict) -> tuple[MethodConfig, OptimizerDefaults]:
-    """Inverse of ``group_options``: the validated method config and defaults of a param group."""
-    cfg = MethodConfig(**{k: group[k] for k in METHOD_KEYS})
-    opts = OptimizerDefaults(**{k: (tuple(group[k]) if k == "betas" else group[k]) for k in DEFAULT_KEYS})
+    """Inverse of ``group_options``: the validated method config and defaults of a param group. A key the group
+    lacks takes its field's default: a state dict saved before an option existed (e.g. ``nonfinite_guard``) loads
+    and steps (``torch.optim.Optimizer.load_state_dict`` keeps the saved groups' keys only)."""
+    cfg = MethodConfig(**{k: group[k] for k in METHOD_KEYS if k in group})
+    opts = OptimizerDefaults(**{k: (tuple(group[k]) if k == "betas" else group[k]) for k in DEFAULT_KEYS
+                                if k in group})
     return cfg, opts
 
 
