@@ -130,6 +130,8 @@ def test_next_write_removes_a_killed_writers_temporary(tmp_path, big_plans):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_catchable_signals_remove_the_temporary_at_once(tmp_path, big_plans, sig):
+    if signal.getsignal(sig) == signal.SIG_IGN:  # e.g. SIGHUP under nohup: the child inherits it, and
+        pytest.skip(f"signal {sig} is ignored in this process (nohup?); write_atomic rightly leaves it so")
     a, b = big_plans
     target = tmp_path / "plan.yaml"
     target.write_bytes(a.read_bytes())
