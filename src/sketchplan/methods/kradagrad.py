@@ -23,7 +23,7 @@ from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
 from .shampoo import apply_roots_calls, factor_layout, plan_for, precondition_transients
 from .shampoo import kept_rank as shampoo_kept_rank
 from .step_calls import matrix_frame_calls, unfold_copies
-from .transients import Live, eigh_roots, matrix_step, unfold_copy
+from .transients import Live, eigh_power, matrix_step, replayed, unfold_copy
 
 NAME = "kradagrad"
 MATRIX = True
@@ -57,6 +57,16 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
     return factor_layout(mp, ("inv", "root"), opts.state_dtype, cfg.packed) + diagonal_tail(shape, cfg, opts)
 
 
+@replayed
+def copied_roots(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
+    """``KrADagradRule.refresh_roots``: each axis's ``symmetric_power`` is copied into its root at once
+    (``root.copy_(symmetric_power(...))``), so it is freed before the next axis's eigh — unlike Shampoo's
+    ``transients.eigh_roots``, whose result stays bound until the next axis (one d₀ × d₀ matrix more when the first
+    axis is the smaller)."""
+    for d in bshape:
+        live.free(eigh_power(live, count, d, sb))
+
+
 def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults,
                     param_dtype: str = "float32", scratch: bool = True) -> int:
     """High-water mark of one KrADagrad step beyond params, grads and state (``transients.matrix_step``).
@@ -66,7 +76,8 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
     three unfolding-sized arrays at once), X̂(L̃X̂)ᵀ for the norm, (L̃X̂)(L̃X̂)ᵀ and its quotient, then L̃ + L̃ᵀ
     and its half; KrADagrad* updates every axis with the previous axis's X and L̃X alive
     until rebound, KrADagrad one axis per step (the worst axis's high-water mark counts). Roots: eigh as Shampoo's (with its LAPACK
-    scratch when ``scratch``); directions: Shampoo's mode products.
+    scratch when ``scratch``; each root freed before the next axis's: ``copied_roots``); directions: Shampoo's
+    mode products.
     """
     mp = plan_for(shape, cfg, opts)
     decay, weight = stats_weights(opts.betas[1], opts.stats_every)
@@ -125,7 +136,7 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
             rises.append(probe.peak)
         live.spike(max(rises))
 
-    return matrix_step(shape, mp, cfg, opts, param_dtype, scratch, init=init, stats=stats, refresh=eigh_roots,
+    return matrix_step(shape, mp, cfg, opts, param_dtype, scratch, init=init, stats=stats, refresh=copied_roots,
                        precondition=precondition_transients)
 
 
