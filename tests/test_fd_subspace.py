@@ -166,3 +166,32 @@ def test_subspace_jax_keeps_the_lower_invariant_and_tracks_exact_fd():
             got = fd_reference.sketch(np.asarray(u[0], np.float64), np.asarray(sig2[0], np.float64))
             assert np.linalg.norm(got - ref) <= 1e-9 * np.linalg.norm(ref)
             assert float(rho[0]) == pytest.approx(rr, rel=1e-9, abs=1e-12 * np.trace(ref))
+
+
+@pytest.mark.parametrize("dims,want", [
+    ((48, 8, 32), "svd"),            # tiny: exact FD costs microseconds, keep the paper's update
+    ((768, 256, 1), "subspace"),     # a vector: the variant's exact path (11.2 ms svd vs 6.1 ms measured)
+    ((768, 256, 256), "subspace"),   # 55.7 vs 21.7 ms measured (kernel_variants.md)
+    ((1024, 256, 768), "subspace"),  # 288 vs 41 ms
+    ((256, 256, 768), "svd"),        # k = d: the SVD is as fast (19.0 vs 18.0 ms) and exact
+])
+def test_auto_picks_the_measured_faster_variant_and_stays_exact_when_small(dims, want):
+    """``auto`` without a profile (``choose_variant``): the picks its docstring's measurements call for."""
+    from sketchplan.kernels.calls import choose_variant
+
+    assert choose_variant(*dims) == want
+
+
+def test_auto_on_a_small_update_is_exact_fd():
+    """What ``auto`` runs on a small update equals the float64 reference exactly (no approximation sneaks in)."""
+    rng = np.random.default_rng()
+    d, k, n = 48, 8, 32
+    u, sig2, rho = torch.zeros(1, d, k, dtype=torch.float64), torch.zeros(1, k, dtype=torch.float64), \
+        torch.zeros(1, dtype=torch.float64)
+    ru, rs, rr = np.zeros((d, k)), np.zeros(k), 0.0
+    for x in _drifting_stream(rng, d, n, 4):
+        u, sig2, rho = fd_update(u, sig2, rho, torch.from_numpy(x)[None], 0.99, "auto")
+        ru, rs, rr = fd_reference.fd_step(ru, rs, rr, x, 0.99)
+        ref = fd_reference.sketch(ru, rs)
+        assert np.linalg.norm(fd_reference.sketch(u[0].numpy(), sig2[0].numpy()) - ref) <= 1e-9 * np.linalg.norm(ref)
+        assert rho.item() == pytest.approx(rr, rel=1e-9)
