@@ -73,3 +73,21 @@ CONFIGS = {
 #: Defaults that make the corner cases appear: a small max_precond_dim sends the 50-row embedding to its graft.
 DEFAULTS = OptimizerDefaults(lr=1e-2, max_precond_dim=40, precondition_frequency=3, et_max_dim=4,
                              weight_decay=0.01, nesterov=True)
+
+
+def resume_through_checkpoint(model: Zoo, opt: torch.optim.Optimizer, plan: Plan):
+    """A fresh ``Zoo`` and optimizer built from ``plan`` and loaded from a ``torch.save`` of ``model`` and ``opt``
+    (the round trip a training job makes when it stops and resumes)."""
+    import io
+
+    from sketchplan.build import build_optimizer
+
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf)
+    resumed = Zoo()
+    resumed.load_state_dict(saved["model"])
+    resumed_opt = build_optimizer(plan, resumed)
+    resumed_opt.load_state_dict(saved["opt"])
+    return resumed, resumed_opt

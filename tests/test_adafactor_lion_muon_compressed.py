@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from plans import DEFAULTS, Zoo, make_plan, zoo_loss
+from plans import DEFAULTS, Zoo, make_plan, resume_through_checkpoint, zoo_loss
 from sketchplan.build import build_optimizer
 from sketchplan.methods import METHOD_MODULES, MethodConfig, OptimizerDefaults, state_layout, total_bytes
 from sketchplan.methods.compression import BLOCK, dynamic_code
@@ -444,8 +444,6 @@ def test_multi_rank_refusals():
 def test_state_dict_round_trip_and_nonfinite(name):
     """Resuming from a state_dict is bit-exact (uint8 codes and absmax keep their dtypes), and a NaN gradient
     leaves the (decoded, updated, re-encoded) state finite."""
-    import io
-
     torch.manual_seed(0)
     ref = Zoo()
     model = Zoo()
@@ -461,14 +459,7 @@ def test_state_dict_round_trip_and_nonfinite(name):
         mo.zero_grad()
         zoo_loss(model, s).backward()
         mo.step()
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": mo.state_dict()}, buf)
-    buf.seek(0)
-    saved = torch.load(buf)
-    resumed = Zoo()
-    resumed.load_state_dict(saved["model"])
-    o2 = build_optimizer(plan, resumed)
-    o2.load_state_dict(saved["opt"])
+    resumed, o2 = resume_through_checkpoint(model, mo, plan)
     for s in range(4, 8):
         o2.zero_grad()
         zoo_loss(resumed, s).backward()

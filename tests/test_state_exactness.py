@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import copy
-import io
 import math
 
 import pytest
 import torch
-from plans import CONFIGS, DEFAULTS, Zoo, make_plan, zoo_loss
+from plans import CONFIGS, DEFAULTS, Zoo, make_plan, resume_through_checkpoint, zoo_loss
 
 from sketchplan.kernels.torch import roots
 from sketchplan.build import build_optimizer
@@ -50,14 +49,7 @@ def test_state_dict_round_trip(name):
 
     opt = build_optimizer(plan, model)
     _train(model, opt, range(10))
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
-    buf.seek(0)
-    saved = torch.load(buf)
-    resumed = Zoo()
-    resumed.load_state_dict(saved["model"])
-    opt2 = build_optimizer(plan, resumed)
-    opt2.load_state_dict(saved["opt"])
+    resumed, opt2 = resume_through_checkpoint(model, opt, plan)
     _train(resumed, opt2, range(10, 20))
     for (n, a), b in zip(reference.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), n
