@@ -108,6 +108,16 @@ def test_sketchy_subspace_fd_replay_matches_memtracker(dtype, block):
     assert measured <= predicted <= measured * 1.015 + 64, (seed, shapes, cfg.rank, predicted, measured)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shapes,rank", [([(16, 200)], 10), ([(9, 64, 9)], 9), ([(12, 300), (40, 70)], 11)])
+def test_sketchy_subspace_fd_replay_where_the_basis_spans_the_space(dtype, shapes, rank):
+    """The ``subspace`` variant with l = d (Q = I: no range finder, B = Y's own halves, no estimate) next to the
+    approximating axes of the same tensors: the replay follows both."""
+    cfg = MethodConfig(method="sketchy", rank=rank, graft="adam")
+    predicted, measured = _replay_vs_tracker(shapes, cfg, dtype, OptimizerDefaults(fd_variant="subspace"))
+    assert measured <= predicted <= measured * 1.015 + 64, (shapes, predicted, measured)
+
+
 @pytest.mark.parametrize("variant", ["mm", "star"])
 @pytest.mark.parametrize("block", [None, 8])
 def test_kradagrad_order3_replay_matches_memtracker(variant, block):

@@ -168,76 +168,104 @@ def subspace_exact_transients(live: Live, c: int, d: int, k: int, m: int, sb: in
 
 def subspace_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> int:
     """``frequent_directions._subspace_update`` on (c, d, ·) blocks with m new columns (l = ``subspace_width``;
-    ``subspace_exact_transients`` when l = k + m): Y, the start — the larger of the warm one ([U, P]: X Ω, P
-    orthogonal to U, each residual power step's Xᵀ P, X(·) and P) and the cold one (Y Ω, QR, each power step's
-    Yᵀ Q, Y(·) and QR), Ω drawn in float32 — then the Ritz step (Q freed after it), Z = Y (Bᵀ (ub · coef)), the
-    power estimate's vectors, ``_gram_left`` of Z; the spectrum s² (l), the mask (k booleans), the coefficients
-    (k) and the left-out mass stay alive to the end. Returns the new sketch's bytes (U, σ², ρ)."""
+    ``subspace_exact_transients`` when l = k + m). Y = [A, X] is never formed: A = √β2 · U diag(σ) (d × k) stays
+    alive to the end. Then the start — the larger of the warm one ([U, P]: X Ω, P orthogonal to U, each residual
+    power step's Xᵀ P, X(·) and P) and the cold one (A Ω_A + X Ω_X, QR, each power step's A(AᵀQ) + X(XᵀQ) and
+    QR), Ω drawn in float32 — then the Ritz step (QᵀA, QᵀX; Q freed; B Bᵀ from its two halves, its eigh, the
+    flipped pairs), Z = A (QᵀA)ᵀ M + X (QᵀX)ᵀ M with M = ub_k · coef, the power estimate's vectors, ``_gram_left``
+    of Z; the spectrum s² (l), the mask (k booleans), the coefficients (k) and the left-out mass stay alive to the
+    end. Returns the new sketch's bytes (U, σ², ρ)."""
     w, ll = k + m, subspace_width(d, k, m)
     if ll == w:
         return subspace_exact_transients(live, c, d, k, m, sb)
-    y = _sketch_columns_transients(live, c, d, k, w, sb)
+    tk = live.alloc(2 * c * k * sb)                      # β2 σ², clamped, √
+    a = live.alloc(c * d * k * sb)                       # A
+    live.free(tk)
     q_bytes = c * d * ll * sb
-    starts = []
-    if ll > k:                                           # warm
-        s = Live(live.count_scratch)
-        om = _omega(s, m, ll - k, sb)
-        xo = s.alloc(c * d * (ll - k) * sb)              # X Ω
+    if ll < d:                                           # (ll = d: Q = I, B = Y — no start, no products)
+        starts = []
+        if ll > k:                                       # warm
+            s = Live(live.count_scratch)
+            om = _omega(s, m, ll - k, sb)
+            xo = s.alloc(c * d * (ll - k) * sb)          # X Ω
+            s.free(om)
+            p = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False)
+            s.free(xo)
+            for _ in range(SUBSPACE_POWER_STEPS):
+                t1 = s.alloc(c * m * (ll - k) * sb)      # Xᵀ P
+                t2 = s.alloc(c * d * (ll - k) * sb)      # X (·)
+                s.free(t1)
+                p2 = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False)
+                s.free(t2 + p)
+                p = p2
+            s.alloc(q_bytes)                             # [U, P]
+            s.free(p)
+            starts.append(s.peak)
+        s = Live(live.count_scratch)                     # cold
+        om = _omega(s, w, ll, sb)
+        yo = s.alloc(c * d * ll * sb)                    # A Ω_A
+        s.spike(c * d * ll * sb)                         # X Ω_X, added into it
         s.free(om)
-        p = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False)
-        s.free(xo)
-        for _ in range(SUBSPACE_POWER_STEPS):
-            t1 = s.alloc(c * m * (ll - k) * sb)          # Xᵀ P
-            t2 = s.alloc(c * d * (ll - k) * sb)          # X (·)
+        q = s.alloc(q_bytes)
+        s.spike(c * ll * ll * sb)                        # R
+        s.free(yo)
+        for _ in range(SUBSPACE_POWER_STEPS):            # Y Yᵀ Q = A (Aᵀ Q) + X (Xᵀ Q)
+            t1 = s.alloc(c * k * ll * sb)
+            out = s.alloc(c * d * ll * sb)
             s.free(t1)
-            p2 = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False)
-            s.free(t2 + p)
-            p = p2
-        s.alloc(q_bytes)                                 # [U, P]
-        s.free(p)
+            t2 = s.alloc(c * m * ll * sb)
+            t3 = s.alloc(c * d * ll * sb)
+            s.free(t2 + t3)
+            q2 = s.alloc(q_bytes)
+            s.spike(c * ll * ll * sb)
+            s.free(out + q)
+            q = q2
         starts.append(s.peak)
-    s = Live(live.count_scratch)                         # cold
-    om = _omega(s, w, ll, sb)
-    z = s.alloc(c * d * ll * sb)                         # Y Ω
-    s.free(om)
-    q = s.alloc(q_bytes)
-    s.spike(c * ll * ll * sb)                            # R
-    s.free(z)
-    for _ in range(SUBSPACE_POWER_STEPS):
-        t1 = s.alloc(c * w * ll * sb)                    # Yᵀ Q
-        t2 = s.alloc(c * d * ll * sb)                    # Y (Yᵀ Q)
-        s.free(t1)
-        q2 = s.alloc(q_bytes)
-        s.spike(c * ll * ll * sb)
-        s.free(t2 + q)
-        q = q2
-    starts.append(s.peak)
-    live.spike(max(starts))
-    q = live.alloc(q_bytes)
-    b, small, ub = _ritz_transients(live, c, ll, w, sb)
-    live.free(q)
-    cast = 0 if sb == 4 else sb
+        live.spike(max(starts))
+        q = live.alloc(q_bytes)
+        ba = live.alloc(c * ll * k * sb)                 # Qᵀ A
+        bx = live.alloc(c * ll * m * sb)                 # Qᵀ X
+        live.free(q)
+    else:
+        ba = bx = 0                                      # views of A and X
+    bb = live.alloc(c * ll * ll * sb)                    # (QᵀX)(QᵀX)ᵀ
+    live.spike(c * ll * ll * sb)                         # + (QᵀA)(QᵀA)ᵀ, in place
+    ev = safe_eigh(live, c, ll, sb)
+    live.free(bb)
+    live.spike(c * ll * sb)                              # flipped values (clamped below)
+    small = live.alloc(c * ll * sb)                      # s²
+    ub = live.alloc(c * ll * ll * sb)                    # flipped vectors (their first k columns kept)
+    live.free(ev)
     if ll <= k:
         small += live.alloc(c * sb)                      # c = 0 (no (k+1)-th value)
     live.spike(c * sb + c * k + 3 * c * k * sb)          # s²₁·tol, the mask, then (s² − c)₊ and its √ ...
     small += live.alloc(c * k + c * k * sb)              # the mask and the coefficients
-    t1 = live.alloc(c * ll * k * sb)                     # ub · coef
-    t2 = live.alloc(c * w * k * sb)                      # Bᵀ (·)
-    live.free(t1)
-    z = live.alloc(c * d * k * sb)                       # Z = Y (·)
-    live.free(t2 + b + ub)
+    mm = live.alloc(c * ll * k * sb)                     # M = ub_k · coef
+    live.free(ub)
+    t1 = live.alloc(c * k * k * sb)                      # (QᵀA)ᵀ M
+    z = live.alloc(c * d * k * sb)                       # Z = A (·)
+    live.free(t1 + ba)
+    t1 = live.alloc(c * m * k * sb)                      # (QᵀX)ᵀ M
+    t2 = live.alloc(c * d * k * sb)                      # X (·), added into Z
+    live.free(t1 + t2 + bx + mm)
+    cast = 0 if sb == 4 else sb
     if ll < d:  # the power estimate (none when the basis spans R^d)
         v = live.alloc(d * 4 + d * cast)                     # v: a float32 draw (cast), broadcast over blocks
         r = 0
-        for _ in range(SUBSPACE_ESTIMATE_STEPS + 1):         # r = Y (Yᵀ v) − Z (Zᵀ v), then v ← r / ‖r‖
-            t1 = live.alloc(c * w * sb)
+        for _ in range(SUBSPACE_ESTIMATE_STEPS + 1):         # r = A(Aᵀv) + X(Xᵀv) − Z(Zᵀv), then v ← r / ‖r‖
+            t1 = live.alloc(c * k * sb)
             t2 = live.alloc(c * d * sb)
             live.free(t1)
-            t3 = live.alloc(c * k * sb)
+            t3 = live.alloc(c * m * sb)
             t4 = live.alloc(c * d * sb)
             live.free(t3)
+            t5 = live.alloc(c * d * sb)
+            live.free(t2 + t4)
+            t6 = live.alloc(c * k * sb)
+            t7 = live.alloc(c * d * sb)
+            live.free(t6)
             r_new = live.alloc(c * d * sb)
-            live.free(t2 + t4 + r)
+            live.free(t5 + t7 + r)
             r = r_new
             if _ < SUBSPACE_ESTIMATE_STEPS:
                 n1 = live.alloc(c * sb)                      # ‖r‖, clamped
@@ -250,7 +278,7 @@ def subspace_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> 
         live.spike(c * sb)
         small += live.alloc(c * sb)                          # the left-out mass
         live.free(vr + v + r)
-    live.free(y)
+    live.free(a)
     left = gram_left_transients(live, c, d, k, sb)
     live.free(z)
     new = live.alloc(c * sb)                             # β2 ρ + left-out mass
@@ -334,8 +362,8 @@ def _stats_replay(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: 
 
 
 def precondition_transients(cfg: MethodConfig):
-    """``SketchyRule.precondition``: per axis ``lowrank_root_apply`` (ridge, scales; (ρ+ε)^α X, Uᵀ X, its
-    scaling, U times that, and their sum), then norm grafting."""
+    """``SketchyRule.precondition``: per axis ``lowrank_root_apply`` (ridge, scales; Uᵀ X, its scaling, U times
+    that, then (ρ+ε)^α X added in one pass), then norm grafting."""
 
     def product(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
         _precondition_replay(live, count, bshape, bn, sb, cfg.rank)
@@ -356,14 +384,13 @@ def _precondition_replay(live: Live, count: int, bshape: tuple[int, ...], bn: in
             lv.alloc(count * d * m * sb)
             lv.free(t3)
         else:
-            t1 = lv.alloc(count * d * m * sb)
-            t2 = lv.alloc(count * k * m * sb)
-            t3 = lv.alloc(count * k * m * sb)
+            t2 = lv.alloc(count * k * m * sb)        # Uᵀ X (or Xᵀ U on a transposed view)
+            t3 = lv.alloc(count * k * m * sb)        # scaled
             lv.free(t2)
-            t4 = lv.alloc(count * d * m * sb)
+            t4 = lv.alloc(count * d * m * sb)        # U (·)
             lv.free(t3)
-            lv.alloc(count * d * m * sb)
-            lv.free(t1 + t4)
+            lv.alloc(count * d * m * sb)             # + (ρ+ε)^α X in one addcmul
+            lv.free(t4)
         lv.free(small)
 
     mode_products(live, count, bshape, bn, sb, one)
