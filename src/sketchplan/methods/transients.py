@@ -115,16 +115,11 @@ def graft_peak(live: Live, n: int, shape: tuple[int, ...], graft: str, merge_dim
         live.spike(n * sb)                 # / Σr  (vhat; kept below)
         live.free(outer)
         vhat = live.alloc(n * sb)
-        t1 = live.alloc(n * sb)            # vhat / correction, then sqrt_ and +ε in place
-        a = live.alloc(n * sb)             # g / that
-        live.free(t1)
+        a = live.alloc(n * sb)             # √vhat, scaled and +ε in place, then g / that into it
         live.free(vhat)
         live.free(g2)
         return a
-    t1 = live.alloc(n * sb)                # v / correction
-    a = live.alloc(n * sb)                 # g / that
-    live.free(t1)
-    return a
+    return live.alloc(n * sb)              # √v, scaled and +ε in place, then g / that into it
 
 
 def momentum_update(live: Live, n: int, cfg: MethodConfig, opts: OptimizerDefaults, sb: int, pb: int) -> None:
