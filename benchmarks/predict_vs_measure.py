@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from allocator import describe as allocator_description
+from allocator import reexec
 from sketchplan.kernels.timing import median_seconds, torch_runner
 from sketchplan.build import build_optimizer
 from sketchplan.methods import METHOD_MODULES
@@ -127,12 +129,15 @@ def calibrated_cost(profile) -> CostModel:
 
 def slowdown(cost: CostModel) -> float:
     """Measured / profiled time of reference kernels now (a shared CPU's load changes between the profile run
-    and this one): the geometric mean over a matrix product, an eigh root and an elementwise pass."""
+    and this one): the geometric mean over a matrix product, an eigh root and an elementwise pass, each against
+    the profile's own point of that size (not the model, whose elementwise passes are priced out of cache)."""
     ratios = []
     for kernel, variant, dims in CALIBRATION:
         fn, _ = _torch_problem(kernel, variant, dims, "cpu")
         t, _ = median_seconds(torch_runner(fn, "cpu"), warmup=1, min_reps=5, budget_s=0.3)
-        ratios.append(t / cost.problem(kernel, variant, dims).seconds)
+        table = cost.profile.table(kernel, variant)
+        point = next((p.seconds for p in table.points if tuple(p.dims) == dims), None) if table else None
+        ratios.append(t / (point or cost.problem(kernel, variant, dims).seconds))
     return math.exp(statistics.fmean(math.log(r) for r in ratios))
 
 
@@ -161,6 +166,7 @@ def measure(model, plan) -> tuple[float, float]:
 
 
 def main() -> None:
+    reexec()
     profile = HardwareProfile.load(sys.argv[1])
     if profile.device.kind == "cpu" and profile.device.cores:
         torch.set_num_threads(profile.device.cores)
@@ -193,7 +199,7 @@ def main() -> None:
         f"Profile `{profile.name}` ({profile.device.name}, {profile.device.cores} thread(s), "
         f"{profile.device.framework} {profile.device.framework_version}; {'quick' if profile.quick else 'full'} grid). "
         f"Measured on {platform.node() or 'this machine'} with the same thread count (a CPU shared with other jobs: "
-        "expect noise).",
+        f"expect noise), under {allocator_description()}.",
         f"precondition_frequency = {PF}; measured = mean of {CYCLES * PF} consecutive steps ({CYCLES} whole "
         f"precondition cycles, {CYCLES} root refreshes) after {WARMUP} warm-up steps; plain = median of the "
         "non-refresh steps vs the predicted every-step part. slowdown = measured / profiled time of reference kernels "

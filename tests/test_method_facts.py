@@ -375,17 +375,19 @@ def test_soap_kernel_calls_by_hand():
 def test_blocked_packed_soap_kernel_calls_by_hand():
     """Blocks of 16 of (24, 40): the stacking of G and of the two moments (3 passes) and the copy back per block
     (6 × 160); packed statistics (``packing.unpack_calls``): per block group and axis, unpacking the d × d
-    statistic (10 passes over count·d²/4) each step and packing it back (6 passes) when it changes, every
-    ``stats_every`` steps. SOAP keeps no packed roots."""
+    statistic (25 pass-equivalents over count·d²/4: three of its ten operations read a transposed view) each step
+    and packing it back (7 passes and 12 small operations) when it changes, every ``stats_every`` steps. SOAP keeps no packed roots."""
     opts = OptimizerDefaults(merge_dims=1, stats_every=2, precondition_frequency=6)
     got = kernel_calls((24, 40), MethodConfig(method="soap", block_size=16, packed=True, momentum="bfloat16"), opts)
     frame = [pw(960), pw(1), pw(960, 4), pw(960, 3), pw(160, 6), pw(512, 7), pw(128, 7), pw(256, 7), pw(64, 7)]
     axes = (_soap_axis(2, 16, 16, 2, 6) * 2 + _soap_axis(1, 16, 8, 2, 6) + _soap_axis(1, 8, 16, 2, 6)
             + _soap_axis(2, 8, 16, 2, 6) + _soap_axis(2, 16, 8, 2, 6) + _soap_axis(1, 8, 8, 2, 6) * 2)
-    unpack = ([pw(128, 10), pw(128, 6, 2)] * 2                          # (16, 16) × 2: 2·256/4
-              + [pw(64, 10), pw(64, 6, 2), pw(16, 10), pw(16, 6, 2)]    # (16, 8): 256/4, 64/4
-              + [pw(32, 10), pw(32, 6, 2), pw(128, 10), pw(128, 6, 2)]  # (8, 16) × 2
-              + [pw(16, 10), pw(16, 6, 2)] * 2)                        # (8, 8)
+    def packed(q, every):  # unpack (25 pass-equivalents), pack (7 passes and 12 small operations) over q = d²/4
+        return [pw(q, 25), pw(q, 7, every), pw(1, 12, every)]
+    unpack = (packed(128, 2) * 2                                         # (16, 16) × 2: 2·256/4
+              + packed(64, 2) + packed(16, 2)                            # (16, 8): 256/4, 64/4
+              + packed(32, 2) + packed(128, 2)                           # (8, 16) × 2
+              + packed(16, 2) * 2)                                       # (8, 8)
     same_calls(got, frame + axes + unpack)
 
 
@@ -395,8 +397,9 @@ def test_packed_kradagrad_unpacks_inverse_statistics_and_roots():
     opts = OptimizerDefaults(merge_dims=1, stats_every=2, precondition_frequency=6)
     square = kernel_calls((24, 40), MethodConfig(method="kradagrad"), opts)
     got = kernel_calls((24, 40), MethodConfig(method="kradagrad", packed=True), opts)
-    same_calls(got, square + [pw(144, 10), pw(144, 6, 2), pw(144, 10), pw(144, 6, 6),     # 24²/4 = 144
-                              pw(400, 10), pw(400, 6, 2), pw(400, 10), pw(400, 6, 6)])    # 40²/4 = 400
+    same_calls(got, square + [pw(144, 25), pw(144, 7, 2), pw(1, 12, 2), pw(144, 25), pw(144, 7, 6),  # 24²/4
+                              pw(1, 12, 6), pw(400, 25), pw(400, 7, 2), pw(1, 12, 2), pw(400, 25),   # 40²/4
+                              pw(400, 7, 6), pw(1, 12, 6)])
 
 
 def test_soap_fallback_is_adam_in_place():
@@ -488,8 +491,10 @@ def test_packed_factor_of_two_rows_unpacks_one_element_quarters():
     opts = OptimizerDefaults(merge_dims=1)
     square = kernel_calls((2, 24), MethodConfig(method="shampoo"), opts)
     got = kernel_calls((2, 24), MethodConfig(method="shampoo", packed=True), opts)
-    same_calls(got, square + [pw(1, 10), pw(1, 6), pw(1, 10), pw(1, 6, 10),
-                              pw(144, 10), pw(144, 6), pw(144, 10), pw(144, 6, 10)])
+    # per factor: unpack (25 pass-equivalents), pack when it changes (7 passes, 12 small operations); statistics
+    # change every step, roots every 10
+    same_calls(got, square + [pw(1, 25), pw(1, 7), pw(1, 12), pw(1, 25), pw(1, 7, 10), pw(1, 12, 10),
+                              pw(144, 25), pw(144, 7), pw(1, 12), pw(144, 25), pw(144, 7, 10), pw(1, 12, 10)])
 
 
 def test_block_bytes_are_integers():

@@ -54,6 +54,39 @@ def test_interpolation_is_exact_at_points_and_monotone():
     assert math.log(mid.seconds) == pytest.approx(math.log(1e-3) + f * (math.log(3e-2) - math.log(1e-3)))
 
 
+def test_elementwise_passes_in_a_step_are_priced_out_of_cache():
+    """The profile times a pass over the same arrays again and again (from cache once they fit); a step streams
+    its state from memory: a pass over n elements costs at least n × the largest measured size's per-element
+    time (here 1 ms / 2²⁰), where the harness-like estimate interpolates between the two points."""
+    prof = _profile()
+    prof = prof.model_copy(update={"tables": [t for t in prof.tables if t.kernel != "pointwise"] + [
+        _table("pointwise", "lerp", [((1,), 2e-6), ((1 << 10,), 2.2e-6), ((1 << 14,), 4e-6), ((1 << 20,), 1e-3)])]})
+    cost = CostModel(prof)
+    n = 1 << 14
+    assert cost.problem("pointwise", "lerp", (n,), in_step=False).seconds == pytest.approx(4e-6)  # the point
+    assert cost.problem("pointwise", "lerp", (n,)).seconds == pytest.approx(1e-3 * n / (1 << 20))  # 15.6 µs
+    assert cost.problem("pointwise", "lerp", (1,)).seconds == pytest.approx(2e-6)  # dispatch stays the floor
+    assert cost.problem("pointwise", "lerp", (1 << 20,)).seconds == pytest.approx(1e-3)
+
+
+def test_shape_residuals_correct_the_curve_between_shapes_of_equal_work():
+    """Two low-rank applies of the same flops (4·d·k·m) measured 1 ms and 4 ms: the monotone curve pools them
+    (2 ms each), the shape correction gives each its own time back, and a shape next to the fast one (m one
+    element larger) is predicted near 1 ms, not near the pooled 2 ms. Products keep the plain curve."""
+    fast, slow = (1024, 64, 1024), (256, 256, 1024)   # 4·1024·64·1024 = 4·256·256·1024
+    prof = _profile()
+    prof = prof.model_copy(update={"tables": [t for t in prof.tables if t.kernel != "lowrank_apply"] + [
+        _table("lowrank_apply", "lowrank", [((64, 16, 64), 1e-5), (fast, 1e-3), (slow, 4e-3),
+                                            ((2048, 256, 2048), 0.1)])]})
+    cost = CostModel(prof)
+    assert cost.problem("lowrank_apply", "lowrank", fast).seconds == pytest.approx(1e-3)
+    assert cost.problem("lowrank_apply", "lowrank", slow).seconds == pytest.approx(4e-3)
+    near = cost.problem("lowrank_apply", "lowrank", (1024, 64, 1025)).seconds
+    assert 0.9e-3 < near < 1.2e-3
+    # a 128³ product was measured slower than 256³: pooled, and not undone by a shape correction
+    assert cost.problem("gemm", "matmul", (128, 128, 128)).seconds < 5e-3
+
+
 def test_outside_the_grid_is_flagged_and_scaled_by_the_roofline():
     cost = CostModel(_profile())
     big = cost.problem("inv_root", "eigh", (1024,))

@@ -8,7 +8,19 @@ Per kernel and variant the profile holds median times t_j of one problem at size
 2. inside [x_min, x_max] interpolate log t linearly in log x;
 3. outside, use the roofline T(dims) = max(flops / peak, bytes / bandwidth) + overhead scaled to meet the
    nearest measured end: t = t_end · T(dims) / T(dims_end) above the range, t_min below it (a smaller problem
-   is not faster than the smallest measured one). Such estimates are flagged ``extrapolated``.
+   is not faster than the smallest measured one). Such estimates are flagged ``extrapolated``;
+4. shape: kernels with several dimensions (products, FD updates, low-rank applies) run at a rate that depends on
+   the shape, not only on the work — the same flops as (256, 256, 1024) took the low-rank apply 3.1 ms at
+   (1024, 64, 1024) and twice that at k = 256, and step 1 pools the two. Inside the measured range the curve is
+   corrected by the measured points' residuals r_j = log t_j − log curve(x_j), weighted by inverse squared
+   distance in log-dims space over the ``SHAPE_NEIGHBOURS`` nearest points (a measured shape gets its own time
+   back);
+5. streamed kernels (``STREAMED``: the elementwise passes) cost at least ``n · t_N / N``, the per-element time of
+   the largest measured size N: an optimizer step streams its state from memory (any model worth planning holds
+   more state than the last-level cache), while the profile repeats one pass over the same small arrays, which
+   then run from cache — on the reference CPU (32 MiB L3) a pass over 2¹⁸–2²⁰ floats took 0.08 ns per element,
+   one over 2²⁴ floats 0.19 ns, and an AdamW step of 5.2 M parameters ran at the out-of-cache rate
+   (``benchmarks/results/predict_vs_measure.md``).
 
 A call of ``batch`` problems costs ``batch`` times one problem (batched CPU kernels loop over the batch; on
 accelerators this overestimates small batched problems). A kernel whose variant has no table is timed by the
@@ -28,6 +40,16 @@ from .schema import HardwareProfile, KernelTable
 #: Fraction of the matrix-product peak each kernel reaches when nothing was measured (analytic fallback).
 ANALYTIC_EFFICIENCY = {"gemm": 0.7, "inv_root": 0.1, "fd_update": 0.15, "lowrank_apply": 0.5, "pointwise": 1.0,
                        "newton_schulz": 0.6}
+
+
+#: Kernels that stream their operands from memory in an optimizer step (module docstring, 5.).
+STREAMED = ("pointwise",)
+#: Kernels whose curve is corrected by the residuals of nearby measured shapes (module docstring, 4.), and how
+#: many of the nearest measured points are averaged. Matrix products are left to the monotone curve: their
+#: rate follows the work (the grid's cubes and 1:3, 1:4 shapes), and a correction taken from a cube of another
+#: size would undo the pooling of step 1.
+SHAPED = ("fd_update", "lowrank_apply")
+SHAPE_NEIGHBOURS = 4
 
 
 @dataclass(frozen=True)
@@ -57,6 +79,10 @@ class _Curve:
                 a[3] = b[3]
         self.lx = [b[0] / b[2] for b in blocks]
         self.lt = [b[1] / b[2] for b in blocks]
+        self.rate_hi = math.exp(pts[-1][1] - pts[-1][0])  # seconds per unit of work at the largest size
+        # residuals of the measured shapes against the pooled curve (step 4), for kernels of several dimensions
+        self.shapes = [([math.log(v) for v in dims], lt - math.log(self(lx))) for lx, lt, dims in pts] \
+            if kernel in SHAPED else []
         self.lo_dims = pts[0][2]
         self.hi_dims = pts[-1][2]
         self.lx_lo, self.lx_hi = pts[0][0], pts[-1][0]
@@ -70,6 +96,18 @@ class _Curve:
         i = bisect_left(xs, lx)
         f = (lx - xs[i - 1]) / (xs[i] - xs[i - 1])
         return math.exp(ts[i - 1] + f * (ts[i] - ts[i - 1]))
+
+
+    def shape_residual(self, dims: tuple[int, ...]) -> float:
+        """log of the measured/curve ratio at ``dims`` from its nearest measured shapes (module docstring, 4.)."""
+        if not self.shapes:
+            return 0.0
+        ld = [math.log(v) for v in dims]
+        near = sorted((sum((a - b) ** 2 for a, b in zip(ld, pd)), r) for pd, r in self.shapes)[:SHAPE_NEIGHBOURS]
+        if near[0][0] < 1e-12:
+            return near[0][1]
+        weights = [1.0 / d2 for d2, _ in near]
+        return sum(w * r for w, (_, r) in zip(weights, near)) / sum(weights)
 
 
 class CostModel:
@@ -97,9 +135,11 @@ class CostModel:
             hit = self._variants[kernel] = measured or KERNEL_VARIANTS[kernel]
         return hit
 
-    def problem(self, kernel: str, variant: str, dims: tuple[int, ...]) -> Estimate:
-        """Seconds of one problem of size ``dims``."""
-        key = (kernel, variant, dims)
+    def problem(self, kernel: str, variant: str, dims: tuple[int, ...], in_step: bool = True) -> Estimate:
+        """Seconds of one problem of size ``dims`` in an optimizer step; ``in_step=False``: as the profile's
+        harness times it, repeated on the same arrays (no streaming floor, module docstring 5.: what
+        ``profiles.calibrate`` compares a new measurement with)."""
+        key = (kernel, variant, dims, in_step)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
@@ -113,7 +153,10 @@ class CostModel:
                     self.roofline(kernel, variant, curve.hi_dims)
                 est = Estimate(t, variant, True)
             else:
-                est = Estimate(curve(lx), variant, lx < curve.lx_lo - 1e-9)
+                t = curve(lx) * math.exp(curve.shape_residual(dims))
+                if in_step and kernel in STREAMED:
+                    t = max(t, curve.rate_hi * math.exp(lx))
+                est = Estimate(t, variant, lx < curve.lx_lo - 1e-9)
         self._cache[key] = est
         return est
 
