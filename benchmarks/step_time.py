@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 import torch
+from allocator import describe as allocator_description
+from allocator import reexec
 
 from sketchplan.optimizers import Adam, BlockedShampoo, Sketchy
 
@@ -108,6 +110,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds (ratios: min/median/max over them)")
     ap.add_argument("--no-embeddings", action="store_true", help="time the transformer blocks' parameters only")
     args = ap.parse_args()
+    reexec()
     torch.manual_seed(0)
     params = gpt2_params(args.layers, not args.no_embeddings)
     n = sum(p.numel() for p in params)
@@ -145,7 +148,8 @@ def main() -> None:
         f"Step time of `optimizer.step()` on a GPT-2-small-shaped model with {args.layers} of 12 blocks "
         f"({n / 1e6:.1f} M parameters, {'embeddings left out' if args.no_embeddings else 'tied embedding included'}"
         f"), measured on CPU ({platform.processor() or 'cpu'}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}); {args.rounds} interleaved rounds. Load "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {allocator_description()}); "
+        f"{args.rounds} interleaved rounds. Load "
         f"average (1 min) {load_before[0]:.1f} before and {load_after[0]:.1f} after: a shared 2-core machine, so "
         "absolute times are inflated and noisy; ratios are taken within a round (min / median / max over rounds). "
         f"Shampoo-like rows are amortised over precondition cycles of {f} steps; Sketchy updates its sketches "
