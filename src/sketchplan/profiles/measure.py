@@ -31,8 +31,13 @@ class GridSpec:
     budget_s: float  # timing budget per size (repetitions stop after it, min 3)
 
 
-def _fd_dims(ds, ks, ratios) -> list[tuple[int, ...]]:
-    return sorted({(d, k, max(1, int(d * r))) for d in ds for k in ks if k < d for r in ratios})
+def _fd_dims(ds, ks, ratios, vectors: bool = False) -> list[tuple[int, ...]]:
+    """(d, k, n) with n = d·r for each ratio, and n = 1 (a vector's sketch, where ``subspace`` takes its exact
+    path at a rate the matrix-shaped points do not show) when ``vectors``."""
+    dims = {(d, k, max(1, int(d * r))) for d in ds for k in ks if k < d for r in ratios}
+    if vectors:
+        dims |= {(d, k, 1) for d in ds for k in ks if k < d}
+    return sorted(dims)
 
 
 def grid(quick: bool) -> GridSpec:
@@ -42,7 +47,7 @@ def grid(quick: bool) -> GridSpec:
         return GridSpec({
             "gemm": sorted({s for d in sq for s in ((d, d, d), (d, d, 4 * d), (d, 4 * d, d))}),
             "inv_root": [(d,) for d in (16, 64, 128, 256, 512, 768, 1024, 1536)],
-            "fd_update": _fd_dims((64, 256, 768, 1024), (16, 64, 256), (0.25, 1, 4)),
+            "fd_update": _fd_dims((64, 256, 768, 1024), (16, 64, 256), (0.25, 1, 4), vectors=True),
             "lowrank_apply": _fd_dims((128, 512, 2048), (16, 128), (0.25, 1, 4)),
             "pointwise": [(4**j,) for j in range(0, 12)],
             "newton_schulz": [(m, 4 * m, 5) for m in (32, 128, 512)] + [(m, m, 5) for m in (64, 256, 1024)],
@@ -52,7 +57,8 @@ def grid(quick: bool) -> GridSpec:
         "gemm": sorted({s for d in sq for s in ((d, d, d), (d, d, 3 * d), (d, 3 * d, d), (d, d, 4 * d),
                                                 (d, 4 * d, d))}),
         "inv_root": [(d,) for d in (8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 2304, 3072)],
-        "fd_update": _fd_dims((64, 128, 256, 512, 768, 1024, 2048, 3072), (16, 64, 256), (0.25, 1, 3, 4)),
+        "fd_update": _fd_dims((64, 128, 256, 512, 768, 1024, 2048, 3072), (16, 64, 256), (0.25, 1, 3, 4),
+                              vectors=True),
         "lowrank_apply": _fd_dims((64, 256, 768, 1024, 2048, 3072), (16, 64, 256), (0.25, 1, 4)),
         "pointwise": [(4**j,) for j in range(0, 13)],
         "newton_schulz": sorted({(m, r * m, 5) for m in (16, 64, 256, 512, 768, 1024, 2048) for r in (1, 3, 4)}),
