@@ -260,6 +260,8 @@ def test_owner_placement_cuts_blocks_by_owner():
     assert placement.owned_by_group(owners, lay, 2) == [[], [], [], []]
     with pytest.raises(ValueError, match="7 block owners given for 6 blocks"):
         placement.owned_by_group(owners + [0], lay, 0)
+    with pytest.raises(ValueError, match="5 block owners given for 6 blocks"):  # not an IndexError
+        placement.owned_by_group(owners[:5], lay, 0)
     local = placement.local_layout(lay, [[0], [], [1], [0]], keep_rest=False)
     assert [(t.name, t.shape) for t in local] == [
         ("blocks0.stat0", (1, 16, 16)), ("blocks0.stat1", (1, 16, 16)), ("blocks0.root0", (1, 16, 16)),

@@ -61,12 +61,13 @@ def rest_bytes(layout: list[StateTensor]) -> int:
 
 def owned_by_group(owners: list[int], layout: list[StateTensor], rank: int) -> list[list[int]]:
     """Indices, per block group, of the blocks ``rank`` owns (``owners``: one rank per block, flat order)."""
+    counts = block_counts(layout)
+    if sum(counts) != len(owners):  # checked first: a short list must not fail as an IndexError
+        raise ValueError(f"{len(owners)} block owners given for {sum(counts)} blocks")
     out, start = [], 0
-    for count in block_counts(layout):
+    for count in counts:
         out.append([j for j in range(count) if owners[start + j] == rank])
         start += count
-    if start != len(owners):
-        raise ValueError(f"{len(owners)} block owners given for {start} blocks")
     return out
 
 

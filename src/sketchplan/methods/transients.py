@@ -52,10 +52,6 @@ class Live:
         self.alloc(nbytes)
         self.free(nbytes)
 
-    def isfinite(self, numel: int, sb: int) -> None:
-        """``torch.isfinite(t).all()`` on ``numel`` elements: |t| in t's dtype and three boolean masks."""
-        self.spike(numel * (sb + 3))
-
     def scratch(self, nbytes: int) -> None:
         """A kernel's internal scratch (not a tensor): counted unless the replay is tensor-level only."""
         if self.count_scratch:
