@@ -140,3 +140,23 @@ def test_fastest_is_the_per_tensor_fastest_when_it_fits_and_large_instances_get_
     sol = solve_two(items, big, t * (1 + 1e-12))
     assert sol.extra["time_ms"] <= t * (1 + 1e-9)
     assert sol.value >= sum(items[g].value[c] * n for g, a in enumerate(assign) for c, n in a.items()) - 1e-9
+
+
+def test_infeasible_time_budget_never_prints_the_same_figure_twice():
+    """A budget just under the fastest plan's step would round to the same 4 significant digits: the message
+    shows enough digits to tell them apart, and names the flag to raise."""
+    from sketchplan.planner.time_bound import infeasible_message
+
+    msg = infeasible_message(52.4699, "--time-budget-ms", 52.4701)
+    have, want = msg.split("time budget ")[1].split(" ms")[0], msg.split("memory budget, ")[1].split(" ms")[0]
+    assert have != want and float(have) < float(want)
+    assert "raise --time-budget-ms (at least 52.4701 ms)" in msg
+    assert "time budget 1130 ms is below the fastest plan that fits the memory budget, 2460 ms" in \
+        infeasible_message(1130.0, None, 2460.0)
+
+
+def test_memory_figures_that_round_alike_show_exact_bytes():
+    from sketchplan.planner.sizes import fmt_pair
+
+    assert fmt_pair(4 * 2**30, 4 * 2**30 + 1000) == ("4.00 GiB (4,294,967,296 B)", "4.00 GiB (4,294,968,296 B)")
+    assert fmt_pair(4 * 2**30, 5 * 2**30) == ("4.00 GiB", "5.00 GiB")

@@ -27,7 +27,7 @@ from . import parallel as par_
 from . import structure, time_bound
 from .plan import (ActivationInfo, Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry,
                    Totals, WhatIf)
-from .sizes import fmt_bytes, parse_size
+from .sizes import fmt_bytes, fmt_pair, parse_size
 from .solve import Infeasible, Item
 from .solve_time import InfeasibleTime, solve_two
 from .solve_time import binding as bind_report
@@ -548,8 +548,9 @@ def _fixed_too_big(fixed: FixedBytes, budget: int, reserve: int) -> str:
         what += f" and master weights ({fmt_bytes(fixed.master)})"
     if getattr(fixed, "comm", 0):
         what += f" and communication buffers ({fmt_bytes(fixed.comm)})"
-    return (f"memory budget {fmt_bytes(budget)}{f' minus reserve {fmt_bytes(reserve)}' if reserve else ''} is below "
-            f"what {what} alone need ({fmt_bytes(fixed.total)}); raise --memory-budget to at least "
+    have, need = fmt_pair(budget, fixed.total)
+    return (f"memory budget {have}{f' minus reserve {fmt_bytes(reserve)}' if reserve else ''} is below "
+            f"what {what} alone need ({need}); raise --memory-budget to at least "
             f"{fmt_bytes(fixed.total + reserve)} plus optimizer state, or use a lower --param-dtype.")
 
 
@@ -559,6 +560,7 @@ def _infeasible(inf: Infeasible, groups: list[_Group], fixed: FixedBytes, budget
     big = max(range(len(groups)), key=lambda g: sum(groups[g].cands[c].state_bytes * n
                                                     for c, n in inf.assign[g].items()))
     label = groups[big].cands[next(iter(inf.assign[big]))].cfg.label()
-    return (f"memory budget {fmt_bytes(budget)} is below the minimum any plan needs, {fmt_bytes(need)} "
-            f"(reached with mostly {label}); raise --memory-budget to at least {fmt_bytes(need)}"
+    have, want = fmt_pair(budget, need)
+    return (f"memory budget {have} is below the minimum any plan needs, {want} "
+            f"(reached with mostly {label}); raise --memory-budget to at least {want}"
             f"{' or lower --reserve' if reserve else ''}{' or lower --batch-size/--seq-len' if extra else ''}.")

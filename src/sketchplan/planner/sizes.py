@@ -47,6 +47,15 @@ def parse_size(text: str | int | float, what: str = "size") -> int:
     return int(round(n))
 
 
+def fmt_pair(a: int, b: int) -> tuple[str, str]:
+    """``fmt_bytes`` of two sizes that differ, with exact byte counts when their rounded forms would read the same
+    (a budget of 4.00 GiB "below" a need of 4.00 GiB)."""
+    fa, fb = fmt_bytes(a), fmt_bytes(b)
+    if fa == fb and a != b:
+        return f"{fa} ({a:,} B)", f"{fb} ({b:,} B)"
+    return fa, fb
+
+
 def fmt_bytes(n: float | int) -> str:
     """Human-readable binary size: 1.50 GiB, 768.0 MiB, 12 B (any int, however large; never raises)."""
     if isinstance(n, int) and abs(n) >= 2**1000:

@@ -67,8 +67,12 @@ def choose(spec, timer, time_budget_ms: float | None, max_step_vs_adam: float | 
 
 def infeasible_message(budget_ms: float, source: str | None, min_ms: float) -> str:
     what = "--time-budget-ms" if source == "--time-budget-ms" else "--max-step-vs-adam"
-    return (f"time budget {budget_ms:.4g} ms is below the fastest plan that fits the memory budget, "
-            f"{min_ms:.4g} ms predicted; raise {what} (at least {min_ms:.4g} ms) or --memory-budget.")
+    digits = 4
+    while f"{budget_ms:.{digits}g}" == f"{min_ms:.{digits}g}" and digits < 17:  # never the same figure twice
+        digits += 1
+    have, want = f"{budget_ms:.{digits}g}", f"{min_ms:.{digits}g}"
+    return (f"time budget {have} ms is below the fastest plan that fits the memory budget, "
+            f"{want} ms predicted; raise {what} (at least {want} ms) or --memory-budget.")
 
 
 def forward_backward_ms(n_trainable: int, profile, tokens: int = DEFAULT_TOKENS_PER_STEP) -> float | None:
