@@ -1,6 +1,7 @@
 """A shipped profile scaled to this machine by a calibration (profiles.calibrate), without timing anything:
 the measurements are a fake with known ratios."""
 
+import json
 import math
 
 import pytest
@@ -65,6 +66,32 @@ def test_ratios_are_cached_and_reused(tmp_path, monkeypatch):
     second = cal.calibrate(base, info, boom)
     assert [p.seconds for t in first.tables for p in t.points] == [p.seconds for t in second.tables for p in t.points]
     assert list((tmp_path / "calibration").glob("*.json"))
+
+
+def test_a_busy_calibration_is_measured_again_once_the_machine_is_quiet(tmp_path, monkeypatch):
+    """Ratios measured under load are reused while the machine stays busy, replaced on the first quiet plan."""
+    monkeypatch.setenv("SKETCHPLAN_CACHE", str(tmp_path))
+    base, info = _info(2)
+    monkeypatch.setattr(cal.os, "getloadavg", lambda: (9.0, 9.0, 9.0))       # busy: 9 > 2 threads
+    slow = cal.calibrate(base, info, fake_measure(base, lambda k, d: 40.0))
+
+    def boom(*a):
+        raise AssertionError("measured again although the machine is still busy")
+    again = cal.calibrate(base, info, boom)
+    assert [p.seconds for t in slow.tables for p in t.points] == [p.seconds for t in again.tables for p in t.points]
+    monkeypatch.setattr(cal.os, "getloadavg", lambda: (0.5, 0.5, 0.5))       # quiet now
+    calls = []
+
+    def quiet(kernel, variant, dims):
+        calls.append(kernel)
+        return fake_measure(base, lambda k, d: 0.8)(kernel, variant, dims)
+    fresh = cal.calibrate(base, info, quiet)
+    assert calls  # measured again
+    ratio = CostModel(fresh).problem("gemm", "matmul", (768, 768, 768)).seconds / \
+        CostModel(base).problem("gemm", "matmul", (768, 768, 768)).seconds
+    assert ratio == pytest.approx(0.8, rel=1e-6)
+    cached = json.loads(next((tmp_path / "calibration").glob("*.json")).read_text())
+    assert cached["busy"] is False and cached["load_average"] == 0.5
 
 
 def test_auto_uses_the_scaled_profile_when_only_the_thread_count_differs(tmp_path, monkeypatch):

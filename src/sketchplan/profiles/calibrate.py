@@ -13,8 +13,9 @@ The ratios are cached (``$SKETCHPLAN_CACHE`` or ``~/.cache/sketchplan``, ``calib
 profile, the CPU, the thread count and the framework version), so a machine measures once (about a second) and
 planning stays framework-free afterwards. Ratios measured while the machine is busier than its cores (1-minute
 load average above the thread count) are cached too, with that load recorded, so that a busy machine does not
-re-measure (and import torch) on every plan; ``SKETCHPLAN_RECALIBRATE=1`` measures again (do it on a quiet
-machine).
+re-measure (and import torch) on every plan; the first plan on a quiet machine measures them again (a busy
+calibration once predicted Sketchy steps 60× too slow and pushed the default GPT-2 plan to all-Adam), and
+``SKETCHPLAN_RECALIBRATE=1`` measures again in any case.
 The plan names the scaled profile (``<profile>-scaled-<N>t``) and its ratios. ``SKETCHPLAN_NO_CALIBRATION=1``
 skips the measurement (the analytic fallback is used instead).
 """
@@ -127,6 +128,16 @@ def scaled(profile: HardwareProfile, info: DeviceInfo, table: dict[str, list[lis
                            measured=True, quick=profile.quick, device=info, roofline=roof, tables=tables)
 
 
+def _load() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def _busy(info: DeviceInfo) -> bool:
+    """The 1-minute load average is above the thread count: timings now are inflated by other jobs."""
+    load = _load()
+    return load is not None and load > (info.cores or os.cpu_count() or 1)
+
+
 def calibrate(profile: HardwareProfile, info: DeviceInfo, measure: Measure | None = None) -> HardwareProfile | None:
     """The scaled profile for this host (cached ratios, else measured now); None when it cannot be measured."""
     path = _cache_file(profile, info)
@@ -134,7 +145,8 @@ def calibrate(profile: HardwareProfile, info: DeviceInfo, measure: Measure | Non
     if table is None and path.is_file() and not os.environ.get("SKETCHPLAN_RECALIBRATE"):
         try:
             data = json.loads(path.read_text())
-            if data.get("version") == VERSION and set(data.get("ratios", {})) == set(REFERENCE):
+            if data.get("version") == VERSION and set(data.get("ratios", {})) == set(REFERENCE) \
+                    and not (data.get("busy") and not _busy(info)):  # measured busy, quiet now: measure again
                 table = data["ratios"]
         except (OSError, ValueError):
             table = None
@@ -149,13 +161,12 @@ def calibrate(profile: HardwareProfile, info: DeviceInfo, measure: Measure | Non
             measure = torch_measure(info.cores)
         table = ratios(profile, measure)
         _MEASURED[str(path)] = table
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        load = _load()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"version": VERSION, "profile": profile.name, "ratios": table,
-                                       "load_average": load, "busy": load is not None and
-                                       load > (info.cores or os.cpu_count() or 1)}))
+                                       "load_average": load, "busy": _busy(info)}))
             tmp.replace(path)
         except OSError:
             pass
