@@ -173,9 +173,11 @@ def _subspace_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: 
         return _subspace_exact(u, sig2, rho, x, beta2)
     gen = torch.Generator(device=x.device).manual_seed(20)
     a = _scaled_sketch(u, sig2, beta2)
+    warm = False
     if l == d:  # the basis spans R^d: Q = I, B = Y (exact; no range finder, nothing to estimate)
         ba, bx = a, x
     elif l > k and bool((sig2[..., -1] > 0).all()):
+        warm = True
         # warm: Q = [U, P], U the previous directions (orthonormal: no QR of the d × l basis), P an orthonormal
         # basis of l − k random mixes of X made orthogonal to U, refined by power steps on the part of X outside
         # U, (I − UUᵀ) X Xᵀ (I − UUᵀ): O(d·n·(l−k)) each, where a power step on all of Y Yᵀ costs O(d·(k+n)·l)
@@ -193,10 +195,17 @@ def _subspace_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: 
         for _ in range(SUBSPACE_POWER_STEPS):
             q = torch.linalg.qr(_yyt(a, x, q)).Q
     if l < d:  # Rayleigh–Ritz: B = QᵀY = [QᵀA, QᵀX], B Bᵀ = (QᵀA)(QᵀA)ᵀ + (QᵀX)(QᵀX)ᵀ
-        ba, bx = q.mT @ a, q.mT @ x
+        # warm, Q = [U, P] with P ⟂ U: QᵀA = [diag(√β2 σ); 0], taken as such (no l·d·k product). Any B whose
+        # eigenpairs build Z = Y Bᵀ M keeps Ĉ' ≼ Y Yᵀ (module docstring), so rounding in U's orthonormality and
+        # in P ⟂ U cannot break the lower invariant.
+        ba = None if warm else q.mT @ a
+        bx = q.mT @ x
         del q
     bb = bx @ bx.mT
-    bb += ba @ ba.mT
+    if ba is None:
+        bb[..., :k, :k].diagonal(dim1=-2, dim2=-1).add_((beta2 * sig2).clamp_min(0))
+    else:
+        bb += ba @ ba.mT
     dec = safe_eigh(bb)
     del bb
     if dec is None:
@@ -210,7 +219,10 @@ def _subspace_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: 
     m = ub * coef.unsqueeze(-2)
     del ub
     # Z = Y V_k diag(√(1 − c/sb²)) = Y Bᵀ M = A (QᵀA)ᵀ M + X (QᵀX)ᵀ M, Ĉ' = Z Zᵀ ≼ Y Yᵀ
-    z = thin_matmul(a, thin_matmul(ba.mT, m))
+    if ba is None:  # A (QᵀA)ᵀ M = U diag(β2 σ²) M[:k]
+        z = thin_matmul(u, (beta2 * sig2).clamp_min(0).unsqueeze(-1) * m[..., :k, :])
+    else:
+        z = thin_matmul(a, thin_matmul(ba.mT, m))
     del ba
     z.add_(thin_matmul(x, thin_matmul(bx.mT, m)))
     del bx, m
