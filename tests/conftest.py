@@ -12,6 +12,17 @@ else:
     torch.set_num_threads(1)
 
 
+def pytest_sessionstart(session):
+    """Every session starts with the method facts' memos empty: benchmarks/mutation.py (mutmut) forks each
+    mutant's session from a process that ran the original code, whose remembered replays would otherwise answer
+    for the mutant (every mutant of the Sketchy FD replay once survived that way)."""
+    try:
+        from sketchplan.methods import clear_caches
+    except ImportError:  # tests/install: a virtualenv that may lack the package's dependencies
+        return
+    clear_caches()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Preset specs are cached on disk; keep the tests' cache out of the user's home."""

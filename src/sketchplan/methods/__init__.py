@@ -96,6 +96,18 @@ def workspace_of(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefau
     return _workspace_of(_dims(shape), cfg, opts, param_dtype, scratch)
 
 
+def clear_caches() -> None:
+    """Empty every memo of the method facts (workspaces, replay steps, matrix plans and partitions). Answers never
+    depend on them; a test session clears them so that it runs the code under test, not answers remembered by
+    the process it was forked from (mutmut forks each mutant's session from one that ran the original code)."""
+    from . import blocking, transients
+
+    _workspace_of.cache_clear()
+    blocking.cached_plan.cache_clear()
+    blocking.cached_partition.cache_clear()
+    transients.clear_memos()
+
+
 @lru_cache(maxsize=MEMO_SIZE)
 def _workspace_of(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults, param_dtype: str,
                   scratch: bool) -> int:

@@ -58,6 +58,16 @@ class Live:
             self.spike(nbytes)
 
 
+#: The memo of every ``replayed`` step (``clear_memos``).
+_MEMOS: list[dict] = []
+
+
+def clear_memos() -> None:
+    """Forget every remembered replay step (tests: a session must run the replay code it is testing)."""
+    for memo in _MEMOS:
+        memo.clear()
+
+
 def replayed(fn: Callable[..., int]) -> Callable[..., int]:
     """Memoise a replay step ``fn(live, *args) -> int`` by its arguments (and whether scratch counts).
 
@@ -68,6 +78,7 @@ def replayed(fn: Callable[..., int]) -> Callable[..., int]:
     planner grid asks for the same FD update (block, rank, columns) under every graft and momentum.
     """
     memo: dict[tuple, tuple[int, int, int]] = {}
+    _MEMOS.append(memo)
 
     @wraps(fn)
     def run(live: Live, *args) -> int:
