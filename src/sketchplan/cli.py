@@ -249,7 +249,7 @@ def _render(plan, args, console):
         from .files import write_atomic
 
         write_atomic(args.json, text, "--json")
-        console.print(f"JSON written to [bold]{args.json}[/]")
+        console.print(f"JSON written to [bold]{args.json}[/]", soft_wrap=True)
     return console
 
 
@@ -401,7 +401,9 @@ def _cmd_plan(args, console) -> int:
             render_explain(explain(plan, spec, name), console)
     if args.out is not None:
         write_atomic(args.out, plan.to_yaml(), "--out")
-        console.print(f"plan written to [bold]{args.out}[/]; " + _how_to_use(args.out, mesh is not None))
+        # soft wrap: the terminal folds the line, rich does not break the path or the commands inside words
+        console.print(f"plan written to [bold]{args.out}[/]; " + _how_to_use(args.out, mesh is not None),
+                      soft_wrap=True)
     elif args.json is None:
         build = "build_optax(Plan.load(...), params)" if mesh is not None else "build_optimizer(Plan.load(...), model)"
         console.print("nothing written: add [bold]--out plan.yaml[/] to keep this plan (then "
@@ -483,7 +485,7 @@ def _cmd_probe(args, console) -> int:
     spec = probe(model, loss, batches, steps=args.steps, rank=args.rank, lr=args.lr, source=args.model, progress=True)
     spec.save(args.out, "--out")
     console.print(f"probed {len(spec.tensors)} matrix tensors over {args.steps} steps (rank {args.rank}); "
-                  f"spectra written to [bold]{args.out}[/]")
+                  f"spectra written to [bold]{args.out}[/]", soft_wrap=True)
     return 0
 
 
@@ -525,7 +527,7 @@ def _cmd_profile(args, console) -> int:
         from rich.text import Text
 
         Console(stderr=True).print(Text("warning: ", style="bold yellow") + Text(warning), soft_wrap=True)
-    console.print(f"profile written to [bold]{out}[/]; use it with `sketchplan plan --hardware {out}`")
+    console.print(f"profile written to [bold]{out}[/]; use it with `sketchplan plan --hardware {out}`", soft_wrap=True)
     return 0
 
 
@@ -552,7 +554,7 @@ def _cmd_show(args, console) -> int:
             spec = None  # the frontier needs the model; the per-layer chart does not
         plot_plan(plan, args.plot, spec)
         console.print(f"plot written to [bold]{args.plot}[/]"
-                      + ("" if spec else " (without the frontier: the plan's model could not be loaded)"))
+                      + ("" if spec else " (without the frontier: the plan's model could not be loaded)"), soft_wrap=True)
     return 0
 
 
