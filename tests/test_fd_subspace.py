@@ -66,46 +66,43 @@ def test_subspace_keeps_the_fd_invariant_and_tracks_exact_fd(d, k, n, beta2):
         assert np.linalg.norm(_root_apply(gu, gs, gr, g) - want) <= 0.18 * np.linalg.norm(want), (seed, step)
 
 
-@pytest.mark.parametrize("d,k,n", [(16, 10, 200), (9, 9, 300), (24, 20, 64)])
-def test_subspace_is_exact_fd_when_its_basis_spans_the_space(d, k, n):
-    """With l = d < k + n (a small axis receiving many columns, e.g. a 3 × 3 conv kernel's) the basis is all of
-    R^d: the variant takes Q = I (no range finder, no estimate) and is exact FD — against the float64 reference
-    after every step, with the rank-k truncation dropping mass into ρ."""
-    assert subspace_width(d, k, n) == d < k + n
+def _exact_fd_stream(d, k, n, steps):
+    """Run the ``subspace`` variant and the float64 reference FD side by side on one stream (float64): after
+    every step U σ² Uᵀ and ρ agree to 1e-9 and U's columns are orthonormal where σ² > 0, zero elsewhere.
+    Returns the reference's final ρ."""
     rng = np.random.default_rng()
     u, sig2, rho = torch.zeros(1, d, k, dtype=torch.float64), torch.zeros(1, k, dtype=torch.float64), \
         torch.zeros(1, dtype=torch.float64)
     ru, rs, rr = np.zeros((d, k)), np.zeros(k), 0.0
-    for step, x in enumerate(_drifting_stream(rng, d, n, 6)):
+    for step, x in enumerate(_drifting_stream(rng, d, n, steps)):
         u, sig2, rho = fd_update(u, sig2, rho, torch.from_numpy(x)[None], 0.99, "subspace")
         ru, rs, rr = fd_reference.fd_step(ru, rs, rr, x, 0.99)
         ref = fd_reference.sketch(ru, rs)
         got = fd_reference.sketch(u[0].numpy(), sig2[0].numpy())
         assert np.linalg.norm(got - ref) <= 1e-9 * np.linalg.norm(ref), step
         assert rho.item() == pytest.approx(rr, rel=1e-9, abs=1e-12 * np.trace(ref)), step
+        gram = u[0].numpy().T @ u[0].numpy()
+        np.testing.assert_allclose(gram, np.diag((sig2[0].numpy() > 0).astype(float)), atol=1e-9)
+    return rr
+
+
+@pytest.mark.parametrize("d,k,n", [(16, 10, 200), (9, 9, 300), (24, 20, 64)])
+def test_subspace_is_exact_fd_when_its_basis_spans_the_space(d, k, n):
+    """With l = d < k + n (a small axis receiving many columns, e.g. a 3 × 3 conv kernel's) the basis is all of
+    R^d: the variant takes Q = I (no range finder, no estimate) and is exact FD, with the rank-k truncation
+    dropping mass into ρ below full rank."""
+    assert subspace_width(d, k, n) == d < k + n
+    rr = _exact_fd_stream(d, k, n, 6)
     assert rr > 0 or k == d  # below full rank the stream overflowed it: the shrink really ran
 
 
 @pytest.mark.parametrize("d,k,n", [(40, 8, 1), (48, 12, 3), (26, 24, 2)])
 def test_subspace_is_exact_fd_when_its_basis_holds_all_of_y(d, k, n):
     """With l = k + n (a vector's sketch, or few new columns) the basis [U, orth(X ⟂ U)] spans Y, so the update
-    is exact FD: U σ² Uᵀ and ρ equal the float64 reference's after every step, from the empty sketch through the
-    steps where the sketch is full (the rank-k truncation then drops mass into ρ)."""
+    is exact FD from the empty sketch through the steps where the sketch is full (the rank-k truncation then
+    drops mass into ρ)."""
     assert subspace_width(d, k, n) == k + n
-    rng = np.random.default_rng()
-    u, sig2, rho = torch.zeros(1, d, k, dtype=torch.float64), torch.zeros(1, k, dtype=torch.float64), \
-        torch.zeros(1, dtype=torch.float64)
-    ru, rs, rr = np.zeros((d, k)), np.zeros(k), 0.0
-    for step, x in enumerate(_drifting_stream(rng, d, n, 2 * k // n + 4)):
-        u, sig2, rho = fd_update(u, sig2, rho, torch.from_numpy(x)[None], 0.99, "subspace")
-        ru, rs, rr = fd_reference.fd_step(ru, rs, rr, x, 0.99)
-        ref = fd_reference.sketch(ru, rs)
-        got = fd_reference.sketch(u[0].numpy(), sig2[0].numpy())
-        assert np.linalg.norm(got - ref) <= 1e-9 * np.linalg.norm(ref), step
-        assert rho.item() == pytest.approx(rr, rel=1e-9, abs=1e-12 * np.trace(ref)), step
-        gram = u[0].numpy().T @ u[0].numpy()        # orthonormal columns where σ² > 0, zero columns elsewhere
-        np.testing.assert_allclose(gram, np.diag((sig2[0].numpy() > 0).astype(float)), atol=1e-9)
-    assert rr > 0  # the stream overflowed the rank: the shrink really ran
+    assert _exact_fd_stream(d, k, n, 2 * k // n + 4) > 0  # the stream overflowed the rank: the shrink really ran
 
 
 def test_subspace_lower_invariant_survives_a_bad_basis(monkeypatch):
