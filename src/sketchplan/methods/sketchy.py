@@ -174,7 +174,9 @@ def subspace_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> 
     QR), Ω drawn in float32 — then the Ritz step (QᵀA, QᵀX; Q freed; B Bᵀ from its two halves, its eigh, the
     flipped pairs), Z = A (QᵀA)ᵀ M + X (QᵀX)ᵀ M with M = ub_k · coef, the power estimate's vectors, ``_gram_left``
     of Z; the spectrum s² (l), the mask (k booleans), the coefficients (k) and the left-out mass stay alive to the
-    end. Returns the new sketch's bytes (U, σ², ρ)."""
+    end. A warm step takes QᵀA = [diag(√β2 σ); 0] without a product and adds it to B Bᵀ in place; the replay keeps
+    the cold step's QᵀA and its B Bᵀ term (the first step is cold), an excess of l·(k + l) elements at most.
+    Returns the new sketch's bytes (U, σ², ρ)."""
     w, ll = k + m, subspace_width(d, k, m)
     if ll == w:
         return subspace_exact_transients(live, c, d, k, m, sb)

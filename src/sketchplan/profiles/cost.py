@@ -9,8 +9,8 @@ Per kernel and variant the profile holds median times t_j of one problem at size
 3. outside, use the roofline T(dims) = max(flops / peak, bytes / bandwidth) + overhead scaled to meet the
    nearest measured end: t = t_end · T(dims) / T(dims_end) above the range, t_min below it (a smaller problem
    is not faster than the smallest measured one). Such estimates are flagged ``extrapolated``;
-4. shape: kernels with several dimensions (products, FD updates, low-rank applies) run at a rate that depends on
-   the shape, not only on the work — the same flops as (256, 256, 1024) took the low-rank apply 3.1 ms at
+4. shape: the FD update and the low-rank apply (``SHAPED``) run at a rate that depends on the shape, not only on
+   the work — the same flops as (256, 256, 1024) took the low-rank apply 3.1 ms at
    (1024, 64, 1024) and twice that at k = 256, and step 1 pools the two. Inside the measured range the curve is
    corrected by the measured points' residuals r_j = log t_j − log curve(x_j), weighted by inverse squared
    distance in log-dims space over the ``SHAPE_NEIGHBOURS`` nearest points (a measured shape gets its own time
@@ -80,7 +80,7 @@ class _Curve:
         self.lx = [b[0] / b[2] for b in blocks]
         self.lt = [b[1] / b[2] for b in blocks]
         self.rate_hi = math.exp(pts[-1][1] - pts[-1][0])  # seconds per unit of work at the largest size
-        # residuals of the measured shapes against the pooled curve (step 4), for kernels of several dimensions
+        # residuals of the measured shapes against the pooled curve (step 4), for the SHAPED kernels
         self.shapes = [([math.log(v) for v in dims], lt - math.log(self(lx))) for lx, lt, dims in pts] \
             if kernel in SHAPED else []
         self.lo_dims = pts[0][2]
@@ -96,7 +96,6 @@ class _Curve:
         i = bisect_left(xs, lx)
         f = (lx - xs[i - 1]) / (xs[i] - xs[i - 1])
         return math.exp(ts[i - 1] + f * (ts[i] - ts[i - 1]))
-
 
     def shape_residual(self, dims: tuple[int, ...]) -> float:
         """log of the measured/curve ratio at ``dims`` from its nearest measured shapes (module docstring, 4.)."""
