@@ -733,3 +733,20 @@ def test_matrix_plan_edges_by_hand():
     assert matrix_plan((10, 6), None, 1, 8192, splits=(3, 3), split_axis=2).splits is None
     mp = matrix_plan((2, 10, 6), 4, 1, 8192, batch_dims=1, splits=(2, 4), split_axis=1)
     assert mp.groups == (((4, 2), 4), ((4, 4), 4), ((2, 2), 2), ((2, 4), 2))
+
+
+def test_replay_counter_refuses_a_size_that_is_no_whole_byte_count():
+    """``transients.Live`` stops a replay whose size formula divides where it should multiply or subtracts the
+    wrong way round, instead of predicting a fractional or negative peak."""
+    from sketchplan.methods.transients import Live
+
+    live = Live()
+    assert live.alloc(0) == 0 and live.alloc(24) == 24
+    live.free(8)
+    assert (live.now, live.peak) == (16, 24)
+    for bad in (1.5, 24 / 4, -1, True, None):
+        with pytest.raises(TypeError, match=f"non-negative int, got {bad!r}"):
+            live.alloc(bad)
+        with pytest.raises(TypeError, match=f"non-negative int, got {bad!r}"):
+            live.free(bad)
+    assert (live.now, live.peak) == (16, 24)

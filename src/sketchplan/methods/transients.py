@@ -31,8 +31,18 @@ from .packing import PACKED_FACTORS, factor_dims, pack_transients, unpack_transi
 SCALARS = 16
 
 
+def _whole(nbytes: int) -> int:
+    """``nbytes`` when it is a whole, non-negative byte count; a replay that computes anything else (a size
+    divided where it should be multiplied, a difference taken the wrong way round) is wrong, so it stops here
+    instead of predicting a fractional or negative peak."""
+    if type(nbytes) is not int or nbytes < 0:
+        raise TypeError(f"replay bug: a byte count must be a non-negative int, got {nbytes!r}")
+    return nbytes
+
+
 class Live:
-    """Bytes live now and their high-water mark."""
+    """Bytes live now and their high-water mark. Every size is a non-negative int (``_whole``); ``now`` may
+    go below zero in a step replayed on its own that frees what its caller allocated (``replayed``)."""
 
     def __init__(self, scratch: bool = True) -> None:
         self.now = 0
@@ -40,12 +50,12 @@ class Live:
         self.count_scratch = scratch
 
     def alloc(self, nbytes: int) -> int:
-        self.now += nbytes
+        self.now += _whole(nbytes)
         self.peak = max(self.peak, self.now)
         return nbytes
 
     def free(self, nbytes: int) -> None:
-        self.now -= nbytes
+        self.now -= _whole(nbytes)
 
     def spike(self, nbytes: int) -> None:
         """A temporary that is freed before anything else is allocated."""
