@@ -168,25 +168,38 @@ def subspace_exact_transients(live: Live, c: int, d: int, k: int, m: int, sb: in
 
 def subspace_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> int:
     """``frequent_directions._subspace_update`` on (c, d, ·) blocks with m new columns (l = ``subspace_width``;
-    ``subspace_exact_transients`` when l = k + m). Y = [A, X] is never formed: A = √β2 · U diag(σ) (d × k) stays
-    alive to the end. Then the start — the larger of the warm one ([U, P]: X Ω, P orthogonal to U, each residual
-    power step's Xᵀ P, X(·) and P) and the cold one (A Ω_A + X Ω_X, QR, each power step's A(AᵀQ) + X(XᵀQ) and
-    QR), Ω drawn in float32 — then the Ritz step (QᵀA, QᵀX; Q freed; B Bᵀ from its two halves, its eigh, the
-    flipped pairs), Z = A (QᵀA)ᵀ M + X (QᵀX)ᵀ M with M = ub_k · coef, the power estimate's vectors, ``_gram_left``
-    of Z; the spectrum s² (l), the mask (k booleans), the coefficients (k) and the left-out mass stay alive to the
-    end. A warm step takes QᵀA = [diag(√β2 σ); 0] without a product and adds it to B Bᵀ in place; the replay keeps
-    the cold step's QᵀA and its B Bᵀ term (the first step is cold), an excess of l·(k + l) elements at most.
+    ``subspace_exact_transients`` when l = k + m): the larger of a cold step (the first: the sketch has fewer than
+    k directions) and a warm one (every later step when k < l < d), each replayed by ``subspace_step_transients``.
     Returns the new sketch's bytes (U, σ², ρ)."""
-    w, ll = k + m, subspace_width(d, k, m)
-    if ll == w:
+    if subspace_width(d, k, m) == k + m:
         return subspace_exact_transients(live, c, d, k, m, sb)
+    rise, kept = 0, 0
+    for warm in (False, True) if k < subspace_width(d, k, m) < d else (False,):
+        step = Live(live.count_scratch)
+        kept = subspace_step_transients(step, c, d, k, m, sb, warm)   # the same new sketch either way
+        rise = max(rise, step.peak)
+    live.spike(rise)
+    live.alloc(kept)
+    return kept
+
+
+def subspace_step_transients(live: Live, c: int, d: int, k: int, m: int, sb: int, warm: bool) -> int:
+    """One step of ``frequent_directions._subspace_update`` (l = ``subspace_width`` < k + m), cold or warm.
+    Y = [A, X] is never formed: A = √β2 · U diag(σ) (d × k) stays alive to the end. The start: warm, [U, P] —
+    X Ω, P orthogonal to U, each residual power step's Xᵀ P, X(·) and P; cold, A Ω_A + X Ω_X, QR, each power
+    step's A(AᵀQ) + X(XᵀQ) and QR — Ω drawn in float32; none when l = d (Q = I). Then the Ritz step (QᵀA cold
+    only: a warm step takes QᵀA = [diag(√β2 σ); 0] and adds its β2 σ² to B Bᵀ's diagonal; QᵀX; Q freed; B Bᵀ,
+    its eigh, the flipped pairs), Z = A (QᵀA)ᵀ M + X (QᵀX)ᵀ M with M = ub_k · coef (warm: U (β2 σ² · M[:k])),
+    the power estimate's vectors, ``_gram_left`` of Z; the spectrum s² (l), the mask (k booleans), the
+    coefficients (k) and the left-out mass stay alive to the end. Returns the new sketch's bytes (U, σ², ρ)."""
+    w, ll = k + m, subspace_width(d, k, m)
+    warm = warm and k < ll < d
     tk = live.alloc(2 * c * k * sb)                      # β2 σ², clamped, √
     a = live.alloc(c * d * k * sb)                       # A
     live.free(tk)
     q_bytes = c * d * ll * sb
     if ll < d:                                           # (ll = d: Q = I, B = Y — no start, no products)
-        starts = []
-        if ll > k:                                       # warm
+        if warm:
             s = Live(live.count_scratch)
             om = _omega(s, m, ll - k, sb)
             xo = s.alloc(c * d * (ll - k) * sb)          # X Ω
@@ -202,36 +215,38 @@ def subspace_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> 
                 p = p2
             s.alloc(q_bytes)                             # [U, P]
             s.free(p)
-            starts.append(s.peak)
-        s = Live(live.count_scratch)                     # cold
-        om = _omega(s, w, ll, sb)
-        yo = s.alloc(c * d * ll * sb)                    # A Ω_A
-        s.spike(c * d * ll * sb)                         # X Ω_X, added into it
-        s.free(om)
-        q = s.alloc(q_bytes)
-        s.spike(c * ll * ll * sb)                        # R
-        s.free(yo)
-        for _ in range(SUBSPACE_POWER_STEPS):            # Y Yᵀ Q = A (Aᵀ Q) + X (Xᵀ Q)
-            t1 = s.alloc(c * k * ll * sb)
-            out = s.alloc(c * d * ll * sb)
-            s.free(t1)
-            t2 = s.alloc(c * m * ll * sb)
-            t3 = s.alloc(c * d * ll * sb)
-            s.free(t2 + t3)
-            q2 = s.alloc(q_bytes)
-            s.spike(c * ll * ll * sb)
-            s.free(out + q)
-            q = q2
-        starts.append(s.peak)
-        live.spike(max(starts))
+        else:
+            s = Live(live.count_scratch)                 # cold
+            om = _omega(s, w, ll, sb)
+            yo = s.alloc(c * d * ll * sb)                    # A Ω_A
+            s.spike(c * d * ll * sb)                         # X Ω_X, added into it
+            s.free(om)
+            q = s.alloc(q_bytes)
+            s.spike(c * ll * ll * sb)                        # R
+            s.free(yo)
+            for _ in range(SUBSPACE_POWER_STEPS):            # Y Yᵀ Q = A (Aᵀ Q) + X (Xᵀ Q)
+                t1 = s.alloc(c * k * ll * sb)
+                out = s.alloc(c * d * ll * sb)
+                s.free(t1)
+                t2 = s.alloc(c * m * ll * sb)
+                t3 = s.alloc(c * d * ll * sb)
+                s.free(t2 + t3)
+                q2 = s.alloc(q_bytes)
+                s.spike(c * ll * ll * sb)
+                s.free(out + q)
+                q = q2
+        live.spike(s.peak)
         q = live.alloc(q_bytes)
-        ba = live.alloc(c * ll * k * sb)                 # Qᵀ A
+        ba = 0 if warm else live.alloc(c * ll * k * sb)  # Qᵀ A
         bx = live.alloc(c * ll * m * sb)                 # Qᵀ X
         live.free(q)
     else:
         ba = bx = 0                                      # views of A and X
     bb = live.alloc(c * ll * ll * sb)                    # (QᵀX)(QᵀX)ᵀ
-    live.spike(c * ll * ll * sb)                         # + (QᵀA)(QᵀA)ᵀ, in place
+    if warm:
+        live.spike(2 * c * k * sb)                       # + β2 σ² (clamped) on its diagonal
+    else:
+        live.spike(c * ll * ll * sb)                     # + (QᵀA)(QᵀA)ᵀ, in place
     ev = safe_eigh(live, c, ll, sb)
     live.free(bb)
     live.spike(c * ll * sb)                              # flipped values (clamped below)
@@ -244,7 +259,14 @@ def subspace_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> 
     small += live.alloc(c * k + c * k * sb)              # the mask and the coefficients
     mm = live.alloc(c * ll * k * sb)                     # M = ub_k · coef
     live.free(ub)
-    t1 = live.alloc(c * k * k * sb)                      # (QᵀA)ᵀ M
+    if warm:                                             # U (β2 σ² · M[:k])
+        s1 = live.alloc(c * k * sb)
+        s2 = live.alloc(c * k * sb)
+        live.free(s1)
+        t1 = live.alloc(c * k * k * sb)
+        live.free(s2)
+    else:
+        t1 = live.alloc(c * k * k * sb)                  # (QᵀA)ᵀ M
     z = live.alloc(c * d * k * sb)                       # Z = A (·)
     live.free(t1 + ba)
     t1 = live.alloc(c * m * k * sb)                      # (QᵀX)ᵀ M
@@ -305,7 +327,10 @@ def fd_transients(live: Live, count: int, d: int, k: int, m: int, sb: int, varia
         gram = live.alloc(c * d * d * sb)
         live.free(a1 + a2)
         ev = safe_eigh(live, c, d, sb)
-        left = live.alloc(c * d * sb * 2 + c * d * d * sb)   # flipped and clamped values, flipped vectors
+        flipped = live.alloc(c * d * sb)         # the values flipped, then clamped
+        left = live.alloc(c * d * sb)
+        live.free(flipped)
+        left += live.alloc(c * d * d * sb)       # the vectors flipped
         live.free(ev + gram)
         r = d
     else:
@@ -317,19 +342,43 @@ def fd_transients(live: Live, count: int, d: int, k: int, m: int, sb: int, varia
             r = w
         else:
             q = 0
+            cols = w                             # the SVD's input: Y (d × w), or Rᵀ (d × r) after Yᵀ = Q R
             if variant == "qr_svd":
                 q = live.alloc(c * w * r * sb + c * r * d * sb)   # Q and R of Yᵀ
-            live.spike(c * d * r * sb + c * r * sb + c * r * w * sb)   # U, s, Vᵀ of the attempt that failed
-            y64 = live.alloc(c * d * w * 8) if sb < 8 else 0         # the float64 retry
-            q64 = live.alloc((c * w * r + c * r * d) * 8) if q and sb < 8 else 0
-            out = live.alloc((c * d * r + c * r + c * r * w) * max(sb, 8))
-            live.scratch(svd_scratch_bytes(d if not q else r, w if not q else d, max(sb, 8)))
+                cols = r
+            if sb < 8:                           # U, s, Vᵀ of the attempt that failed (float64: the only one)
+                live.spike(c * d * r * sb + c * r * sb + c * r * cols * sb)
+            y64 = live.alloc(c * d * w * 8) if sb < 8 else 0         # the float64 retry (Q, R still bound)
+            if q and sb < 8:                     # the float64 Q and R replace the first attempt's, and the copy
+                q64 = live.alloc((c * w * r + c * r * d) * 8)        # of Y is dropped for Rᵀ (a view of R)
+                live.free(q + y64)
+                q = y64 = 0
+            else:
+                q64 = 0
+            out = live.alloc((c * d * r + c * r + c * r * cols) * max(sb, 8))
+            if variant == "qr_svd":              # ``_`` rebound to Vᵀ: the float64 Q is dropped
+                live.free(c * w * r * 8)
+                if q64:
+                    q64 -= c * w * r * 8
+                else:
+                    q -= c * w * r * 8
+            live.scratch(svd_scratch_bytes(d, cols, max(sb, 8)))
             live.spike(16)                       # finiteness of the sums
-            left = live.alloc(c * r * sb + c * d * r * sb)   # s², cast back; U cast back
-            live.free(out + y64 + q64 + q + y)
-    new = live.alloc(c * k * sb * 2 + c * d * k * sb + c * sb)   # σ² − c, clamped; U[:, :k]; ρ
-    live.free(left)
-    return new
+            if sb < 8:
+                left = live.alloc(c * r * sb + c * d * r * sb)   # s², cast back; U cast back
+                live.free(out + y64 + q64 + q + y)
+            else:                                # float64: the casts are no-ops, U is the SVD's own
+                left = live.alloc(c * r * sb) + c * d * r * sb   # s²; U
+                live.free(out - c * d * r * sb + q64 + q + y)
+    c0 = live.alloc(c * sb) if r <= k else 0   # c = 0 when there is no (k+1)-th value
+    diff = live.alloc(c * k * sb)                # σ² − c, then clamped
+    new = live.alloc(c * k * sb)
+    live.free(diff)
+    kept = live.alloc(c * d * k * sb) if r > k else 0   # U[:, :k]: a copy, unless U has k columns (then U)
+    live.spike(c * sb)                           # β2 ρ, then + c
+    new += live.alloc(c * sb)
+    live.free(left + c0 - (c * d * k * sb - kept))
+    return new + c * d * k * sb
 
 
 def stats_transients(cfg: MethodConfig, opts: OptimizerDefaults):
