@@ -157,7 +157,9 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
     if cfg.momentum != "none" and dtype_bytes(cfg.momentum) != sb:
         mom += live.alloc(n * sb)                  # m.to(state dtype), lerped; kept as M
     if opts.nesterov and cfg.momentum != "none":
-        mom += live.alloc(n * sb)                  # lerp(g, m, β1)
+        nest = live.alloc(n * sb)                  # lerp(g, m, β1); a cast copy of m is dropped on return
+        live.free(mom)
+        mom = nest
     if mp.fallback is not None:
         _adam_direction(live, n, sb)
         if pb != sb:

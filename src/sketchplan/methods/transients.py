@@ -145,7 +145,9 @@ def momentum_update(live: Live, n: int, cfg: MethodConfig, opts: OptimizerDefaul
     if cfg.momentum != "none" and dtype_bytes(cfg.momentum) != sb:
         held += live.alloc(n * sb)         # m.to(d.dtype), lerped, copied back; kept as the update
     if opts.nesterov and cfg.momentum != "none":
-        held += live.alloc(n * sb)         # lerp(d, m, β1)
+        nest = live.alloc(n * sb)          # lerp(d, m, β1); the cast copy of m is dropped on return
+        live.free(held)
+        held = nest
     if pb != sb:
         live.spike(n * pb)                 # update.to(p.dtype)
     live.free(held)
