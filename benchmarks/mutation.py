@@ -76,6 +76,9 @@ EQUIVALENT: dict[str, str] = {
     "with internal scratch, so the flag changes nothing",
     "sketchplan.methods.extreme_tensoring.x_workspace_bytes__mutmut_16": "`Live(None)`: as above, no scratch is ever "
     "added",
+    **{f"sketchplan.methods.transients.x_replayed__mutmut_{i}": "`replayed` is a decorator: it runs when the module "
+       "is imported, and mutmut forks every mutant's session from a process that imported the original code, so the "
+       "mutant is never active where it could act" for i in (1, 2)},
     **{f"sketchplan.methods.transients.xǁLiveǁisfinite__mutmut_{i}": "dead code: `Live.isfinite` has no caller in "
        "src/ (no replay calls it), so no run executes the mutant" for i in range(1, 5)},
 }

@@ -741,6 +741,13 @@ def test_replay_counter_refuses_a_size_that_is_no_whole_byte_count():
     from sketchplan.methods.transients import Live
 
     live = Live()
+    assert (live.now, live.peak) == (0, 0)
+    live.scratch(40)                 # a kernel's internal scratch counts unless the replay is tensor-level only
+    assert (live.now, live.peak) == (0, 40)
+    tensors_only = Live(scratch=False)
+    tensors_only.scratch(40)
+    assert tensors_only.peak == 0
+    live = Live()
     assert live.alloc(0) == 0 and live.alloc(24) == 24
     live.free(8)
     assert (live.now, live.peak) == (16, 24)
@@ -750,3 +757,45 @@ def test_replay_counter_refuses_a_size_that_is_no_whole_byte_count():
         with pytest.raises(TypeError, match=f"non-negative int, got {bad!r}"):
             live.free(bad)
     assert (live.now, live.peak) == (16, 24)
+
+
+def test_small_rules_by_hand():
+    """The one-line rules the layouts and replays stand on, each at the boundary its comparison decides."""
+    from sketchplan.methods import adam, blocking, common, muon, workspace_of
+    from sketchplan.methods.layout import dtype_bytes
+
+    # the statistics EMA standing for f steps: (β2^f, 1 − β2^f); a running sum adds f times
+    assert common.stats_weights(0.9, 3) == pytest.approx((0.729, 0.271), abs=1e-12)
+    assert common.stats_weights(1.0, 3) == (1.0, 3.0)
+    assert common.bias_correction(0.9, 2) == pytest.approx(0.19) and common.bias_correction(1.0, 5) == 1.0
+    # start_preconditioning_step: −1 → the refresh period (stored roots) or 1; 0 and 1 → step 1; 5 → 5
+    opts = OptimizerDefaults(precondition_frequency=4)
+    assert common.preconditioning_start(opts, True) == 4 and common.preconditioning_start(opts, False) == 1
+    for start, first in ((0, 1), (1, 1), (5, 5)):
+        assert common.preconditioning_start(OptimizerDefaults(start_preconditioning_step=start), True) == first
+    assert common.graft_layout((3, 4), "none", OptimizerDefaults()) == []
+    with pytest.raises(ValueError, match="unknown graft 'adagrad'"):
+        common.graft_layout((3, 4), "adagrad", OptimizerDefaults())
+    with pytest.raises(ValueError, match="unknown dtype 'float8'; use one of float64, float32, bfloat16, "):
+        dtype_bytes("float8")
+    # merging: right to left while the product stays ≤ merge_dims (equal merges)
+    assert blocking.merged_shape((4, 1, 5, 6), 30) == (4, 30)
+    assert blocking.merged_shape((4, 5, 6), 29) == (20, 6)      # 6·5 = 30 > 29 stops; then 5·4 = 20 merges
+    # a dimension equal to the block size is one block; one more makes a remainder block
+    assert blocking.chunks(8, 8) == [8] and blocking.chunks(9, 8) == [8, 1] and blocking.chunks(16, 8) == [8, 8]
+    # Adam's chunks: greedy, a chunk may reach the limit exactly; a tensor above it stands alone
+    assert adam.chunks([3, 2, 5, 1, 9, 4], limit=5) == [[0, 1], [2], [3], [4], [5]]
+    assert adam.chunks([2, 3, 1, 4], limit=6) == [[0, 1, 2], [3]]
+    # the fused AdamW kernel: one dtype throughout and β2 < 1 (its update cannot express a running sum)
+    f32 = MethodConfig(method="adam")
+    assert adam.fused(f32, OptimizerDefaults(), ["float32"])
+    assert not adam.fused(f32, OptimizerDefaults(betas=(0.9, 1.0)), ["float32"])
+    assert not adam.fused(f32, OptimizerDefaults(), ["bfloat16"])
+    # Muon's AdamW fallback keeps the momentum dtype and the compression
+    fallback = muon.adam_config(MethodConfig(method="muon", momentum="bfloat16", compress="int8"))
+    assert (fallback.method, fallback.momentum, fallback.compress) == ("adam", "bfloat16", "int8")
+    # the workspace counts the kernels' scratch unless asked not to
+    cfg = MethodConfig(method="shampoo")
+    assert workspace_of((40, 30), cfg, OptimizerDefaults(), "float32") == \
+        workspace_of((40, 30), cfg, OptimizerDefaults(), "float32", True) > \
+        workspace_of((40, 30), cfg, OptimizerDefaults(), "float32", False)
