@@ -170,6 +170,28 @@ def test_kradagrad_ill_conditioned_quadratic_float32(variant):
     assert f(x.detach().double()) < start
 
 
+@pytest.mark.parametrize("stats_every", [1, 2, 3])
+def test_kradagrad_mm_cycles_the_axes_over_statistics_updates(stats_every):
+    """``variant="mm"`` updates one axis per statistics update, cycling: with f = ``stats_every`` the updates fall
+    on steps 1, f+1, 2f+1, … and take axes 0, 1, 0, … of a matrix (counting steps instead, an even f never
+    reached axis 1 — found by the per-tensor replay test)."""
+    torch.manual_seed(stats_every)
+    p = torch.nn.Parameter(torch.zeros(6, 4))
+    opt = KrADagrad([p], lr=0.01, variant="mm", stats_every=stats_every, momentum="none", merge_dims=1)
+    changed = []
+    for step in range(1, 4 * stats_every + 1):
+        before = [opt.state[p][f"blocks0.inv{i}"].clone() for i in range(2)] if opt.state[p] else None
+        p.grad = torch.randn(6, 4)
+        opt.step()
+        if before is None:  # the first step creates the state: compare with L̃₀ = I/ε
+            before = [torch.eye(d).expand(1, d, d) / opt.param_groups[0]["shampoo_eps"] for d in (6, 4)]
+        axes = [i for i in range(2) if not torch.equal(opt.state[p][f"blocks0.inv{i}"], before[i])]
+        changed.append((step, axes))
+    expected = [(s, [((s - 1) // stats_every) % 2] if (s - 1) % stats_every == 0 else []) for s, _ in changed]
+    assert changed == expected
+    assert {a for _, axes in changed for a in axes} == {0, 1}
+
+
 def test_stats_every_updates_statistics_from_the_sampled_gradient():
     """With stats_every = f the statistic is updated on steps 1, f+1, …, standing for f steps each."""
     import torch

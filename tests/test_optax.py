@@ -159,6 +159,9 @@ PARITY = {
                   lambda: jx.kradagrad(1e-2, graft="sgd", **MATRIX), 1e-5),
     "kradagrad_mm": (lambda p: KrADagrad(p, lr=1e-2, variant="mm", **MATRIX),
                      lambda: jx.kradagrad(1e-2, variant="mm", **MATRIX), 1e-5),
+    # one axis per statistics update: with stats_every = 2 both axes are still reached
+    "kradagrad_mm_every2": (lambda p: KrADagrad(p, lr=1e-2, variant="mm", stats_every=2, **MATRIX),
+                            lambda: jx.kradagrad(1e-2, variant="mm", stats_every=2, **MATRIX), 1e-5),
 }
 
 

@@ -114,6 +114,21 @@ PER_TENSOR_CASES += [
     _case(MethodConfig(method="lion", momentum="bfloat16")),
     _case(MethodConfig(method="adafactor", momentum="bfloat16"), merge_dims=1),
     _case(MethodConfig(method="extreme_tensoring", momentum="bfloat16"), nesterov=True),
+    _case(MethodConfig(method="soap", momentum="none")),
+    _case(MethodConfig(method="soap", block_size=16), stats_every=2),
+    _case(MethodConfig(method="muon", momentum="none")),
+    _case(MethodConfig(method="muon", batch_dims=1)),
+    _case(MethodConfig(method="lion"), betas=(0.9, 0.99)),
+    _case(MethodConfig(method="adafactor", momentum="none")),
+    _case(MethodConfig(method="sketchy", rank=4, graft="sgd", momentum="none", block_size=24)),
+    _case(MethodConfig(method="kradagrad", block_size=8, graft="adafactor"), kradagrad_variant="mm"),
+    # compressed state (decoded one tensor at a time: ``methods.group_workspace_bytes``)
+    _case(MethodConfig(method="adam", compress="int8")),
+    _case(MethodConfig(method="adam", compress="bfloat16", momentum="int8")),
+    _case(MethodConfig(method="blocked_shampoo", block_size=20, compress="bfloat16")),
+    _case(MethodConfig(method="shampoo", compress="int8"), merge_dims=1),
+    _case(MethodConfig(method="sketchy", rank=4, compress="int8")),
+    _case(MethodConfig(method="soap", compress="bfloat16")),
 ] + [_case(MethodConfig(method="sketchy", rank=6, graft="adam"), fd_variant=v, stats_every=s)
      for v, s in [("svd", 1), ("gram_small", 2), ("gram_large", 1), ("qr_svd", 1), ("subspace", 2)]]
 
@@ -132,17 +147,27 @@ def test_each_methods_replay_is_exact_per_tensor(case):
     (``transients.SCALARS``), so a wrong size on any line that sets the peak of some tensor shows. Observed over
     16-30 draws of each case (2026-11-25): 0, 8, 12 or 16 bytes over; Sketchy k = 8 on an order-3 tensor with
     one axis shorter than the rank and one longer, 112, and with ``stats_every`` = 2 up to 88 (not traced
-    further). (Nesterov momentum with a cast momentum buffer was 7-12% over until the replays dropped the cast
+    further); compressed Adam 48. (The int8 encode-back was over by two block-maxima arrays until its replay
+    freed them where ``compression.encode`` does.) (Nesterov momentum with a cast momentum buffer was 7-12% over until the replays dropped the cast
     copy, which ``apply_momentum`` frees on return.)"""
+    from sketchplan.methods import group_workspace_bytes as group_workspace
+    from sketchplan.optimizers.torch.compressed import bucket_table, code_tables
     from sketchplan.methods.transients import SCALARS
 
     cfg, opts = case
     seed, shapes = random_shapes()
     rng = random.Random(seed)
-    slack = SCALARS + (96 if cfg.method == "sketchy" else 0)
+    slack = SCALARS + (96 if cfg.method == "sketchy" else 0) + (32 if cfg.compress != "none" else 0)
     for shape in shapes:
         dtype = rng.choice([torch.float32, torch.bfloat16])
-        predicted, measured = _replay_vs_tracker([shape], cfg, dtype, opts)
+        if cfg.compress != "none":
+            for signed in (True, False):  # the shared 8-bit code and bucket tables, allocated once per device
+                code_tables(signed, torch.device("cpu"))
+                bucket_table(signed, torch.device("cpu"))
+            measured = measured_step_transients([shape], cfg, dtype, opts, steps=3)
+            predicted = group_workspace(([tuple(shape), str(dtype).replace("torch.", "")],), cfg, opts, scratch=False)
+        else:
+            predicted, measured = _replay_vs_tracker([shape], cfg, dtype, opts)
         assert measured <= predicted <= measured + slack, (seed, shape, dtype, predicted, measured)
 
 

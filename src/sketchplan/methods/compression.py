@@ -113,12 +113,14 @@ def decode_bytes(numel: int, codec: str, sb: int) -> tuple[int, int]:
 
 
 def encode_spike(numel: int, codec: str, sb: int) -> int:
-    """Transient bytes of encoding one decoded tensor back: int8: the per-block maxima (a clamped copy too), the
-    normalised float32 values, and while the nearest code is found (``optimizers.torch.compressed.nearest_code``)
-    the int32 bucket keys and indices, then the indices, the gathered midpoints and the comparison's booleans;
-    bfloat16: none (``copy_``)."""
+    """Transient bytes of encoding one decoded tensor back (``optimizers.torch.compressed.encode``): int8: the
+    per-block maxima (copied into ``absmax`` and freed), then the normalised float32 values with the maxima's
+    clamped copy (freed before the search), and while the nearest code is found (``nearest_code``) the int32
+    bucket keys and indices, then the indices, the gathered midpoints and the comparison's booleans, on top of
+    the normalised values; bfloat16: none (``copy_``)."""
     if codec == "int8":
-        return 2 * blocks(numel) * 4 + numel * 4 + max(8 * numel, 9 * numel)
+        maxima = blocks(numel) * 4
+        return max(numel * 4 + maxima, numel * 4 + max(8 * numel, 9 * numel))
     return 0
 
 

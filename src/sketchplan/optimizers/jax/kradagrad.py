@@ -45,7 +45,9 @@ class KrADagradHooks(MatrixHooks):
             if opts.kradagrad_variant == "star" or order == 1:
                 st[name] = _woodbury(st[name], x, decay)
             else:
-                st[name] = jax.lax.cond((step - 1) % order == i, lambda l, x=x: _woodbury(l, x, decay),
+                # one axis per statistics update, cycling (``optimizers.torch.kradagrad``)
+                st[name] = jax.lax.cond((step - 1) // opts.stats_every % order == i,
+                                        lambda l, x=x: _woodbury(l, x, decay),
                                         lambda l: l, st[name])
 
     def root_names(self, g, order):

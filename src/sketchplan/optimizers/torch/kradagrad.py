@@ -23,7 +23,9 @@ class KrADagradRule(MatrixRule):
     def update_statistics(self, state, g, grad_blocks, step, cfg, opts):
         order = grad_blocks.dim() - 1
         decay, weight = stats_weights(opts.betas[1], opts.stats_every)
-        axes = range(order) if opts.kradagrad_variant == "star" else [(step - 1) % order]
+        # mm: one axis per statistics update, cycling (with ``stats_every`` = f the updates fall on steps 1, f+1,
+        # 2f+1, …: counting steps instead would never reach an odd axis when f is even and the order is 2)
+        axes = range(order) if opts.kradagrad_variant == "star" else [((step - 1) // opts.stats_every) % order]
         for i in axes:
             x = unfold(grad_blocks, i)
             if weight != 1.0:
