@@ -1,5 +1,5 @@
 """The ``subspace`` FD variant against the independent float64 exact FD (tests/fd_reference.py), in the regime
-where it approximates (basis width l = k + max(8, k/8) < min(d, k + n)).
+where it approximates (basis width l = k + max(8, k/16) < min(d, k + n)).
 
 Its contract (``kernels.torch.frequent_directions``): the lower half of the FD invariant, 0 ≼ C_t − Ĉ_t, holds
 exactly for whatever basis the iteration finds (the new sketch is Y Π Yᵀ with 0 ≼ Π ≼ I); the upper half,

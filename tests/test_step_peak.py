@@ -122,6 +122,10 @@ PER_TENSOR_CASES += [
     _case(MethodConfig(method="adafactor", momentum="none")),
     _case(MethodConfig(method="sketchy", rank=4, graft="sgd", momentum="none", block_size=24)),
     _case(MethodConfig(method="kradagrad", block_size=8, graft="adafactor"), kradagrad_variant="mm"),
+    # half-precision state: QR in float32 (``kernels.torch.roots.qr_q``), eigh's float64 retry
+    _case(MethodConfig(method="soap", momentum="bfloat16"), state_dtype="bfloat16"),
+    _case(MethodConfig(method="sketchy", rank=5, graft="adafactor"), state_dtype="bfloat16", fd_variant="subspace"),
+    _case(MethodConfig(method="shampoo"), state_dtype="float64"),
     # compressed state (decoded one tensor at a time: ``methods.group_workspace_bytes``)
     _case(MethodConfig(method="adam", compress="int8")),
     _case(MethodConfig(method="adam", compress="bfloat16", momentum="int8")),

@@ -22,7 +22,8 @@ from .blocking import MatrixPlan, cached_plan, matrix_plan
 from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor
 from .step_calls import matrix_frame_calls, unfold_copies
-from .transients import Live, matrix_step, mode_products, replayed, safe_eigh, svd_scratch_bytes, unfold_copy
+from .transients import (FINITE_CHECK, Live, matrix_step, mode_products, qr_transients, replayed, safe_eigh,
+                         svd_scratch_bytes, unfold_copy)
 
 NAME = "sketchy"
 MATRIX = True
@@ -91,20 +92,20 @@ def gram_left_transients(live: Live, c: int, d: int, r: int, sb: int) -> int:
     return values + left
 
 
-def _orthogonal_to_transients(live: Live, c: int, d: int, k: int, m: int, sb: int, own: bool) -> int:
-    """``frequent_directions._orthogonal_to`` of (c, d, m) columns: per Gram–Schmidt pass Uᵀ P, U(·) and P − ·
-    (the previous P freed, the argument only when ``own``: else its caller holds it), then QR (Q kept, R spiked)
-    and the last P freed. Returns Q's bytes."""
+def _orthogonal_to_transients(live: Live, c: int, d: int, k: int, m: int, sb: int, own: bool,
+                              passes: int = 2) -> int:
+    """``frequent_directions._orthogonal_to`` of (c, d, m) columns: per Gram–Schmidt pass (``passes``) Uᵀ P,
+    U(·) and P − · (the previous P freed, the argument only when ``own``: else its caller holds it), then QR
+    (Q kept, R spiked) and the last P freed. Returns Q's bytes."""
     p = c * d * m * sb if own else 0
-    for _ in range(2):
+    for _ in range(passes):
         t1 = live.alloc(c * k * m * sb)
         t2 = live.alloc(c * d * m * sb)
         live.free(t1)
         new = live.alloc(c * d * m * sb)
         live.free(t2 + p)
         p = new
-    q = live.alloc(c * d * m * sb)
-    live.spike(c * m * m * sb)                           # R
+    q = qr_transients(live, c, d, m, sb)
     live.free(p)
     return q
 
@@ -119,11 +120,21 @@ def _omega(live: Live, rows: int, cols: int, sb: int) -> int:
     return om
 
 
+def _scaled_sketch_transients(live: Live, c: int, d: int, k: int, sb: int) -> int:
+    """``frequent_directions._scaled_sketch``: β2 σ², clamped, √ (each freed as the next is made), then
+    A = U · that. Returns A's bytes."""
+    live.spike(2 * c * k * sb)                           # β2 σ² and its clamped copy
+    root = live.alloc(c * k * sb)                        # √
+    a = live.alloc(c * d * k * sb)
+    live.free(root)
+    return a
+
+
 def _sketch_columns_transients(live: Live, c: int, d: int, k: int, w: int, sb: int) -> int:
-    """``frequent_directions._sketch_columns``: √(β2 σ²) and U · that, then Y = [·, X]. Returns Y's bytes."""
-    t = live.alloc(c * d * k * sb + 3 * c * k * sb)
+    """``frequent_directions._sketch_columns``: A = √β2 · U diag(σ), then Y = [A, X]. Returns Y's bytes."""
+    a = _scaled_sketch_transients(live, c, d, k, sb)
     y = live.alloc(c * d * w * sb)
-    live.free(t)
+    live.free(a)
     return y
 
 
@@ -194,9 +205,7 @@ def subspace_step_transients(live: Live, c: int, d: int, k: int, m: int, sb: int
     coefficients (k) and the left-out mass stay alive to the end. Returns the new sketch's bytes (U, σ², ρ)."""
     w, ll = k + m, subspace_width(d, k, m)
     warm = warm and k < ll < d
-    tk = live.alloc(2 * c * k * sb)                      # β2 σ², clamped, √
-    a = live.alloc(c * d * k * sb)                       # A
-    live.free(tk)
+    a = _scaled_sketch_transients(live, c, d, k, sb)     # A
     q_bytes = c * d * ll * sb
     if ll < d:                                           # (ll = d: Q = I, B = Y — no start, no products)
         if warm:
@@ -204,13 +213,14 @@ def subspace_step_transients(live: Live, c: int, d: int, k: int, m: int, sb: int
             om = _omega(s, m, ll - k, sb)
             xo = s.alloc(c * d * (ll - k) * sb)          # X Ω
             s.free(om)
-            p = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False)
+            p = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False, passes=1 if SUBSPACE_POWER_STEPS else 2)
             s.free(xo)
-            for _ in range(SUBSPACE_POWER_STEPS):
+            for step in range(SUBSPACE_POWER_STEPS):
                 t1 = s.alloc(c * m * (ll - k) * sb)      # Xᵀ P
                 t2 = s.alloc(c * d * (ll - k) * sb)      # X (·)
                 s.free(t1)
-                p2 = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False)
+                p2 = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False,
+                                               passes=2 if step == SUBSPACE_POWER_STEPS - 1 else 1)
                 s.free(t2 + p)
                 p = p2
             s.alloc(q_bytes)                             # [U, P]
@@ -221,8 +231,7 @@ def subspace_step_transients(live: Live, c: int, d: int, k: int, m: int, sb: int
             yo = s.alloc(c * d * ll * sb)                    # A Ω_A
             s.spike(c * d * ll * sb)                         # X Ω_X, added into it
             s.free(om)
-            q = s.alloc(q_bytes)
-            s.spike(c * ll * ll * sb)                        # R
+            q = qr_transients(s, c, d, ll, sb)
             s.free(yo)
             for _ in range(SUBSPACE_POWER_STEPS):            # Y Yᵀ Q = A (Aᵀ Q) + X (Xᵀ Q)
                 t1 = s.alloc(c * k * ll * sb)
@@ -231,8 +240,7 @@ def subspace_step_transients(live: Live, c: int, d: int, k: int, m: int, sb: int
                 t2 = s.alloc(c * m * ll * sb)
                 t3 = s.alloc(c * d * ll * sb)
                 s.free(t2 + t3)
-                q2 = s.alloc(q_bytes)
-                s.spike(c * ll * ll * sb)
+                q2 = qr_transients(s, c, d, ll, sb)
                 s.free(out + q)
                 q = q2
         live.spike(s.peak)
@@ -363,7 +371,7 @@ def fd_transients(live: Live, count: int, d: int, k: int, m: int, sb: int, varia
                 else:
                     q -= c * w * r * 8
             live.scratch(svd_scratch_bytes(d, cols, max(sb, 8)))
-            live.spike(16)                       # finiteness of the sums
+            live.spike(FINITE_CHECK)             # finiteness of the sums
             if sb < 8:
                 left = live.alloc(c * r * sb + c * d * r * sb)   # s², cast back; U cast back
                 live.free(out + y64 + q64 + q + y)

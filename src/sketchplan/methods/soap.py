@@ -42,7 +42,7 @@ from .layout import SKIP_COUNTER, MethodConfig, OptimizerDefaults, StateTensor, 
 from .packing import factor_dims, pack_transients, unpack_calls, unpack_transients
 from .shampoo import factor_layout
 from .step_calls import momentum_update_calls, sanitize_calls, unfold_copies
-from .transients import SCALARS, Live, safe_eigh, unfolds
+from .transients import FINITE_CHECK, SCALARS, Live, qr_transients, safe_eigh, unfolds
 
 NAME = "soap"
 #: Kronecker-factored (blocking, structure and the score's capture); it takes momentum options but no graft.
@@ -127,12 +127,10 @@ def _refresh(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int, 
         live.free(est)
         power = live.alloc(sq)                     # LQ with permuted columns
         live.free(lq)
-        q = live.alloc(sq)                         # Q of the QR
-        r = live.alloc(sq)                         # R
-        live.spike(count * d * sb)                 # tau
+        q = qr_transients(live, count, d, d, sb)   # Q of the QR (R dropped)
         live.scratch(qr_scratch_bytes(d, sb))
-        live.spike(16)                             # finiteness of Q
-        live.free(q + r + power)
+        live.spike(FINITE_CHECK)                   # finiteness of Q
+        live.free(q + power)
         live.spike(count * bn * sb)                # V gathered along axis i
         live.free(idx)
 

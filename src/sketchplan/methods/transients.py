@@ -30,6 +30,10 @@ from .packing import PACKED_FACTORS, factor_dims, pack_transients, unpack_transi
 #: Bytes of the step's scalar temporaries (flags, norms, traces), counted once per tensor.
 SCALARS = 16
 
+#: Bytes of ``bool(torch.isfinite(x.sum()))`` on float64 values: the sum and its absolute value (8 each) and
+#: three one-byte flags (torch's isfinite is ``x == x`` and ``|x| != inf``), alive together at its peak.
+FINITE_CHECK = 19
+
 
 def _whole(nbytes: int) -> int:
     """``nbytes`` when it is a whole, non-negative byte count; a replay that computes anything else (a size
@@ -251,6 +255,23 @@ def eigh_power(live: Live, count: int, d: int, sb: int) -> int:
     return out
 
 
+def qr_transients(live: Live, count: int, rows: int, cols: int, sb: int) -> int:
+    """``roots.qr_q`` of (count, rows, cols) matrices in a dtype of ``sb`` bytes: Q (rows × min) and R (min ×
+    cols), R dropped on return; a half-precision input (sb = 2) is factored in float32 — its copy, the float32
+    pair, the copy dropped, Q cast back while the pair is alive. Leaves Q alive and returns its bytes."""
+    m = min(rows, cols)
+    if sb >= 4:
+        q = live.alloc(count * rows * m * sb)
+        live.spike(count * m * cols * sb)
+        return q
+    copy = live.alloc(count * rows * cols * 4)
+    pair = live.alloc(count * rows * m * 4 + count * m * cols * 4)
+    live.free(copy)
+    q = live.alloc(count * rows * m * sb)
+    live.free(pair)
+    return q
+
+
 def safe_eigh(live: Live, count: int, d: int, sb: int) -> int:
     """``roots.safe_eigh`` of (count, d, d) matrices in a dtype of ``sb`` bytes, the float64 retry included (the
     float32 attempt raised, its outputs dropped): the float64 copy and eigenpairs (16·d² bytes at once), then
@@ -260,13 +281,13 @@ def safe_eigh(live: Live, count: int, d: int, sb: int) -> int:
         ev64 = live.alloc(count * d * d * 8 + count * d * 8)
         live.scratch(eigh_scratch_bytes(d, 8))
         live.free(m64)
-        live.spike(16)                     # finiteness of the sums
+        live.spike(FINITE_CHECK)           # finiteness of the sums
         ev = live.alloc(count * d * d * sb + count * d * sb)
         live.free(ev64)
     else:
         ev = live.alloc(count * d * d * sb + count * d * sb)
         live.scratch(eigh_scratch_bytes(d, sb))
-        live.spike(16)
+        live.spike(FINITE_CHECK)
     return ev
 
 

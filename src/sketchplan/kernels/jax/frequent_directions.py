@@ -51,9 +51,9 @@ def _gram_left(y):
     return jnp.where(keep, w, 0), left * keep[..., None, :]
 
 
-def _orthogonal_to(u, p):
-    """Orthonormal basis of p's columns orthogonal to U's (torch's twin: Gram–Schmidt twice, then QR)."""
-    for _ in range(2):
+def _orthogonal_to(u, p, passes: int = 2):
+    """Orthonormal basis of p's columns orthogonal to U's (torch's twin: Gram–Schmidt ``passes`` times, then QR)."""
+    for _ in range(passes):
         p = p - u @ (_mT(u) @ p)
     return jnp.linalg.qr(p)[0]
 
@@ -83,9 +83,10 @@ def _subspace(u, sig2, rho, x, beta2: float):
     y = jnp.concatenate([u * jnp.sqrt(jnp.maximum(beta2 * sig2, 0))[..., None, :], x], axis=-1)
 
     def warm(_):
-        p = _orthogonal_to(u, x @ jax.random.normal(keys[0], (n, l - k)).astype(y.dtype))
-        for _ in range(SUBSPACE_POWER_STEPS):
-            p = _orthogonal_to(u, x @ (_mT(x) @ p))
+        p = _orthogonal_to(u, x @ jax.random.normal(keys[0], (n, l - k)).astype(y.dtype),
+                           passes=1 if SUBSPACE_POWER_STEPS else 2)
+        for step in range(SUBSPACE_POWER_STEPS):
+            p = _orthogonal_to(u, x @ (_mT(x) @ p), passes=2 if step == SUBSPACE_POWER_STEPS - 1 else 1)
         return jnp.concatenate([u, p], axis=-1)
 
     def cold(_):

@@ -16,11 +16,12 @@ Invariant: 0 ≼ C_t − Ĉ_t ≼ ρ_t I. Step 2 has four interchangeable varian
 - ``gram_large``: eigh of the d × d Gram Y Yᵀ = β2 U diag(σ²) Uᵀ + X Xᵀ, formed without Y (cheap when k+N ≥ d);
 - ``qr_svd``: QR of Yᵀ, then SVD of the small triangular factor (helps when N ≫ d).
 
-A fifth variant, ``subspace``, approximates step 2 in O(d·(k+N)·l) with l = k + max(8, k/8) columns
+A fifth variant, ``subspace``, approximates step 2 in O(d·(k+N)·l) with l = k + max(8, k/16) columns
 (``kernels.calls.subspace_width``) instead of O(d³) or O(d·(k+N)²): a randomized range finder (Halko, Martinsson
 & Tropp 2011, "Finding structure with randomness", Alg. 4.4) warm-started from the previous sketch. The basis is
 Q = [U, P]: the previous directions U (orthonormal already) and P, an orthonormal basis of l − k Gaussian mixes
-X Ω made orthogonal to U by block Gram–Schmidt (twice), refined by ``SUBSPACE_POWER_STEPS`` power steps on the
+X Ω made orthogonal to U by block Gram–Schmidt (twice for the final basis, once for those that only seed a power
+step), refined by ``SUBSPACE_POWER_STEPS`` power steps on the
 part of X outside U, P ← orth((I − UUᵀ) X Xᵀ P) — O(d·N·(l−k)) each, where a power step on all of Y Yᵀ costs
 O(d·(k+N)·l) and a QR of d × l (a sketch with fewer than k directions starts from the Gaussian range finder
 Y Ω with power steps Q ← qr(Y Yᵀ Q)). Then Rayleigh–Ritz: B = QᵀY (l × w), B Bᵀ = ub diag(sb²) ubᵀ,
@@ -54,7 +55,7 @@ import torch
 
 from ..calls import FD_VARIANTS, SUBSPACE_ESTIMATE_STEPS, SUBSPACE_POWER_STEPS, choose_variant, subspace_width
 from .products import thin_matmul
-from .roots import safe_eigh
+from .roots import qr_q, safe_eigh
 
 __all__ = ["FD_VARIANTS", "choose_variant", "fd_update"]
 
@@ -118,12 +119,13 @@ def _randn(gen: torch.Generator, *shape: int, like: torch.Tensor) -> torch.Tenso
     return torch.randn(*shape, generator=gen, dtype=torch.float32, device=like.device).to(like.dtype)
 
 
-def _orthogonal_to(u: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+def _orthogonal_to(u: torch.Tensor, p: torch.Tensor, passes: int = 2) -> torch.Tensor:
     """An orthonormal basis of p's columns made orthogonal to U's: block Gram–Schmidt twice ("twice is
-    enough", Giraud, Langou & Rozložník 2005), then QR of the d × m remainder (U's zero columns are no-ops)."""
-    for _ in range(2):
+    enough", Giraud, Langou & Rozložník 2005), then QR of the d × m remainder (U's zero columns are no-ops).
+    ``passes=1`` for a basis that only seeds the next power step (its next product is projected again)."""
+    for _ in range(passes):
         p = p - thin_matmul(u, thin_matmul(u.mT, p))
-    return torch.linalg.qr(p).Q
+    return qr_q(p)
 
 
 def _ritz(q: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -181,19 +183,20 @@ def _subspace_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: 
         # warm: Q = [U, P], U the previous directions (orthonormal: no QR of the d × l basis), P an orthonormal
         # basis of l − k random mixes of X made orthogonal to U, refined by power steps on the part of X outside
         # U, (I − UUᵀ) X Xᵀ (I − UUᵀ): O(d·n·(l−k)) each, where a power step on all of Y Yᵀ costs O(d·(k+n)·l)
-        p = _orthogonal_to(u, thin_matmul(x, _randn(gen, n, l - k, like=x)))
-        for _ in range(SUBSPACE_POWER_STEPS):
-            p = _orthogonal_to(u, thin_matmul(x, thin_matmul(x.mT, p)))
+        # (the bases before the last only seed a power step: one Gram–Schmidt pass; the last, two)
+        p = _orthogonal_to(u, thin_matmul(x, _randn(gen, n, l - k, like=x)), passes=1 if SUBSPACE_POWER_STEPS else 2)
+        for step in range(SUBSPACE_POWER_STEPS):
+            p = _orthogonal_to(u, thin_matmul(x, thin_matmul(x.mT, p)), passes=2 if step == SUBSPACE_POWER_STEPS - 1 else 1)
         q = torch.cat([u, p], dim=-1)
         del p
     else:  # a sketch with fewer than k directions: a Gaussian range finder on Y with power steps on Y Yᵀ
         om = _randn(gen, w, l, like=x)
         yo = thin_matmul(a, om[..., :k, :]).add_(thin_matmul(x, om[..., k:, :]))   # Y Ω
         del om
-        q = torch.linalg.qr(yo).Q
+        q = qr_q(yo)
         del yo
         for _ in range(SUBSPACE_POWER_STEPS):
-            q = torch.linalg.qr(_yyt(a, x, q)).Q
+            q = qr_q(_yyt(a, x, q))
     if l < d:  # Rayleigh–Ritz: B = QᵀY = [QᵀA, QᵀX], B Bᵀ = (QᵀA)(QᵀA)ᵀ + (QᵀX)(QᵀX)ᵀ
         # warm, Q = [U, P] with P ⟂ U: QᵀA = [diag(√β2 σ); 0], taken as such (no l·d·k product). Any B whose
         # eigenpairs build Z = Y Bᵀ M keeps Ĉ' ≼ Y Yᵀ (module docstring), so rounding in U's orthonormality and

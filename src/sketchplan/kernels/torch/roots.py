@@ -41,6 +41,16 @@ def safe_eigh(mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     return None
 
 
+def qr_q(a: torch.Tensor) -> torch.Tensor:
+    """Q of the reduced QR factorisation of ``a`` (..., m, n), in ``a``'s dtype. LAPACK and cuSOLVER have no
+    bfloat16 or float16 QR, so a half-precision input is factored in float32 and Q cast back. Memory
+    (``methods.transients.qr_transients``): Q and R, R dropped on return; for half precision the float32 copy,
+    then Q cast while the float32 pair is alive."""
+    if a.dtype in (torch.bfloat16, torch.float16):
+        return torch.linalg.qr(a.float()).Q.to(a.dtype)
+    return torch.linalg.qr(a).Q
+
+
 def regularize(w: torch.Tensor, eps: float, mode: str = "absolute") -> torch.Tensor:
     """Eigenvalues ``w`` (..., d) of a PSD statistic made safe for a negative power (``OptimizerDefaults.
     epsilon_mode``): ``absolute`` max(λ, 0) + ε; ``relative`` max(λ, 0) + ε·λ_max (ε when λ_max ≤ 0);

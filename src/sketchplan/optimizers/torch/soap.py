@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ...kernels.torch.roots import safe_eigh
+from ...kernels.torch.roots import qr_q, safe_eigh
 from ...methods.blocking import config_plan, plan_partition
 from ...methods.common import bias_correction, ema_weights, stats_weights
 from ...methods.layout import MethodConfig, OptimizerDefaults
@@ -111,13 +111,13 @@ class SoapRule(MethodRule):
             d = basis.shape[-1]
             power = lq.gather(-1, idx[:, None, :].expand(-1, d, -1))
             del lq
-            q, r = torch.linalg.qr(power)
+            q = qr_q(power)
             if bool(torch.isfinite(q.sum())):
                 basis.copy_(q)
                 shape = [1] * v.dim()
                 shape[0], shape[i + 1] = idx.shape[0], d
                 v.copy_(v.gather(i + 1, idx.reshape(shape).expand(v.shape)))
-            del q, r, power, idx
+            del q, power, idx
 
 
 class SOAP(SketchplanOptimizer):
