@@ -184,9 +184,10 @@ def _subspace_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: 
         # basis of l − k random mixes of X made orthogonal to U, refined by power steps on the part of X outside
         # U, (I − UUᵀ) X Xᵀ (I − UUᵀ): O(d·n·(l−k)) each, where a power step on all of Y Yᵀ costs O(d·(k+n)·l)
         # (the bases before the last only seed a power step: one Gram–Schmidt pass; the last, two)
-        p = _orthogonal_to(u, thin_matmul(x, _randn(gen, n, l - k, like=x)), passes=1 if SUBSPACE_POWER_STEPS else 2)
+        last = SUBSPACE_POWER_STEPS - 1
+        p = _orthogonal_to(u, thin_matmul(x, _randn(gen, n, l - k, like=x)), passes=2 if last < 0 else 1)
         for step in range(SUBSPACE_POWER_STEPS):
-            p = _orthogonal_to(u, thin_matmul(x, thin_matmul(x.mT, p)), passes=2 if step == SUBSPACE_POWER_STEPS - 1 else 1)
+            p = _orthogonal_to(u, thin_matmul(x, thin_matmul(x.mT, p)), passes=2 if step == last else 1)
         q = torch.cat([u, p], dim=-1)
         del p
     else:  # a sketch with fewer than k directions: a Gaussian range finder on Y with power steps on Y Yᵀ
