@@ -50,6 +50,13 @@ SUBSPACE_POWER_STEPS = 2
 SUBSPACE_ESTIMATE_STEPS = 8
 
 
+def subspace_gs_passes() -> tuple[int, ...]:
+    """Block Gram–Schmidt passes against U for each basis P of the warm start, in order: the X Ω mixes, then one
+    per power step. Twice for the final basis ("twice is enough", Giraud, Langou & Rozložník 2005), once for a
+    basis that only seeds the next power step (its next product is projected again)."""
+    return (1,) * SUBSPACE_POWER_STEPS + (2,)
+
+
 def subspace_width(d: int, k: int, n: int) -> int:
     """Columns l of the ``subspace`` variant's basis for a rank-k sketch of dimension d with n new columns: the k
     previous directions plus an oversampling of max(8, k/16) random combinations of the new columns (Halko,
@@ -160,9 +167,8 @@ def flops(kernel: str, variant: str, dims: tuple[int, ...]) -> float:
             if ll == w:  # exact path: orth(X ⟂ U), B = QᵀY, B Bᵀ, its eigh, Q ub
                 return 8.0 * d * k * n + 4.0 * d * n * n + 2.0 * d * w * w + 11.0 * w**3 + 2.0 * d * w * k
             m = ll - k
-            # Gram–Schmidt against U: one pass (Uᵀ P, U(·)) for each of the SUBSPACE_POWER_STEPS intermediate
-            # bases, two for the final one; a QR of d × m after each
-            return (2.0 * d * n * m + (2 + SUBSPACE_POWER_STEPS) * 4.0 * d * k * m
+            # Gram–Schmidt against U: Uᵀ P and U(·) per pass (``subspace_gs_passes``); a QR of d × m per basis
+            return (2.0 * d * n * m + sum(subspace_gs_passes()) * 4.0 * d * k * m
                     + (1 + SUBSPACE_POWER_STEPS) * 4.0 * d * m * m
                     + SUBSPACE_POWER_STEPS * 4.0 * d * n * m + 2.0 * d * w * ll + 2.0 * w * ll * ll + 9.0 * ll**3
                     + 2.0 * w * ll * k + 2.0 * d * w * k + (ll < d) * (1 + SUBSPACE_ESTIMATE_STEPS) * (4.0 * d * w + 4.0 * d * k)

@@ -119,8 +119,7 @@ def encode_spike(numel: int, codec: str, sb: int) -> int:
     bucket keys and indices, then the indices, the gathered midpoints and the comparison's booleans, on top of
     the normalised values; bfloat16: none (``copy_``)."""
     if codec == "int8":
-        maxima = blocks(numel) * 4
-        return max(numel * 4 + maxima, numel * 4 + max(8 * numel, 9 * numel))
+        return numel * 4 + max(blocks(numel) * 4, 9 * numel)
     return 0
 
 

@@ -51,6 +51,13 @@ def initial_identity(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerD
     return out
 
 
+def mm_axis(step, stats_every: int, order: int):
+    """The axis ``variant="mm"`` updates at ``step`` (1-based; an int or a traced array): one axis per statistics
+    update, cycling. With ``stats_every`` = f the updates fall on steps 1, f+1, 2f+1, …, so counting steps
+    instead would never reach an odd axis when f is even and the order is 2."""
+    return (step - 1) // stats_every % order
+
+
 def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[StateTensor]:
     """Exact state tensors KrADagrad allocates for one parameter."""
     mp = plan_for(shape, cfg, opts)

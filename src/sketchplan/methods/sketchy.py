@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 
 from ..kernels.calls import SUBSPACE_ESTIMATE_STEPS, SUBSPACE_POWER_STEPS, KernelCall, choose_variant, pointwise, \
-    subspace_width
-from .blocking import MatrixPlan, cached_plan, matrix_plan
+    subspace_gs_passes, subspace_width
+from .blocking import MatrixPlan, cached_plan
 from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor
 from .step_calls import matrix_frame_calls, unfold_copies
@@ -182,10 +182,11 @@ def subspace_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> 
     ``subspace_exact_transients`` when l = k + m): the larger of a cold step (the first: the sketch has fewer than
     k directions) and a warm one (every later step when k < l < d), each replayed by ``subspace_step_transients``.
     Returns the new sketch's bytes (U, σ², ρ)."""
-    if subspace_width(d, k, m) == k + m:
+    ll = subspace_width(d, k, m)
+    if ll == k + m:
         return subspace_exact_transients(live, c, d, k, m, sb)
     rise, kept = 0, 0
-    for warm in (False, True) if k < subspace_width(d, k, m) < d else (False,):
+    for warm in (False, True) if k < ll < d else (False,):
         step = Live(live.count_scratch)
         kept = subspace_step_transients(step, c, d, k, m, sb, warm)   # the same new sketch either way
         rise = max(rise, step.peak)
@@ -213,14 +214,14 @@ def subspace_step_transients(live: Live, c: int, d: int, k: int, m: int, sb: int
             om = _omega(s, m, ll - k, sb)
             xo = s.alloc(c * d * (ll - k) * sb)          # X Ω
             s.free(om)
-            p = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False, passes=1 if SUBSPACE_POWER_STEPS else 2)
+            first, *later = subspace_gs_passes()
+            p = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False, passes=first)
             s.free(xo)
-            for step in range(SUBSPACE_POWER_STEPS):
+            for passes in later:
                 t1 = s.alloc(c * m * (ll - k) * sb)      # Xᵀ P
                 t2 = s.alloc(c * d * (ll - k) * sb)      # X (·)
                 s.free(t1)
-                p2 = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False,
-                                               passes=2 if step == SUBSPACE_POWER_STEPS - 1 else 1)
+                p2 = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False, passes=passes)
                 s.free(t2 + p)
                 p = p2
             s.alloc(q_bytes)                             # [U, P]

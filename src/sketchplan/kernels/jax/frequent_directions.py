@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..calls import FD_VARIANTS, SUBSPACE_ESTIMATE_STEPS, SUBSPACE_POWER_STEPS, choose_variant, subspace_width
+from ..calls import (FD_VARIANTS, SUBSPACE_ESTIMATE_STEPS, SUBSPACE_POWER_STEPS, choose_variant, subspace_gs_passes,
+                     subspace_width)
 from .support import require_jax
 
 jax, jnp = require_jax()
@@ -83,10 +84,10 @@ def _subspace(u, sig2, rho, x, beta2: float):
     y = jnp.concatenate([u * jnp.sqrt(jnp.maximum(beta2 * sig2, 0))[..., None, :], x], axis=-1)
 
     def warm(_):
-        p = _orthogonal_to(u, x @ jax.random.normal(keys[0], (n, l - k)).astype(y.dtype),
-                           passes=1 if SUBSPACE_POWER_STEPS else 2)
-        for step in range(SUBSPACE_POWER_STEPS):
-            p = _orthogonal_to(u, x @ (_mT(x) @ p), passes=2 if step == SUBSPACE_POWER_STEPS - 1 else 1)
+        first, *later = subspace_gs_passes()
+        p = _orthogonal_to(u, x @ jax.random.normal(keys[0], (n, l - k)).astype(y.dtype), first)
+        for passes in later:
+            p = _orthogonal_to(u, x @ (_mT(x) @ p), passes)
         return jnp.concatenate([u, p], axis=-1)
 
     def cold(_):

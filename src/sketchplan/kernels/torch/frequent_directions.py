@@ -20,9 +20,9 @@ A fifth variant, ``subspace``, approximates step 2 in O(d·(k+N)·l) with l = k 
 (``kernels.calls.subspace_width``) instead of O(d³) or O(d·(k+N)²): a randomized range finder (Halko, Martinsson
 & Tropp 2011, "Finding structure with randomness", Alg. 4.4) warm-started from the previous sketch. The basis is
 Q = [U, P]: the previous directions U (orthonormal already) and P, an orthonormal basis of l − k Gaussian mixes
-X Ω made orthogonal to U by block Gram–Schmidt (twice for the final basis, once for those that only seed a power
-step), refined by ``SUBSPACE_POWER_STEPS`` power steps on the
-part of X outside U, P ← orth((I − UUᵀ) X Xᵀ P) — O(d·N·(l−k)) each, where a power step on all of Y Yᵀ costs
+X Ω made orthogonal to U by block Gram–Schmidt (``kernels.calls.subspace_gs_passes``: twice for the final basis,
+once for those that only seed a power step), refined by ``SUBSPACE_POWER_STEPS`` power steps on the part of X
+outside U, P ← orth((I − UUᵀ) X Xᵀ P) — O(d·N·(l−k)) each, where a power step on all of Y Yᵀ costs
 O(d·(k+N)·l) and a QR of d × l (a sketch with fewer than k directions starts from the Gaussian range finder
 Y Ω with power steps Q ← qr(Y Yᵀ Q)). Then Rayleigh–Ritz: B = QᵀY (l × w), B Bᵀ = ub diag(sb²) ubᵀ,
 V_k = Bᵀ ub_k / sb_k (orthonormal in R^w whatever Q is), c = sb²_{k+1}. The new sketch is not the Ritz
@@ -53,7 +53,8 @@ from __future__ import annotations
 
 import torch
 
-from ..calls import FD_VARIANTS, SUBSPACE_ESTIMATE_STEPS, SUBSPACE_POWER_STEPS, choose_variant, subspace_width
+from ..calls import (FD_VARIANTS, SUBSPACE_ESTIMATE_STEPS, SUBSPACE_POWER_STEPS, choose_variant, subspace_gs_passes,
+                     subspace_width)
 from .products import thin_matmul
 from .roots import qr_q, safe_eigh
 
@@ -122,7 +123,7 @@ def _randn(gen: torch.Generator, *shape: int, like: torch.Tensor) -> torch.Tenso
 def _orthogonal_to(u: torch.Tensor, p: torch.Tensor, passes: int = 2) -> torch.Tensor:
     """An orthonormal basis of p's columns made orthogonal to U's: block Gram–Schmidt twice ("twice is
     enough", Giraud, Langou & Rozložník 2005), then QR of the d × m remainder (U's zero columns are no-ops).
-    ``passes=1`` for a basis that only seeds the next power step (its next product is projected again)."""
+    ``passes=1`` for a basis that only seeds the next power step (``kernels.calls.subspace_gs_passes``)."""
     for _ in range(passes):
         p = p - thin_matmul(u, thin_matmul(u.mT, p))
     return qr_q(p)
@@ -183,11 +184,10 @@ def _subspace_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: 
         # warm: Q = [U, P], U the previous directions (orthonormal: no QR of the d × l basis), P an orthonormal
         # basis of l − k random mixes of X made orthogonal to U, refined by power steps on the part of X outside
         # U, (I − UUᵀ) X Xᵀ (I − UUᵀ): O(d·n·(l−k)) each, where a power step on all of Y Yᵀ costs O(d·(k+n)·l)
-        # (the bases before the last only seed a power step: one Gram–Schmidt pass; the last, two)
-        last = SUBSPACE_POWER_STEPS - 1
-        p = _orthogonal_to(u, thin_matmul(x, _randn(gen, n, l - k, like=x)), passes=2 if last < 0 else 1)
-        for step in range(SUBSPACE_POWER_STEPS):
-            p = _orthogonal_to(u, thin_matmul(x, thin_matmul(x.mT, p)), passes=2 if step == last else 1)
+        first, *later = subspace_gs_passes()
+        p = _orthogonal_to(u, thin_matmul(x, _randn(gen, n, l - k, like=x)), first)
+        for passes in later:
+            p = _orthogonal_to(u, thin_matmul(x, thin_matmul(x.mT, p)), passes)
         q = torch.cat([u, p], dim=-1)
         del p
     else:  # a sketch with fewer than k directions: a Gaussian range finder on Y with power steps on Y Yᵀ

@@ -14,6 +14,7 @@ from ...kernels.jax import traced as jax_traced
 from ...kernels.jax.products import factor_apply
 from ...kernels.jax.support import require_jax
 from ...methods.common import stats_weights
+from ...methods.kradagrad import mm_axis
 from .matrix import MatrixHooks, matrix_step, unfold
 from .shampoo import apply_roots
 
@@ -45,8 +46,7 @@ class KrADagradHooks(MatrixHooks):
             if opts.kradagrad_variant == "star" or order == 1:
                 st[name] = _woodbury(st[name], x, decay)
             else:
-                # one axis per statistics update, cycling (``optimizers.torch.kradagrad``)
-                st[name] = jax.lax.cond((step - 1) // opts.stats_every % order == i,
+                st[name] = jax.lax.cond(mm_axis(step, opts.stats_every, order) == i,
                                         lambda l, x=x: _woodbury(l, x, decay),
                                         lambda l: l, st[name])
 

@@ -8,7 +8,7 @@ import torch
 
 from ...kernels.torch.roots import symmetric_power
 from ...methods.common import stats_weights
-from ...methods.kradagrad import layout
+from ...methods.kradagrad import layout, mm_axis
 from ...methods.layout import MethodConfig, OptimizerDefaults
 from .base import SketchplanOptimizer, register
 from .matrix import MATRIX_OPTIONS_DOC, MatrixRule, unfold
@@ -23,9 +23,7 @@ class KrADagradRule(MatrixRule):
     def update_statistics(self, state, g, grad_blocks, step, cfg, opts):
         order = grad_blocks.dim() - 1
         decay, weight = stats_weights(opts.betas[1], opts.stats_every)
-        # mm: one axis per statistics update, cycling (with ``stats_every`` = f the updates fall on steps 1, f+1,
-        # 2f+1, …: counting steps instead would never reach an odd axis when f is even and the order is 2)
-        axes = range(order) if opts.kradagrad_variant == "star" else [((step - 1) // opts.stats_every) % order]
+        axes = range(order) if opts.kradagrad_variant == "star" else [mm_axis(step, opts.stats_every, order)]
         for i in axes:
             x = unfold(grad_blocks, i)
             if weight != 1.0:
