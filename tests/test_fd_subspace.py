@@ -89,8 +89,8 @@ def _exact_fd_stream(d, k, n, steps):
 @pytest.mark.parametrize("d,k,n", [(16, 10, 200), (9, 9, 300), (24, 20, 64)])
 def test_subspace_is_exact_fd_when_its_basis_spans_the_space(d, k, n):
     """With l = d < k + n (a small axis receiving many columns, e.g. a 3 × 3 conv kernel's) the basis is all of
-    R^d: the variant takes Q = I (no range finder, no estimate) and is exact FD, with the rank-k truncation
-    dropping mass into ρ below full rank."""
+    R^d: the variant takes Q = I (the Ritz step is the d × d Gram's eigh, no range finder, no estimate) and is
+    exact FD, with the rank-k truncation dropping mass into ρ below full rank."""
     assert subspace_width(d, k, n) == d < k + n
     rr = _exact_fd_stream(d, k, n, 6)
     assert rr > 0 or k == d  # below full rank the stream overflowed it: the shrink really ran
@@ -187,10 +187,10 @@ def test_subspace_jax_keeps_the_lower_invariant_and_tracks_exact_fd():
 
 @pytest.mark.parametrize("dims,want", [
     ((48, 8, 32), "svd"),            # tiny: exact FD costs microseconds, keep the paper's update
-    ((768, 256, 1), "subspace"),     # a vector: the variant's exact path (11.2 ms svd vs 6.1 ms measured)
+    ((768, 256, 1), "subspace"),     # a vector: the variant's exact path (7.6 ms svd vs 2.7 ms measured)
     ((768, 256, 256), "subspace"),   # 55.7 vs 21.7 ms measured (kernel_variants.md)
     ((1024, 256, 768), "subspace"),  # 288 vs 41 ms
-    ((256, 256, 768), "svd"),        # k = d: the SVD is as fast (19.0 vs 18.0 ms) and exact
+    ((256, 256, 768), "subspace"),   # k = d: l = d, exact FD by the Gram's eigh (16.6 vs 2.8 ms)
 ])
 def test_auto_picks_the_measured_faster_variant_and_stays_exact_when_small(dims, want):
     """``auto`` without a profile (``choose_variant``): the picks its docstring's measurements call for."""

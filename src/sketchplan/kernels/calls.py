@@ -44,10 +44,15 @@ FD_VARIANTS: tuple[str, ...] = KERNEL_VARIANTS["fd_update"]
 EXACT_FD_VARIANTS: tuple[str, ...] = ("svd", "gram_small", "gram_large", "qr_svd")
 
 #: ``subspace`` FD variant: power steps refining the l − k new directions P ← orth((I − UUᵀ) X Xᵀ P) after the
-#: warm start (on Y Yᵀ from the cold start), and the power iterations that estimate the largest eigenvalue the new
-#: sketch leaves out (added to ρ; row-vector products, cheap). ``kernels.torch.frequent_directions``.
+#: warm start (on Y Yᵀ from the cold start), and the dimension of the Krylov space on which the largest eigenvalue
+#: the new sketch leaves out is estimated (added to ρ; row-vector products, cheap: 5 Lanczos steps leave a
+#: shortfall as small as 8 power steps did). ``kernels.torch.frequent_directions``.
 SUBSPACE_POWER_STEPS = 2
-SUBSPACE_ESTIMATE_STEPS = 8
+SUBSPACE_ESTIMATE_STEPS = 5
+
+#: Products A @ B whose B has at most this many columns run as (Bᵀ Aᵀ)ᵀ on CPU (``kernels.torch.products``); the
+#: FD memory replays follow the same rule.
+THIN_COLUMNS = 64
 
 
 def subspace_gs_passes() -> tuple[int, ...]:
@@ -85,9 +90,10 @@ def choose_variant(d: int, k: int, n: int) -> str:
     ``SUBSPACE_MIN_FLOPS`` and the subspace variant under 0.8× its flops; else ``svd`` (thin SVD of the d × (k+n)
     matrix Y, the accurate exact variant at every shape: the Gram variants square the conditioning,
     ``PLANNED_VARIANTS``). The margins are measured: LAPACK's SVD runs at a fraction of the gemm and eigh rate the
-    subspace variant runs at — on a 2-core CPU (torch 2.13, float32, ms for svd / subspace) 11.5 / 5.0 at
-    (768, 256, 1) (flops ratio 1.15; the exact path), 40.6 / 12.5 at (768, 256, 256) (0.75), 479 / 58 for three
-    (1024, 256, 768) blocks (0.20), 19.0 / 18.0 at (256, 256, 768) (2.28). With a profile the planner picks the
+    subspace variant runs at — on a 2-core CPU (torch 2.13, float32, ms for svd / subspace) 7.6 / 2.7 at
+    (768, 256, 1) (flops ratio 0.76; the exact path), 40.6 / 12.5 at (768, 256, 256) (0.75), 479 / 58 for three
+    (1024, 256, 768) blocks (0.20), 16.6 / 2.8 at (256, 256, 768) (0.71; l = d: the d × d Gram's eigh, exact
+    FD). With a profile the planner picks the
     measured fastest of ``PLANNED_VARIANTS`` instead (``profiles.cost.CostModel.step``)."""
     sub, svd = flops("fd_update", "subspace", (d, k, n)), flops("fd_update", "svd", (d, k, n))
     if subspace_width(d, k, n) == k + n:
@@ -140,11 +146,11 @@ def flops(kernel: str, variant: str, dims: tuple[int, ...]) -> float:
     (a ≥ b) ≈ 4ab² + 8b³; FD with w = k + n columns: ``svd`` SVD(d, w); ``gram_small`` 2dw² + 9w³ + 2dw²;
     ``gram_large`` 2d²w + 9d³; ``qr_svd`` QR of the w × d matrix Yᵀ (2·w·d·min(w, d)) then SVD(d, min(w, d));
     ``subspace`` with l = ``subspace_width`` and m = l − k new directions (the warm path; the cold first steps
-    are rarer): X Ω (2dnm), per orthogonalisation to U two Gram–Schmidt passes (8dkm) and a QR of d × m (4dm²),
-    per power step X(XᵀP) (4dnm) and another orthogonalisation, B = QᵀY (2dwl), BBᵀ (2wl²) and its eigh (9l³),
-    Bᵀ ub (2wlk), Z = Y(·) (2dwk), the estimate's 1 + estimate steps of YYᵀv − ZZᵀv (4dw + 4dk each; none
-    when l = d), ZᵀZ (2dk²), its eigh (9k³), Z V (2dk²); when l = w (the exact path) orth(X ⟂ U) (8dkn + 4dn²),
-    B (2dw²), BBᵀ and its eigh (11w³), Q ub (2dwk).
+    are rarer): X Ω (2dnm), per orthogonalisation to U its Gram–Schmidt passes (4dkm each) and a QR of d × m
+    (4dm²), per power step X(XᵀP) (4dnm), QᵀX (2dnl), its Gram (2nl²) and the eigh (9l³), (QᵀX)ᵀM (2nlk),
+    Z = U(·) + X(·) (2dk² + 2dnk), the estimate's Krylov steps of v(YYᵀ − ZZᵀ) (4dn + 8dk each), ZᵀZ (2dk²), its
+    eigh (9k³), Z V (2dk²); when l = k + n (the exact path) orth(X ⟂ U) (8dkn + 4dn²), QᵀX (2dwn), its Gram
+    (2w²n) and eigh (9w³), U' = Q ub_k (2dwk); when l = d < k + n, ``gram_large``.
     Newton–Schulz on m × n (m ≤ n): per iteration XXᵀ (2m²n), A² (2m³) and (bA + cA²)X (2m²n).
     """
     if kernel == "gemm":
@@ -164,14 +170,17 @@ def flops(kernel: str, variant: str, dims: tuple[int, ...]) -> float:
             return 2.0 * d * d * w + 9.0 * d**3
         if variant == "subspace":
             ll = subspace_width(d, k, n)
-            if ll == w:  # exact path: orth(X ⟂ U), B = QᵀY, B Bᵀ, its eigh, Q ub
-                return 8.0 * d * k * n + 4.0 * d * n * n + 2.0 * d * w * w + 11.0 * w**3 + 2.0 * d * w * k
+            if ll == w:  # exact path: orth(X ⟂ U), QᵀX, its Gram, the eigh, Q ub
+                return 8.0 * d * k * n + 4.0 * d * n * n + 2.0 * d * w * n + 2.0 * w * w * n + 9.0 * w**3 \
+                    + 2.0 * d * w * k
+            if ll == d:  # Q = I: the Ritz step is the d × d Gram's eigh
+                return flops(kernel, "gram_large", dims)
             m = ll - k
             # Gram–Schmidt against U: Uᵀ P and U(·) per pass (``subspace_gs_passes``); a QR of d × m per basis
             return (2.0 * d * n * m + sum(subspace_gs_passes()) * 4.0 * d * k * m
-                    + (1 + SUBSPACE_POWER_STEPS) * 4.0 * d * m * m
-                    + SUBSPACE_POWER_STEPS * 4.0 * d * n * m + 2.0 * d * w * ll + 2.0 * w * ll * ll + 9.0 * ll**3
-                    + 2.0 * w * ll * k + 2.0 * d * w * k + (ll < d) * (1 + SUBSPACE_ESTIMATE_STEPS) * (4.0 * d * w + 4.0 * d * k)
+                    + (1 + SUBSPACE_POWER_STEPS) * 4.0 * d * m * m + SUBSPACE_POWER_STEPS * 4.0 * d * n * m
+                    + 2.0 * d * n * ll + 2.0 * n * ll * ll + 9.0 * ll**3 + 2.0 * n * ll * k
+                    + 2.0 * d * k * k + 2.0 * d * n * k + SUBSPACE_ESTIMATE_STEPS * (4.0 * d * n + 8.0 * d * k)
                     + 4.0 * d * k * k + 9.0 * k**3)
         b = min(w, d)
         return 2.0 * w * d * b + _svd_flops(d, b)

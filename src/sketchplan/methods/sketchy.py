@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 
-from ..kernels.calls import SUBSPACE_ESTIMATE_STEPS, SUBSPACE_POWER_STEPS, KernelCall, choose_variant, pointwise, \
-    subspace_gs_passes, subspace_width
+from ..kernels.calls import SUBSPACE_ESTIMATE_STEPS, SUBSPACE_POWER_STEPS, THIN_COLUMNS, KernelCall, choose_variant, \
+    pointwise, subspace_gs_passes, subspace_width
 from .blocking import MatrixPlan, cached_plan
 from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor
@@ -68,8 +68,9 @@ def layout(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -
 
 def gram_left_transients(live: Live, c: int, d: int, r: int, sb: int) -> int:
     """``frequent_directions._gram_left`` of (c, d, r) columns: the r × r Gram, its eigh (float64 retry, its
-    pairs alive to the end), the flipped and clamped values and flipped vectors, √, the mask (booleans), Y V,
-    / s, then the masked values and left factor. Returns the bytes of those two, which it leaves alive."""
+    pairs alive to the end), the flipped and clamped values and flipped vectors, √, the mask (booleans), 1/s
+    masked, V scaled by it, Y (·), then the masked values. Returns the bytes of the values and the left factor,
+    which it leaves alive."""
     g = live.alloc(c * r * r * sb)           # Yᵀ Y
     ev = safe_eigh(live, c, r, sb)
     live.free(g)
@@ -78,17 +79,17 @@ def gram_left_transients(live: Live, c: int, d: int, r: int, sb: int) -> int:
     tmp = live.alloc(c * sb)                 # s₁ · tolerance
     keep = live.alloc(c * r)                 # the mask
     live.free(tmp)
-    yv = live.alloc(c * d * r * sb)          # Y V
-    ones = live.alloc(c * r * sb)
-    safe_s = live.alloc(c * r * sb)          # where(keep, s, 1)
-    live.free(ones)
-    lf = live.alloc(c * d * r * sb)          # / s
-    live.free(yv + safe_s)
+    inv = live.alloc(c * r * sb)             # 1 / s
+    safe = live.alloc(c * r * sb)            # where(keep, 1/s, 0)
+    live.free(inv)
+    vs = live.alloc(c * r * r * sb)          # V · that
+    live.free(safe)
+    left = live.alloc(c * d * r * sb)        # Y (·)
+    live.free(vs)
     zeros = live.alloc(c * r * sb)
     values = live.alloc(c * r * sb)          # where(keep, w, 0)
     live.free(zeros)
-    left = live.alloc(c * d * r * sb)        # left · keep
-    live.free(lf + fl + keep + ev)
+    live.free(fl + keep + ev)
     return values + left
 
 
@@ -152,28 +153,43 @@ def _ritz_transients(live: Live, c: int, ll: int, w: int, sb: int) -> tuple[int,
     return b, s2, ub
 
 
+def _warm_ritz_transients(live: Live, c: int, k: int, m: int, ll: int, sb: int) -> tuple[int, int, int]:
+    """``frequent_directions._warm_ritz`` with Q = [U, P] (P: ll − k columns): UᵀX and PᵀX, their stack QᵀX,
+    B Bᵀ, + β2 σ² (clamped) on its diagonal, its eigh (freed on return: B Bᵀ first), the flipped values clamped
+    and the flipped vectors. Returns the bytes of QᵀX, s² and ub, which it leaves alive."""
+    t1 = live.alloc(c * k * m * sb)                      # Uᵀ X
+    t2 = live.alloc(c * (ll - k) * m * sb)               # Pᵀ X
+    bx = live.alloc(c * ll * m * sb)
+    live.free(t1 + t2)
+    bb = live.alloc(c * ll * ll * sb)
+    live.spike(2 * c * k * sb)                           # β2 σ², clamped
+    ev = safe_eigh(live, c, ll, sb)
+    live.free(bb)
+    live.spike(c * ll * sb)                              # flipped values (clamped below)
+    s2 = live.alloc(c * ll * sb)
+    ub = live.alloc(c * ll * ll * sb)
+    live.free(ev)
+    return bx, s2, ub
+
+
 def subspace_exact_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> int:
-    """``frequent_directions._subspace_exact`` (l = k + m): Q = [U, orth(X ⟂ U)], Y, the Ritz step, then the
-    mask, Q ub_k masked, σ² − c and β2 ρ + c. Returns the new sketch's bytes (U, σ², ρ)."""
-    w = k + m
-    qp = _orthogonal_to_transients(live, c, d, k, m, sb, own=False)
-    q = live.alloc(c * d * w * sb)                       # [U, P]
-    live.free(qp)
-    y = _sketch_columns_transients(live, c, d, k, w, sb)
-    b, s2, ub = _ritz_transients(live, c, w, w, sb)
-    live.free(y)
+    """``frequent_directions._subspace_exact`` (l = k + m): P = orth(X ⟂ U), the Ritz step from QᵀX, the mask,
+    U ub_k + P ub'_k masked, σ² − c and β2 ρ + c. Returns the new sketch's bytes (U, σ², ρ)."""
+    p = _orthogonal_to_transients(live, c, d, k, m, sb, own=False)
+    bx, s2, ub = _warm_ritz_transients(live, c, k, m, k + m, sb)
     tmp = live.alloc(c * sb)                             # s²₁ · tolerance
     keep = live.alloc(c * k)
     live.free(tmp)
-    qu = live.alloc(c * d * k * sb)                      # Q ub_k
+    uu = live.alloc(c * d * k * sb)                      # U ub_k
+    live.spike(c * d * k * sb)                           # + P ub'_k
     new_u = live.alloc(c * d * k * sb)                   # · mask
-    live.free(qu)
+    live.free(uu)
     diff = live.alloc(c * k * sb)                        # s² − c
     new_sig2 = live.alloc(c * k * sb)
     live.free(diff)
     br = live.alloc(c * sb)                              # β2 ρ
     new_rho = live.alloc(c * sb)
-    live.free(br + keep + b + s2 + ub + q)
+    live.free(br + keep + bx + s2 + ub + p)
     return new_u + new_sig2 + new_rho
 
 
@@ -182,11 +198,10 @@ def subspace_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> 
     ``subspace_exact_transients`` when l = k + m): the larger of a cold step (the first: the sketch has fewer than
     k directions) and a warm one (every later step when k < l < d), each replayed by ``subspace_step_transients``.
     Returns the new sketch's bytes (U, σ², ρ)."""
-    ll = subspace_width(d, k, m)
-    if ll == k + m:
+    if subspace_width(d, k, m) == k + m:
         return subspace_exact_transients(live, c, d, k, m, sb)
     rise, kept = 0, 0
-    for warm in (False, True) if k < ll < d else (False,):
+    for warm in (False, True):
         step = Live(live.count_scratch)
         kept = subspace_step_transients(step, c, d, k, m, sb, warm)   # the same new sketch either way
         rise = max(rise, step.peak)
@@ -196,127 +211,163 @@ def subspace_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> 
 
 
 def subspace_step_transients(live: Live, c: int, d: int, k: int, m: int, sb: int, warm: bool) -> int:
-    """One step of ``frequent_directions._subspace_update`` (l = ``subspace_width`` < k + m), cold or warm.
-    Y = [A, X] is never formed: A = √β2 · U diag(σ) (d × k) stays alive to the end. The start: warm, [U, P] —
-    X Ω, P orthogonal to U, each residual power step's Xᵀ P, X(·) and P; cold, A Ω_A + X Ω_X, QR, each power
-    step's A(AᵀQ) + X(XᵀQ) and QR — Ω drawn in float32; none when l = d (Q = I). Then the Ritz step (QᵀA cold
-    only: a warm step takes QᵀA = [diag(√β2 σ); 0] and adds its β2 σ² to B Bᵀ's diagonal; QᵀX; Q freed; B Bᵀ,
-    its eigh, the flipped pairs), Z = A (QᵀA)ᵀ M + X (QᵀX)ᵀ M with M = ub_k · coef (warm: U (β2 σ² · M[:k])),
-    the power estimate's vectors, ``_gram_left`` of Z; the spectrum s² (l), the mask (k booleans), the
-    coefficients (k) and the left-out mass stay alive to the end. Returns the new sketch's bytes (U, σ², ρ)."""
-    w, ll = k + m, subspace_width(d, k, m)
-    warm = warm and k < ll < d
-    a = _scaled_sketch_transients(live, c, d, k, sb)     # A
-    q_bytes = c * d * ll * sb
-    if ll < d:                                           # (ll = d: Q = I, B = Y — no start, no products)
-        if warm:
-            s = Live(live.count_scratch)
-            om = _omega(s, m, ll - k, sb)
-            xo = s.alloc(c * d * (ll - k) * sb)          # X Ω
-            s.free(om)
-            first, *later = subspace_gs_passes()
-            p = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False, passes=first)
-            s.free(xo)
-            for passes in later:
-                t1 = s.alloc(c * m * (ll - k) * sb)      # Xᵀ P
-                t2 = s.alloc(c * d * (ll - k) * sb)      # X (·)
-                s.free(t1)
-                p2 = _orthogonal_to_transients(s, c, d, k, ll - k, sb, own=False, passes=passes)
-                s.free(t2 + p)
-                p = p2
-            s.alloc(q_bytes)                             # [U, P]
-            s.free(p)
-        else:
-            s = Live(live.count_scratch)                 # cold
-            om = _omega(s, w, ll, sb)
-            yo = s.alloc(c * d * ll * sb)                    # A Ω_A
-            s.spike(c * d * ll * sb)                         # X Ω_X, added into it
-            s.free(om)
-            q = qr_transients(s, c, d, ll, sb)
-            s.free(yo)
-            for _ in range(SUBSPACE_POWER_STEPS):            # Y Yᵀ Q = A (Aᵀ Q) + X (Xᵀ Q)
-                t1 = s.alloc(c * k * ll * sb)
-                out = s.alloc(c * d * ll * sb)
-                s.free(t1)
-                t2 = s.alloc(c * m * ll * sb)
-                t3 = s.alloc(c * d * ll * sb)
-                s.free(t2 + t3)
-                q2 = qr_transients(s, c, d, ll, sb)
-                s.free(out + q)
-                q = q2
-        live.spike(s.peak)
-        q = live.alloc(q_bytes)
-        ba = 0 if warm else live.alloc(c * ll * k * sb)  # Qᵀ A
+    """One step of ``frequent_directions._subspace_update`` (k < l = ``subspace_width`` < min(d, k + m)), cold or
+    warm. β2 σ² (clamped) stays alive to the end; Y = [A, X] is never formed. Warm: X Ω, P orthogonal to U, each
+    residual power step's Xᵀ P, X(·) and P (Ω drawn in float32), then ``_warm_ritz`` (P freed after it); U
+    (β2 σ² · M[:k]) starts Z. Cold: A = √β2 · U diag(σ) (alive to the end), A Ω_A + X Ω_X, QR, each power step's
+    A(AᵀQ) + X(XᵀQ) and QR; QᵀA and QᵀX (Q freed), B Bᵀ, its eigh and the flipped pairs; A (QᵀA)ᵀ M starts Z.
+    Then M = ub_k · coef, (QᵀX)ᵀ M and Z += X (·) (accumulated by the product when k > ``THIN_COLUMNS``), the
+    estimate (``_estimate_transients``), ``_gram_left`` of Z; the spectrum s² (l), the mask (k booleans), the
+    coefficients (k) and the estimate's eigenvalues stay alive to the end. Returns the new sketch's bytes
+    (U, σ², ρ)."""
+    ll = subspace_width(d, k, m)
+    warm = warm and k < ll
+    live.spike(c * k * sb)                               # β2 σ² (clamped below)
+    d2 = live.alloc(c * k * sb)
+    if warm:
+        om = _omega(live, m, ll - k, sb)
+        xo = live.alloc(c * d * (ll - k) * sb)           # X Ω
+        live.free(om)
+        first, *later = subspace_gs_passes()
+        p = _orthogonal_to_transients(live, c, d, k, ll - k, sb, own=False, passes=first)
+        live.free(xo)
+        for passes in later:
+            t1 = live.alloc(c * m * (ll - k) * sb)       # Xᵀ P
+            t2 = live.alloc(c * d * (ll - k) * sb)       # X (·)
+            live.free(t1)
+            p2 = _orthogonal_to_transients(live, c, d, k, ll - k, sb, own=False, passes=passes)
+            live.free(t2 + p)
+            p = p2
+        bx, s2, ub = _warm_ritz_transients(live, c, k, m, ll, sb)
+        live.free(p)
+        a = ba = 0
+    else:
+        a = _scaled_sketch_transients(live, c, d, k, sb)     # A
+        om = _omega(live, k + m, ll, sb)
+        yo = live.alloc(c * d * ll * sb)                 # A Ω_A
+        live.spike(c * d * ll * sb)                      # X Ω_X, added into it
+        live.free(om)
+        q = qr_transients(live, c, d, ll, sb)
+        live.free(yo)
+        for _ in range(SUBSPACE_POWER_STEPS):            # Y Yᵀ Q = A (Aᵀ Q) + X (Xᵀ Q)
+            t1 = live.alloc(c * k * ll * sb)
+            out = live.alloc(c * d * ll * sb)
+            live.free(t1)
+            t2 = live.alloc(c * m * ll * sb)
+            t3 = live.alloc(c * d * ll * sb)
+            live.free(t2 + t3)
+            q2 = qr_transients(live, c, d, ll, sb)
+            live.free(out + q)
+            q = q2
+        ba = live.alloc(c * ll * k * sb)                 # Qᵀ A
         bx = live.alloc(c * ll * m * sb)                 # Qᵀ X
         live.free(q)
-    else:
-        ba = bx = 0                                      # views of A and X
-    bb = live.alloc(c * ll * ll * sb)                    # (QᵀX)(QᵀX)ᵀ
-    if warm:
-        live.spike(2 * c * k * sb)                       # + β2 σ² (clamped) on its diagonal
-    else:
+        bb = live.alloc(c * ll * ll * sb)                # (QᵀX)(QᵀX)ᵀ
         live.spike(c * ll * ll * sb)                     # + (QᵀA)(QᵀA)ᵀ, in place
-    ev = safe_eigh(live, c, ll, sb)
-    live.free(bb)
-    live.spike(c * ll * sb)                              # flipped values (clamped below)
-    small = live.alloc(c * ll * sb)                      # s²
-    ub = live.alloc(c * ll * ll * sb)                    # flipped vectors (their first k columns kept)
-    live.free(ev)
-    if ll <= k:
-        small += live.alloc(c * sb)                      # c = 0 (no (k+1)-th value)
+        ev = safe_eigh(live, c, ll, sb)
+        live.free(bb)
+        live.spike(c * ll * sb)                          # flipped values (clamped below)
+        s2 = live.alloc(c * ll * sb)
+        ub = live.alloc(c * ll * ll * sb)
+        live.free(ev)
     live.spike(c * sb + c * k + 3 * c * k * sb)          # s²₁·tol, the mask, then (s² − c)₊ and its √ ...
-    small += live.alloc(c * k + c * k * sb)              # the mask and the coefficients
+    small = s2 + live.alloc(c * k + c * k * sb)          # the mask and the coefficients
     mm = live.alloc(c * ll * k * sb)                     # M = ub_k · coef
-    live.free(ub)
-    if warm:                                             # U (β2 σ² · M[:k])
-        s1 = live.alloc(c * k * sb)
-        s2 = live.alloc(c * k * sb)
-        live.free(s1)
-        t1 = live.alloc(c * k * k * sb)
-        live.free(s2)
-    else:
-        t1 = live.alloc(c * k * k * sb)                  # (QᵀA)ᵀ M
-    z = live.alloc(c * d * k * sb)                       # Z = A (·)
+    if not warm:
+        live.free(ub)                                    # (warm: ``_warm_ritz``'s pairs are freed with it, below)
+    t1 = live.alloc(c * k * k * sb)                      # warm: β2 σ² · M[:k]; cold: (QᵀA)ᵀ M
+    z = live.alloc(c * d * k * sb)                       # Z = U (·) or A (·)
     live.free(t1 + ba)
-    t1 = live.alloc(c * m * k * sb)                      # (QᵀX)ᵀ M
-    t2 = live.alloc(c * d * k * sb)                      # X (·), added into Z
-    live.free(t1 + t2 + bx + mm)
-    cast = 0 if sb == 4 else sb
-    if ll < d:  # the power estimate (none when the basis spans R^d)
-        v = live.alloc(d * 4 + d * cast)                     # v: a float32 draw (cast), broadcast over blocks
-        r = 0
-        for _ in range(SUBSPACE_ESTIMATE_STEPS + 1):         # r = A(Aᵀv) + X(Xᵀv) − Z(Zᵀv), then v ← r / ‖r‖
-            t1 = live.alloc(c * k * sb)
-            t2 = live.alloc(c * d * sb)
-            live.free(t1)
-            t3 = live.alloc(c * m * sb)
-            t4 = live.alloc(c * d * sb)
-            live.free(t3)
-            t5 = live.alloc(c * d * sb)
-            live.free(t2 + t4)
-            t6 = live.alloc(c * k * sb)
-            t7 = live.alloc(c * d * sb)
-            live.free(t6)
-            r_new = live.alloc(c * d * sb)
-            live.free(t5 + t7 + r)
-            r = r_new
-            if _ < SUBSPACE_ESTIMATE_STEPS:
-                n1 = live.alloc(c * sb)                      # ‖r‖, clamped
-                n2 = live.alloc(c * sb)
-                live.free(n1)
-                v_new = live.alloc(c * d * sb)
-                live.free(n2 + v)
-                v = v_new
-        vr = live.alloc(c * d * sb)                          # v · r, summed, max with c
-        live.spike(c * sb)
-        small += live.alloc(c * sb)                          # the left-out mass
-        live.free(vr + v + r)
+    xm = live.alloc(c * m * k * sb)                      # (QᵀX)ᵀ M
+    live.free(bx + mm + (ub if warm else 0))
+    if k <= THIN_COLUMNS:
+        live.spike(c * d * k * sb)                       # X (·), added into Z
+    live.free(xm)
+    small += _estimate_transients(live, c, d, k, m, sb, warm)
     live.free(a)
     left = gram_left_transients(live, c, d, k, sb)
     live.free(z)
-    new = live.alloc(c * sb)                             # β2 ρ + left-out mass
-    live.free(small)
+    mx = live.alloc(c * sb)                              # max(λ̂, c)
+    br = live.alloc(c * sb)                              # β2 ρ
+    new = live.alloc(c * sb)
+    live.free(mx + br + small + d2)
     return left + new
+
+
+def _estimate_transients(live: Live, c: int, d: int, k: int, m: int, sb: int, warm: bool) -> int:
+    """``frequent_directions._largest_eigenvalue`` on the rows of Y Yᵀ − Z Zᵀ: the start row (a float32 draw,
+    cast), normalised; per Krylov step the Gram–Schmidt passes, the row's image and the grown basis and images;
+    T = images · basisᵀ, its finiteness, its symmetric part and eigenvalues. Leaves the eigenvalues alive (the
+    estimate is a view of them) and returns their bytes."""
+    steps = SUBSPACE_ESTIMATE_STEPS
+    v = _omega(live, 1, d, sb)                           # the start row (broadcast over blocks)
+    nrm = live.alloc(c * sb)
+    cl = live.alloc(c * sb)
+    live.free(nrm)
+    basis = live.alloc(c * d * sb)
+    live.free(cl)
+    images = _rows_transients(live, c, d, k, m, sb, warm)
+    r = 0
+    for j in range(1, steps):
+        for _ in range(2):
+            t1 = live.alloc(c * j * sb)                  # r Qᵀ
+            t2 = live.alloc(c * d * sb)                  # (·) Q
+            live.free(t1)
+            r2 = live.alloc(c * d * sb)                  # r − (·)
+            live.free(t2 + r)
+            n1 = live.alloc(c * sb)                      # ‖r‖, clamped
+            n2 = live.alloc(c * sb)
+            live.free(n1)
+            r = live.alloc(c * d * sb)                   # r / ‖r‖
+            live.free(n2 + r2)
+        grown = live.alloc(c * (j + 1) * d * sb)
+        live.free(basis)
+        basis = grown
+        img = _rows_transients(live, c, d, k, m, sb, warm)
+        grown = live.alloc(c * (j + 1) * d * sb)
+        live.free(images + img)
+        images = grown
+    t = live.alloc(c * steps * steps * sb)               # images · basisᵀ
+    live.spike(sb + 1)                                   # its sum, finite?
+    if sb != 8:                                          # T in float64
+        t64 = live.alloc(c * steps * steps * 8)
+        live.free(t)
+        t = t64
+    sym = live.alloc(c * steps * steps * 8)              # T + Tᵀ
+    half = live.alloc(c * steps * steps * 8)             # / 2
+    live.free(sym)
+    values = live.alloc(c * steps * 8)
+    live.spike(c * steps * steps * 8 + c * 4)            # eigh's copy of its input and its info
+    live.free(half)
+    if sb != 8:                                          # the largest, cast back
+        out = live.alloc(c * sb)
+        live.free(values)
+        values = out
+    live.free(t + images + basis + r + v)
+    return values
+
+
+def _rows_transients(live: Live, c: int, d: int, k: int, m: int, sb: int, warm: bool) -> int:
+    """One row product v (Y Yᵀ − Z Zᵀ) = v A Aᵀ + (v X) Xᵀ − (v Z) Zᵀ (warm: v A Aᵀ = ((v U) · β2 σ²) Uᵀ).
+    Returns the result's bytes, which it leaves alive."""
+    t = live.alloc(c * k * sb)                           # v U or v A
+    if warm:
+        t2 = live.alloc(c * k * sb)                      # · β2 σ²
+        live.free(t)
+        t = t2
+    r1 = live.alloc(c * d * sb)
+    live.free(t)
+    t = live.alloc(c * m * sb)                           # v X
+    r2 = live.alloc(c * d * sb)
+    live.free(t)
+    r3 = live.alloc(c * d * sb)
+    live.free(r1 + r2)
+    t = live.alloc(c * k * sb)                           # v Z
+    r4 = live.alloc(c * d * sb)
+    live.free(t)
+    r5 = live.alloc(c * d * sb)
+    live.free(r3 + r4)
+    return r5
 
 
 @replayed
@@ -326,11 +377,12 @@ def fd_transients(live: Live, count: int, d: int, k: int, m: int, sb: int, varia
     new sketch it leaves alive (U, σ², ρ), which the caller keeps until the next axis's update."""
     if variant == "auto":
         variant = choose_variant(d, k, m)
-    if variant == "subspace":
+    full = variant == "subspace" and subspace_width(d, k, m) == d < k + m   # Q = I: ``gram_large``, masked
+    if variant == "subspace" and not full:
         return subspace_transients(live, count, d, k, m, sb)
     w = k + m
     c = count
-    if variant == "gram_large":
+    if full or variant == "gram_large":
         a1 = live.alloc(c * d * d * sb)          # (U σ²) Uᵀ   (U σ² freed)
         a2 = live.alloc(c * d * d * sb)          # X Xᵀ
         gram = live.alloc(c * d * d * sb)
@@ -381,13 +433,23 @@ def fd_transients(live: Live, count: int, d: int, k: int, m: int, sb: int, varia
                 live.free(out - c * d * r * sb + q64 + q + y)
     c0 = live.alloc(c * sb) if r <= k else 0   # c = 0 when there is no (k+1)-th value
     diff = live.alloc(c * k * sb)                # σ² − c, then clamped
-    new = live.alloc(c * k * sb)
+    sig = live.alloc(c * k * sb)
     live.free(diff)
-    kept = live.alloc(c * d * k * sb) if r > k else 0   # U[:, :k]: a copy, unless U has k columns (then U)
+    u_bytes = c * d * k * sb
+    kept = live.alloc(u_bytes) if r > k else 0   # U[:, :k]: a copy, unless U has k columns (then U)
+    keep = 0
+    if full:                                     # the mask, U · mask and where(mask, σ², 0), then rebound
+        tmp = live.alloc(c * sb)
+        keep = live.alloc(c * k)
+        live.free(tmp)
+        masked = live.alloc(u_bytes)
+        sig2 = live.alloc(c * k * sb)
+        live.free(kept + sig)
+        kept, sig = masked, sig2
     live.spike(c * sb)                           # β2 ρ, then + c
-    new += live.alloc(c * sb)
-    live.free(left + c0 - (c * d * k * sb - kept))
-    return new + c * d * k * sb
+    rho = live.alloc(c * sb)
+    live.free(left + c0 + keep - (0 if full else u_bytes - kept))
+    return sig + rho + u_bytes
 
 
 def stats_transients(cfg: MethodConfig, opts: OptimizerDefaults):

@@ -7,7 +7,8 @@ of Y; c = s²_{k+1} (0 when Y has ≤ k of them); σ² ← s²_{1..k} − c; U �
 Variants of the spectrum step (same sketch up to rounding): ``svd`` (thin SVD of Y), ``gram_small`` (eigh of
 the (k+N)² Gram YᵀY, u = Y v / s), ``gram_large`` (eigh of the d² Gram β2 U diag(σ²) Uᵀ + X Xᵀ), ``qr_svd``
 (QR of Yᵀ, then SVD of the triangular factor), and the approximate ``subspace`` (warm-started subspace iteration
-and the compression Ĉ' = Y Π Yᵀ ≼ Y Yᵀ; contract in ``kernels.torch.frequent_directions``, same steps here with
+and the compression Ĉ' = Y Π Yᵀ ≼ Y Yᵀ with a Krylov estimate of what it leaves out; contract in
+``kernels.torch.frequent_directions``, same steps here (Y formed: XLA fuses what torch avoids by hand) with
 ``jax.random`` in place of torch's generator, so the two agree in distribution, not bit for bit). Each variant is one jit-compiled function; non-finite results
 are recomputed in float64, and if that fails too the sketch is returned unchanged (as in torch).
 """
@@ -59,75 +60,104 @@ def _orthogonal_to(u, p, passes: int = 2):
     return jnp.linalg.qr(p)[0]
 
 
+def _warm_ritz(u, p, sig2, x, beta2: float):
+    """Rayleigh–Ritz on Q = [U, P], P ⟂ U: QᵀX and the descending pairs of diag(β2 σ², 0) + (QᵀX)(QᵀX)ᵀ (torch's
+    twin)."""
+    k = u.shape[-1]
+    bx = jnp.concatenate([_mT(u) @ x, _mT(p) @ x], axis=-2)
+    bb = bx @ _mT(bx)
+    bb = bb + jnp.zeros_like(bb).at[..., jnp.arange(k), jnp.arange(k)].set(jnp.maximum(beta2 * sig2, 0))
+    s2, ub = jnp.linalg.eigh(bb)
+    return bx, jnp.maximum(jnp.flip(s2, -1), 0), jnp.flip(ub, -1)
+
+
 def _subspace_exact(u, sig2, rho, x, beta2: float):
     """The exact path of the ``subspace`` variant (l = k + n; ``kernels.torch.frequent_directions``'s twin)."""
     k = u.shape[-1]
-    q = jnp.concatenate([u, _orthogonal_to(u, x)], axis=-1)
-    y = jnp.concatenate([u * jnp.sqrt(jnp.maximum(beta2 * sig2, 0))[..., None, :], x], axis=-1)
-    b = _mT(q) @ y
-    s2, ub = jnp.linalg.eigh(b @ _mT(b))
-    s2, ub = jnp.maximum(jnp.flip(s2, -1), 0), jnp.flip(ub, -1)
+    p = _orthogonal_to(u, x)
+    _, s2, ub = _warm_ritz(u, p, sig2, x, beta2)
     c = s2[..., k]
     top = s2[..., :k]
     keep = top > top[..., :1] * (s2.shape[-1] * jnp.finfo(x.dtype).eps)
-    new_u = (q @ ub[..., :k]) * keep[..., None, :]
+    new_u = (u @ ub[..., :k, :k] + p @ ub[..., k:, :k]) * keep[..., None, :]
     return new_u, jnp.where(keep, top - c[..., None], 0), beta2 * rho + c
 
 
+def _largest_eigenvalue(rows, v, steps: int):
+    """torch's ``_largest_eigenvalue``: the largest Ritz value of M ≽ 0 (given as row products) on the Krylov space
+    of dimension ``steps`` from v (Lanczos with full reorthogonalisation)."""
+    tiny = jnp.finfo(v.dtype).tiny
+    basis = v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), tiny)
+    images = rows(basis)
+    for _ in range(steps - 1):
+        r = images[..., -1:, :]
+        for _ in range(2):
+            r = r - (r @ _mT(basis)) @ basis
+            r = r / jnp.maximum(jnp.linalg.norm(r, axis=-1, keepdims=True), tiny)
+        basis = jnp.concatenate([basis, r], axis=-2)
+        images = jnp.concatenate([images, rows(r)], axis=-2)
+    t = images @ _mT(basis)
+    return jnp.linalg.eigvalsh((t + _mT(t)) / 2)[..., -1]
+
+
 def _subspace(u, sig2, rho, x, beta2: float):
-    """The ``subspace`` variant: new (u, σ², ρ) (``kernels.torch.frequent_directions._subspace_update``)."""
+    """The ``subspace`` variant for k < l < min(d, k + n): new (u, σ², ρ)
+    (``kernels.torch.frequent_directions._subspace_update``)."""
     d, k, n = u.shape[-2], u.shape[-1], x.shape[-1]
     w, l = k + n, subspace_width(d, k, n)
-    if l == w:
-        return _subspace_exact(u, sig2, rho, x, beta2)
     keys = jax.random.split(jax.random.PRNGKey(20), 3)
-    y = jnp.concatenate([u * jnp.sqrt(jnp.maximum(beta2 * sig2, 0))[..., None, :], x], axis=-1)
+    d2 = jnp.maximum(beta2 * sig2, 0)
+    a = u * jnp.sqrt(d2)[..., None, :]
+    y = jnp.concatenate([a, x], axis=-1)
 
     def warm(_):
         first, *later = subspace_gs_passes()
-        p = _orthogonal_to(u, x @ jax.random.normal(keys[0], (n, l - k)).astype(y.dtype), first)
+        p = _orthogonal_to(u, x @ jax.random.normal(keys[0], (n, l - k)).astype(x.dtype), first)
         for passes in later:
             p = _orthogonal_to(u, x @ (_mT(x) @ p), passes)
-        return jnp.concatenate([u, p], axis=-1)
+        bx, s2, ub = _warm_ritz(u, p, sig2, x, beta2)
+        ba = jnp.zeros(bx.shape[:-2] + (l, k), x.dtype).at[..., jnp.arange(k), jnp.arange(k)].set(jnp.sqrt(d2))
+        return jnp.concatenate([ba, bx], axis=-1), s2, ub
 
     def cold(_):
         q, _ = jnp.linalg.qr(y @ jax.random.normal(keys[1], (w, l)).astype(y.dtype))
         for _ in range(SUBSPACE_POWER_STEPS):
             q, _ = jnp.linalg.qr(y @ (_mT(y) @ q))
-        return q
+        b = _mT(q) @ y
+        s2, ub = jnp.linalg.eigh(b @ _mT(b))
+        return b, jnp.maximum(jnp.flip(s2, -1), 0), jnp.flip(ub, -1)
 
-    if l > k:
-        q = jax.lax.cond(jnp.all(sig2[..., -1] > 0), warm, cold, None)
-    else:
-        q = cold(None)
-    b = _mT(q) @ y
-    s2, ub = jnp.linalg.eigh(b @ _mT(b))
-    s2, ub = jnp.maximum(jnp.flip(s2, -1), 0), jnp.flip(ub, -1)[..., :k]
-    c = s2[..., k] if l > k else jnp.zeros_like(rho)
+    b, s2, ub = jax.lax.cond(jnp.all(sig2[..., -1] > 0), warm, cold, None)
+    ub = ub[..., :k]
+    c = s2[..., k]
     top = s2[..., :k]
     keep = top > top[..., :1] * (w * jnp.finfo(y.dtype).eps)
     coef = jnp.where(keep, jnp.sqrt(jnp.maximum(top - c[..., None], 0)) / jnp.where(keep, top, 1), 0)
     z = y @ (_mT(b) @ (ub * coef[..., None, :]))
-    v = jnp.broadcast_to(jax.random.normal(keys[2], (d, 1)).astype(y.dtype), z.shape[:-2] + (d, 1))
-
-    def residual(v):
-        return y @ (_mT(y) @ v) - z @ (_mT(z) @ v)
-
-    left_out = c
-    if l < d:  # l = d: the basis spans R^d, the update is exact
-        for _ in range(SUBSPACE_ESTIMATE_STEPS):
-            r = residual(v)
-            v = r / jnp.maximum(jnp.linalg.norm(r, axis=-2, keepdims=True), jnp.finfo(y.dtype).tiny)
-        left_out = jnp.maximum(jnp.sum(v * residual(v), axis=(-2, -1)), c)
+    v = jnp.broadcast_to(jax.random.normal(keys[2], (1, d)).astype(y.dtype), z.shape[:-2] + (1, d))
+    lam = _largest_eigenvalue(lambda r: (r @ y) @ _mT(y) - (r @ z) @ _mT(z), v, SUBSPACE_ESTIMATE_STEPS)
     new_sig2, new_u = _gram_left(z)
-    return new_u, new_sig2, beta2 * rho + left_out
+    return new_u, new_sig2, beta2 * rho + jnp.maximum(lam, c)
+
+
+def _full(u, sig2, rho, x, beta2: float):
+    """l = d < k + n: Q = I, the Ritz step is ``gram_large``'s eigh, directions of zero value zeroed (torch's twin)."""
+    k, n = u.shape[-1], x.shape[-1]
+    w, left = _left_spectrum(u, sig2, x, beta2, "gram_large")
+    c = w[..., k] if w.shape[-1] > k else jnp.zeros_like(rho)
+    keep = w[..., :k] > w[..., :1] * ((k + n) * jnp.finfo(x.dtype).eps)
+    new_sig2 = jnp.where(keep, jnp.maximum(w[..., :k] - c[..., None], 0), 0)
+    return left[..., :, :k] * keep[..., None, :], new_sig2, beta2 * rho + c
 
 
 @partial(jax.jit, static_argnames=("beta2", "variant"))
 def _update(u, sig2, rho, x, beta2: float, variant: str):
     k = u.shape[-1]
     if variant == "subspace":
-        new_u, new_sig2, new_rho = _subspace(u, sig2, rho, x, beta2)
+        d, n = u.shape[-2], x.shape[-1]
+        l = subspace_width(d, k, n)
+        path = _subspace_exact if l == k + n else _full if l == d else _subspace
+        new_u, new_sig2, new_rho = path(u, sig2, rho, x, beta2)
         ok = jnp.isfinite(new_u).all() & jnp.isfinite(new_sig2).all() & jnp.isfinite(new_rho).all()
         return new_u, new_sig2, new_rho, ok
     w, left = _left_spectrum(u, sig2, x, beta2, variant)

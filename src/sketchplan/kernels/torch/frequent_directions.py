@@ -32,14 +32,18 @@ projection but the compression
 
 so Ĉ' ≼ Y Yᵀ for whatever basis the iteration found (with the exact V_k it equals the exact update
 u diag(s² − c) uᵀ), and the escaped mass grows by an estimate of the largest eigenvalue it leaves out:
-ρ' = β2 ρ + max(c, λ̂), λ̂ the Rayleigh quotient after ``SUBSPACE_ESTIMATE_STEPS`` power iterations on
-Y Yᵀ − Z Zᵀ ≽ 0. U, σ² are read off Z by eigh of the k × k ZᵀZ (the ``gram_small`` step). Guarantee: the lower
-half of the invariant, 0 ≼ C_t − Ĉ_t, holds exactly (up to rounding); the upper half, C_t − Ĉ_t ≼ ρ_t I, holds
-up to Σ_s β2^(t−s) e_s where e_s ≥ 0 is the power estimate's shortfall λmax(Y Yᵀ − Z Zᵀ) − max(c, λ̂) at step s
-(measured against float64 exact FD in ``tests/test_fd_subspace.py``). When the basis can hold all of Y
-(l = k + N: a vector's sketch, or a few new columns) the variant is exact FD at O(d·(k+N)²): Q = [U, orth(X ⟂ U)]
-spans Y, U' = Q ub_k, σ'² = sb²_k − c, and no estimate is needed. The random matrices come from a generator with
-a fixed seed, so an update is deterministic.
+ρ' = β2 ρ + max(c, λ̂), λ̂ the largest Ritz value of Y Yᵀ − Z Zᵀ ≽ 0 on a Krylov space of dimension
+``SUBSPACE_ESTIMATE_STEPS`` (``_largest_eigenvalue``: Lanczos with full reorthogonalisation, 5 row products
+where 8 power steps took 9, with a shortfall as small or smaller). U, σ² are read off Z by eigh of the k × k
+ZᵀZ (the ``gram_small`` step). Guarantee: the lower half of the invariant, 0 ≼ C_t − Ĉ_t, holds exactly (up to
+rounding); the upper half, C_t − Ĉ_t ≼ ρ_t I, holds up to Σ_s β2^(t−s) e_s where e_s ≥ 0 is the estimate's
+shortfall λmax(Y Yᵀ − Z Zᵀ) − max(c, λ̂) at step s (measured against float64 exact FD in
+``tests/test_fd_subspace.py``). Two shapes make the variant exact FD: when the basis can hold all of Y (l = k + N:
+a vector's sketch, or a few new columns), Q = [U, P] with P = orth(X ⟂ U) spans Y, B Bᵀ = diag(β2 σ², 0) +
+(QᵀX)(QᵀX)ᵀ is formed from QᵀX alone, U' = Q ub_k, σ'² = sb²_k − c, and no estimate is needed; when it is all of
+R^d (l = d < k + N: an axis of at most k + max(8, k/16) entries), Q = I and the Ritz step is ``gram_large``'s
+eigh of the d × d Gram. The random matrices come from a generator with a fixed seed, so an update is
+deterministic.
 
 ``auto`` picks ``subspace`` where it is exact and modelled no slower, or where the exact update is large and the
 approximation much cheaper (``choose_variant``: LAPACK's SVD runs at a fraction of the rate of the subspace
@@ -51,10 +55,12 @@ is left unchanged.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-from ..calls import (FD_VARIANTS, SUBSPACE_ESTIMATE_STEPS, SUBSPACE_POWER_STEPS, choose_variant, subspace_gs_passes,
-                     subspace_width)
+from ..calls import (FD_VARIANTS, SUBSPACE_ESTIMATE_STEPS, SUBSPACE_POWER_STEPS, THIN_COLUMNS, choose_variant,
+                     subspace_gs_passes, subspace_width)
 from .products import thin_matmul
 from .roots import qr_q, safe_eigh
 
@@ -81,8 +87,9 @@ def _gram_left(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     w, v = w.flip(-1).clamp_min(0), v.flip(-1)
     s = w.sqrt()
     keep = s > s[..., :1] * (y.shape[-1] * torch.finfo(y.dtype).eps)
-    left = (y @ v) / torch.where(keep, s, torch.ones_like(s)).unsqueeze(-2)
-    return torch.where(keep, w, torch.zeros_like(w)), left * keep.unsqueeze(-2)
+    # u = y (v / s), dropped directions as zero columns of v: one product, no pass over the d × r result
+    left = y @ (v * torch.where(keep, s.reciprocal(), 0.0).unsqueeze(-2))
+    return torch.where(keep, w, torch.zeros_like(w)), left
 
 
 def _left_spectrum(u: torch.Tensor, sig2: torch.Tensor, x: torch.Tensor, beta2: float,
@@ -129,32 +136,41 @@ def _orthogonal_to(u: torch.Tensor, p: torch.Tensor, passes: int = 2) -> torch.T
     return qr_q(p)
 
 
-def _ritz(q: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Rayleigh–Ritz of Y Yᵀ on the basis Q: B = QᵀY and the descending eigenpairs (sb², ub) of B Bᵀ."""
-    b = q.mT @ y                                        # l × w
-    dec = safe_eigh(b @ b.mT)
-    if dec is None:
-        return None
-    return b, dec[0].flip(-1).clamp_min(0), dec[1].flip(-1)
-
-
 def _subspace_exact(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: torch.Tensor, beta2: float
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """The ``subspace`` variant where its basis holds all of Y (l = k + n): Q = [U, orth(X ⟂ U)] spans Y, so the
-    Ritz pairs of B = QᵀY are Y's exact singular pairs and the update is exact FD: U' = Q ub_k, σ'² = sb²_k − c,
-    c = sb²_{k+1}, no estimate. O(d·(k+n)·n + d·(k+n)² + (k+n)³): for a vector (n = 1) a few d·k products, where
-    the approximate path's range finder would run QRs of d × (k+1) bases."""
+    """The ``subspace`` variant where its basis holds all of Y (l = k + n): Q = [U, P], P = orth(X ⟂ U), spans Y,
+    so the Ritz pairs of B = QᵀY are Y's exact singular pairs and the update is exact FD: U' = Q ub_k,
+    σ'² = sb²_k − c, c = sb²_{k+1}, no estimate. B is taken from its structure, QᵀA = [diag(√β2 σ); 0] and
+    QᵀX = [UᵀX; PᵀX], so B Bᵀ is diag(β2 σ², 0) + (QᵀX)(QᵀX)ᵀ: O(d·k·n + d·n² + (k+n)³ + d·(k+n)·k) with no
+    d × (k+n) copy of Y or Q (for a vector, n = 1, the eigh of the (k+1)² matrix and U' are the work)."""
     k = u.shape[-1]
-    q = torch.cat([u, _orthogonal_to(u, x)], dim=-1)
-    out = _ritz(q, _sketch_columns(u, sig2, x, beta2))
-    if out is None:
+    p = _orthogonal_to(u, x)
+    ritz = _warm_ritz(u, p, sig2, x, beta2)
+    if ritz is None:
         return None
-    _, s2, ub = out
+    _, s2, ub = ritz
     c = s2[..., k]
     top = s2[..., :k]
     keep = top > top[..., :1] * (s2.shape[-1] * torch.finfo(x.dtype).eps)
-    new_u = (q @ ub[..., :k]) * keep.unsqueeze(-2)
+    new_u = thin_matmul(u, ub[..., :k, :k]).add_(thin_matmul(p, ub[..., k:, :k])) * keep.unsqueeze(-2)
     return new_u, torch.where(keep, top - c.unsqueeze(-1), 0.0), beta2 * rho + c
+
+
+def _warm_ritz(u: torch.Tensor, p: torch.Tensor, sig2: torch.Tensor, x: torch.Tensor, beta2: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Rayleigh–Ritz of Y Yᵀ on Q = [U, P] with P ⟂ U: returns QᵀX (l × n) and the descending pairs (sb², ub) of
+    B Bᵀ = diag(β2 σ², 0) + (QᵀX)(QᵀX)ᵀ. QᵀA = [diag(√β2 σ); 0] is taken as such (no l·d·k product); any B whose
+    pairs build the new sketch keeps the contract (module docstring), so rounding in U's orthonormality and in
+    P ⟂ U cannot break it."""
+    k = u.shape[-1]
+    bx = torch.cat([thin_matmul(u.mT, x), thin_matmul(p.mT, x)], dim=-2)
+    bb = bx @ bx.mT
+    bb[..., :k, :k].diagonal(dim1=-2, dim2=-1).add_((beta2 * sig2).clamp_min(0))
+    dec = safe_eigh(bb)
+    del bb
+    if dec is None:
+        return None
+    return bx, dec[0].flip(-1).clamp_min(0), dec[1].flip(-1)
 
 
 def _yyt(a: torch.Tensor, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -169,18 +185,14 @@ def _subspace_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: 
 
     Y = [A, X] (A = √β2 · U diag(σ)) is never formed: every product with Y is split into its A and X parts, which
     saves a d × (k+n) copy per axis (13% of a k = 64 step on CPU, where X is often a transposed view) and its
-    memory."""
+    memory; a warm step does not form A either (A Aᵀ = U diag(β2 σ²) Uᵀ)."""
     d, k, n = u.shape[-2], u.shape[-1], x.shape[-1]
     w, l = k + n, subspace_width(d, k, n)
     if l == w:
         return _subspace_exact(u, sig2, rho, x, beta2)
     gen = torch.Generator(device=x.device).manual_seed(20)
-    a = _scaled_sketch(u, sig2, beta2)
-    warm = False
-    if l == d:  # the basis spans R^d: Q = I, B = Y (exact; no range finder, nothing to estimate)
-        ba, bx = a, x
-    elif l > k and bool((sig2[..., -1] > 0).all()):
-        warm = True
+    d2 = (beta2 * sig2).clamp_min(0)                     # β2 σ², A Aᵀ = U diag(β2 σ²) Uᵀ
+    if l > k and bool((sig2[..., -1] > 0).all()):
         # warm: Q = [U, P], U the previous directions (orthonormal: no QR of the d × l basis), P an orthonormal
         # basis of l − k random mixes of X made orthogonal to U, refined by power steps on the part of X outside
         # U, (I − UUᵀ) X Xᵀ (I − UUᵀ): O(d·n·(l−k)) each, where a power step on all of Y Yᵀ costs O(d·(k+n)·l)
@@ -188,9 +200,18 @@ def _subspace_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: 
         p = _orthogonal_to(u, thin_matmul(x, _randn(gen, n, l - k, like=x)), first)
         for passes in later:
             p = _orthogonal_to(u, thin_matmul(x, thin_matmul(x.mT, p)), passes)
-        q = torch.cat([u, p], dim=-1)
+        ritz = _warm_ritz(u, p, sig2, x, beta2)
         del p
+        if ritz is None:
+            return None
+        bx, s2, ub = ritz
+        del ritz
+        a = ba = None
+
+        def a_rows(v: torch.Tensor) -> torch.Tensor:                  # v A Aᵀ for rows v
+            return ((v @ u) * d2.unsqueeze(-2)) @ u.mT
     else:  # a sketch with fewer than k directions: a Gaussian range finder on Y with power steps on Y Yᵀ
+        a = _scaled_sketch(u, sig2, beta2)
         om = _randn(gen, w, l, like=x)
         yo = thin_matmul(a, om[..., :k, :]).add_(thin_matmul(x, om[..., k:, :]))   # Y Ω
         del om
@@ -198,57 +219,78 @@ def _subspace_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: 
         del yo
         for _ in range(SUBSPACE_POWER_STEPS):
             q = qr_q(_yyt(a, x, q))
-    if l < d:  # Rayleigh–Ritz: B = QᵀY = [QᵀA, QᵀX], B Bᵀ = (QᵀA)(QᵀA)ᵀ + (QᵀX)(QᵀX)ᵀ
-        # warm, Q = [U, P] with P ⟂ U: QᵀA = [diag(√β2 σ); 0], taken as such (no l·d·k product). Any B whose
-        # eigenpairs build Z = Y Bᵀ M keeps Ĉ' ≼ Y Yᵀ (module docstring), so rounding in U's orthonormality and
-        # in P ⟂ U cannot break the lower invariant.
-        ba = None if warm else q.mT @ a
-        bx = q.mT @ x
+        ba, bx = q.mT @ a, q.mT @ x                      # B = QᵀY = [QᵀA, QᵀX]
         del q
-    bb = bx @ bx.mT
-    if ba is None:
-        bb[..., :k, :k].diagonal(dim1=-2, dim2=-1).add_((beta2 * sig2).clamp_min(0))
-    else:
+        bb = bx @ bx.mT
         bb += ba @ ba.mT
-    dec = safe_eigh(bb)
-    del bb
-    if dec is None:
-        return None
-    s2, ub = dec[0].flip(-1).clamp_min(0), dec[1].flip(-1)[..., :k]
-    del dec
-    c = s2[..., k] if l > k else torch.zeros_like(rho)
+        dec = safe_eigh(bb)
+        del bb
+        if dec is None:
+            return None
+        s2, ub = dec[0].flip(-1).clamp_min(0), dec[1].flip(-1)
+        del dec
+
+        def a_rows(v: torch.Tensor) -> torch.Tensor:
+            return (v @ a) @ a.mT
+    ub = ub[..., :k]
+    c = s2[..., k]
     top = s2[..., :k]
     keep = top > top[..., :1] * (w * torch.finfo(x.dtype).eps)
     coef = torch.where(keep, (top - c.unsqueeze(-1)).clamp_min(0).sqrt() / torch.where(keep, top, 1.0), 0.0)
     m = ub * coef.unsqueeze(-2)
     del ub
     # Z = Y V_k diag(√(1 − c/sb²)) = Y Bᵀ M = A (QᵀA)ᵀ M + X (QᵀX)ᵀ M, Ĉ' = Z Zᵀ ≼ Y Yᵀ
-    if ba is None:  # A (QᵀA)ᵀ M = U diag(β2 σ²) M[:k]
-        z = thin_matmul(u, (beta2 * sig2).clamp_min(0).unsqueeze(-1) * m[..., :k, :])
+    if ba is None:  # warm: A (QᵀA)ᵀ M = U diag(β2 σ²) M[:k]
+        z = thin_matmul(u, d2.unsqueeze(-1) * m[..., :k, :])
     else:
         z = thin_matmul(a, thin_matmul(ba.mT, m))
     del ba
-    z.add_(thin_matmul(x, thin_matmul(bx.mT, m)))
+    xm = thin_matmul(bx.mT, m)
     del bx, m
-    # Power iteration on Y Yᵀ − Z Zᵀ ≽ 0 with v a row (1 × d): vᵀ Y and (·) Yᵀ are row-times-matrix products,
-    # which BLAS runs at memory speed whatever the layout, where the column form Yᵀ v (a transposed batched
-    # matrix-vector product) ran ~60× slower on CPU (7.9 ms against 0.13 ms for three 1024 × 1024 blocks).
-    # (l = d: the basis spans R^d, the update is exact and there is nothing to estimate)
-    left_out = c
-    if l < d:
-        v = _randn(gen, 1, d, like=x).expand(*z.shape[:-2], 1, d)
-        for _ in range(SUBSPACE_ESTIMATE_STEPS):
-            r = (v @ a) @ a.mT + (v @ x) @ x.mT - (v @ z) @ z.mT
-            v = r / r.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
-        r = (v @ a) @ a.mT + (v @ x) @ x.mT - (v @ z) @ z.mT
-        left_out = torch.maximum((v * r).sum((-2, -1)), c)
-        del v, r
+    if z.dim() == 3 and k > THIN_COLUMNS:  # accumulated by the product itself: no d × k temporary
+        z.baddbmm_(x, xm)
+    else:
+        z.add_(thin_matmul(x, xm))
+    del xm
+
+    def left_out_rows(v: torch.Tensor) -> torch.Tensor:                 # v (Y Yᵀ − Z Zᵀ)
+        return a_rows(v) + (v @ x) @ x.mT - (v @ z) @ z.mT
+
+    lam = _largest_eigenvalue(left_out_rows, _randn(gen, 1, d, like=x).expand(*z.shape[:-2], 1, d),
+                              SUBSPACE_ESTIMATE_STEPS)
     del a
-    spec = _gram_left(z)
+    spec = None if lam is None else _gram_left(z)
     if spec is None:
         return None
     new_sig2, new_u = spec
-    return new_u, new_sig2, beta2 * rho + left_out
+    return new_u, new_sig2, beta2 * rho + torch.maximum(lam, c)
+
+
+def _largest_eigenvalue(rows: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, steps: int
+                        ) -> torch.Tensor | None:
+    """A lower estimate of λmax(M) for M ≽ 0 given as ``rows(v) = v M`` on (…, 1, d) rows: the largest Ritz value
+    of M on the Krylov space span{v, vM, …, vM^(steps−1)} (Lanczos with full reorthogonalisation; Saad 2011,
+    "Numerical methods for large eigenvalue problems", §6.3). It is at most λmax (a Rayleigh–Ritz value on an
+    orthonormal basis) and at least the Rayleigh quotient of every vector of the space, the power iterate
+    v M^(steps−1) among them: as good as ``2·steps`` power steps or better on the spectra FD leaves
+    (tests/test_fd_subspace.py). Row products: vᵀ Y and (·) Yᵀ run at memory speed whatever the layout, where the
+    column form Yᵀ v (a transposed batched matrix-vector product) ran ~60× slower on CPU (7.9 ms against 0.13 ms
+    for three 1024 × 1024 blocks)."""
+    tiny = torch.finfo(v.dtype).tiny
+    basis = v / v.norm(dim=-1, keepdim=True).clamp_min(tiny)
+    images = rows(basis)
+    for _ in range(steps - 1):
+        r = images[..., -1:, :]
+        for _ in range(2):                              # Gram–Schmidt twice, normalising each time
+            r = r - (r @ basis.mT) @ basis
+            r = r / r.norm(dim=-1, keepdim=True).clamp_min(tiny)
+        basis = torch.cat([basis, r], dim=-2)
+        images = torch.cat([images, rows(r)], dim=-2)
+    t = images @ basis.mT                                # Qᵀ M Q (steps × steps)
+    if not bool(torch.isfinite(t.sum())):                # an overflow: the update fails, the sketch is kept
+        return None
+    t = t.double()  # steps × steps: float64 whatever the state dtype (LAPACK has no half-precision eigh)
+    return torch.linalg.eigvalsh((t + t.mT) / 2)[..., -1].to(v.dtype)
 
 
 def fd_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: torch.Tensor, beta2: float,
@@ -257,16 +299,22 @@ def fd_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: torch.T
 
     Returns new (u, sig2, rho); the inputs are not modified. Rank k ≤ d is the column count of ``u``.
     """
-    d, k = u.shape[-2], u.shape[-1]
+    d, k, n = u.shape[-2], u.shape[-1], x.shape[-1]
     if variant == "auto":
-        variant = choose_variant(d, k, x.shape[-1])
-    if variant == "subspace":
+        variant = choose_variant(d, k, n)
+    full = variant == "subspace" and subspace_width(d, k, n) == d < k + n
+    if variant == "subspace" and not full:
         new = _subspace_update(u, sig2, rho, x, beta2)
         return (u, sig2, rho) if new is None else new
-    spec = _left_spectrum(u, sig2, x, beta2, variant)
+    # l = d < k + n: the subspace variant's basis is all of R^d, its Ritz step the eigh of the d × d Gram
+    spec = _left_spectrum(u, sig2, x, beta2, "gram_large" if full else variant)
     if spec is None:
         return u, sig2, rho
     w, left = spec
     c = w[..., k] if w.shape[-1] > k else torch.zeros_like(rho)
     new_sig2 = (w[..., :k] - c.unsqueeze(-1)).clamp_min(0)
-    return left[..., :, :k].contiguous(), new_sig2, beta2 * rho + c
+    new_u = left[..., :, :k].contiguous() if left.shape[-1] > k else left   # (k = d: all of it, no copy)
+    if full:  # directions of (numerically) zero value are zero columns, as the other subspace paths leave them
+        keep = w[..., :k] > w[..., :1] * ((k + n) * torch.finfo(x.dtype).eps)
+        new_u, new_sig2 = new_u * keep.unsqueeze(-2), torch.where(keep, new_sig2, 0.0)
+    return new_u, new_sig2, beta2 * rho + c

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import torch
 
-#: Products A @ B whose B has at most this many columns run as (Bᵀ Aᵀ)ᵀ on CPU.
-THIN_COLUMNS = 64
+from ..calls import THIN_COLUMNS
 
 
 def thin_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
