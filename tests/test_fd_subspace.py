@@ -191,6 +191,7 @@ def test_subspace_jax_keeps_the_lower_invariant_and_tracks_exact_fd():
     ((768, 256, 256), "subspace"),   # 55.7 vs 21.7 ms measured (kernel_variants.md)
     ((1024, 256, 768), "subspace"),  # 288 vs 41 ms
     ((256, 256, 768), "subspace"),   # k = d: l = d, exact FD by the Gram's eigh (16.6 vs 2.8 ms)
+    ((256, 256, 1), "subspace"),     # a 256-vector at k = 256: l = d again, the Gram's eigh
 ])
 def test_auto_picks_the_measured_faster_variant_and_stays_exact_when_small(dims, want):
     """``auto`` without a profile (``choose_variant``): the picks its docstring's measurements call for."""

@@ -85,8 +85,8 @@ SUBSPACE_MIN_FLOPS = 1e8
 
 def choose_variant(d: int, k: int, n: int) -> str:
     """The default (``auto``) FD variant for a d-dimensional sketch of rank k receiving n new columns without a
-    profile. ``subspace`` where its basis holds all of Y (l = k + n: its exact path) and its modelled flops are
-    under 1.25× the exact thin SVD's; ``subspace`` (approximate) where the SVD costs at least
+    profile. ``subspace`` where its basis holds all of Y or of R^d (l = k + n or l = d: its exact paths) and its
+    modelled flops are under 1.25× the exact thin SVD's; ``subspace`` (approximate) where the SVD costs at least
     ``SUBSPACE_MIN_FLOPS`` and the subspace variant under 0.8× its flops; else ``svd`` (thin SVD of the d × (k+n)
     matrix Y, the accurate exact variant at every shape: the Gram variants square the conditioning,
     ``PLANNED_VARIANTS``). The margins are measured: LAPACK's SVD runs at a fraction of the gemm and eigh rate the
@@ -96,7 +96,7 @@ def choose_variant(d: int, k: int, n: int) -> str:
     FD). With a profile the planner picks the
     measured fastest of ``PLANNED_VARIANTS`` instead (``profiles.cost.CostModel.step``)."""
     sub, svd = flops("fd_update", "subspace", (d, k, n)), flops("fd_update", "svd", (d, k, n))
-    if subspace_width(d, k, n) == k + n:
+    if subspace_width(d, k, n) in (k + n, d):  # its exact paths
         return "subspace" if 4 * sub < 5 * svd else "svd"
     if svd >= SUBSPACE_MIN_FLOPS and 5 * sub < 4 * svd:
         return "subspace"
