@@ -213,3 +213,50 @@ def test_auto_on_a_small_update_is_exact_fd():
         ref = fd_reference.sketch(ru, rs)
         assert np.linalg.norm(fd_reference.sketch(u[0].numpy(), sig2[0].numpy()) - ref) <= 1e-9 * np.linalg.norm(ref)
         assert rho.item() == pytest.approx(rr, rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exact_path_with_new_columns_inside_the_sketch(dtype):
+    """The exact path (l = k + n) when a new column lies in span(U), or in the span of the other new columns: the
+    part of X outside U then has lower rank than n, and QR of its rounding noise gives a unit vector that is not
+    orthogonal to U. Seen in training (a bias whose gradient was constant across its entries): U' came out with
+    two parallel columns and the sketch 40% too large. Against the float64 reference: same sketch, U orthonormal
+    where σ² > 0 and zero elsewhere."""
+    rng = np.random.default_rng()
+    d, k = 12, 4
+    u, sig2, rho = (torch.zeros(1, d, k, dtype=dtype), torch.zeros(1, k, dtype=dtype), torch.zeros(1, dtype=dtype))
+    ru, rs, rr = np.zeros((d, k)), np.zeros(k), 0.0
+    first = rng.standard_normal((d, 1))
+    for x in (first, 3.0 * first, np.hstack([rng.standard_normal((d, 1)), first])):  # in span(U) from step 2
+        if x.shape[1] == 2:
+            x = np.hstack([x, 2.0 * x[:, :1]])   # three columns, two parallel: rank 2 outside U at most
+        assert subspace_width(d, k, x.shape[1]) == k + x.shape[1]  # the exact path
+        u, sig2, rho = fd_update(u, sig2, rho, torch.from_numpy(x).to(dtype)[None], 0.99, "subspace")
+        ru, rs, rr = fd_reference.fd_step(ru, rs, rr, x, 0.99)
+        ref = fd_reference.sketch(ru, rs)
+        gu, gs = u[0].double().numpy(), sig2[0].double().numpy()
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        assert np.linalg.norm(fd_reference.sketch(gu, gs) - ref) <= tol * np.linalg.norm(ref)
+        np.testing.assert_allclose(gu.T @ gu, np.diag((gs > 0).astype(float)), atol=10 * tol)
+
+
+def test_exact_path_with_new_columns_inside_the_sketch_jax():
+    """The JAX twin of the test above (float64)."""
+    jax = pytest.importorskip("jax")
+    from sketchplan.kernels.jax import frequent_directions as jfd
+
+    rng = np.random.default_rng()
+    d, k = 12, 4
+    with jax.enable_x64(True):
+        import jax.numpy as jnp
+
+        u, sig2, rho = jnp.zeros((1, d, k)), jnp.zeros((1, k)), jnp.zeros((1,))
+        ru, rs, rr = np.zeros((d, k)), np.zeros(k), 0.0
+        first = rng.standard_normal((d, 1))
+        for x in (first, 3.0 * first, np.hstack([rng.standard_normal((d, 1)), first, 2.0 * first])):
+            u, sig2, rho = jfd.fd_update(u, sig2, rho, jnp.asarray(x[None]), 0.99, "subspace")
+            ru, rs, rr = fd_reference.fd_step(ru, rs, rr, x, 0.99)
+            ref = fd_reference.sketch(ru, rs)
+            gu, gs = np.asarray(u[0], np.float64), np.asarray(sig2[0], np.float64)
+            assert np.linalg.norm(fd_reference.sketch(gu, gs) - ref) <= 1e-12 * np.linalg.norm(ref)
+            np.testing.assert_allclose(gu.T @ gu, np.diag((gs > 0).astype(float)), atol=1e-10)

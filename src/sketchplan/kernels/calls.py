@@ -149,7 +149,8 @@ def flops(kernel: str, variant: str, dims: tuple[int, ...]) -> float:
     are rarer): X Ω (2dnm), per orthogonalisation to U its Gram–Schmidt passes (4dkm each) and a QR of d × m
     (4dm²), per power step X(XᵀP) (4dnm), QᵀX (2dnl), its Gram (2nl²) and the eigh (9l³), (QᵀX)ᵀM (2nlk),
     Z = U(·) + X(·) (2dk² + 2dnk), the estimate's Krylov steps of v(YYᵀ − ZZᵀ) (4dn + 8dk each), ZᵀZ (2dk²), its
-    eigh (9k³), Z V (2dk²); when l = k + n (the exact path) orth(X ⟂ U) (8dkn + 4dn²), QᵀX (2dwn), its Gram
+    eigh (9k³), Z V (2dk²); when l = k + n (the exact path) X's part outside U (three Gram–Schmidt passes, 12dkn,
+    and a QR, 4dn²), QᵀX (2dwn), its Gram
     (2w²n) and eigh (9w³), U' = Q ub_k (2dwk); when l = d < k + n, ``gram_large``.
     Newton–Schulz on m × n (m ≤ n): per iteration XXᵀ (2m²n), A² (2m³) and (bA + cA²)X (2m²n).
     """
@@ -171,7 +172,7 @@ def flops(kernel: str, variant: str, dims: tuple[int, ...]) -> float:
         if variant == "subspace":
             ll = subspace_width(d, k, n)
             if ll == w:  # exact path: orth(X ⟂ U), QᵀX, its Gram, the eigh, Q ub
-                return 8.0 * d * k * n + 4.0 * d * n * n + 2.0 * d * w * n + 2.0 * w * w * n + 9.0 * w**3 \
+                return 12.0 * d * k * n + 4.0 * d * n * n + 2.0 * d * w * n + 2.0 * w * w * n + 9.0 * w**3 \
                     + 2.0 * d * w * k
             if ll == d:  # Q = I: the Ritz step is the d × d Gram's eigh
                 return flops(kernel, "gram_large", dims)

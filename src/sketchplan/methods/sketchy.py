@@ -22,8 +22,8 @@ from .blocking import MatrixPlan, cached_plan
 from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor
 from .step_calls import matrix_frame_calls, unfold_copies
-from .transients import (FINITE_CHECK, Live, matrix_step, mode_products, qr_transients, replayed, safe_eigh,
-                         svd_scratch_bytes, unfold_copy)
+from .transients import (FINITE_CHECK, Live, matrix_step, mode_products, qr_pair_transients, qr_transients, replayed,
+                         safe_eigh, svd_scratch_bytes, unfold_copy)
 
 NAME = "sketchy"
 MATRIX = True
@@ -111,6 +111,43 @@ def _orthogonal_to_transients(live: Live, c: int, d: int, k: int, m: int, sb: in
     return q
 
 
+def _outside_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> int:
+    """``frequent_directions._outside`` of (c, d, m) columns: two Gram–Schmidt passes (Uᵀ R, U(·), R − ·; the
+    argument held by the caller), QR with R kept, the residual freed, the tolerance (‖x_j‖, scaled), |diag R| and
+    the mask, R and the tolerance freed, a third pass on Q, then the norms, their reciprocals masked and Q scaled.
+    Returns P's bytes."""
+    r = 0
+    for _ in range(2):
+        t1 = live.alloc(c * k * m * sb)
+        t2 = live.alloc(c * d * m * sb)
+        live.free(t1)
+        new = live.alloc(c * d * m * sb)
+        live.free(t2 + r)
+        r = new
+    qr = qr_pair_transients(live, c, d, m, sb)
+    q, rr = c * d * m * sb, qr - c * d * m * sb
+    live.free(r)
+    nrm = live.alloc(c * m * sb)                         # ‖x_j‖
+    tol = live.alloc(c * m * sb)                         # · max(d, m) eps
+    live.free(nrm)
+    ab = live.alloc(c * m * sb)                          # |diag R|
+    keep = live.alloc(c * m)
+    live.free(ab + rr + tol)
+    t1 = live.alloc(c * k * m * sb)                      # the third pass on Q
+    t2 = live.alloc(c * d * m * sb)
+    live.free(t1)
+    q2 = live.alloc(c * d * m * sb)
+    live.free(t2 + q)
+    nrm = live.alloc(c * m * sb)                         # ‖q_j‖, 1/·, masked
+    inv = live.alloc(c * m * sb)
+    live.free(nrm)
+    scale = live.alloc(c * m * sb)
+    live.free(inv)
+    p = live.alloc(c * d * m * sb)
+    live.free(scale + q2 + keep)
+    return p
+
+
 def _omega(live: Live, rows: int, cols: int, sb: int) -> int:
     """A Gaussian draw (rows × cols) made in float32 and cast to the state dtype (the draw then freed)."""
     om = live.alloc(rows * cols * 4)
@@ -173,9 +210,9 @@ def _warm_ritz_transients(live: Live, c: int, k: int, m: int, ll: int, sb: int) 
 
 
 def subspace_exact_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> int:
-    """``frequent_directions._subspace_exact`` (l = k + m): P = orth(X ⟂ U), the Ritz step from QᵀX, the mask,
+    """``frequent_directions._subspace_exact`` (l = k + m): P (``_outside``), the Ritz step from QᵀX, the mask,
     U ub_k + P ub'_k masked, σ² − c and β2 ρ + c. Returns the new sketch's bytes (U, σ², ρ)."""
-    p = _orthogonal_to_transients(live, c, d, k, m, sb, own=False)
+    p = _outside_transients(live, c, d, k, m, sb)
     bx, s2, ub = _warm_ritz_transients(live, c, k, m, k + m, sb)
     tmp = live.alloc(c * sb)                             # s²₁ · tolerance
     keep = live.alloc(c * k)

@@ -272,6 +272,21 @@ def qr_transients(live: Live, count: int, rows: int, cols: int, sb: int) -> int:
     return q
 
 
+def qr_pair_transients(live: Live, count: int, rows: int, cols: int, sb: int) -> int:
+    """``roots.qr_pair``: Q (rows × min) and R (min × cols), both kept; a half-precision input is factored in
+    float32 — its copy, the float32 pair, the copy dropped, Q and R cast back, the pair dropped. Returns the bytes
+    of Q and R."""
+    m = min(rows, cols)
+    if sb >= 4:
+        return live.alloc(count * rows * m * sb + count * m * cols * sb)
+    copy = live.alloc(count * rows * cols * 4)
+    pair = live.alloc(count * rows * m * 4 + count * m * cols * 4)
+    live.free(copy)
+    out = live.alloc(count * rows * m * sb) + live.alloc(count * m * cols * sb)
+    live.free(pair)
+    return out
+
+
 def safe_eigh(live: Live, count: int, d: int, sb: int) -> int:
     """``roots.safe_eigh`` of (count, d, d) matrices in a dtype of ``sb`` bytes, the float64 retry included (the
     float32 attempt raised, its outputs dropped): the float64 copy and eigenpairs (16·d² bytes at once), then

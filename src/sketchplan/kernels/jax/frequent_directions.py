@@ -71,10 +71,22 @@ def _warm_ritz(u, p, sig2, x, beta2: float):
     return bx, jnp.maximum(jnp.flip(s2, -1), 0), jnp.flip(ub, -1)
 
 
+def _outside(u, x):
+    """Orthonormal basis of X's part outside span(U), rounding-level columns zeroed (torch's ``_outside``)."""
+    r = x
+    for _ in range(2):
+        r = r - u @ (_mT(u) @ r)
+    q, rr = jnp.linalg.qr(r)
+    tol = jnp.linalg.norm(x, axis=-2) * (max(x.shape[-2], x.shape[-1]) * jnp.finfo(x.dtype).eps)
+    keep = jnp.abs(jnp.diagonal(rr, axis1=-2, axis2=-1)) > tol
+    q = q - u @ (_mT(u) @ q)
+    return q * jnp.where(keep, 1 / jnp.linalg.norm(q, axis=-2), 0)[..., None, :]
+
+
 def _subspace_exact(u, sig2, rho, x, beta2: float):
     """The exact path of the ``subspace`` variant (l = k + n; ``kernels.torch.frequent_directions``'s twin)."""
     k = u.shape[-1]
-    p = _orthogonal_to(u, x)
+    p = _outside(u, x)
     _, s2, ub = _warm_ritz(u, p, sig2, x, beta2)
     c = s2[..., k]
     top = s2[..., :k]

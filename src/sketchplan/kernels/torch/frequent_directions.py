@@ -62,7 +62,7 @@ import torch
 from ..calls import (FD_VARIANTS, SUBSPACE_ESTIMATE_STEPS, SUBSPACE_POWER_STEPS, THIN_COLUMNS, choose_variant,
                      subspace_gs_passes, subspace_width)
 from .products import thin_matmul
-from .roots import qr_q, safe_eigh
+from .roots import qr_pair, qr_q, safe_eigh
 
 __all__ = ["FD_VARIANTS", "choose_variant", "fd_update"]
 
@@ -144,7 +144,7 @@ def _subspace_exact(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: t
     QᵀX = [UᵀX; PᵀX], so B Bᵀ is diag(β2 σ², 0) + (QᵀX)(QᵀX)ᵀ: O(d·k·n + d·n² + (k+n)³ + d·(k+n)·k) with no
     d × (k+n) copy of Y or Q (for a vector, n = 1, the eigh of the (k+1)² matrix and U' are the work)."""
     k = u.shape[-1]
-    p = _orthogonal_to(u, x)
+    p = _outside(u, x)
     ritz = _warm_ritz(u, p, sig2, x, beta2)
     if ritz is None:
         return None
@@ -154,6 +154,24 @@ def _subspace_exact(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: t
     keep = top > top[..., :1] * (s2.shape[-1] * torch.finfo(x.dtype).eps)
     new_u = thin_matmul(u, ub[..., :k, :k]).add_(thin_matmul(p, ub[..., k:, :k])) * keep.unsqueeze(-2)
     return new_u, torch.where(keep, top - c.unsqueeze(-1), 0.0), beta2 * rho + c
+
+
+def _outside(u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis P of the part of X (d × n) outside span(U), for the exact path, where U' = Q ub_k needs
+    Q = [U, P] orthonormal: Gram–Schmidt twice, then QR, with the columns whose R diagonal is at rounding level
+    (|R_jj| ≤ max(d, n)·eps·‖x_j‖: a new column inside span(U), or inside the span of the earlier ones) made zero
+    — QR scales such a column's rounding noise to a unit vector that is not orthogonal to U. A third pass removes
+    from the kept columns what rounding left along U, and they are normalised again."""
+    r = x
+    for _ in range(2):
+        r = r - thin_matmul(u, thin_matmul(u.mT, r))
+    q, rr = qr_pair(r)
+    del r
+    tol = x.norm(dim=-2) * (max(x.shape[-2], x.shape[-1]) * torch.finfo(x.dtype).eps)
+    keep = rr.diagonal(dim1=-2, dim2=-1).abs() > tol
+    del rr, tol
+    q = q - thin_matmul(u, thin_matmul(u.mT, q))
+    return q * torch.where(keep, q.norm(dim=-2).reciprocal(), 0.0).unsqueeze(-2)
 
 
 def _warm_ritz(u: torch.Tensor, p: torch.Tensor, sig2: torch.Tensor, x: torch.Tensor, beta2: float
@@ -230,7 +248,7 @@ def _subspace_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: 
         s2, ub = dec[0].flip(-1).clamp_min(0), dec[1].flip(-1)
         del dec
 
-        def a_rows(v: torch.Tensor) -> torch.Tensor:
+        def a_rows(v: torch.Tensor, a: torch.Tensor = a) -> torch.Tensor:
             return (v @ a) @ a.mT
     ub = ub[..., :k]
     c = s2[..., k]
@@ -253,12 +271,12 @@ def _subspace_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: 
         z.add_(thin_matmul(x, xm))
     del xm
 
-    def left_out_rows(v: torch.Tensor) -> torch.Tensor:                 # v (Y Yᵀ − Z Zᵀ)
-        return a_rows(v) + (v @ x) @ x.mT - (v @ z) @ z.mT
+    def left_out_rows(v: torch.Tensor, a_rows: Callable[[torch.Tensor], torch.Tensor] = a_rows) -> torch.Tensor:
+        return a_rows(v) + (v @ x) @ x.mT - (v @ z) @ z.mT               # v (Y Yᵀ − Z Zᵀ)
 
     lam = _largest_eigenvalue(left_out_rows, _randn(gen, 1, d, like=x).expand(*z.shape[:-2], 1, d),
                               SUBSPACE_ESTIMATE_STEPS)
-    del a
+    del a, a_rows, left_out_rows                          # (cold: A, which the row products held, is freed)
     spec = None if lam is None else _gram_left(z)
     if spec is None:
         return None
@@ -304,7 +322,10 @@ def fd_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: torch.T
         variant = choose_variant(d, k, n)
     full = variant == "subspace" and subspace_width(d, k, n) == d < k + n
     if variant == "subspace" and not full:
-        new = _subspace_update(u, sig2, rho, x, beta2)
+        try:
+            new = _subspace_update(u, sig2, rho, x, beta2)
+        except RuntimeError:  # a QR LAPACK could not do (torch.linalg.LinAlgError): the sketch is kept, as below
+            new = None
         return (u, sig2, rho) if new is None else new
     # l = d < k + n: the subspace variant's basis is all of R^d, its Ritz step the eigh of the d × d Gram
     spec = _left_spectrum(u, sig2, x, beta2, "gram_large" if full else variant)

@@ -51,6 +51,16 @@ def qr_q(a: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(a).Q
 
 
+def qr_pair(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q and R of the reduced QR factorisation of ``a`` (..., m, n), in ``a``'s dtype (half precision factored in
+    float32, as ``qr_q``). Memory (``methods.transients.qr_pair_transients``): both kept."""
+    if a.dtype in (torch.bfloat16, torch.float16):
+        q, r = torch.linalg.qr(a.float())
+        return q.to(a.dtype), r.to(a.dtype)
+    q, r = torch.linalg.qr(a)
+    return q, r
+
+
 def regularize(w: torch.Tensor, eps: float, mode: str = "absolute") -> torch.Tensor:
     """Eigenvalues ``w`` (..., d) of a PSD statistic made safe for a negative power (``OptimizerDefaults.
     epsilon_mode``): ``absolute`` max(λ, 0) + ε; ``relative`` max(λ, 0) + ε·λ_max (ε when λ_max ≤ 0);
