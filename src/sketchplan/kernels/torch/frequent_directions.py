@@ -39,8 +39,8 @@ ZᵀZ (the ``gram_small`` step). Guarantee: the lower half of the invariant, 0 �
 rounding); the upper half, C_t − Ĉ_t ≼ ρ_t I, holds up to Σ_s β2^(t−s) e_s where e_s ≥ 0 is the estimate's
 shortfall λmax(Y Yᵀ − Z Zᵀ) − max(c, λ̂) at step s (measured against float64 exact FD in
 ``tests/test_fd_subspace.py``). Two shapes make the variant exact FD: when the basis can hold all of Y (l = k + N:
-a vector's sketch, or a few new columns), Q = [U, P] with P = orth(X ⟂ U) spans Y, B Bᵀ = diag(β2 σ², 0) +
-(QᵀX)(QᵀX)ᵀ is formed from QᵀX alone, U' = Q ub_k, σ'² = sb²_k − c, and no estimate is needed; when it is all of
+a vector's sketch, or a few new columns), Q = [U, P] with P an orthonormal basis of X's part outside U (zero
+columns where that part is rounding noise) spans Y, B Bᵀ = diag(β2 σ², 0) + (QᵀX)(QᵀX)ᵀ is formed from QᵀX alone, U' = Q ub_k, σ'² = sb²_k − c, and no estimate is needed; when it is all of
 R^d (l = d < k + N: an axis of at most k + max(8, k/16) entries), Q = I and the Ritz step is ``gram_large``'s
 eigh of the d × d Gram. The random matrices come from a generator with a fixed seed, so an update is
 deterministic.
@@ -138,7 +138,7 @@ def _orthogonal_to(u: torch.Tensor, p: torch.Tensor, passes: int = 2) -> torch.T
 
 def _subspace_exact(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: torch.Tensor, beta2: float
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """The ``subspace`` variant where its basis holds all of Y (l = k + n): Q = [U, P], P = orth(X ⟂ U), spans Y,
+    """The ``subspace`` variant where its basis holds all of Y (l = k + n): Q = [U, P], P = ``_outside(U, X)``, spans Y,
     so the Ritz pairs of B = QᵀY are Y's exact singular pairs and the update is exact FD: U' = Q ub_k,
     σ'² = sb²_k − c, c = sb²_{k+1}, no estimate. B is taken from its structure, QᵀA = [diag(√β2 σ); 0] and
     QᵀX = [UᵀX; PᵀX], so B Bᵀ is diag(β2 σ², 0) + (QᵀX)(QᵀX)ᵀ: O(d·k·n + d·n² + (k+n)³ + d·(k+n)·k) with no
