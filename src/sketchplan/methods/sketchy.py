@@ -93,6 +93,17 @@ def gram_left_transients(live: Live, c: int, d: int, r: int, sb: int) -> int:
     return values + left
 
 
+def _gs_pass_transients(live: Live, c: int, d: int, k: int, m: int, sb: int, p: int) -> int:
+    """One Gram–Schmidt pass of (c, d, m) columns against U (``frequent_directions._project_out``): Uᵀ P, U(·)
+    and P − ·, then the previous P's ``p`` bytes freed (0: its caller holds it). Returns the new P's bytes."""
+    t1 = live.alloc(c * k * m * sb)
+    t2 = live.alloc(c * d * m * sb)
+    live.free(t1)
+    new = live.alloc(c * d * m * sb)
+    live.free(t2 + p)
+    return new
+
+
 def _orthogonal_to_transients(live: Live, c: int, d: int, k: int, m: int, sb: int, own: bool,
                               passes: int = 2) -> int:
     """``frequent_directions._orthogonal_to`` of (c, d, m) columns: per Gram–Schmidt pass (``passes``) Uᵀ P,
@@ -100,12 +111,7 @@ def _orthogonal_to_transients(live: Live, c: int, d: int, k: int, m: int, sb: in
     (Q kept, R spiked) and the last P freed. Returns Q's bytes."""
     p = c * d * m * sb if own else 0
     for _ in range(passes):
-        t1 = live.alloc(c * k * m * sb)
-        t2 = live.alloc(c * d * m * sb)
-        live.free(t1)
-        new = live.alloc(c * d * m * sb)
-        live.free(t2 + p)
-        p = new
+        p = _gs_pass_transients(live, c, d, k, m, sb, p)
     q = qr_transients(live, c, d, m, sb)
     live.free(p)
     return q
@@ -118,12 +124,7 @@ def _outside_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> 
     Returns P's bytes."""
     r = 0
     for _ in range(2):
-        t1 = live.alloc(c * k * m * sb)
-        t2 = live.alloc(c * d * m * sb)
-        live.free(t1)
-        new = live.alloc(c * d * m * sb)
-        live.free(t2 + r)
-        r = new
+        r = _gs_pass_transients(live, c, d, k, m, sb, r)
     qr = qr_pair_transients(live, c, d, m, sb)
     q, rr = c * d * m * sb, qr - c * d * m * sb
     live.free(r)
@@ -133,11 +134,7 @@ def _outside_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> 
     ab = live.alloc(c * m * sb)                          # |diag R|
     keep = live.alloc(c * m)
     live.free(ab + rr + tol)
-    t1 = live.alloc(c * k * m * sb)                      # the third pass on Q
-    t2 = live.alloc(c * d * m * sb)
-    live.free(t1)
-    q2 = live.alloc(c * d * m * sb)
-    live.free(t2 + q)
+    q2 = _gs_pass_transients(live, c, d, k, m, sb, q)    # the third pass, on Q
     nrm = live.alloc(c * m * sb)                         # ‖q_j‖, 1/·, masked
     inv = live.alloc(c * m * sb)
     live.free(nrm)
