@@ -17,8 +17,7 @@ from torch.distributed._tools.mem_tracker import MemTracker
 
 from sketchplan.build import build_optimizer
 from sketchplan.errors import UserError
-from sketchplan.methods import METHOD_MODULES, MethodConfig, OptimizerDefaults
-from sketchplan.methods.adam import group_workspace_bytes
+from sketchplan.methods import MethodConfig, OptimizerDefaults, group_workspace_bytes
 from sketchplan.planner import make_plan, uniform_plan
 from sketchplan.planner.activations import preset_inputs, trace_activations
 
@@ -64,11 +63,9 @@ def _replay_vs_tracker(shapes, cfg, dtype, opts=None):
     opts = opts or OptimizerDefaults(precondition_frequency=2)
     measured = measured_step_transients(shapes, cfg, dtype, opts, steps=3)
     dt = str(dtype).replace("torch.", "")
-    if cfg.method == "adam":
-        predicted = group_workspace_bytes([(tuple(s), dt) for s in shapes], cfg, opts)
-    else:
-        predicted = max(METHOD_MODULES[cfg.method].workspace_bytes(tuple(s), cfg, opts, dt, scratch=False)
-                        for s in shapes)
+    # the group's figure: Adam's multi-tensor chunks, the matrix methods' kernels batched across tensors
+    # (``methods.batching``) or their largest tensor's step
+    predicted = group_workspace_bytes([(tuple(s), dt) for s in shapes], cfg, opts, scratch=False)
     return predicted, measured
 
 

@@ -100,9 +100,10 @@ def clear_caches() -> None:
     """Empty every memo of the method facts (workspaces, replay steps, matrix plans and partitions). Answers never
     depend on them; a test session clears them so that it runs the code under test, not answers remembered by
     the process it was forked from (mutmut forks each mutant's session from one that ran the original code)."""
-    from . import blocking, transients
+    from . import batching, blocking, transients
 
     _workspace_of.cache_clear()
+    batching.group_batches.cache_clear()
     blocking.cached_plan.cache_clear()
     blocking.cached_partition.cache_clear()
     transients.clear_memos()
@@ -123,13 +124,19 @@ def group_workspace_bytes(tensors: list[tuple[tuple[int, ...], str]], cfg: Metho
                           scratch: bool = True) -> int:
     """High-water mark of one step of a param group of (shape, parameter dtype) tensors that share ``cfg``.
 
-    Adam steps the group with multi-tensor kernels (``adam.group_workspace_bytes``); the other methods step
-    tensor after tensor, so the group's figure is its largest tensor's, or the sanitising pass over the group
+    Adam steps the group with multi-tensor kernels (``adam.group_workspace_bytes``); Shampoo and Sketchy batch
+    their roots or FD updates across tensors where blocks share a problem size (their ``group_workspace_bytes``,
+    ``batching``); the other methods, and those otherwise, step tensor after tensor, so the group's figure is its largest tensor's, or the sanitising pass over the group
     (a float32 sum per tensor, their stack and flags: at most 16 bytes per tensor) when that is larger; so do
     all methods, Adam included, with compressed state (``optimizers.torch.base``: decoded one tensor at a time).
     """
     if cfg.method == "adam" and not is_compressed(cfg):
         return adam.group_workspace_bytes([(tuple(int(d) for d in s), dt) for s, dt in tensors], cfg, opts)
+    batched = getattr(METHOD_MODULES[cfg.method], "group_workspace_bytes", None)
+    if batched is not None and not is_compressed(cfg):  # kernels batched across the tensors (``batching``)
+        ws = batched([(_dims(s), dt) for s, dt in tensors], cfg, opts, scratch)
+        if ws is not None:
+            return ws
     return max([16 * len(tensors)] + [workspace_of(s, cfg, opts, dt, scratch) for s, dt in tensors])
 
 

@@ -18,6 +18,9 @@ kept_rank = shampoo.kept_rank
 
 
 initial_identity = shampoo.initial_identity
+batches = shampoo.batches
+plan_for = shampoo.plan_for
+group_workspace_bytes = shampoo.group_workspace_bytes
 
 
 def grid(ranks: tuple[int, ...], block_sizes: tuple[int, ...]) -> list[dict]:

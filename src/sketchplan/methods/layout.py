@@ -197,6 +197,10 @@ class OptimizerDefaults(BaseModel):
     - ``fd_variant``: Sketchy's FD-update kernel (``kernels.torch.frequent_directions``); ``auto`` is ``subspace``
       (warm-started subspace iteration, O(d·(k+n)·k)) where its flops are under 0.7× the thin SVD's, else ``svd``
       (accurate; the Gram variants square the conditioning and run only when named).
+    - ``batch_blocks``: whether the blocks of different tensors of a param group whose factor problems have the
+      same size share one batched kernel call (Sketchy's FD updates, Shampoo's eigh roots: ``methods.batching``):
+      ``auto`` caps a call at the blocks its largest member brings (so its inputs and workspace are at most that
+      member's own), ``all`` makes one call per problem size, ``none`` steps tensor by tensor.
     - ``lion_betas``: Lion's (β1, β2) (Chen et al. 2023: 0.9, 0.99); Lion's step is lr · lion_lr_ratio.
     - ``muon_momentum`` (μ, 0.95), ``ns_steps`` (5): Muon's momentum and Newton–Schulz iterations; Muon's step is
       lr · 0.2·√max(m, n) (Liu et al. 2025, "Muon is scalable": matches AdamW's update RMS, so it shares lr and
@@ -228,6 +232,7 @@ class OptimizerDefaults(BaseModel):
     root_method: Literal["eigh", "newton"] = "eigh"
     fd_variant: Literal["auto", "svd", "gram_small", "gram_large", "qr_svd", "subspace"] = "auto"
     epsilon_mode: Literal["absolute", "relative", "shift"] = "relative"
+    batch_blocks: Literal["auto", "all", "none"] = "auto"
     # issue 19 part A: Lion and Muon
     lion_betas: tuple[float, float] = (0.9, 0.99)
     lion_lr_ratio: float = Field(default=0.3, gt=0)

@@ -17,14 +17,16 @@ Full Shampoo is blocked Shampoo with B = ∞. Implementations: ``optimizers.torc
 from __future__ import annotations
 
 import math
+import sys
 
 from ..kernels.calls import KernelCall, gemm, pointwise
 from .blocking import MatrixPlan, cached_plan
 from .common import diagonal_tail
-from .layout import MethodConfig, OptimizerDefaults, StateTensor
+from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
 from .packing import packed_numel
+from .batching import budget_bytes, group_batches, may_batch, root_batches, shares_calls, within
 from .step_calls import matrix_frame_calls, unfold_copies
-from .transients import Live, eigh_roots, matrix_step, mode_products, replayed, unfolds
+from .transients import Live, batched_group, eigh_roots, matrix_step, mode_products, replayed, root_batch, unfolds
 
 NAME = "shampoo"
 #: Kronecker-factored: takes graft and momentum options (``planner.candidates``).
@@ -124,6 +126,42 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
     refresh = newton_roots if opts.root_method == "newton" else eigh_roots
     return matrix_step(shape, plan_for(shape, cfg, opts), cfg, opts, param_dtype, scratch,
                        stats=stats_transients, refresh=refresh, precondition=precondition_transients)
+
+
+def batches(plans: list[MatrixPlan | None], cfg: MethodConfig, opts: OptimizerDefaults,
+            tensors: list[tuple[tuple[int, ...], str]]) -> list:
+    """The inverse roots one batched eigh computes for several tensors (``methods.batching.root_batches``;
+    ``tensors``: the group's (shape, parameter dtype), whose one-tensor steps bound ``auto``'s calls); none with
+    Newton roots, whose iteration counts differ per matrix."""
+    if opts.root_method != "eigh":
+        return []
+    if opts.batch_blocks == "all":
+        return root_batches(plans)
+    sb = dtype_bytes(opts.state_dtype)
+
+    def replay(key: tuple, members: tuple) -> int:
+        live = Live(scratch=False)
+        root_batch(live, key[0], sum(m.count for m in members), len(members), sb)
+        return live.peak
+
+    budget = budget_bytes(tensors, lambda s, dt: workspace_bytes(s, cfg, opts, dt, False))
+    return root_batches(plans, within(budget, replay, lambda key, count: count * key[0] ** 2 * sb))
+
+
+def group_workspace_bytes(tensors: list[tuple[tuple[int, ...], str]], cfg: MethodConfig, opts: OptimizerDefaults,
+                          scratch: bool = True) -> int | None:
+    """High-water mark of a param group's step when its roots are refreshed in batched calls across tensors
+    (``transients.batched_group``); None when the group steps tensor by tensor (``methods.batching``)."""
+    if not may_batch(len(tensors), cfg, opts):
+        return None
+    found = group_batches(sys.modules[__name__], tuple(s for s, _ in tensors), tuple(dt for _, dt in tensors),
+                          (True,) * len(tensors), cfg, opts)
+    if not shares_calls(found):
+        return None
+    sb = dtype_bytes(opts.state_dtype)
+    return batched_group(tensors, [plan_for(s, cfg, opts) for s, _ in tensors], cfg, opts, scratch, kernel="roots",
+                         batches=found, batch=lambda live, b: root_batch(live, b.key[0], b.count, len(b.members), sb),
+                         stats=stats_transients, precondition=precondition_transients)
 
 
 def apply_roots_calls(mp: MatrixPlan) -> list[KernelCall]:

@@ -15,15 +15,17 @@ Implementations: ``optimizers.torch.sketchy``, ``optimizers.jax.sketchy``.
 from __future__ import annotations
 
 import math
+import sys
 
 from ..kernels.calls import SUBSPACE_ESTIMATE_STEPS, SUBSPACE_POWER_STEPS, THIN_COLUMNS, KernelCall, choose_variant, \
     pointwise, subspace_gs_passes, subspace_width
+from .batching import budget_bytes, fd_batches, group_batches, may_batch, shares_calls, within
 from .blocking import MatrixPlan, cached_plan
 from .common import diagonal_tail, stats_weights
-from .layout import MethodConfig, OptimizerDefaults, StateTensor
+from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
 from .step_calls import matrix_frame_calls, unfold_copies
-from .transients import (FINITE_CHECK, Live, matrix_step, mode_products, qr_pair_transients, qr_transients, replayed,
-                         safe_eigh, svd_scratch_bytes, unfold_copy)
+from .transients import (FINITE_CHECK, Live, batched_group, matrix_step, mode_products, qr_pair_transients,
+                         qr_transients, replayed, safe_eigh, svd_scratch_bytes, unfold_copy)
 
 NAME = "sketchy"
 MATRIX = True
@@ -561,6 +563,61 @@ def workspace_bytes(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDe
     upper bounds, invisible to tensor-level trackers)."""
     return matrix_step(shape, plan_for(shape, cfg, opts), cfg, opts, param_dtype, scratch,
                        stats=stats_transients(cfg, opts), refresh=None, precondition=precondition_transients(cfg))
+
+
+def batches(plans: list[MatrixPlan | None], cfg: MethodConfig, opts: OptimizerDefaults,
+            tensors: list[tuple[tuple[int, ...], str]]) -> list:
+    """The FD updates one batched call makes for several tensors (``methods.batching.fd_batches``; ``tensors``:
+    the group's (shape, parameter dtype), whose one-tensor steps bound ``auto``'s calls)."""
+    if opts.batch_blocks == "all":
+        return fd_batches(plans, cfg.rank)
+    sb = dtype_bytes(opts.state_dtype)
+
+    def replay(key: tuple, members: tuple) -> int:
+        live = Live(scratch=False)
+        fd_batch(live, key, members, plans, tensors, sb, opts.fd_variant)
+        return live.peak
+
+    budget = budget_bytes(tensors, lambda s, dt: workspace_bytes(s, cfg, opts, dt, False))
+    return fd_batches(plans, cfg.rank, within(budget, replay, lambda key, count: count * key[0] * key[2] * sb))
+
+
+def member_blocks_copied(mp: MatrixPlan) -> bool:
+    """Whether ``SketchyRule.run_batch`` stacks a member's blocks (a copy) before unfolding them: unless the
+    tensor is one block, which is the merged gradient itself."""
+    return not (len(mp.groups) == 1 and mp.groups[0][1] == 1)
+
+
+def fd_batch(live: Live, key: tuple, members: tuple, plans: list, tensors: list, sb: int, variant: str) -> None:
+    """``SketchyRule.run_batch``: the members' unfoldings copied into one (count, d, m) stack (scaled in place
+    when β2 < 1), each member's blocks stacked in its gradient's dtype on the way (one member at a time), the
+    sketches stacked (copies when there are several members), the FD update, each member's slice copied back."""
+    d, k, m = key
+    count = sum(mm.count for mm in members)
+    x = live.alloc(count * d * m * sb)
+    for mm in members:
+        if member_blocks_copied(plans[mm.tensor]):
+            live.spike(mm.count * d * m * dtype_bytes(tensors[mm.tensor][1]))
+    stacked = live.alloc(count * (d * k + k + 1) * sb) if len(members) > 1 else 0
+    new = fd_transients(live, count, d, k, m, sb, variant)
+    live.free(x + stacked + new)
+
+
+def group_workspace_bytes(tensors: list[tuple[tuple[int, ...], str]], cfg: MethodConfig, opts: OptimizerDefaults,
+                          scratch: bool = True) -> int | None:
+    """High-water mark of a param group's step when its FD updates run in batched calls across tensors
+    (``transients.batched_group``); None when the group steps tensor by tensor (``methods.batching``)."""
+    if not may_batch(len(tensors), cfg, opts):
+        return None
+    found = group_batches(sys.modules[__name__], tuple(s for s, _ in tensors), tuple(dt for _, dt in tensors),
+                          (True,) * len(tensors), cfg, opts)
+    if not shares_calls(found):
+        return None
+    sb = dtype_bytes(opts.state_dtype)
+    plans = [plan_for(s, cfg, opts) for s, _ in tensors]
+    return batched_group(tensors, plans, cfg, opts, scratch, kernel="stats", batches=found,
+                         batch=lambda live, b: fd_batch(live, b.key, b.members, plans, tensors, sb, opts.fd_variant),
+                         stats=stats_transients(cfg, opts), precondition=precondition_transients(cfg))
 
 
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:

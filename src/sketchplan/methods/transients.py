@@ -340,3 +340,51 @@ def svd_scratch_bytes(m: int, n: int, sb: int) -> int:
     """
     mn, mx = min(m, n), max(m, n)
     return (3 * mn + max(mx, 5 * mn * mn + 4 * mn)) * sb + 8 * mn * 4
+
+
+def _noop(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> None:
+    """A hook with nothing to replay (the work ran in the batched pass)."""
+
+
+def batched_group(tensors: list[tuple[tuple[int, ...], str]], plans: list[MatrixPlan], cfg: MethodConfig,
+                  opts: OptimizerDefaults, scratch: bool, *, kernel: str, batches: list,
+                  batch: Callable[[Live, object], None], stats: Hook, precondition: Hook) -> int:
+    """High-water mark of ``MatrixRule.step`` over a param group whose ``batches`` (``methods.batching``, all
+    tensors due) share calls: the largest of the sanitising pass (16 bytes per tensor), the steps that run tensor
+    by tensor without the batched work (``kernel="roots"``: statistics without a refresh), the first pass
+    (``kernel="roots"``: each tensor's cast, stacked blocks and statistics update), each batched call (``batch``
+    replays one) and the second pass (each tensor's step with its statistics and roots done)."""
+    sb = dtype_bytes(opts.state_dtype)
+    peak = 16 * len(tensors)
+    for (shape, dt), mp in zip(tensors, plans):
+        if kernel == "roots":
+            peak = max(peak, matrix_step(shape, mp, cfg, opts, dt, scratch, stats=stats, refresh=None,
+                                         precondition=precondition))
+            if mp.fallback is None:
+                live = Live(scratch)
+                live.alloc(SCALARS)
+                n = math.prod(shape)
+                if dtype_bytes(dt) != sb:
+                    live.alloc(n * sb)     # grad.to(state dtype)
+                if not (len(mp.groups) == 1 and mp.groups[0][1] == 1):
+                    live.alloc(n * sb)     # to_blocks(G)
+                for bshape, count in mp.groups:
+                    stats(live, count, bshape, math.prod(bshape), sb)
+                peak = max(peak, live.peak)
+        peak = max(peak, matrix_step(shape, mp, cfg, opts, dt, scratch, stats=_noop, refresh=None,
+                                     precondition=precondition))
+    for b in batches:
+        live = Live(scratch)
+        live.alloc(SCALARS)
+        batch(live, b)
+        peak = max(peak, live.peak)
+    return peak
+
+
+def root_batch(live: Live, d: int, count: int, members: int, sb: int) -> None:
+    """``ShampooRule.run_batch`` of ``count`` d × d statistics from ``members`` members: stacked (a copy when
+    there are several), their roots (``eigh_power``), each member's slice copied into its root."""
+    stacked = live.alloc(count * d * d * sb) if members > 1 else 0
+    out = eigh_power(live, count, d, sb)
+    live.free(stacked)
+    live.free(out)

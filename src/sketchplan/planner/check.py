@@ -193,7 +193,7 @@ def predicted_peak(plan: Plan, spec: ModelSpec, configs: dict[str, MethodConfig]
 
     local = parallel.local_spec(spec, par)
     ws = step_workspace([(p.shape, p.dtype, configs[p.name], options.get(p.name, {})) for p in local.params
-                         if p.name in configs], plan.defaults, s.param_dtype, s.master_weights)[0]
+                         if p.name in configs], plan.defaults, s.param_dtype, s.master_weights, par.owner)[0]
     act = plan.totals.activation_bytes
     ret = plan.activations.retained_bytes if act is not None and plan.activations is not None else 0
     return step_peak(fixed, state, ws, spec.buffers_bytes if plan.totals.buffers_bytes else 0, act, ret)

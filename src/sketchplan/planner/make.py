@@ -146,7 +146,7 @@ def _costs(spec: ModelSpec, choice: dict[str, cand.Candidate], opts: OptimizerDe
     state = sum(c.state_bytes for c in choice.values())
     ws, ws_tensors = step_workspace([(p.shape, p.dtype, choice[p.name].cfg, {})
                                      for p in par_.local_spec(spec, par).trainable], opts, param_dtype,
-                                    bool(prec and prec.master_weights))
+                                    bool(prec and prec.master_weights), par.owner)
     w = sum(p.numel for p in spec.trainable)
     score = sum(choice[p.name].score * p.numel for p in spec.trainable) / w if w else 1.0
     by_method: dict[str, int] = {}
@@ -234,7 +234,8 @@ def _assemble(spec, choice, opts, fixed, budget, prec, par, solver, ranks, block
     avail = budget.available()
     local = {p.name: p.shape for p in par_.local_spec(spec, par).params}
     ws, ws_tensors = step_workspace([(local[e.name], e.dtype, e.config(), e.options()) for e in entries
-                                     if e.method is not None], opts, prec.param_dtype, prec.master_weights)
+                                     if e.method is not None], opts, prec.param_dtype, prec.master_weights,
+                                    par.owner)
     act = None if activations is None or activations.source != "fake-tensor trace" else activations.peak_bytes
     ret = 0 if act is None else activations.retained_bytes
     totals = Totals(

@@ -83,11 +83,20 @@ def symmetric_power(mats: torch.Tensor, exponent: float, eps: float,
     Falls back to float64 when the float32 eigh fails, and to ``previous`` when both fail (with no previous
     root, the identity: an unpreconditioned step). Negative exponents need ε > 0 for singular S.
     """
-    dec = safe_eigh(mats)
-    if dec is None:
+    out = eigh_power(mats, exponent, eps, mode)
+    if out is None:
         if previous is not None:
             return previous
         return torch.eye(mats.shape[-1], dtype=mats.dtype, device=mats.device).expand_as(mats).clone()
+    return out
+
+
+def eigh_power(mats: torch.Tensor, exponent: float, eps: float, mode: str = "absolute") -> torch.Tensor | None:
+    """``symmetric_power`` without its fallback: V diag(regularize(λ)^exponent) Vᵀ, or None when eigh fails in
+    float32 and float64 (memory: ``methods.transients.eigh_power``)."""
+    dec = safe_eigh(mats)
+    if dec is None:
+        return None
     w, v = dec
     scale = regularize(w, eps, mode).pow(exponent)
     return (v * scale.unsqueeze(-2)) @ v.mT

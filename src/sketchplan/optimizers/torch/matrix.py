@@ -15,6 +15,11 @@ Per parameter (docs/algorithms.md, Shapes, Shampoo, Grafting and momentum):
    ``max_precond_dim``), D = A;
 6. EMA momentum (optionally Nesterov), decoupled weight decay and the step (``common``).
 
+Across tensors (``step``, ``methods.batching``): in a param group of several tensors whose blocks pose factor
+problems of one size, the method's batched kernel (``batched_kernel``: Sketchy's FD update every step, Shampoo's
+eigh root every refresh) runs once for all of them, between a first pass over the tensors (their statistics, or
+the stacked unfoldings the FD update consumes) and a second (each tensor's direction and update, as above).
+
 Host synchronisation: none in steps that do not refresh roots (CPU aside, where reading a flag costs nothing);
 refreshing roots reads back whether eigh succeeded (eigh synchronises on accelerators anyway).
 """
@@ -25,7 +30,9 @@ from typing import Callable
 
 import torch
 
-from ...methods.blocking import BlockGroup
+from ...methods import METHOD_MODULES
+from ...methods.batching import Batch, group_batches, may_batch, shares_calls
+from ...methods.blocking import BlockGroup, MatrixPlan
 from ...methods.blocking import config_plan, plan_partition
 from ...methods.common import preconditioning_start
 from ...methods.layout import MethodConfig, OptimizerDefaults
@@ -90,8 +97,61 @@ class MatrixRule(MethodRule):
     def precondition(self, state: dict, g: int, grad_blocks: torch.Tensor, opts: OptimizerDefaults) -> torch.Tensor:
         raise NotImplementedError
 
+    #: The work one batched call does for the blocks of several tensors (``step``): ``"stats"`` (the statistics
+    #: update of every due step; Sketchy's FD update), ``"roots"`` (the root refresh; Shampoo's eigh), or None.
+    batched_kernel: str | None = None
+
+    def run_batch(self, batch: Batch, states: list[dict], grads: list[torch.Tensor], plans: list[MatrixPlan],
+                  cfg: MethodConfig, opts: OptimizerDefaults) -> None:
+        """One batched call over the members of ``batch`` (``batched_kernel``'s work, written to each state)."""
+        raise NotImplementedError
+
+    def stats_due(self, state: dict, opts: OptimizerDefaults) -> bool:
+        return (state["step"] - 1) % opts.stats_every == 0
+
+    def refresh_due(self, state: dict, opts: OptimizerDefaults) -> bool:
+        start = preconditioning_start(opts, self.stored_roots)
+        return self.stored_roots and state["step"] >= start and (state["step"] - start) % opts.precondition_frequency == 0
+
+    def step(self, opt, params, cfg, opts):
+        """Tensor by tensor (``MethodRule.step``), unless the method batches a kernel across the tensors of the
+        group and some batch has more than one member (module docstring): then a first pass does what precedes
+        the batched kernel, the batches run, and a second pass steps each tensor without redoing them."""
+        if self.batched_kernel is None or not may_batch(len(params), cfg, opts):
+            return super().step(opt, params, cfg, opts)
+        states, grads = self.begin(opt, params, cfg, opts)
+        plans = [config_plan(tuple(p.shape), cfg, opts) for p in params]
+        if self.batched_kernel == "stats":
+            due = [self.stats_due(s, opts) for s in states]
+        else:
+            due = [self.refresh_due(s, opts) for s in states]
+        batches = group_batches(METHOD_MODULES[cfg.method], tuple(tuple(p.shape) for p in params),
+                                tuple(str(p.dtype).removeprefix("torch.") for p in params), tuple(due), cfg, opts)
+        if not shares_calls(batches):
+            for p, g, s in zip(params, grads, states):
+                self.step_param(p, g, s, cfg, opts)
+            return
+        if self.batched_kernel == "roots":  # the statistics of this step go into the roots
+            for g, s, mp, d in zip(grads, states, plans, due):
+                if d and self.stats_due(s, opts):
+                    self.tensor_statistics(g, s, mp, cfg, opts)
+        for b in batches:
+            self.run_batch(b, states, grads, plans, cfg, opts)
+        for p, g, s, d in zip(params, grads, states, due):
+            if self.batched_kernel == "stats":
+                self.step_param(p, g, s, cfg, opts, stats_done=d)
+            else:
+                self.step_param(p, g, s, cfg, opts, stats_done=d, refreshed=d)
+
+    def tensor_statistics(self, grad: torch.Tensor, state: dict, mp: MatrixPlan, cfg: MethodConfig,
+                          opts: OptimizerDefaults) -> None:
+        """The statistics update of one tensor, as ``step_param`` makes it (the first pass of ``step``)."""
+        g = grad.to(getattr(torch, opts.state_dtype))
+        for gi, gb in enumerate(to_blocks(g.reshape(mp.merged), plan_partition(mp))):
+            self.update_statistics(state, gi, gb, state["step"], cfg, opts)
+
     def step_param(self, p: torch.Tensor, grad: torch.Tensor, state: dict, cfg: MethodConfig,
-                   opts: OptimizerDefaults) -> None:
+                   opts: OptimizerDefaults, stats_done: bool = False, refreshed: bool = False) -> None:
         step = state["step"]
         g = grad.to(getattr(torch, opts.state_dtype))
         a = graft_direction(state, g, cfg.graft, opts, step)
@@ -100,12 +160,12 @@ class MatrixRule(MethodRule):
         if mp.fallback is None:
             groups = plan_partition(mp)
             g_blocks = to_blocks(g.reshape(mp.merged), groups)
-            if (step - 1) % opts.stats_every == 0:
+            if not stats_done and self.stats_due(state, opts):
                 for gi, gb in enumerate(g_blocks):
                     self.update_statistics(state, gi, gb, step, cfg, opts)
             start = preconditioning_start(opts, self.stored_roots)
             if step >= start:
-                refresh = (step - start) % opts.precondition_frequency == 0
+                refresh = not refreshed and (step - start) % opts.precondition_frequency == 0
                 a_blocks = to_blocks(a.reshape(mp.merged), groups)
                 d_blocks = []
                 for gi, (gb, ab) in enumerate(zip(g_blocks, a_blocks)):

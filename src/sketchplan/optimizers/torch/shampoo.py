@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ...kernels.torch.roots import inverse_root_newton, symmetric_power
+from ...kernels.torch.roots import eigh_power, inverse_root_newton, symmetric_power
 from ...methods.common import stats_weights
 from ...methods.layout import MethodConfig, OptimizerDefaults
 from ...methods.shampoo import layout
@@ -38,6 +38,26 @@ class ShampooRule(MatrixRule):
 
     def precondition(self, state, g, grad_blocks, opts):
         return apply_roots(state, g, grad_blocks)
+
+    batched_kernel = "roots"
+
+    def run_batch(self, batch, states, grads, plans, cfg, opts):
+        """One eigh for the statistics of every member (stacked in order), each member's slice of the result
+        copied into its root. If eigh fails for the stack (float32 and float64), each member is refreshed on its
+        own, so a failing block keeps only its own previous root."""
+        d, order = batch.key
+        stats = [states[m.tensor][f"blocks{m.group}.stat{m.axis}"] for m in batch.members]
+        roots = [states[m.tensor][f"blocks{m.group}.root{m.axis}"] for m in batch.members]
+        exponent = -1.0 / (2 * order)
+        stacked = stats[0] if len(stats) == 1 else torch.cat(stats)
+        new = eigh_power(stacked, exponent, opts.shampoo_eps, opts.epsilon_mode)
+        del stacked
+        if new is None:
+            for stat, root in zip(stats, roots):
+                root.copy_(symmetric_power(stat, exponent, opts.shampoo_eps, previous=root, mode=opts.epsilon_mode))
+            return
+        for root, at in zip(roots, batch.offsets()):
+            root.copy_(new[at:at + root.shape[0]])
 
 
 def apply_roots(state: dict, g: int, grad_blocks: torch.Tensor) -> torch.Tensor:

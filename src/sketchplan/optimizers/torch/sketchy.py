@@ -5,13 +5,15 @@ applied from the sketch, as hooks of ``MatrixRule``. Math, state layout, workspa
 
 from __future__ import annotations
 
+import torch
+
 from ...kernels.torch.frequent_directions import fd_update
 from ...kernels.torch.lowrank import lowrank_root_apply
 from ...methods.common import stats_weights
 from ...methods.layout import MethodConfig, OptimizerDefaults
-from ...methods.sketchy import layout
+from ...methods.sketchy import layout, member_blocks_copied
 from .base import SketchplanOptimizer, register
-from .matrix import MATRIX_OPTIONS_DOC, MatrixRule, mode_apply, unfold
+from .matrix import MATRIX_OPTIONS_DOC, MatrixRule, mode_apply, plan_partition, unfold
 
 
 class SketchyRule(MatrixRule):
@@ -31,6 +33,35 @@ class SketchyRule(MatrixRule):
             new = fd_update(u, sig2, rho, x, decay, opts.fd_variant)
             for old, value in zip((u, sig2, rho), new):
                 old.copy_(value)
+
+    batched_kernel = "stats"
+
+    def run_batch(self, batch, states, grads, plans, cfg, opts):
+        """One FD update for the blocks of every member: their mode-``axis`` unfoldings copied from the gradients
+        (each member's blocks stacked first) into one (count, d, m) stack (cast to the state dtype by the copy), the sketches stacked in the same
+        order, each member's slice of the new sketch copied back. A failed update keeps every member's sketch."""
+        d, k, m = batch.key
+        x = grads[batch.members[0].tensor].new_empty((batch.count, d, m), dtype=getattr(torch, opts.state_dtype))
+        for mem, at in zip(batch.members, batch.offsets()):
+            mp = plans[mem.tensor]
+            merged = grads[mem.tensor].reshape(mp.merged)
+            if member_blocks_copied(mp):  # contiguous blocks first: the unfolding then transposes within a block
+                blocks = torch.stack([merged[sl] for sl in plan_partition(mp)[mem.group].slices])
+            else:
+                blocks = merged.unsqueeze(0)
+            moved = blocks.movedim(mem.axis + 1, 1)
+            x[at:at + mem.count].view(moved.shape).copy_(moved)
+            del blocks, moved
+        decay, weight = stats_weights(opts.betas[1], opts.stats_every)
+        if weight != 1.0:
+            x.mul_(weight**0.5)
+        parts = [[states[mm.tensor][f"blocks{mm.group}.{n}{mm.axis}"] for mm in batch.members]
+                 for n in ("U", "sig2_", "rho")]
+        stacked = [p[0] if len(p) == 1 else torch.cat(p) for p in parts]
+        new = fd_update(*stacked, x, decay, opts.fd_variant)
+        for olds, value in zip(parts, new):
+            for old, at in zip(olds, batch.offsets()):
+                old.copy_(value[at:at + old.shape[0]])
 
     def precondition(self, state, g, grad_blocks, opts):
         order = grad_blocks.dim() - 1
