@@ -21,17 +21,19 @@ CASES = [
     (MethodConfig(method="sketchy", rank=4), OptimizerDefaults(fd_variant="auto", merge_dims=1)),
     (MethodConfig(method="sketchy", rank=6, graft="adafactor"), OptimizerDefaults(fd_variant="subspace", stats_every=2)),
     (MethodConfig(method="blocked_shampoo", block_size=16), OptimizerDefaults(precondition_frequency=2)),
-    (MethodConfig(method="shampoo", graft="sgd"), OptimizerDefaults(precondition_frequency=3,
+    # a dimension above max_precond_dim: that tensor falls back to its graft (no factors, no batch)
+    (MethodConfig(method="shampoo", graft="sgd"), OptimizerDefaults(precondition_frequency=3, max_precond_dim=60,
                                                                     start_preconditioning_step=1)),
 ]
 
 
 def _shapes(rng: random.Random) -> list[tuple[int, ...]]:
     """Tensors that share factor sizes (a matrix, its transpose, a wider one with the same rows, a vector of the
-    row size, an order-3 tensor with those rows) next to one that shares none, all of fresh random sizes (each
-    matrix above ``merge_dims`` = 1024 entries, so it stays a matrix)."""
+    row size, an order-3 tensor with those rows) next to one that shares none and a scalar (no factors: the graft
+    alone), all of fresh random sizes (each matrix above ``merge_dims`` = 1024 entries, so it stays a matrix)."""
     a, b = rng.randint(33, 60), rng.randint(33, 60)
-    return [(a, b), (b, a), (a, b + rng.randint(1, 20)), (a,), (a, 2, 3), (rng.randint(61, 70), rng.randint(61, 70))]
+    return [(a, b), (b, a), (a, b + rng.randint(1, 20)), (a,), (a, 2, 3), (rng.randint(61, 70), rng.randint(61, 70)),
+            ()]
 
 
 def _run(shapes, cfg, opts, seed, steps=5):

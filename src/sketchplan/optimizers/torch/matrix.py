@@ -133,7 +133,7 @@ class MatrixRule(MethodRule):
             return
         if self.batched_kernel == "roots":  # the statistics of this step go into the roots
             for g, s, mp, d in zip(grads, states, plans, due):
-                if d and self.stats_due(s, opts):
+                if d and mp.fallback is None and self.stats_due(s, opts):
                     self.tensor_statistics(g, s, mp, cfg, opts)
         for b in batches:
             self.run_batch(b, states, grads, plans, cfg, opts)
