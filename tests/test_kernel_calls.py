@@ -163,7 +163,8 @@ _NOT_PASSES = {"view", "_unsafe_view", "reshape", "expand", "t", "transpose", "p
 
 class _Passes(torch.utils._python_dispatch.TorchDispatchMode):
     """Elementwise passes by size: each data-moving op counts once at the largest tensor it reads or writes (a
-    reduction over G reads numel(G) elements; a broadcast product writes it)."""
+    reduction over G reads numel(G) elements; a broadcast product writes it); a multi-tensor op (``_foreach_*``,
+    whose operands are lists) once per list position (the guard's ``_foreach_norm`` reads each gradient once)."""
 
     def __init__(self):
         super().__init__()
@@ -172,9 +173,13 @@ class _Passes(torch.utils._python_dispatch.TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func.overloadpacket.__name__ not in _NOT_PASSES:
-            sizes = [t.numel() for t in (*args, out) if isinstance(t, torch.Tensor)]
-            if sizes and max(sizes) > 1:
-                self.passes[max(sizes)] += 1
+            operands = (*args, out)
+            lists = [a for a in operands if isinstance(a, (list, tuple)) and a
+                     and all(isinstance(t, torch.Tensor) for t in a)]
+            for group in (zip(*lists) if lists else [operands]):
+                sizes = [t.numel() for t in group if isinstance(t, torch.Tensor)]
+                if sizes and max(sizes) > 1:
+                    self.passes[max(sizes)] += 1
         return out
 
 

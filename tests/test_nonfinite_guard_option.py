@@ -4,6 +4,7 @@ the default still replaces a non-finite gradient by zeros."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -94,3 +95,76 @@ def test_a_state_dict_saved_before_the_option_loads_and_steps():
     with pytest.warns(RuntimeWarning, match="NaN or Inf"):
         again.step()
     assert int(again.state[p]["nonfinite_skips"]) == 1 and bool(torch.isfinite(p).all())
+
+
+#: A gradient the guard reads by a dot on CPU (float32, ≥ ``DOT_MIN_NUMEL`` elements) and two it reads in the
+#: shared ``torch._foreach_norm`` (whatever the dtype, these two).
+GUARD_SHAPES = [(256, 256), (300,), (4, 5)]
+
+
+@pytest.mark.parametrize("on_host", [True, False], ids=["flags read on host", "flags kept on device"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+def test_the_guard_skips_exactly_the_bad_tensors_on_every_read_path(dtype, on_host, monkeypatch):
+    """NaN, ±Inf and a huge element in any one tensor skip that tensor alone (its counter +1, the others stepped),
+    whichever way the guard reads it (a dot, or its dtype's ``_foreach_norm`` call); so does a sum of squares
+    above ``GRAD_SQNORM_LIMIT`` without any huge element, and a float16 gradient whose norm float16 could not hold
+    (‖g‖ > 65504, ‖g‖² ≪ the limit) is not skipped. Both ways of acting on the flags: read back (CPU) and kept on
+    the device (accelerators: counters added and gradients zeroed in place, run here on CPU tensors)."""
+    from sketchplan.optimizers.torch import base
+    from sketchplan.optimizers.torch.base import DOT_MIN_NUMEL
+
+    monkeypatch.setattr(base, "_flags_on_host", lambda device: on_host)
+
+    assert math.prod(GUARD_SHAPES[0]) >= DOT_MIN_NUMEL > max(math.prod(s) for s in GUARD_SHAPES[1:])
+    state_dtype = "float64" if dtype == torch.float64 else "float32"
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+
+    def skipped(grads):
+        params = [torch.nn.Parameter(torch.zeros(s, dtype=dtype)) for s in GUARD_SHAPES]
+        opt = Adam(params, lr=0.1, state_dtype=state_dtype)
+        for p, g in zip(params, grads):
+            p.grad = g
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            opt.step()
+        for p in params:
+            assert all(bool(torch.isfinite(v).all()) for v in opt.state[p].values() if torch.is_tensor(v))
+            assert bool(torch.isfinite(p).all())
+        return [int(opt.state[p]["nonfinite_skips"]) for p in params]
+
+    def healthy():
+        return [(torch.randn(s, generator=gen) * 1e-2).to(dtype) for s in GUARD_SHAPES]
+
+    assert skipped(healthy()) == [0, 0, 0]
+    for value in (math.nan, math.inf, -math.inf, 1e20):
+        for k, shape in enumerate(GUARD_SHAPES):
+            grads = healthy()
+            grads[k].view(-1)[torch.randint(math.prod(shape), (), generator=gen)] = value
+            assert skipped(grads) == [int(i == k) for i in range(len(GUARD_SHAPES))], (value, k)
+    if dtype != torch.float16:  # ‖g‖² = n·x² just above and below 2¹⁰⁰ ≈ 1.27e30, every element moderate
+        for k, (above, below) in enumerate([(6e12, 3e12), (7e13, 5e13), (3e14, 2e14)]):
+            for x, want in ((above, 1), (below, 0)):
+                grads = healthy()
+                grads[k].fill_(x)
+                assert skipped(grads) == [want if i == k else 0 for i in range(len(GUARD_SHAPES))], (k, x)
+    else:
+        grads = healthy()
+        grads[0].fill_(300.0)  # ‖g‖ = 76800: inf in float16, 5.9e9 as the float32 ‖g‖² the guard tests
+        assert skipped(grads) == [0, 0, 0]
+
+
+def test_the_guard_reads_a_16bit_gradient_without_a_float32_copy():
+    """Fused bfloat16 Adam (bfloat16 parameters, momentum and v): the guard's transients stay within the replay's
+    16 bytes per tensor (its norms are read in place; a float32 copy per gradient once put the step 0.36 MB over
+    the replay for a 300 × 300 tensor)."""
+    from replay import measured_step_transients
+
+    from sketchplan.methods import MethodConfig, OptimizerDefaults
+    from sketchplan.methods.adam import fused, group_workspace_bytes
+
+    cfg, opts = MethodConfig(method="adam", momentum="bfloat16"), OptimizerDefaults(state_dtype="bfloat16")
+    shapes = [(300, 300), (7,), (2, 3, 4)]
+    assert fused(cfg, opts, ["bfloat16"] * len(shapes))
+    measured = measured_step_transients(shapes, cfg, torch.bfloat16, opts, steps=2)
+    predicted = group_workspace_bytes([(s, "bfloat16") for s in shapes], cfg, opts)
+    assert measured <= predicted == 16 * len(shapes), (measured, predicted)

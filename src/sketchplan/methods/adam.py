@@ -107,8 +107,9 @@ def chunk_transients(tensors: list[tuple[int, str]], cfg: MethodConfig, opts: Op
 def group_workspace_bytes(tensors: list[tuple[tuple[int, ...], str]], cfg: MethodConfig,
                           opts: OptimizerDefaults) -> int:
     """High-water mark of one AdamW step over a whole param group of (shape, parameter dtype) tensors, in the
-    order the group holds them: the sanitising pass (a float32 sum per tensor, their stack, the flags: at most
-    16 bytes per tensor) or the largest chunk's temporaries (``chunks``, ``chunk_transients``)."""
+    order the group holds them: the sanitising pass (a float32 norm per tensor and their stack: 8 bytes per tensor
+    on CPU, 12 for a lone float64 gradient, counted as the 16 per tensor every method's replay allows) or the
+    largest chunk's temporaries (``chunks``, ``chunk_transients``)."""
     numels = [math.prod(s) for s, _ in tensors]
     peak = 16 * len(tensors)
     for idx in chunks(numels):
@@ -130,13 +131,15 @@ FUSED_PASSES = 3
 
 
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
-    """The elementwise passes of one AdamW step over this parameter (after ``sanitize``'s finiteness sum).
+    """The elementwise passes of one AdamW step over this parameter, ``sanitize``'s guard read included.
 
-    Fused (``fused``, for parameters in the state dtype): the finiteness sum and one kernel streaming seven
-    parameter-sized arrays, counted as ``FUSED_PASSES`` passes (no finiteness sum with ``nonfinite_guard`` off). Multi-tensor (``_adamw_foreach``): the
-    finiteness sum, m's lerp, v's decay and g² accumulation, √v, bias correction, +ε and the addcdiv: eight
-    passes with float32 momentum, seven without (the numerator is g); a bfloat16 m adds its cast for the lerp
-    and the cast/divide/add of the mixed-dtype update. Weight decay adds one.
+    The guard (``nonfinite_guard``, on by default) reads the gradient once (its norm: a dot or its share of one
+    ``torch._foreach_norm``) and adds the scalar work of the flags (stack, compare, the skip counter): one pass
+    and a ``pointwise(1)``. Fused (``fused``, for parameters in the state dtype): the guard's pass and one kernel
+    streaming seven parameter-sized arrays, counted as ``FUSED_PASSES`` passes. Multi-tensor
+    (``_adamw_foreach``): the guard's pass, m's lerp, v's decay and g² accumulation, √v, bias correction, +ε and
+    the addcdiv: eight passes with float32 momentum, seven without (the numerator is g); a bfloat16 m adds its
+    cast for the lerp and the cast/divide/add of the mixed-dtype update. Weight decay adds one.
     """
     guard = 1 if opts.nonfinite_guard else 0
     if fused(cfg, opts, [opts.state_dtype]):

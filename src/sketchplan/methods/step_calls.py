@@ -19,8 +19,8 @@ GRAFT_PASSES = {"adam": 6, "rmsprop": 6, "adafactor": 9, "sgd": 0, "none": 0}
 
 
 def sanitize_calls(numel: int, opts: OptimizerDefaults) -> list[KernelCall]:
-    """``SketchplanOptimizer.sanitize``: one float32 sum per gradient and its skip-counter add (nothing with
-    ``nonfinite_guard`` off)."""
+    """``SketchplanOptimizer.sanitize``: one read of each gradient (its float32 norm) and the flags' scalar work
+    (stack, compare, skip counter) (nothing with ``nonfinite_guard`` off)."""
     return [pointwise(numel), pointwise(1)] if opts.nonfinite_guard else []
 
 
