@@ -19,7 +19,8 @@ from sketchplan.optimizers.torch import sketchy as torch_sketchy
 CASES = [
     (MethodConfig(method="sketchy", rank=5, block_size=16), OptimizerDefaults(fd_variant="svd", betas=(0.9, 0.99))),
     (MethodConfig(method="sketchy", rank=4), OptimizerDefaults(fd_variant="auto", merge_dims=1)),
-    (MethodConfig(method="sketchy", rank=6, graft="adafactor"), OptimizerDefaults(fd_variant="subspace", stats_every=2)),
+    (MethodConfig(method="sketchy", rank=6, graft="adafactor"),
+     OptimizerDefaults(fd_variant="subspace", stats_every=2)),
     (MethodConfig(method="blocked_shampoo", block_size=16), OptimizerDefaults(precondition_frequency=2)),
     # a dimension above max_precond_dim: that tensor falls back to its graft (no factors, no batch)
     (MethodConfig(method="shampoo", graft="sgd"), OptimizerDefaults(precondition_frequency=3, max_precond_dim=60,

@@ -126,8 +126,9 @@ def group_workspace_bytes(tensors: list[tuple[tuple[int, ...], str]], cfg: Metho
 
     Adam steps the group with multi-tensor kernels (``adam.group_workspace_bytes``); Shampoo and Sketchy batch
     their roots or FD updates across tensors where blocks share a problem size (their ``group_workspace_bytes``,
-    ``batching``); the other methods, and those otherwise, step tensor after tensor, so the group's figure is its largest tensor's, or the sanitising pass over the group
-    (a float32 sum per tensor, their stack and flags: at most 16 bytes per tensor) when that is larger; so do
+    ``batching``); the other methods, and those otherwise, step tensor after tensor, so the group's figure is its
+    largest tensor's, or the sanitising pass over the group (a float32 norm per tensor and their stack: at most
+    16 bytes per tensor) when that is larger; so do
     all methods, Adam included, with compressed state (``optimizers.torch.base``: decoded one tensor at a time).
     """
     if cfg.method == "adam" and not is_compressed(cfg):

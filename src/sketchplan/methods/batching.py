@@ -105,7 +105,8 @@ def root_batches(plans: list[MatrixPlan | None], fits: Fits = None) -> list[Batc
 BATCH_INPUT_BYTES = 8 << 20
 
 
-def within(budget: int, replay: Callable[[tuple, tuple[Member, ...]], int], inputs: Callable[[tuple, int], int]) -> Fits:
+def within(budget: int, replay: Callable[[tuple, tuple[Member, ...]], int],
+           inputs: Callable[[tuple, int], int]) -> Fits:
     """``auto``'s rule: a call fits when its replayed transients (``replay(key, members)``, bytes) stay within
     ``budget``, the largest one-tensor step of the group (``budget_bytes``), and its stacked inputs
     (``inputs(key, count)``, bytes) within ``BATCH_INPUT_BYTES``."""

@@ -111,7 +111,8 @@ class MatrixRule(MethodRule):
 
     def refresh_due(self, state: dict, opts: OptimizerDefaults) -> bool:
         start = preconditioning_start(opts, self.stored_roots)
-        return self.stored_roots and state["step"] >= start and (state["step"] - start) % opts.precondition_frequency == 0
+        step = state["step"]
+        return self.stored_roots and step >= start and (step - start) % opts.precondition_frequency == 0
 
     def step(self, opt, params, cfg, opts):
         """Tensor by tensor (``MethodRule.step``), unless the method batches a kernel across the tensors of the

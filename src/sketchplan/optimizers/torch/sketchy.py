@@ -38,8 +38,9 @@ class SketchyRule(MatrixRule):
 
     def run_batch(self, batch, states, grads, plans, cfg, opts):
         """One FD update for the blocks of every member: their mode-``axis`` unfoldings copied from the gradients
-        (each member's blocks stacked first) into one (count, d, m) stack (cast to the state dtype by the copy), the sketches stacked in the same
-        order, each member's slice of the new sketch copied back. A failed update keeps every member's sketch."""
+        (each member's blocks stacked first) into one (count, d, m) stack (cast to the state dtype by the copy),
+        the sketches stacked in the same order, each member's slice of the new sketch copied back. A failed update
+        keeps every member's sketch (``methods.sketchy.fd_batch`` replays it)."""
         d, k, m = batch.key
         x = grads[batch.members[0].tensor].new_empty((batch.count, d, m), dtype=getattr(torch, opts.state_dtype))
         for mem, at in zip(batch.members, batch.offsets()):
