@@ -24,7 +24,7 @@ from .blocking import MatrixPlan, cached_plan
 from .common import diagonal_tail
 from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
 from .packing import packed_numel
-from .batching import budget_bytes, group_batches, may_batch, root_batches, shares_calls, within
+from .batching import budget_bytes, root_batches, within
 from .step_calls import matrix_frame_calls, unfold_copies
 from .transients import Live, batched_group, eigh_roots, matrix_step, mode_products, replayed, root_batch, unfolds
 
@@ -152,15 +152,9 @@ def group_workspace_bytes(tensors: list[tuple[tuple[int, ...], str]], cfg: Metho
                           scratch: bool = True) -> int | None:
     """High-water mark of a param group's step when its roots are refreshed in batched calls across tensors
     (``transients.batched_group``); None when the group steps tensor by tensor (``methods.batching``)."""
-    if not may_batch(len(tensors), cfg, opts):
-        return None
-    found = group_batches(sys.modules[__name__], tuple(s for s, _ in tensors), tuple(dt for _, dt in tensors),
-                          (True,) * len(tensors), cfg, opts)
-    if not shares_calls(found):
-        return None
     sb = dtype_bytes(opts.state_dtype)
-    return batched_group(tensors, [plan_for(s, cfg, opts) for s, _ in tensors], cfg, opts, scratch, kernel="roots",
-                         batches=found, batch=lambda live, b: root_batch(live, b.key[0], b.count, len(b.members), sb),
+    return batched_group(sys.modules[__name__], tensors, cfg, opts, scratch, kernel="roots",
+                         batch=lambda live, b, plans: root_batch(live, b.key[0], b.count, len(b.members), sb),
                          stats=stats_transients, precondition=precondition_transients)
 
 

@@ -19,7 +19,7 @@ import sys
 
 from ..kernels.calls import SUBSPACE_ESTIMATE_STEPS, SUBSPACE_POWER_STEPS, THIN_COLUMNS, KernelCall, choose_variant, \
     pointwise, subspace_gs_passes, subspace_width
-from .batching import budget_bytes, fd_batches, group_batches, may_batch, shares_calls, within
+from .batching import budget_bytes, fd_batches, within
 from .blocking import MatrixPlan, cached_plan
 from .common import diagonal_tail, stats_weights
 from .layout import MethodConfig, OptimizerDefaults, StateTensor, dtype_bytes
@@ -180,13 +180,19 @@ def _ritz_transients(live: Live, c: int, ll: int, w: int, sb: int) -> tuple[int,
     and the flipped vectors. Returns the bytes of B, s² and ub."""
     b = live.alloc(c * ll * w * sb)
     bb = live.alloc(c * ll * ll * sb)
+    return (b, *_gram_eigh_transients(live, c, ll, sb, bb))
+
+
+def _gram_eigh_transients(live: Live, c: int, ll: int, sb: int, bb: int) -> tuple[int, int]:
+    """The Ritz steps' common tail: eigh of the l × l Gram B Bᵀ (``bb`` bytes, freed once the eigenpairs exist),
+    the flipped values clamped and the flipped vectors. Returns the bytes of s² and ub, which it leaves alive."""
     ev = safe_eigh(live, c, ll, sb)
     live.free(bb)
     live.spike(c * ll * sb)                              # flipped values (clamped below)
     s2 = live.alloc(c * ll * sb)
     ub = live.alloc(c * ll * ll * sb)
     live.free(ev)
-    return b, s2, ub
+    return s2, ub
 
 
 def _warm_ritz_transients(live: Live, c: int, k: int, m: int, ll: int, sb: int) -> tuple[int, int, int]:
@@ -199,13 +205,7 @@ def _warm_ritz_transients(live: Live, c: int, k: int, m: int, ll: int, sb: int) 
     live.free(t1 + t2)
     bb = live.alloc(c * ll * ll * sb)
     live.spike(2 * c * k * sb)                           # β2 σ², clamped
-    ev = safe_eigh(live, c, ll, sb)
-    live.free(bb)
-    live.spike(c * ll * sb)                              # flipped values (clamped below)
-    s2 = live.alloc(c * ll * sb)
-    ub = live.alloc(c * ll * ll * sb)
-    live.free(ev)
-    return bx, s2, ub
+    return (bx, *_gram_eigh_transients(live, c, ll, sb, bb))
 
 
 def subspace_exact_transients(live: Live, c: int, d: int, k: int, m: int, sb: int) -> int:
@@ -607,16 +607,10 @@ def group_workspace_bytes(tensors: list[tuple[tuple[int, ...], str]], cfg: Metho
                           scratch: bool = True) -> int | None:
     """High-water mark of a param group's step when its FD updates run in batched calls across tensors
     (``transients.batched_group``); None when the group steps tensor by tensor (``methods.batching``)."""
-    if not may_batch(len(tensors), cfg, opts):
-        return None
-    found = group_batches(sys.modules[__name__], tuple(s for s, _ in tensors), tuple(dt for _, dt in tensors),
-                          (True,) * len(tensors), cfg, opts)
-    if not shares_calls(found):
-        return None
     sb = dtype_bytes(opts.state_dtype)
-    plans = [plan_for(s, cfg, opts) for s, _ in tensors]
-    return batched_group(tensors, plans, cfg, opts, scratch, kernel="stats", batches=found,
-                         batch=lambda live, b: fd_batch(live, b.key, b.members, plans, tensors, sb, opts.fd_variant),
+    return batched_group(sys.modules[__name__], tensors, cfg, opts, scratch, kernel="stats",
+                         batch=lambda live, b, plans: fd_batch(live, b.key, b.members, plans, tensors, sb,
+                                                               opts.fd_variant),
                          stats=stats_transients(cfg, opts), precondition=precondition_transients(cfg))
 
 

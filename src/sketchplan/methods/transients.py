@@ -22,6 +22,7 @@ import math
 from functools import wraps
 from typing import Callable
 
+from .batching import group_batches, may_batch, shares_calls
 from .blocking import MatrixPlan
 from .layout import MethodConfig, OptimizerDefaults, dtype_bytes
 from .packing import PACKED_FACTORS, factor_dims, pack_transients, unpack_transients
@@ -346,14 +347,23 @@ def _noop(live: Live, count: int, bshape: tuple[int, ...], bn: int, sb: int) -> 
     """A hook with nothing to replay (the work ran in the batched pass)."""
 
 
-def batched_group(tensors: list[tuple[tuple[int, ...], str]], plans: list[MatrixPlan], cfg: MethodConfig,
-                  opts: OptimizerDefaults, scratch: bool, *, kernel: str, batches: list,
-                  batch: Callable[[Live, object], None], stats: Hook, precondition: Hook) -> int:
-    """High-water mark of ``MatrixRule.step`` over a param group whose ``batches`` (``methods.batching``, all
-    tensors due) share calls: the largest of the sanitising pass (16 bytes per tensor), the steps that run tensor
-    by tensor without the batched work (``kernel="roots"``: statistics without a refresh), the first pass
-    (``kernel="roots"``: each tensor's cast, stacked blocks and statistics update), each batched call (``batch``
-    replays one) and the second pass (each tensor's step with its statistics and roots done)."""
+def batched_group(module, tensors: list[tuple[tuple[int, ...], str]], cfg: MethodConfig, opts: OptimizerDefaults,
+                  scratch: bool, *, kernel: str, batch: Callable[[Live, object, list[MatrixPlan]], None],
+                  stats: Hook, precondition: Hook) -> int | None:
+    """High-water mark of ``MatrixRule.step`` over a param group of (shape, parameter dtype) ``tensors`` when the
+    method ``module``'s batches (``methods.batching``, all tensors due) share calls; None when the group steps
+    tensor by tensor. The largest of the sanitising pass (16 bytes per tensor), the steps that run tensor by
+    tensor without the batched work (``kernel="roots"``: statistics without a refresh), the first pass
+    (``kernel="roots"``: each tensor's cast, stacked blocks and statistics update), each batched call
+    (``batch(live, batch, plans)`` replays one) and the second pass (each tensor's step with its statistics and
+    roots done)."""
+    if not may_batch(len(tensors), cfg, opts):
+        return None
+    batches = group_batches(module, tuple(s for s, _ in tensors), tuple(dt for _, dt in tensors),
+                            (True,) * len(tensors), cfg, opts)
+    if not shares_calls(batches):
+        return None
+    plans = [module.plan_for(s, cfg, opts) for s, _ in tensors]
     sb = dtype_bytes(opts.state_dtype)
     peak = 16 * len(tensors)
     for (shape, dt), mp in zip(tensors, plans):
@@ -376,7 +386,7 @@ def batched_group(tensors: list[tuple[tuple[int, ...], str]], plans: list[Matrix
     for b in batches:
         live = Live(scratch)
         live.alloc(SCALARS)
-        batch(live, b)
+        batch(live, b, plans)
         peak = max(peak, live.peak)
     return peak
 
