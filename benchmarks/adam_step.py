@@ -67,9 +67,10 @@ def main() -> None:
     opts = {
         "torch AdamW fused": _OwnParams(lambda p: torch.optim.AdamW(p, fused=True, **kw), params),
         "torch AdamW foreach": _OwnParams(lambda p: torch.optim.AdamW(p, foreach=True, **kw), params),
-        "sketchplan Adam (fused path)": _OwnParams(lambda p: Adam(p, **kw), params),
-        "sketchplan Adam (fused path, nonfinite_guard=False)": _OwnParams(
-            lambda p: Adam(p, nonfinite_guard=False, **kw), params),
+        "sketchplan Adam (fused path; default: guard auto, off for all-Adam)": _OwnParams(lambda p: Adam(p, **kw),
+                                                                                          params),
+        "sketchplan Adam (fused path, nonfinite_guard=True)": _OwnParams(
+            lambda p: Adam(p, nonfinite_guard=True, **kw), params),
         "sketchplan Adam (foreach path)": _OwnParams(lambda p: _ForeachOnly(Adam(p, **kw)), params),
     }
     load_before = os.getloadavg()

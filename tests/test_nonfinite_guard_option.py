@@ -1,5 +1,6 @@
-"""``nonfinite_guard=False``: the gradients are used as they are (no read, no skip counted), in torch and optax;
-the default still replaces a non-finite gradient by zeros."""
+"""``nonfinite_guard``: ``False`` uses the gradients as they are (no read, no skip counted), in torch and optax;
+``True`` replaces a non-finite gradient by zeros; ``auto`` (the default) is ``True`` in an optimizer holding a
+matrix method and ``False`` where every tensor is elementwise (torch AdamW's semantics and speed)."""
 
 from __future__ import annotations
 
@@ -80,16 +81,17 @@ def test_the_step_model_drops_the_guard_read_with_the_guard(method):
 
 def test_a_state_dict_saved_before_the_option_loads_and_steps():
     """torch's ``load_state_dict`` keeps the saved groups' keys only: a checkpoint from before ``nonfinite_guard``
-    existed must still step, with the option at its default (the guard on: a NaN gradient is skipped)."""
+    existed must still step, with the option at its default (``auto``: on beside Sketchy, so a NaN gradient is
+    skipped)."""
     g = torch.Generator().manual_seed(torch.seed() % 2**31)
     p = torch.nn.Parameter(torch.randn(3, 4, generator=g))
     p.grad = torch.randn(3, 4, generator=g)
-    opt = Adam([p], lr=0.1)
+    opt = Sketchy([p], lr=0.1, rank=2)
     opt.step()
     saved = opt.state_dict()
     for group in saved["param_groups"]:
         del group["nonfinite_guard"]
-    again = Adam([p], lr=0.1)
+    again = Sketchy([p], lr=0.1, rank=2)
     again.load_state_dict(saved)
     p.grad = torch.full((3, 4), math.nan)
     with pytest.warns(RuntimeWarning, match="NaN or Inf"):
@@ -121,7 +123,7 @@ def test_the_guard_skips_exactly_the_bad_tensors_on_every_read_path(dtype, on_ho
 
     def skipped(grads):
         params = [torch.nn.Parameter(torch.zeros(s, dtype=dtype)) for s in GUARD_SHAPES]
-        opt = Adam(params, lr=0.1, state_dtype=state_dtype)
+        opt = Adam(params, lr=0.1, state_dtype=state_dtype, nonfinite_guard=True)
         for p, g in zip(params, grads):
             p.grad = g
         with warnings.catch_warnings():
@@ -162,9 +164,121 @@ def test_the_guard_reads_a_16bit_gradient_without_a_float32_copy():
     from sketchplan.methods import MethodConfig, OptimizerDefaults
     from sketchplan.methods.adam import fused, group_workspace_bytes
 
-    cfg, opts = MethodConfig(method="adam", momentum="bfloat16"), OptimizerDefaults(state_dtype="bfloat16")
+    cfg = MethodConfig(method="adam", momentum="bfloat16")
+    opts = OptimizerDefaults(state_dtype="bfloat16", nonfinite_guard=True)
     shapes = [(300, 300), (7,), (2, 3, 4)]
     assert fused(cfg, opts, ["bfloat16"] * len(shapes))
     measured = measured_step_transients(shapes, cfg, torch.bfloat16, opts, steps=2)
     predicted = group_workspace_bytes([(s, "bfloat16") for s in shapes], cfg, opts)
     assert measured <= predicted == 16 * len(shapes), (measured, predicted)
+
+
+def _nan_grads(gen: torch.Generator) -> tuple[list[torch.nn.Parameter], list[torch.Tensor]]:
+    """A (7, 5) matrix and a (5,) vector with fresh random gradients, a NaN in the vector's."""
+    params = [torch.nn.Parameter(torch.randn(7, 5, generator=gen)), torch.nn.Parameter(torch.randn(5, generator=gen))]
+    grads = [torch.randn(7, 5, generator=gen), torch.randn(5, generator=gen)]
+    grads[1][torch.randint(5, (), generator=gen)] = math.nan
+    return params, grads
+
+
+def test_auto_guard_is_off_for_an_all_adam_optimizer_as_in_torch_fused_adamw():
+    """``auto`` over Adam alone: no read, nothing skipped, and the step is torch's fused AdamW's to the bit, NaN
+    included (the peer steps copies of the same tensors)."""
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    params, grads = _nan_grads(gen)
+    peer = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    ours = Adam(params, lr=0.1, weight_decay=0.01)
+    theirs = torch.optim.AdamW(peer, lr=0.1, weight_decay=0.01, fused=True)
+    for step in range(2):
+        for p, q, g in zip(params, peer, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # the guard's warning would be an error here
+            ours.step()
+        theirs.step()
+    for p, q in zip(params, peer):
+        assert torch.equal(p.isnan(), q.isnan()) and torch.equal(p.nan_to_num(), q.nan_to_num())
+    assert bool(params[1].isnan().any()) and bool(torch.isfinite(params[0]).all())
+    assert [int(ours.state[p]["nonfinite_skips"]) for p in params] == [0, 0]
+
+
+@pytest.mark.parametrize("guard", ["auto", True])
+def test_auto_guard_beside_a_matrix_method_skips_the_adam_tensor_too(guard):
+    """One answer per optimizer: a Sketchy group turns ``auto`` on for the Adam group as well, so the vector with
+    the NaN is skipped (state and parameter finite, counter 1) while the matrix steps; ``True`` on an all-Adam
+    optimizer does the same."""
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    params, grads = _nan_grads(gen)
+    before = [p.detach().clone() for p in params]
+    if guard == "auto":
+        opt = Sketchy([{"params": [params[0]]}, {"params": [params[1]], "method": "adam", "rank": None}],
+                      lr=0.1, rank=2)
+        assert [g["method"] for g in opt.param_groups] == ["sketchy", "adam"]
+    else:
+        opt = Adam(params, lr=0.1, nonfinite_guard=True)
+    for p, g in zip(params, grads):
+        p.grad = g
+    with pytest.warns(RuntimeWarning, match="NaN or Inf"):
+        opt.step()
+    assert [int(opt.state[p]["nonfinite_skips"]) for p in params] == [0, 1]
+    assert all(bool(torch.isfinite(v).all()) for p in params for v in opt.state[p].values() if torch.is_tensor(v))
+    assert bool(torch.isfinite(params[1]).all()) and not torch.equal(params[0].detach(), before[0])
+
+
+def test_auto_guard_in_optax_is_one_answer_per_tree():
+    """The optax transformation resolves ``auto`` over the whole tree: Adam alone lets the NaN through (counter 0,
+    NaN in the update); beside a Sketchy tensor the Adam tensor's NaN gradient is skipped (counter 1, finite)."""
+    jnp = pytest.importorskip("jax.numpy")
+    import numpy as np
+
+    from sketchplan.methods import MethodConfig, OptimizerDefaults
+    from sketchplan.optimizers.jax.transform import scale_by_assignment
+
+    rng = np.random.default_rng()
+    params = {"w": jnp.asarray(rng.standard_normal((7, 5)), jnp.float32),
+              "b": jnp.asarray(rng.standard_normal(5), jnp.float32)}
+    bad = rng.standard_normal(5).astype(np.float32)
+    bad[rng.integers(5)] = np.nan
+    grads = {"w": jnp.asarray(rng.standard_normal((7, 5)), jnp.float32), "b": jnp.asarray(bad)}
+    adam, sketchy = MethodConfig(method="adam"), MethodConfig(method="sketchy", rank=2)
+    opts = OptimizerDefaults(lr=0.1)
+    for w_cfg, skipped in ((adam, False), (sketchy, True)):
+        tx = scale_by_assignment(lambda name, shape, w_cfg=w_cfg: (w_cfg if "w" in name else adam, opts))
+        update, state = tx.update(grads, tx.init(params), params)
+        names = [n for n, _ in sorted(params.items())]  # the tree's leaf order
+        skips = int(state.factors[names.index("b")]["nonfinite_skips"])
+        assert skips == int(skipped)
+        assert bool(jnp.isnan(update["b"]).any()) is (not skipped)
+
+
+def test_the_plan_times_the_guard_as_the_built_optimizer_resolves_it():
+    """An all-Adam plan's entries are timed without the guard's pass, a plan with a Sketchy tensor times its Adam
+    entries with it: each equals the profile's time of the calls written out here (fused AdamW: 3 passes, the
+    guard 1 more and a scalar), and the plan's all-Adam baseline is the unguarded one."""
+    from sketchplan.kernels.calls import pointwise
+    from sketchplan.methods import MethodConfig
+    from sketchplan.planner.make import plan_from_configs
+    from sketchplan.profiles.cost import CostModel
+    from sketchplan.profiles.registry import shipped_profiles
+
+    hw = shipped_profiles()[0]
+    cost = CostModel(hw)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Linear(48, 32))
+    adam, sketchy = MethodConfig(method="adam"), MethodConfig(method="sketchy", rank=4)
+
+    def ms(calls):
+        return cost.step(calls)[0] * 1e3
+
+    alone = plan_from_configs(model, adam, hardware=hw)
+    mixed = plan_from_configs(model, {"0.weight": sketchy, "0.bias": adam, "1.weight": adam, "1.bias": adam},
+                              hardware=hw)
+    for plan, guard in ((alone, 0), (mixed, 1)):
+        for e in plan.tensors:
+            if e.method == "adam":
+                n = math.prod(e.shape)
+                want = ms([pointwise(n, 3 + guard)] + [pointwise(1)] * guard)
+                assert e.step_ms == pytest.approx(want, abs=1e-4), (e.name, guard)
+    n_all = sum(math.prod(e.shape) for e in alone.tensors)
+    assert alone.totals.adam_step_ms == pytest.approx(sum(ms([pointwise(math.prod(e.shape), 3)])
+                                                          for e in alone.tensors), abs=2e-3), n_all
+    assert mixed.totals.adam_step_ms == pytest.approx(alone.totals.adam_step_ms)

@@ -158,6 +158,8 @@ def test_bad_gradients_never_leave_nonfinite_state(name, make):
     shape = (24, 20)
     params = [torch.nn.Parameter(torch.randn(shape)) for _ in range(2)]
     opt = make(params)
+    for group in opt.param_groups:  # on for every method (auto leaves it off for an all-elementwise optimizer)
+        group["nonfinite_guard"] = True
     with pytest.warns(RuntimeWarning, match="NaN or Inf"):
         for step in range(2 * len(BAD) + 1):
             grads = [torch.randn(shape) for _ in params]

@@ -63,7 +63,8 @@ def _all_state_finite(opt):
 def test_nan_and_zero_gradients(name):
     torch.manual_seed(0)
     model = Zoo()
-    opt = build_optimizer(make_plan(model, CONFIGS[name], DEFAULTS), model)
+    guarded = DEFAULTS.model_copy(update={"nonfinite_guard": True})  # auto: off for all-elementwise plans
+    opt = build_optimizer(make_plan(model, CONFIGS[name], guarded), model)
     _train(model, opt, range(3))
     opt.zero_grad()
     zoo_loss(model, 3).backward()

@@ -133,7 +133,8 @@ FUSED_PASSES = 3
 def kernel_calls(shape: tuple[int, ...], cfg: MethodConfig, opts: OptimizerDefaults) -> list[KernelCall]:
     """The elementwise passes of one AdamW step over this parameter, ``sanitize``'s guard read included.
 
-    The guard (``nonfinite_guard``, on by default) reads the gradient once (its norm: a dot or its share of one
+    The guard (``nonfinite_guard``: ``True``, or ``auto`` before it is resolved for an optimizer: an all-Adam
+    optimizer resolves it off, ``OptimizerDefaults.guard_runs``) reads the gradient once (its norm: a dot or its share of one
     ``torch._foreach_norm``) and adds the scalar work of the flags (stack, compare, the skip counter): one pass
     and a ``pointwise(1)``. Fused (``fused``, for parameters in the state dtype): the guard's pass and one kernel
     streaming seven parameter-sized arrays, counted as ``FUSED_PASSES`` passes. Multi-tensor

@@ -207,9 +207,13 @@ class OptimizerDefaults(BaseModel):
       weight decay with AdamW).
     - Every method keeps an int32 counter ``nonfinite_skips`` of gradients it replaced by zeros because they
       held a NaN or Inf.
-    - ``nonfinite_guard``: whether that check runs (default true). It is one read of every gradient per step —
-      about a quarter of a fused Adam step's time (``benchmarks/results/step_time.md``); false leaves the
-      gradients as they are (NaN and Inf then reach the state, as in torch's and optax's own optimizers) for loops
+    - ``nonfinite_guard``: whether that check runs: ``auto`` (default), ``true`` or ``false``. It is one read of
+      every gradient per step — about a quarter of a fused Adam step's time (``benchmarks/results/step_time.md``).
+      ``auto`` runs it in an optimizer (a torch optimizer, an optax transformation, a plan) that holds a matrix
+      method (``MATRIX_METHODS``: one non-finite gradient would leave NaN in factor statistics that an eigh or an
+      inverse root then reads, failing or poisoning every later preconditioner) and skips it where every tensor is
+      elementwise (Adam, Lion, Adafactor, Muon, extreme tensoring: the NaN reaches the state as in torch's and
+      optax's own optimizers, at their speed) — ``guard_runs``; false leaves the gradients as they are for loops
       that already check, e.g. ``GradScaler`` or a clipped global norm tested with ``isfinite``.
     """
 
@@ -238,7 +242,7 @@ class OptimizerDefaults(BaseModel):
     lion_lr_ratio: float = Field(default=0.3, gt=0)
     muon_momentum: float = Field(default=0.95, ge=0, lt=1)
     ns_steps: int = Field(default=5, ge=1, le=100)
-    nonfinite_guard: bool = True
+    nonfinite_guard: Literal["auto"] | bool = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> "OptimizerDefaults":
@@ -249,6 +253,20 @@ class OptimizerDefaults(BaseModel):
         if not (0 <= l1 < 1 and 0 <= l2 < 1):
             raise ValueError("lion_betas must satisfy 0 <= beta1 < 1 and 0 <= beta2 < 1")
         return self
+
+    def guard_runs(self, methods) -> bool:
+        """Whether the non-finite guard runs in an optimizer whose tensors use ``methods`` (names): ``auto`` when
+        any of them is a matrix method (``MATRIX_METHODS``), else as set. One answer for the whole optimizer, so
+        that a bad gradient is skipped by every tensor or by none."""
+        if self.nonfinite_guard == "auto":
+            return any(m in MATRIX_METHODS for m in methods)
+        return bool(self.nonfinite_guard)
+
+    def with_guard_for(self, methods) -> "OptimizerDefaults":
+        """These options with ``nonfinite_guard`` resolved (``guard_runs``) for an optimizer over ``methods``: what
+        the step model (``kernel_calls``) and the backends read."""
+        run = self.guard_runs(methods)
+        return self if self.nonfinite_guard is run else self.model_copy(update={"nonfinite_guard": run})
 
 
 EPSILON_MODES = ("absolute", "relative", "shift")

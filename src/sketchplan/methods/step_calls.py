@@ -20,7 +20,8 @@ GRAFT_PASSES = {"adam": 6, "rmsprop": 6, "adafactor": 9, "sgd": 0, "none": 0}
 
 def sanitize_calls(numel: int, opts: OptimizerDefaults) -> list[KernelCall]:
     """``SketchplanOptimizer.sanitize``: one read of each gradient (its float32 norm) and the flags' scalar work
-    (stack, compare, skip counter) (nothing with ``nonfinite_guard`` off)."""
+    (stack, compare, skip counter); nothing with ``nonfinite_guard`` off (``auto`` counts as on until it is
+    resolved for an optimizer's methods: ``OptimizerDefaults.with_guard_for``)."""
     return [pointwise(numel), pointwise(1)] if opts.nonfinite_guard else []
 
 

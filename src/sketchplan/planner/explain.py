@@ -61,7 +61,7 @@ def _timer(plan: Plan):
         except (_UE, OSError, ValueError):
             continue
         if prof is not None and label(prof) == plan.hardware:
-            return StepTimer(CostModel(prof), plan.defaults)
+            return StepTimer(CostModel(prof), plan.defaults).for_methods({e.method for e in plan.tensors if e.method})
     return None
 
 

@@ -100,6 +100,8 @@ def _entries(spec: ModelSpec, choice: dict[str, cand.Candidate],
              timer: StepTimer | None = None, excluded: dict[str, str] | None = None) -> list[TensorEntry]:
     out = []
     excluded = excluded or {}
+    if timer is not None:  # the guard as the built optimizer resolves it
+        timer = timer.for_methods({c.cfg.method for c in choice.values()})
     for p in spec.params:
         c = choice.get(p.name)
         e = TensorEntry(name=p.name, shape=list(p.shape), dtype=p.dtype, trainable=p.trainable, tied=list(p.tied),
@@ -203,8 +205,8 @@ def _what_ifs(spec, opts, fixed, avail, par, ranks, block_sizes, timer=None, can
         c = _costs(spec, choice, opts, par, timer, param_dtype, prec)
         peak = step_peak(_owned(fixed, spec, prec, par, c), c.per_rank + c.extra, c.workspace, spec.buffers_bytes,
                          act, ret)
-        ms = None if timer is None else round(sum(timer(p.shape, choice[p.name].cfg)[0]
-                                                  for p in cand_spec.trainable), 3)
+        run = None if timer is None else timer.for_methods({c.cfg.method for c in choice.values()})
+        ms = None if run is None else round(sum(run(p.shape, choice[p.name].cfg)[0] for p in cand_spec.trainable), 3)
         out.append(WhatIf(label="all " + cfg.label(), state_bytes=c.state, peak_bytes=peak,
                           fits=avail is None or peak <= avail, score=round(c.score, 6), step_ms=ms))
     return out

@@ -36,7 +36,9 @@ ADAM = MethodConfig(method="adam")
 
 
 def adam_step_ms(spec, timer) -> float:
-    """All-Adam's predicted amortised step over the trainable tensors (ms)."""
+    """All-Adam's predicted amortised step over the trainable tensors (ms), as an all-Adam optimizer runs it
+    (the non-finite guard resolved for Adam alone: ``StepTimer.for_methods``)."""
+    timer = timer.for_methods({ADAM.method})
     return sum(timer(p.shape, ADAM)[0] for p in spec.trainable)
 
 

@@ -28,6 +28,14 @@ class StepTimer:
         self.defaults = {k: getattr(opts, f) for k, f in VARIANT_OPTIONS.items()}
         self._cache: dict[tuple, tuple[float, dict[str, str]]] = {}
 
+    def for_methods(self, methods) -> "StepTimer":
+        """This timer with the non-finite guard resolved for an optimizer over ``methods``
+        (``OptimizerDefaults.guard_runs``: ``auto`` runs it only beside a matrix method). While the solver
+        compares candidates the guard of ``auto`` is counted (a plan with a matrix method runs it on every
+        tensor); the chosen plan's entries, its all-Adam baseline and its what-ifs are timed resolved."""
+        opts = self.opts.with_guard_for(methods)
+        return self if opts is self.opts else StepTimer(self.cost, opts)
+
     def __call__(self, shape: tuple[int, ...], cfg: MethodConfig) -> tuple[float, dict[str, str]]:
         if any(d == 0 for d in shape):
             cfg = MethodConfig(method="adam")  # a tensor without elements gets Adam (planner.candidates)

@@ -43,7 +43,9 @@ def sanitize(st: dict, grad, opts: OptimizerDefaults):
     """``grad`` with a non-finite tensor replaced by zeros; such a tensor adds 1 to ``nonfinite_skips``.
 
     As in torch, the float32 squared norm finds it: NaN, ±Inf, or ‖g‖² above ``GRAD_SQNORM_LIMIT`` (a finite
-    gradient whose squares would overflow the state). ``opts.nonfinite_guard = False``: ``grad`` as it is."""
+    gradient whose squares would overflow the state). ``opts.nonfinite_guard = False``: ``grad`` as it is;
+    ``auto`` is resolved over the whole parameter tree before (``transform.scale_by_assignment``; a step called on
+    its own with ``auto`` runs the guard)."""
     if not opts.nonfinite_guard:
         return grad
     flat = grad.reshape(-1).astype(jnp.float32)

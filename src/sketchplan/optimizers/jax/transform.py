@@ -137,14 +137,16 @@ def scale_by_assignment(assign: Assign) -> optax.GradientTransformation:
         mesh = context_mesh()
         axes = mesh_axes(mesh) if mesh is not None else {}
         out, mu_out, nu_out, fac_out = [], [], [], []
+        assigned = [assign(name, tuple(int(d) for d in g.shape)) for name, g in named]
+        methods = {a[0].method for a in assigned if a is not None}  # the guard is one answer for the whole tree
         for i, ((name, g), p) in enumerate(zip(named, plist)):
             shape = tuple(int(d) for d in g.shape)
-            a = assign(name, shape)
+            a = assigned[i]
             if a is None:
                 out.append(jnp.zeros_like(g))
                 mu_out.append(mu[i]), nu_out.append(nu[i]), fac_out.append(state.factors[i])
                 continue
-            cfg, opts = a
+            cfg, opts = a[0], a[1].with_guard_for(methods)
             layout = state_layout(shape, cfg, opts)
             roles = {t.name: elementwise_role(t, shape) for t in layout}
             st = dict(state.factors[i])

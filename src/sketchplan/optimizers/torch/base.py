@@ -302,7 +302,9 @@ class SketchplanOptimizer(torch.optim.Optimizer):
         ``GRAD_NORM_LIMIT`` = 2⁵⁰: NaN and ±Inf propagate into it, and a finite but huge gradient (1e20 in one
         element) would overflow g², G Gᵀ or the graft's moments and leave Inf in the state for good. A zeroed
         gradient leaves the statistics unchanged except for their decay (an all-zero gradient is harmless in
-        every method), so the state stays finite. One read of each gradient (``_guard_norms``: one
+        every method), so the state stays finite. Whether it runs is one answer for the whole optimizer
+        (``OptimizerDefaults.guard_runs`` over its groups' methods: ``auto`` runs it when any group is a matrix
+        method; with only elementwise ones the gradients pass as in torch's AdamW). One read of each gradient (``_guard_norms``: one
         ``torch._foreach_norm`` over the small ones, a dot per large float32 one on CPU), their norms stacked
         and compared at once.
         On CPU the flags are read directly (no device to wait for) and only a skipped tensor's counter is
@@ -311,7 +313,7 @@ class SketchplanOptimizer(torch.optim.Optimizer):
         the warning waits for a step that is a multiple of ``precondition_frequency`` (one scalar
         read then: the only host sync of a diagonal method's step).
         """
-        if not opts.nonfinite_guard:  # the user's loop checks (GradScaler, a clipped norm's isfinite): no read
+        if not opts.guard_runs(g["method"] for g in self.param_groups):  # off, or auto without a matrix method
             return grads
         norms, order = _guard_norms(grads)
         if _flags_on_host(grads[0].device):
