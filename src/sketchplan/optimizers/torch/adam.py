@@ -103,8 +103,10 @@ class Adam(SketchplanOptimizer):
         state_dtype: dtype of v (``float32``, ``float64`` or ``bfloat16``).
         **options: any other ``OptimizerDefaults`` field (they do not affect Adam except
             ``precondition_frequency``, the period of the deferred non-finite warning on accelerators, and
-            ``nonfinite_guard``: ``False`` drops the per-step read of every gradient that guards the state against
-            NaN and Inf, for torch fused AdamW's speed and semantics).
+            ``nonfinite_guard``: the per-step read of every gradient that guards the state against NaN and Inf.
+            Its default ``auto`` leaves it out of an all-Adam optimizer, which then has torch fused AdamW's speed
+            and semantics; ``True`` adds it; a param group of a matrix method in the same optimizer turns
+            ``auto`` on for every group).
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
