@@ -37,8 +37,9 @@ def _shapes(rng: random.Random) -> list[tuple[int, ...]]:
             ()]
 
 
-def _run(shapes, cfg, opts, seed, steps=5):
-    """Parameters after ``steps`` float64 steps on fresh random gradients, and the kernel calls made."""
+def _run(shapes, cfg, opts, seed, steps=5, scales=None):
+    """Parameters after ``steps`` float64 steps on fresh random gradients (tensor i's times ``scales[i]``), and the
+    kernel calls made."""
     calls = [0]
 
     def counting(fn):
@@ -55,8 +56,8 @@ def _run(shapes, cfg, opts, seed, steps=5):
                              (torch_shampoo, "symmetric_power")):
             mp.setattr(module, name, counting(getattr(module, name)))
         for _ in range(steps):
-            for p in ps:
-                p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            for i, p in enumerate(ps):
+                p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64) * (scales[i] if scales else 1.0)
             opt.step()
     return [p.detach() for p in ps], calls[0]
 
@@ -78,6 +79,44 @@ def test_batched_step_is_the_tensor_by_tensor_step_with_fewer_calls(case):
             torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12, msg=lambda m: f"{seed} {shapes} {mode}: {m}")
         if mode == "all":
             assert calls < ref_calls, (seed, shapes, calls, ref_calls)
+
+
+#: Planted failure: a decomposition whose input holds an entry above this raises, as LAPACK does on a matrix it
+#: cannot factor. Only the tensor whose gradients are ``POISON`` times the others' has such inputs.
+REFUSED_ABOVE, POISON = 1e9, 1e10
+
+
+@pytest.mark.parametrize("case", CASES[:4], ids=lambda c: c[0].label() + " " + c[1].fd_variant)
+def test_a_failing_member_keeps_only_its_own_state_as_tensor_by_tensor(case, monkeypatch):
+    """Tensor 0's statistics make every eigh and SVD of them raise (in float64 too): stepping tensor by tensor it
+    alone keeps its sketch or root. Batched, the stack holding it fails as a whole, and the per-member retry must
+    give every other member its update: a stack that kept every member's state (or a retry that skipped or
+    mis-sliced members) changes their parameters. The count of refused calls shows the stack did fail."""
+    cfg, opts = case
+    seed = random.randrange(10**6)
+    shapes = _shapes(random.Random(seed))
+    opts = opts.model_copy(update={"state_dtype": "float64", "shampoo_eps": 1e-3})
+    refused = [0]
+
+    def refusing(real):
+        def run(a, *args, **kw):
+            if bool((a.abs() > REFUSED_ABOVE).any()):
+                refused[0] += 1
+                raise torch.linalg.LinAlgError("planted: this matrix cannot be factored")
+            return real(a, *args, **kw)
+        return run
+
+    monkeypatch.setattr(torch.linalg, "eigh", refusing(torch.linalg.eigh))
+    monkeypatch.setattr(torch.linalg, "svd", refusing(torch.linalg.svd))
+    scales = [POISON] + [1.0] * (len(shapes) - 1)
+    ref, _ = _run(shapes, cfg, opts.model_copy(update={"batch_blocks": "none"}), seed, scales=scales)
+    alone = refused[0]
+    assert alone > 0
+    refused[0] = 0
+    got, _ = _run(shapes, cfg, opts.model_copy(update={"batch_blocks": "all"}), seed, scales=scales)
+    assert refused[0] > alone, (refused[0], alone)  # the stacks with tensor 0 failed, then its own retries
+    for i, (r, g) in enumerate(zip(ref, got)):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12, msg=lambda m: f"{seed} {shapes} tensor {i}: {m}")
 
 
 def test_batches_by_hand():
@@ -123,3 +162,28 @@ def test_batched_group_peak_is_replayed_and_auto_never_raises_it(case, dtype, mo
         predicted[mode] = group_workspace_bytes([(s, dt) for s in shapes], cfg, o, scratch=False)
         assert measured <= predicted[mode] <= measured + 64, (seed, shapes, mode, predicted[mode], measured)
     assert predicted["auto"] <= predicted["none"], (seed, shapes, predicted)
+
+
+@pytest.mark.parametrize("case", CASES[:3], ids=lambda c: c[0].label() + " " + c[1].fd_variant)
+def test_the_per_member_retry_stays_within_the_replayed_peak(case, monkeypatch):
+    """Every stacked FD update fails (it returns its inputs, as ``fd_update`` does when LAPACK refuses), so each
+    member is retried from its slice of the stack: MemTracker's step peak stays within the group's replay (the
+    retry runs after the stacked sketches are freed)."""
+    force_float64_retry(monkeypatch)
+    real = torch_sketchy.fd_update
+    retried = [0]
+
+    def stacks_fail(u, sig2, rho, x, *args):
+        if x._base is None:  # the whole stack (a member's retry gets a view of it)
+            return u, sig2, rho
+        retried[0] += 1
+        return real(u, sig2, rho, x, *args)
+
+    monkeypatch.setattr(torch_sketchy, "fd_update", stacks_fail)
+    cfg, opts = case
+    seed = random.randrange(10**6)
+    shapes = _shapes(random.Random(seed))
+    opts = opts.model_copy(update={"batch_blocks": "all"})
+    measured = measured_step_transients(shapes, cfg, torch.float32, opts, steps=3)
+    predicted = group_workspace_bytes([(s, "float32") for s in shapes], cfg, opts, scratch=False)
+    assert retried[0] > 0 and measured <= predicted, (seed, shapes, measured, predicted)

@@ -591,7 +591,9 @@ def member_blocks_copied(mp: MatrixPlan) -> bool:
 def fd_batch(live: Live, key: tuple, members: tuple, plans: list, tensors: list, sb: int, variant: str) -> None:
     """``SketchyRule.run_batch``: the members' unfoldings copied into one (count, d, m) stack (scaled in place
     when β2 < 1), each member's blocks stacked in its gradient's dtype on the way (one member at a time), the
-    sketches stacked (copies when there are several members), the FD update, each member's slice copied back."""
+    sketches stacked (copies when there are several members), the FD update, each member's slice copied back.
+    A failed stack's per-member retry runs with the stack freed and only x alive, its transients a member's share
+    of the stack's, so it stays under this peak."""
     d, k, m = key
     count = sum(mm.count for mm in members)
     x = live.alloc(count * d * m * sb)

@@ -319,7 +319,10 @@ def fd_update(u: torch.Tensor, sig2: torch.Tensor, rho: torch.Tensor, x: torch.T
               variant: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One FD step (module docstring), batched: u (b, d, k), sig2 (b, k), rho (b,), x (b, d, N).
 
-    Returns new (u, sig2, rho); the inputs are not modified. Rank k ≤ d is the column count of ``u``.
+    Returns new (u, sig2, rho); the inputs are not modified. When the update fails (an eigh or QR that float32
+    and float64 both refuse, for any matrix of the batch) it returns the input tensors themselves, so the caller
+    keeps the sketch and can tell (``SketchyRule.run_batch`` retries a stack member by member). Rank k ≤ d is the
+    column count of ``u``.
     """
     d, k, n = u.shape[-2], u.shape[-1], x.shape[-1]
     if variant == "auto":

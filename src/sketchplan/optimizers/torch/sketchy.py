@@ -39,8 +39,10 @@ class SketchyRule(MatrixRule):
     def run_batch(self, batch, states, grads, plans, cfg, opts):
         """One FD update for the blocks of every member: their mode-``axis`` unfoldings copied from the gradients
         (each member's blocks stacked first) into one (count, d, m) stack (cast to the state dtype by the copy),
-        the sketches stacked in the same order, each member's slice of the new sketch copied back. A failed update
-        keeps every member's sketch (``methods.sketchy.fd_batch`` replays it)."""
+        the sketches stacked in the same order, each member's slice of the new sketch copied back
+        (``methods.sketchy.fd_batch`` replays it). If the stack's update fails (an eigh or QR that float32 and
+        float64 both refuse: ``fd_update`` then returns its inputs), each member is updated on its own from its
+        slice of the stack, so a failing tensor keeps only its own sketch, as stepping tensor by tensor does."""
         d, k, m = batch.key
         x = grads[batch.members[0].tensor].new_empty((batch.count, d, m), dtype=getattr(torch, opts.state_dtype))
         for mem, at in zip(batch.members, batch.offsets()):
@@ -60,6 +62,15 @@ class SketchyRule(MatrixRule):
                  for n in ("U", "sig2_", "rho")]
         stacked = [p[0] if len(p) == 1 else torch.cat(p) for p in parts]
         new = fd_update(*stacked, x, decay, opts.fd_variant)
+        if len(batch.members) > 1 and new[0] is stacked[0]:  # failed for the stack: each member on its own
+            del new, stacked
+            for mem, at, *sketch in zip(batch.members, batch.offsets(), *parts):
+                one = fd_update(*sketch, x[at:at + mem.count], decay, opts.fd_variant)
+                for old, value in zip(sketch, one):
+                    if value is not old:
+                        old.copy_(value)
+                del one
+            return
         for olds, value in zip(parts, new):
             for old, at in zip(olds, batch.offsets()):
                 old.copy_(value[at:at + old.shape[0]])
