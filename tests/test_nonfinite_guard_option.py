@@ -282,3 +282,32 @@ def test_the_plan_times_the_guard_as_the_built_optimizer_resolves_it():
     assert alone.totals.adam_step_ms == pytest.approx(sum(ms([pointwise(math.prod(e.shape), 3)])
                                                           for e in alone.tensors), abs=2e-3), n_all
     assert mixed.totals.adam_step_ms == pytest.approx(alone.totals.adam_step_ms)
+
+
+def test_explain_times_each_alternative_with_the_guard_its_optimizer_would_run():
+    """``sketchplan explain`` on an all-Adam plan made under a bound only all-Adam meets: the chosen Adam row is
+    timed without the guard (as the plan's entry), a matrix alternative with it (choosing it would turn it on)."""
+    from sketchplan.kernels.calls import pointwise
+    from sketchplan.methods import MethodConfig, OptimizerDefaults
+    from sketchplan.planner.analysis import analyze
+    from sketchplan.planner.explain import explain
+    from sketchplan.planner.candidates import candidate_configs
+    from sketchplan.planner.make import make_plan
+    from sketchplan.planner.timing import StepTimer
+    from sketchplan.profiles.cost import CostModel
+    from sketchplan.profiles.registry import shipped_profiles
+
+    hw = shipped_profiles()[0]
+    model = torch.nn.Sequential(torch.nn.Linear(96, 80))
+    # a bound only all-Adam meets (unguarded: ``auto`` leaves the guard out of it), with matrix methods offered
+    plan = make_plan(model, None, hardware=hw, methods=("adam", "shampoo", "sketchy"), max_step_vs_adam=1.0)
+    assert {e.method for e in plan.tensors} == {"adam"}
+    rows = explain(plan, analyze(model), "0.weight").rows
+    chosen = next(r for r in rows if r.chosen)
+    assert chosen.step_ms == pytest.approx(CostModel(hw).step([pointwise(96 * 80, 3)])[0] * 1e3)
+    guarded = StepTimer(CostModel(hw), OptimizerDefaults(nonfinite_guard=True))
+    matrix = [r for r in rows if r.label.startswith(("shampoo", "sketchy", "blocked", "kradagrad", "soap"))]
+    assert matrix
+    cfgs = {c.label(): c for c in candidate_configs(("shampoo", "sketchy"))}
+    for r in matrix:
+        assert r.step_ms == pytest.approx(guarded((80, 96), cfgs[r.label])[0]), r.label

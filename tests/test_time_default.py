@@ -83,3 +83,24 @@ def test_time_budget_below_the_fastest_plan_names_it(gpt2):
 
     with pytest.raises(UserError, match="below the fastest plan that fits the memory budget"):
         make_plan(gpt2, "4GiB", hardware=PROFILE, time_budget_ms=1.0)
+
+
+@pytest.mark.parametrize("bound", ["--max-step-vs-adam 1", "--time-budget-ms 1.05x Adam"])
+def test_a_bound_all_adam_meets_is_met_by_an_unguarded_plan(gpt2, bound):
+    """``nonfinite_guard: auto`` leaves the guard out of an all-elementwise optimizer, so all-Adam steps in its
+    unguarded time: a bound of 1× (default bound at --max-step-vs-adam 1) or 1.05× that time must give a plan that
+    meets it, not be refused or raised to the fastest plan *with* the guard (the candidates' times include it,
+    as every tensor of a plan with a matrix method pays it). With ``nonfinite_guard: true`` every plan pays it and
+    the explicit budget is out of reach."""
+    from sketchplan.errors import UserError
+
+    adam = _adam_ms(gpt2)
+    kw = {"max_step_vs_adam": 1.0} if bound.startswith("--max") else {"time_budget_ms": 1.05 * adam}
+    plan = make_plan(gpt2, "4GiB", hardware=PROFILE, **kw)
+    assert "raised" not in plan.budget.time_budget_source
+    assert plan.totals.step_ms <= plan.budget.time_budget_ms * (1 + 1e-6)
+    assert {e.method for e in plan.tensors if e.method} <= {"adam", "lion", "adafactor", "muon",
+                                                            "extreme_tensoring"}
+    if "time_budget_ms" in kw:  # (the default bound would follow: its all-Adam yardstick is guarded then too)
+        with pytest.raises(UserError, match="below the fastest plan"):
+            make_plan(gpt2, "4GiB", hardware=PROFILE, defaults=OptimizerDefaults(nonfinite_guard=True), **kw)

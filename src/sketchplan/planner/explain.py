@@ -61,7 +61,17 @@ def _timer(plan: Plan):
         except (_UE, OSError, ValueError):
             continue
         if prof is not None and label(prof) == plan.hardware:
-            return StepTimer(CostModel(prof), plan.defaults).for_methods({e.method for e in plan.tensors if e.method})
+            base = StepTimer(CostModel(prof), plan.defaults)
+            methods = {e.method for e in plan.tensors if e.method}
+            # each alternative timed with the guard as an optimizer holding it would run it (``nonfinite_guard:
+            # auto``: a matrix alternative in an all-elementwise plan pays it; the plan's other tensors would too)
+            resolved = {}
+
+            def timer(shape, cfg):
+                key = methods | {cfg.method}
+                run = resolved.get(frozenset(key)) or resolved.setdefault(frozenset(key), base.for_methods(key))
+                return run(shape, cfg)
+            return timer
     return None
 
 

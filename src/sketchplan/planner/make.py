@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import UserError
 from ..methods import state_layout
 from ..methods import muon  # issue 19 part A: the what-if "all muon" keeps AdamW where its authors do
-from ..methods.layout import MethodConfig, OptimizerDefaults
+from ..methods.layout import MATRIX_METHODS, MethodConfig, OptimizerDefaults
 from ..profiles.cost import CostModel
 from ..profiles.registry import label as profile_label
 from ..profiles.registry import resolve as resolve_profile
@@ -388,13 +388,10 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
     timer = None if hardware is None else StepTimer(CostModel(resolve_profile(hardware)), opts)
     time_budget_ms, time_source = time_bound.choose(cand_spec, timer, time_budget_ms, max_step_vs_adam,
                                                     tokens_per_step)
-    groups = _groups(cand_spec, configs, opts, spectrum.tensors if spectrum is not None else None, timer,
-                     par.mesh_sizes)
+    spectra = spectrum.tensors if spectrum is not None else None
+    groups = _groups(cand_spec, configs, opts, spectra, timer, par.mesh_sizes)
     fixed = par_.fixed_per_rank(spec, prec, par)
-    items = [Item(len(g.params), [_knapsack_bytes(g.shape, c, opts, par) for c in g.cands],
-                  [c.workspace_bytes for c in g.cands], [c.score * _numel(g.shape) for c in g.cands],
-                  None if timer is None else [c.time_ms for c in g.cands])
-             for g in groups]
+    items = _items(groups, opts, par, timer is not None)
     shard = par.owner
     assign_timer = None if hardware is None else StepTimer(CostModel(resolve_profile(hardware)), opts)
     avail = budget.available()
@@ -407,34 +404,70 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
 
         raise UserError(too_big(activations, kept, budget_bytes, headroom))
     state_budget = None if avail is None else (avail - kept) * par_.knapsack_scale(par)
-    for _ in range(50):
-        try:
-            sol = solve_two(items, state_budget, time_budget_ms)
-        except InfeasibleTime as inf:
-            if time_source == "--time-budget-ms":
-                raise UserError(time_bound.infeasible_message(time_budget_ms, time_source, inf.min_ms)) from None
-            # a default bound never makes a memory-feasible plan infeasible: it rises to the fastest plan that fits
-            time_budget_ms = inf.min_ms * (1 + 1e-9)
-            time_source += f"; raised to the fastest plan that fits the memory budget ({inf.min_ms:.4g} ms)"
-            sol = solve_two(items, state_budget, time_budget_ms)
-        except Infeasible as inf:
-            if shard and state_budget < (avail - kept) * par_.knapsack_scale(par):
+
+    def solve(groups, items, assign_timer, time_budget_ms, time_source, raise_default):
+        """The solve under both budgets, the state budget lowered until the sharded peak fits; a default time
+        bound no plan meets is raised to the fastest plan that fits (``raise_default``)."""
+        state_left = state_budget
+        for _ in range(50):
+            try:
+                sol = solve_two(items, state_left, time_budget_ms)
+            except Infeasible as inf:
+                inf.state_left = state_left  # lowered below the budget: the sharded blocks did not fit
+                raise
+            except InfeasibleTime as inf:
+                if time_source == "--time-budget-ms" or not raise_default:
+                    raise
+                # a default bound never makes a memory-feasible plan infeasible: it rises to the fastest plan
+                time_budget_ms = inf.min_ms * (1 + 1e-9)
+                time_source += f"; raised to the fastest plan that fits the memory budget ({inf.min_ms:.4g} ms)"
+                sol = solve_two(items, state_left, time_budget_ms)
+            choice = _choice(groups, sol.assign)
+            if avail is None:
+                break
+            c = _costs(pspec, choice, opts, par, assign_timer, param_dtype, prec)
+            over = step_peak(_owned(fixed, spec, prec, par, c), c.per_rank + c.extra, c.workspace,
+                             spec.buffers_bytes, act, ret) - avail
+            if over <= 0:
+                break
+            state_left -= max(over, state_left // 200, 1)
+        else:  # pragma: no cover - the loop shrinks the budget each round
+            raise UserError("could not fit the sharded optimizer state; raise --memory-budget.")
+        return groups, items, sol, choice, state_left, time_budget_ms, time_source
+
+    # With ``nonfinite_guard: auto`` the guard's read is paid by every tensor of a plan that holds a matrix method
+    # and by none of an all-elementwise plan: the candidates above are timed with it, and the all-elementwise plans
+    # are solved again timed without it (``StepTimer.for_methods``); the better plan within the budgets wins.
+    flat = flat_min = None
+    if timer is not None and time_budget_ms is not None and opts.guard_runs(()) != opts.guard_runs(MATRIX_METHODS):
+        unguarded = timer.for_methods(())
+        flat_configs = [c for c in configs if c.method not in MATRIX_METHODS]
+        if flat_configs:
+            flat_groups = _groups(cand_spec, flat_configs, opts, spectra, unguarded, par.mesh_sizes)
+            try:
+                flat = solve(flat_groups, _items(flat_groups, opts, par, True), assign_timer.for_methods(()),
+                             time_budget_ms, time_source, raise_default=False)
+            except (Infeasible, InfeasibleTime) as inf:
+                flat_min = getattr(inf, "min_ms", None)
+    try:
+        best = solve(groups, items, assign_timer, time_budget_ms, time_source, raise_default=flat is None)
+    except InfeasibleTime as inf:
+        if flat is None:
+            least = inf.min_ms if flat_min is None else min(inf.min_ms, flat_min)
+            raise UserError(time_bound.infeasible_message(time_budget_ms, time_source, least)) from None
+        best = None
+    except Infeasible as inf:
+        if flat is None:
+            if shard and getattr(inf, "state_left", state_budget) < (avail - kept) * par_.knapsack_scale(par):
                 raise UserError(f"with --world-size {world_size} no plan fits {fmt_bytes(avail)} per rank because "
                                 "preconditioner blocks cannot be split across ranks; raise --memory-budget or use "
                                 "smaller --block-sizes.") from None
             raise UserError(_infeasible(inf, groups, fixed, budget_bytes, reserve_bytes, par_.knapsack_scale(par),
                                         kept - fixed.total + int(budget_bytes * headroom))) from None
-        choice = _choice(groups, sol.assign)
-        if avail is None:
-            break
-        c = _costs(pspec, choice, opts, par, assign_timer, param_dtype, prec)
-        over = step_peak(_owned(fixed, spec, prec, par, c), c.per_rank + c.extra, c.workspace, spec.buffers_bytes,
-                         act, ret) - avail
-        if over <= 0:
-            break
-        state_budget -= max(over, state_budget // 200, 1)
-    else:  # pragma: no cover - the loop shrinks the budget each round
-        raise UserError("could not fit the sharded optimizer state; raise --memory-budget.")
+        best = None
+    if best is None or (flat is not None and flat[2].value > best[2].value):
+        best = flat
+    groups, items, sol, choice, state_budget, time_budget_ms, time_source = best
     binding, relax = bind_report(items, state_budget, time_budget_ms, sol)
     n = max(1, cand_spec.n_trainable)  # the solver's scores are weighted by the (local) numel
     gap = sol.gap / n
@@ -531,6 +564,15 @@ def _numel(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def _items(groups: list[_Group], opts: OptimizerDefaults, par, timed: bool) -> list[Item]:
+    """The solver's items: per group of same-shape tensors, each candidate's bytes, workspace, parameter-weighted
+    score and (``timed``) predicted step time."""
+    return [Item(len(g.params), [_knapsack_bytes(g.shape, c, opts, par) for c in g.cands],
+                 [c.workspace_bytes for c in g.cands], [c.score * _numel(g.shape) for c in g.cands],
+                 [c.time_ms for c in g.cands] if timed else None)
+            for g in groups]
 
 
 def _choice(groups: list[_Group], assign: list[dict[int, int]]) -> dict[str, cand.Candidate]:

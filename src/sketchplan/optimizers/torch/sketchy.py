@@ -62,14 +62,15 @@ class SketchyRule(MatrixRule):
                  for n in ("U", "sig2_", "rho")]
         stacked = [p[0] if len(p) == 1 else torch.cat(p) for p in parts]
         new = fd_update(*stacked, x, decay, opts.fd_variant)
-        if len(batch.members) > 1 and new[0] is stacked[0]:  # failed for the stack: each member on its own
+        if new[0] is stacked[0]:  # the update failed: nothing changed
             del new, stacked
-            for mem, at, *sketch in zip(batch.members, batch.offsets(), *parts):
-                one = fd_update(*sketch, x[at:at + mem.count], decay, opts.fd_variant)
-                for old, value in zip(sketch, one):
-                    if value is not old:
-                        old.copy_(value)
-                del one
+            if len(batch.members) > 1:  # each member on its own, so only a failing one keeps its sketch
+                for mem, at, *sketch in zip(batch.members, batch.offsets(), *parts):
+                    one = fd_update(*sketch, x[at:at + mem.count], decay, opts.fd_variant)
+                    for old, value in zip(sketch, one):
+                        if value is not old:
+                            old.copy_(value)
+                    del one
             return
         for olds, value in zip(parts, new):
             for old, at in zip(olds, batch.offsets()):
