@@ -207,3 +207,23 @@ def test_time_budget_is_honoured_and_binding_reported():
     assert looser.totals.score >= plan.totals.score - 1e-9
     with pytest.raises(UserError, match="below the fastest plan"):
         make_plan(spec, "64MiB", hardware=hw, time_budget_ms=1e-9)
+
+
+def test_nonfinite_guard_flag_is_recorded_and_timed(tmp_path, capsys):
+    """``--nonfinite-guard``: the plan records it, and with the same choices (no time bound) a plan that skips the
+    guard predicts a faster step than one that runs it on every tensor (one read of each gradient fewer)."""
+    steps = {}
+    for flag, want in (("true", True), ("false", False), ("auto", "auto")):
+        out = tmp_path / f"{flag}.yaml"
+        code, _, err = run(capsys, "plan", "--model", "examples.models:mlp", "--memory-budget", "64MiB",
+                           "--hardware", "cpu-amd-epyc-1t-torch", "--max-step-vs-adam", "inf",
+                           "--nonfinite-guard", flag, "--out", str(out))
+        assert code == 0, err
+        plan = Plan.load(str(out))
+        assert plan.defaults.nonfinite_guard == want and type(plan.defaults.nonfinite_guard) is type(want)
+        steps[flag] = (plan.totals.step_ms, [(e.method, e.rank, e.block_size) for e in plan.tensors])
+    assert steps["true"][1] == steps["false"][1] == steps["auto"][1]
+    assert any(m in ("shampoo", "sketchy", "blocked_shampoo") for m, _, _ in steps["true"][1])
+    assert steps["false"][0] < steps["true"][0] == steps["auto"][0]  # a matrix method: auto runs it
+    code, _, err = run(capsys, "plan", "--model", "examples.models:mlp", "--nonfinite-guard", "maybe")
+    assert code == 2 and "--nonfinite-guard" in err

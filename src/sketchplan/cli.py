@@ -149,6 +149,10 @@ def _parser() -> argparse.ArgumentParser:
                     "blocks keep a dimension above this is not preconditioned: it takes its graft (default 8192)")
     pl.add_argument("--precondition-frequency", type=flag_int(1, example="10"), default=10, help="steps between "
                     "root / eigenbasis refreshes; the predicted step time amortises them (default 10)")
+    pl.add_argument("--nonfinite-guard", default="auto", choices=["auto", "true", "false"],
+                    help="the per-step read of every gradient that skips one holding NaN or Inf: auto (only when "
+                    "the plan holds a matrix method), true, or false (the training loop checks, e.g. GradScaler); "
+                    "recorded in the plan, and the predicted step times count it (default auto)")
     pl.add_argument("--lr", type=flag_float(0, lo_open=True, example="1e-3"), default=1e-3,
                     help="learning rate recorded in the plan for build_optimizer (default 1e-3)")
     pl.add_argument("--weight-decay", type=flag_float(0, example="0.01"), default=0.0,
@@ -361,7 +365,8 @@ def _cmd_plan(args, console) -> int:
         defaults = OptimizerDefaults(state_dtype=args.state_dtype, merge_dims=args.merge_dims,
                                      max_precond_dim=args.max_precond_dim,
                                      precondition_frequency=args.precondition_frequency, lr=args.lr,
-                                     weight_decay=args.weight_decay)
+                                     weight_decay=args.weight_decay,
+                                     nonfinite_guard={"true": True, "false": False}.get(args.nonfinite_guard, "auto"))
     except ValueError as exc:
         from .validate import pydantic_message
 
@@ -414,7 +419,7 @@ def _cmd_plan(args, console) -> int:
 #: the flags that set each optimizer option (messages name the flag, not the field)
 _OPTION_FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "merge_dims": "--merge-dims",
                  "max_precond_dim": "--max-precond-dim", "precondition_frequency": "--precondition-frequency",
-                 "state_dtype": "--state-dtype"}
+                 "state_dtype": "--state-dtype", "nonfinite_guard": "--nonfinite-guard"}
 _FLOAT_DTYPES = ("float32", "float64", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2")
 
 
