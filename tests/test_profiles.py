@@ -170,6 +170,12 @@ def test_measure_profile_small_run():
     assert prof.device.kind == "cpu" and [t.kernel for t in prof.tables] == ["pointwise"]
     assert all(p.seconds > 0 for p in prof.tables[0].points)
     assert prof.roofline.bandwidth > 0
+    # the eigh/SVD/QR library is recorded: the LAPACK torch reports it was built with, MKL's version when MKL
+    import torch
+
+    assert prof.device.linalg.startswith("LAPACK")
+    if torch.backends.mkl.is_available():
+        assert "mkl" in prof.device.linalg and "Math Kernel Library Version" in prof.device.linalg
 
 
 def test_profile_cli_rejects_bad_device(capsys):
@@ -183,4 +189,7 @@ def test_measure_profile_jax_small_run():
     pytest.importorskip("jax")
     prof = measure_profile("cpu", "jax", quick=True, only=("pointwise", "lowrank_apply"))
     assert prof.device.framework == "jax"
+    import jaxlib
+
+    assert prof.device.linalg == f"XLA (jaxlib {jaxlib.__version__})"
     assert {t.kernel for t in prof.tables} == {"pointwise", "lowrank_apply"}

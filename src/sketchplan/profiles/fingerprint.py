@@ -82,6 +82,38 @@ def _nvml(index: int) -> dict:
         return {}
 
 
+def linalg_backend(kind: str, framework: str) -> str | None:
+    """The library that runs eigh, SVD and QR on ``kind`` under ``framework`` (an imported one), with its version:
+    torch on CPU the LAPACK it was built with (``torch.__config__``: e.g. "LAPACK mkl (Intel(R) oneAPI Math Kernel
+    Library Version 2024.2)"), on CUDA its preferred linalg library (cuSOLVER or MAGMA, torch's choice by size
+    when "default") and the CUDA version cuSOLVER ships with; JAX the jaxlib and, on accelerators, the platform
+    version XLA reports. None when it cannot be told."""
+    try:
+        if framework == "torch":
+            import re
+
+            import torch
+
+            if kind == "cuda":
+                lib = str(torch.backends.cuda.preferred_linalg_library()).rsplit(".", 1)[-1].lower()
+                magma = ", MAGMA available" if torch.cuda.has_magma else ""
+                return f"torch linalg {lib} (cuSOLVER of CUDA {torch.version.cuda}{magma})"
+            config = torch.__config__.show()
+            lapack = re.search(r"LAPACK_INFO=([\w.-]+)", config)
+            mkl = re.search(r"(Intel\(R\)[^\n]*Math Kernel Library Version [^\s-]+)", config)
+            name = f"LAPACK {lapack.group(1)}" if lapack else "LAPACK"
+            return f"{name} ({mkl.group(1)})" if mkl and lapack and lapack.group(1) == "mkl" else name
+        import jax
+        import jaxlib
+
+        out = f"XLA (jaxlib {jaxlib.__version__})"
+        if kind != "cpu":
+            out += f", {jax.devices()[0].client.platform_version}"
+        return out
+    except Exception:  # an unusual build: the profile is still valid without it
+        return None
+
+
 def detect(device: str = "cpu", framework: str = "torch") -> DeviceInfo:
     """The fingerprint of ``device`` as ``framework`` sees it; a device that is not there is a user error."""
     kind, index = parse_device(device)
@@ -90,7 +122,7 @@ def detect(device: str = "cpu", framework: str = "torch") -> DeviceInfo:
     version = _framework_version(framework)
     if kind == "cpu":
         return DeviceInfo(kind="cpu", name=cpu_name(), cores=_cpu_threads(framework), framework=framework,
-                          framework_version=version)
+                          framework_version=version, linalg=linalg_backend("cpu", framework))
     if kind == "cuda" and framework == "torch":
         import torch
 
@@ -101,7 +133,7 @@ def detect(device: str = "cpu", framework: str = "torch") -> DeviceInfo:
         info = {"name": props.name, "memory_bytes": int(props.total_memory),
                 "compute_capability": f"{props.major}.{props.minor}", **_nvml(index)}
         return DeviceInfo(kind="cuda", cores=props.multi_processor_count, framework=framework,
-                          framework_version=version, **info)
+                          framework_version=version, linalg=linalg_backend("cuda", framework), **info)
     import jax
 
     platform_name = "gpu" if kind == "cuda" else "tpu"
@@ -114,7 +146,7 @@ def detect(device: str = "cpu", framework: str = "torch") -> DeviceInfo:
     d = devs[index]
     extra = _nvml(index) if kind == "cuda" else {}
     return DeviceInfo(kind=kind, name=extra.pop("name", getattr(d, "device_kind", str(d))), framework=framework,
-                      framework_version=version, **extra)
+                      framework_version=version, linalg=linalg_backend(kind, framework), **extra)
 
 
 def _installed(name: str) -> bool:

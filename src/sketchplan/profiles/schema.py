@@ -33,6 +33,9 @@ class DeviceInfo(_Strict):
     cores: int | None = Field(default=None, ge=1, le=2**20, description="CPU cores used (threads) or accelerator SMs")
     framework: str = Field(description="torch or jax")
     framework_version: str = ""
+    linalg: str | None = Field(default=None, max_length=200, description="the library that ran eigh, SVD and QR, "
+                               "with its version (``fingerprint.linalg_backend``): GPU eigh timings change 10-100x "
+                               "between versions; not part of the fingerprint ``--hardware auto`` matches")
 
     def matches(self, other: "DeviceInfo") -> bool:
         """Same device kind, name, core count and framework (memory and driver may differ)."""
