@@ -329,3 +329,24 @@ def test_closed_form_equals_the_per_device_enumeration():
         assert per_device == [even] * len(per_device), (shape, spec, mesh, cfg)
         checked += 1
     assert checked > 60
+
+
+def test_explain_on_a_mesh_shows_the_largest_devices_bytes():
+    """``explain`` on a mesh plan weighs candidates by the largest device's share, as the solver does: Adam's row
+    for w (16, 32) split (data, model) over 4 devices shows 1028 B (2 × 2048 / 4 + 4, by hand as above), not the
+    whole tensor's 4100; a replicated tensor's row is its whole state."""
+    from sketchplan.planner.explain import explain
+
+    model = _model(w=("data", "model"))
+    plan = make_plan(model, None, methods=("adam", "blocked_shampoo"), block_sizes=(8,), mesh=MESH,
+                     partition_specs={"w": ("data", "model")}, hardware=None)
+    by_name = {e.name: e for e in plan.tensors}
+    # Adam: exp_avg and exp_avg_sq + 4; without momentum only exp_avg_sq + 4 (w: 2048 B / 4 devices)
+    for name, want in (("w", {"adam": 1028, "adam +nomom": 516}), ("r", {"adam": 132, "adam +nomom": 68})):
+        ex = explain(plan, model, name)
+        assert ex.per_device
+        rows = {r.label: r.state_bytes for r in ex.rows}
+        assert {k: rows[k] for k in want if k in rows} == {k: v for k, v in want.items() if k in rows}
+        assert "adam" in rows
+        chosen = next(r for r in ex.rows if r.chosen)
+        assert chosen.state_bytes == by_name[name].device_state_bytes

@@ -414,7 +414,8 @@ def render_explain(ex, console: Console) -> None:
     elif not ex.binding:
         console.print("No budget binds: every tensor gets its best-scoring candidate (fewest bytes among ties).")
     t = Table(box=box.SIMPLE_HEAD, title="Efficient candidates (score against bytes)", title_justify="left")
-    for col, j in (("", "center"), ("candidate", "left"), ("state", "right"), ("workspace", "right"),
+    state = "state (largest device)" if ex.per_device else "state"
+    for col, j in (("", "center"), ("candidate", "left"), (state, "right"), ("workspace", "right"),
                    ("score", "right"), ("model score per GiB vs chosen", "right"), ("verdict", "left")):
         t.add_column(col, justify=j)
     timed = any(r.step_ms is not None for r in ex.rows)

@@ -12,7 +12,7 @@ candidate and why the score model gives it nothing over the diagonal one (``plan
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import UserError
 from ..methods.layout import MethodConfig
@@ -44,6 +44,7 @@ class Explanation:
     note: str | None = None
     time_budget_ms: float | None = None
     step_ms: float | None = None  # the whole plan's predicted step
+    per_device: bool = False  # a mesh plan: state bytes are the largest device's share
 
 
 def _timer(plan: Plan):
@@ -100,9 +101,19 @@ def explain(plan: Plan, spec: ModelSpec, name: str) -> Explanation:
                          "(and tied tensors) with AdamW, so the planner gives them Adam-family candidates.")
         configs = kept
     timer = _timer(plan)
-    cands = cand.candidates_for(shape, configs, plan.defaults, timer=timer)
+    mesh = plan.settings.mesh
+    per_device = None
+    if mesh:  # the budget is one device's: rows weigh the largest device's share, as the solver did
+        from .mesh import largest_tensor_bytes
+
+        spec_ = tuple(tuple(x) if isinstance(x, list) else x for x in (entry.spec or ()))
+        per_device = (lambda cfg: largest_tensor_bytes(shape, cfg, plan.defaults, spec_, mesh))
+    cands = cand.candidates_for(shape, configs, plan.defaults, timer=timer, device_bytes=per_device)
     if not any(c.cfg == chosen for c in cands):
-        cands.append(cand.evaluate(shape, chosen, plan.defaults))
+        extra = cand.evaluate(shape, chosen, plan.defaults)
+        cands.append(extra if per_device is None else replace(extra, device_bytes=per_device(chosen)))
+    if per_device is not None:  # shown and compared per device
+        cands = [replace(c, state_bytes=c.device_bytes) for c in cands]
     numel = 1
     for d in shape:
         numel *= d
@@ -126,9 +137,9 @@ def explain(plan: Plan, spec: ModelSpec, name: str) -> Explanation:
         if mats:
             m = max(mats, key=lambda c: (c.score, -c.state_bytes))
             if timer is not None:
-                from dataclasses import replace
-
                 m = replace(m, time_ms=timer(shape, m.cfg)[0])
+            if per_device is not None:
+                m = replace(m, state_bytes=per_device(m.cfg))
             if all(x.cfg != m.cfg for x in shown):
                 shown.append(m)
             from .quality import VECTOR_MATRIX_GAIN
@@ -150,4 +161,5 @@ def explain(plan: Plan, spec: ModelSpec, name: str) -> Explanation:
     if muon_note:
         note = muon_note if note is None else note + " " + muon_note
     return Explanation(entry.name, shape, numel, MethodConfig.label(chosen), s.price_per_gib if s else None,
-                       s.binding if s else None, rows, note, plan.budget.time_budget_ms, plan.totals.step_ms)
+                       s.binding if s else None, rows, note, plan.budget.time_budget_ms, plan.totals.step_ms,
+                       per_device=per_device is not None)
