@@ -302,6 +302,7 @@ def test_explain_times_each_alternative_with_the_guard_its_optimizer_would_run()
     # a bound only all-Adam meets (unguarded: ``auto`` leaves the guard out of it), with matrix methods offered
     plan = make_plan(model, None, hardware=hw, methods=("adam", "shampoo", "sketchy"), max_step_vs_adam=1.0)
     assert {e.method for e in plan.tensors} == {"adam"}
+    assert plan.solver.binding == "time" and "time" in plan.solver.relax  # time keeps the matrix methods out
     rows = explain(plan, analyze(model), "0.weight").rows
     chosen = next(r for r in rows if r.chosen)
     assert chosen.step_ms == pytest.approx(CostModel(hw).step([pointwise(96 * 80, 3)])[0] * 1e3)
@@ -311,3 +312,9 @@ def test_explain_times_each_alternative_with_the_guard_its_optimizer_would_run()
     cfgs = {c.label(): c for c in candidate_configs(("shampoo", "sketchy"))}
     for r in matrix:
         assert r.step_ms == pytest.approx(guarded((80, 96), cfgs[r.label])[0]), r.label
+
+    # the plan's only matrix tensor: choosing Adam for it would leave an all-Adam optimizer, so no guard
+    mixed = make_plan(model, None, hardware=hw, methods=("adam", "sketchy"), max_step_vs_adam=float("inf"))
+    assert [e.method for e in mixed.tensors] == ["sketchy", "adam"]
+    adam = next(r for r in explain(mixed, analyze(model), "0.weight").rows if r.label == "adam")
+    assert adam.step_ms == pytest.approx(CostModel(hw).step([pointwise(96 * 80, 3)])[0] * 1e3)

@@ -104,3 +104,17 @@ def test_a_bound_all_adam_meets_is_met_by_an_unguarded_plan(gpt2, bound):
     if "time_budget_ms" in kw:  # (the default bound would follow: its all-Adam yardstick is guarded then too)
         with pytest.raises(UserError, match="below the fastest plan"):
             make_plan(gpt2, "4GiB", hardware=PROFILE, defaults=OptimizerDefaults(nonfinite_guard=True), **kw)
+
+
+def test_a_raised_default_bound_is_the_fastest_plan_with_the_guard_as_it_runs():
+    """No plan meets 1x all-Adam within a memory budget below all-Adam's: the bound rises to the fastest plan that
+    fits, which is all-elementwise here (Adafactor for the matrix) and so runs without the guard: the raised bound
+    is that plan's own step (not the fastest guarded plan's, which is slower), and the plan meets it."""
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(512, 512))
+    plan = make_plan(model, "3.5MiB", hardware=PROFILE, methods=("adam", "adafactor", "shampoo", "sketchy"),
+                     max_step_vs_adam=1.0)
+    assert "raised" in plan.budget.time_budget_source
+    assert {e.method for e in plan.tensors} <= {"adam", "adafactor"}
+    assert plan.budget.time_budget_ms == pytest.approx(sum(e.step_ms for e in plan.tensors), abs=2e-4)

@@ -47,8 +47,10 @@ class Explanation:
     per_device: bool = False  # a mesh plan: state bytes are the largest device's share
 
 
-def _timer(plan: Plan):
-    """The plan's profile as a step timer, when it can be resolved again (None otherwise)."""
+def _timer(plan: Plan, name: str | None = None):
+    """The plan's profile as a step timer, when it can be resolved again (None otherwise). An alternative for
+    tensor ``name`` is timed with the non-finite guard as the optimizer holding it and the plan's other tensors
+    would run it (``nonfinite_guard: auto``: on when any of their methods is a matrix method)."""
     if not plan.hardware:
         return None
     from ..errors import UserError as _UE
@@ -56,16 +58,14 @@ def _timer(plan: Plan):
     from ..profiles.registry import label, resolve
     from .timing import StepTimer
 
-    for name in (plan.hardware, "auto"):
+    for source in (plan.hardware, "auto"):
         try:
-            prof = resolve(name)
+            prof = resolve(source)
         except (_UE, OSError, ValueError):
             continue
         if prof is not None and label(prof) == plan.hardware:
             base = StepTimer(CostModel(prof), plan.defaults)
-            methods = {e.method for e in plan.tensors if e.method}
-            # each alternative timed with the guard as an optimizer holding it would run it (``nonfinite_guard:
-            # auto``: a matrix alternative in an all-elementwise plan pays it; the plan's other tensors would too)
+            methods = {e.method for e in plan.tensors if e.method and e.name != name}  # the other tensors
             resolved = {}
 
             def timer(shape, cfg):
@@ -100,7 +100,7 @@ def explain(plan: Plan, spec: ModelSpec, name: str) -> Explanation:
             muon_note = (f"Muon is not offered for {entry.name}: its authors train embeddings and output heads "
                          "(and tied tensors) with AdamW, so the planner gives them Adam-family candidates.")
         configs = kept
-    timer = _timer(plan)
+    timer = _timer(plan, entry.name)
     mesh = plan.settings.mesh
     per_device = None
     if mesh:  # the budget is one device's: rows weigh the largest device's share, as the solver did

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -28,8 +29,9 @@ from . import structure, time_bound
 from .plan import (ActivationInfo, Budget, CandidateGrid, ModelInfo, Plan, Settings, SolverInfo, TensorEntry,
                    Totals, WhatIf)
 from .sizes import fmt_bytes, fmt_pair, parse_size
-from .solve import Infeasible, Item
-from .solve_time import InfeasibleTime, solve_two
+from .solve import TOL, Infeasible, Item
+from .solve import solve as solve_memory
+from .solve_time import InfeasibleTime, solve_two, total_time
 from .solve_time import binding as bind_report
 from .timing import StepTimer
 from .time_bound import DEFAULT_MAX_STEP_VS_ADAM
@@ -405,9 +407,9 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
         raise UserError(too_big(activations, kept, budget_bytes, headroom))
     state_budget = None if avail is None else (avail - kept) * par_.knapsack_scale(par)
 
-    def solve(groups, items, assign_timer, time_budget_ms, time_source, raise_default):
-        """The solve under both budgets, the state budget lowered until the sharded peak fits; a default time
-        bound no plan meets is raised to the fastest plan that fits (``raise_default``)."""
+    def solve(groups, items, assign_timer, time_budget_ms):
+        """The solve under both budgets, the state budget lowered until the sharded peak fits. Raises
+        ``InfeasibleTime``, or ``Infeasible`` tagged with the state budget it reached (``state_left``)."""
         state_left = state_budget
         for _ in range(50):
             try:
@@ -415,13 +417,6 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
             except Infeasible as inf:
                 inf.state_left = state_left  # lowered below the budget: the sharded blocks did not fit
                 raise
-            except InfeasibleTime as inf:
-                if time_source == "--time-budget-ms" or not raise_default:
-                    raise
-                # a default bound never makes a memory-feasible plan infeasible: it rises to the fastest plan
-                time_budget_ms = inf.min_ms * (1 + 1e-9)
-                time_source += f"; raised to the fastest plan that fits the memory budget ({inf.min_ms:.4g} ms)"
-                sol = solve_two(items, state_left, time_budget_ms)
             choice = _choice(groups, sol.assign)
             if avail is None:
                 break
@@ -433,42 +428,64 @@ def make_plan(model, memory_budget=None, *, source: str = "", methods=cand.DEFAU
             state_left -= max(over, state_left // 200, 1)
         else:  # pragma: no cover - the loop shrinks the budget each round
             raise UserError("could not fit the sharded optimizer state; raise --memory-budget.")
-        return groups, items, sol, choice, state_left, time_budget_ms, time_source
+        return groups, items, sol, choice, state_left
 
     # With ``nonfinite_guard: auto`` the guard's read is paid by every tensor of a plan that holds a matrix method
     # and by none of an all-elementwise plan: the candidates above are timed with it, and the all-elementwise plans
     # are solved again timed without it (``StepTimer.for_methods``); the better plan within the budgets wins.
-    flat = flat_min = None
+    sets = [(groups, items, assign_timer)]
     if timer is not None and time_budget_ms is not None and opts.guard_runs(()) != opts.guard_runs(MATRIX_METHODS):
-        unguarded = timer.for_methods(())
         flat_configs = [c for c in configs if c.method not in MATRIX_METHODS]
         if flat_configs:
-            flat_groups = _groups(cand_spec, flat_configs, opts, spectra, unguarded, par.mesh_sizes)
+            flat_groups = _groups(cand_spec, flat_configs, opts, spectra, timer.for_methods(()), par.mesh_sizes)
+            sets.append((flat_groups, _items(flat_groups, opts, par, True), assign_timer.for_methods(())))
+
+    def best_of(time_budget_ms):
+        """The best feasible solve over the candidate sets, else the main set's exception (with the least step
+        time any set can reach, when time is what failed)."""
+        found, errors = [], []
+        for g, it, at in sets:
             try:
-                flat = solve(flat_groups, _items(flat_groups, opts, par, True), assign_timer.for_methods(()),
-                             time_budget_ms, time_source, raise_default=False)
-            except (Infeasible, InfeasibleTime) as inf:
-                flat_min = getattr(inf, "min_ms", None)
+                found.append(solve(g, it, at, time_budget_ms))
+            except (Infeasible, InfeasibleTime) as exc:
+                errors.append(exc)
+        if found:
+            return max(found, key=lambda f: f[2].value)  # (Σ score · numel over the same tensors in every set)
+        timing = [e.min_ms for e in errors if isinstance(e, InfeasibleTime)]
+        if timing and isinstance(errors[0], InfeasibleTime):
+            raise InfeasibleTime(min(timing))
+        raise errors[0]
+
     try:
-        best = solve(groups, items, assign_timer, time_budget_ms, time_source, raise_default=flat is None)
-    except InfeasibleTime as inf:
-        if flat is None:
-            least = inf.min_ms if flat_min is None else min(inf.min_ms, flat_min)
-            raise UserError(time_bound.infeasible_message(time_budget_ms, time_source, least)) from None
-        best = None
+        try:
+            best = best_of(time_budget_ms)
+        except InfeasibleTime as inf:
+            if time_source == "--time-budget-ms":
+                raise UserError(time_bound.infeasible_message(time_budget_ms, time_source, inf.min_ms)) from None
+            # a default bound never makes a memory-feasible plan infeasible: it rises to the fastest plan that fits
+            time_budget_ms = inf.min_ms * (1 + 1e-9)
+            time_source += f"; raised to the fastest plan that fits the memory budget ({inf.min_ms:.4g} ms)"
+            best = best_of(time_budget_ms)
     except Infeasible as inf:
-        if flat is None:
-            if shard and getattr(inf, "state_left", state_budget) < (avail - kept) * par_.knapsack_scale(par):
-                raise UserError(f"with --world-size {world_size} no plan fits {fmt_bytes(avail)} per rank because "
-                                "preconditioner blocks cannot be split across ranks; raise --memory-budget or use "
-                                "smaller --block-sizes.") from None
-            raise UserError(_infeasible(inf, groups, fixed, budget_bytes, reserve_bytes, par_.knapsack_scale(par),
-                                        kept - fixed.total + int(budget_bytes * headroom))) from None
-        best = None
-    if best is None or (flat is not None and flat[2].value > best[2].value):
-        best = flat
-    groups, items, sol, choice, state_budget, time_budget_ms, time_source = best
-    binding, relax = bind_report(items, state_budget, time_budget_ms, sol)
+        if shard and getattr(inf, "state_left", state_budget) < (avail - kept) * par_.knapsack_scale(par):
+            raise UserError(f"with --world-size {world_size} no plan fits {fmt_bytes(avail)} per rank because "
+                            "preconditioner blocks cannot be split across ranks; raise --memory-budget or use "
+                            "smaller --block-sizes.") from None
+        raise UserError(_infeasible(inf, groups, fixed, budget_bytes, reserve_bytes, par_.knapsack_scale(par),
+                                    kept - fixed.total + int(budget_bytes * headroom))) from None
+    main_items = items
+    groups, items, sol, choice, state_left = best
+    binding, relax = bind_report(items, state_left, time_budget_ms, sol)
+    if items is not main_items and time_budget_ms is not None:
+        # an all-elementwise plan won: relaxing the time budget readmits every candidate (guarded), not only the
+        # elementwise ones its own items hold
+        free = solve_memory(main_items, state_budget)
+        if free.value > sol.value + TOL * max(1.0, abs(sol.value)) and free.value > relax.get("time", {}).get(
+                "value", -math.inf):
+            relax["time"] = {"value": free.value, "bytes": free.state_bytes + free.workspace_bytes,
+                             "time_ms": total_time(main_items, free.assign)}
+            binding = "memory and time" if binding and "memory" in binding else "time"
+    state_budget = state_left
     n = max(1, cand_spec.n_trainable)  # the solver's scores are weighted by the (local) numel
     gap = sol.gap / n
     price = sol.extra.get("price", 0.0) * 2**30 / n if binding and "memory" in binding else 0.0

@@ -82,12 +82,18 @@ def _nvml(index: int) -> dict:
         return {}
 
 
-def linalg_backend(kind: str, framework: str) -> str | None:
+def linalg_backend(kind: str, framework: str, device=None) -> str | None:
     """The library that runs eigh, SVD and QR on ``kind`` under ``framework`` (an imported one), with its version:
     torch on CPU the LAPACK it was built with (``torch.__config__``: e.g. "LAPACK mkl (Intel(R) oneAPI Math Kernel
     Library Version 2024.2)"), on CUDA its preferred linalg library (cuSOLVER or MAGMA, torch's choice by size
     when "default") and the CUDA version cuSOLVER ships with; JAX the jaxlib and, on accelerators, the platform
-    version XLA reports. None when it cannot be told."""
+    version XLA reports (of ``device``, a JAX device). One line of at most 200 characters; None when it cannot
+    be told."""
+    text = _linalg_text(kind, framework, device)
+    return None if text is None else " ".join(text.split())[:200]
+
+
+def _linalg_text(kind: str, framework: str, device) -> str | None:
     try:
         if framework == "torch":
             import re
@@ -108,7 +114,7 @@ def linalg_backend(kind: str, framework: str) -> str | None:
 
         out = f"XLA (jaxlib {jaxlib.__version__})"
         if kind != "cpu":
-            out += f", {jax.devices()[0].client.platform_version}"
+            out += f", {(device if device is not None else jax.devices()[0]).client.platform_version}"
         return out
     except Exception:  # an unusual build: the profile is still valid without it
         return None
@@ -146,7 +152,7 @@ def detect(device: str = "cpu", framework: str = "torch") -> DeviceInfo:
     d = devs[index]
     extra = _nvml(index) if kind == "cuda" else {}
     return DeviceInfo(kind=kind, name=extra.pop("name", getattr(d, "device_kind", str(d))), framework=framework,
-                      framework_version=version, linalg=linalg_backend(kind, framework), **extra)
+                      framework_version=version, linalg=linalg_backend(kind, framework, d), **extra)
 
 
 def _installed(name: str) -> bool:
