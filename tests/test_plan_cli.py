@@ -227,3 +227,13 @@ def test_nonfinite_guard_flag_is_recorded_and_timed(tmp_path, capsys):
     assert steps["false"][0] < steps["true"][0] == steps["auto"][0]  # a matrix method: auto runs it
     code, _, err = run(capsys, "plan", "--model", "examples.models:mlp", "--nonfinite-guard", "maybe")
     assert code == 2 and "--nonfinite-guard" in err
+    # --update keeps the plan's own value unless the flag is given (how a plan made under the old default, true,
+    # takes auto)
+    old = tmp_path / "true.yaml"
+    assert run(capsys, "plan", "--update", str(old), "--hardware", "cpu-amd-epyc-1t-torch",
+               "--max-step-vs-adam", "inf")[0] == 0
+    assert Plan.load(str(old)).defaults.nonfinite_guard is True
+    assert run(capsys, "plan", "--update", str(old), "--hardware", "cpu-amd-epyc-1t-torch",
+               "--max-step-vs-adam", "inf", "--nonfinite-guard", "auto")[0] == 0
+    updated = Plan.load(str(old))
+    assert updated.defaults.nonfinite_guard == "auto" and updated.totals.step_ms == steps["auto"][0]

@@ -149,10 +149,11 @@ def _parser() -> argparse.ArgumentParser:
                     "blocks keep a dimension above this is not preconditioned: it takes its graft (default 8192)")
     pl.add_argument("--precondition-frequency", type=flag_int(1, example="10"), default=10, help="steps between "
                     "root / eigenbasis refreshes; the predicted step time amortises them (default 10)")
-    pl.add_argument("--nonfinite-guard", default="auto", choices=["auto", "true", "false"],
+    pl.add_argument("--nonfinite-guard", choices=["auto", "true", "false"],
                     help="the per-step read of every gradient that skips one holding NaN or Inf: auto (only when "
                     "the plan holds a matrix method), true, or false (the training loop checks, e.g. GradScaler); "
-                    "recorded in the plan, and the predicted step times count it (default auto)")
+                    "recorded in the plan, and the predicted step times count it (default auto; with --update, "
+                    "the plan's own unless given)")
     pl.add_argument("--lr", type=flag_float(0, lo_open=True, example="1e-3"), default=1e-3,
                     help="learning rate recorded in the plan for build_optimizer (default 1e-3)")
     pl.add_argument("--weight-decay", type=flag_float(0, example="0.01"), default=0.0,
@@ -264,6 +265,11 @@ def _how_to_use(path: str, mesh: bool = False) -> str:
             f"[bold]sketchplan check {path}[/]")
 
 
+def _guard_flag(value: str | None, default):
+    """``--nonfinite-guard``'s value as ``OptimizerDefaults.nonfinite_guard`` (``default`` when not given)."""
+    return {"true": True, "false": False, "auto": "auto"}.get(value, default)
+
+
 def _cmd_update(args, console) -> int:
     from .files import write_atomic
     from .planner import make_plan
@@ -291,7 +297,10 @@ def _cmd_update(args, console) -> int:
         specs = {p.name: recorded[p.name] for p in spec.params if p.spec is None and p.name in recorded} or None
     grid = dict(methods=g.methods, ranks=g.ranks, block_sizes=g.block_sizes, grafts=g.grafts,
                 momenta=g.momenta, compress=g.compress) if g else {}
-    new = make_plan(spec, b.memory_bytes, source=source, defaults=old.defaults, reserve=b.reserve_bytes,
+    defaults = old.defaults
+    if args.nonfinite_guard is not None:  # the one optimizer option --update takes (e.g. true → auto)
+        defaults = defaults.model_copy(update={"nonfinite_guard": _guard_flag(args.nonfinite_guard, "auto")})
+    new = make_plan(spec, b.memory_bytes, source=source, defaults=defaults, reserve=b.reserve_bytes,
                     **settings_kwargs(s), partition_specs=specs,
                     activations=old.activations, headroom=b.headroom,
                     param_dtype=s.param_dtype, grad_dtype=s.grad_dtype, master_weights=s.master_weights,
@@ -366,7 +375,7 @@ def _cmd_plan(args, console) -> int:
                                      max_precond_dim=args.max_precond_dim,
                                      precondition_frequency=args.precondition_frequency, lr=args.lr,
                                      weight_decay=args.weight_decay,
-                                     nonfinite_guard={"true": True, "false": False}.get(args.nonfinite_guard, "auto"))
+                                     nonfinite_guard=_guard_flag(args.nonfinite_guard, "auto"))
     except ValueError as exc:
         from .validate import pydantic_message
 
