@@ -95,7 +95,9 @@ def plans(model, profile, opts):
 
 
 def split_prediction(plan, opts, cost: CostModel) -> float:
-    """Predicted ms of the every-step part (calls with every = 1) with the plan's variants."""
+    """Predicted ms of the every-step part (calls with every = 1) with the plan's variants (the non-finite guard
+    resolved for the plan's methods, as the built optimizer runs it)."""
+    opts = opts.with_guard_for({e.method for e in plan.tensors if e.method})
     total = 0.0
     for e in plan.tensors:
         cfg = e.config()
@@ -108,7 +110,8 @@ def split_prediction(plan, opts, cost: CostModel) -> float:
 
 
 def predicted_ms(plan, opts, cost: CostModel) -> float:
-    """The plan's amortised step under ``cost``, with the plan's own kernel variants."""
+    """The plan's amortised step under ``cost``, with the plan's own kernel variants (guard resolved as above)."""
+    opts = opts.with_guard_for({e.method for e in plan.tensors if e.method})
     total = 0.0
     for e in plan.tensors:
         cfg = e.config()

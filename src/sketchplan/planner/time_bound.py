@@ -5,6 +5,10 @@ all-Adam's predicted step on the same profile (``--max-step-vs-adam``; ``--time-
 when the tokens (samples × positions) per training step are given (``--tokens-per-step``), at most
 ``DEFAULT_MAX_STEP_VS_FB`` = 25% of the predicted forward+backward, whichever is larger.
 
+The yardstick is all-Adam as sketchplan builds it: with ``nonfinite_guard: auto`` an all-Adam optimizer skips the
+guard's read of every gradient (torch's fused AdamW step and nothing else), while a plan that holds a matrix
+method pays that read on every tensor, so it is part of the optimizer's extra time the bound limits.
+
 Why a multiple of Adam, and why 3. Adam's step is an elementwise pass over ~16 bytes of state and parameters per
 parameter; a training step's forward+backward is ≈ 6·N FLOPs per token (Kaplan et al. 2020), so for
 language models at ordinary batch sizes Adam's step is a few percent of the training step, on GPUs and CPUs
