@@ -265,9 +265,9 @@ def _how_to_use(path: str, mesh: bool = False) -> str:
             f"[bold]sketchplan check {path}[/]")
 
 
-def _guard_flag(value: str | None, default):
-    """``--nonfinite-guard``'s value as ``OptimizerDefaults.nonfinite_guard`` (``default`` when not given)."""
-    return {"true": True, "false": False, "auto": "auto"}.get(value, default)
+def _guard_flag(value: str | None):
+    """``--nonfinite-guard``'s value as ``OptimizerDefaults.nonfinite_guard`` (``auto`` when not given)."""
+    return {"true": True, "false": False}.get(value, "auto")
 
 
 def _cmd_update(args, console) -> int:
@@ -299,7 +299,7 @@ def _cmd_update(args, console) -> int:
                 momenta=g.momenta, compress=g.compress) if g else {}
     defaults = old.defaults
     if args.nonfinite_guard is not None:  # the one optimizer option --update takes (e.g. true → auto)
-        defaults = defaults.model_copy(update={"nonfinite_guard": _guard_flag(args.nonfinite_guard, "auto")})
+        defaults = defaults.model_copy(update={"nonfinite_guard": _guard_flag(args.nonfinite_guard)})
     new = make_plan(spec, b.memory_bytes, source=source, defaults=defaults, reserve=b.reserve_bytes,
                     **settings_kwargs(s), partition_specs=specs,
                     activations=old.activations, headroom=b.headroom,
@@ -375,7 +375,7 @@ def _cmd_plan(args, console) -> int:
                                      max_precond_dim=args.max_precond_dim,
                                      precondition_frequency=args.precondition_frequency, lr=args.lr,
                                      weight_decay=args.weight_decay,
-                                     nonfinite_guard=_guard_flag(args.nonfinite_guard, "auto"))
+                                     nonfinite_guard=_guard_flag(args.nonfinite_guard))
     except ValueError as exc:
         from .validate import pydantic_message
 

@@ -66,13 +66,7 @@ def _timer(plan: Plan, name: str | None = None):
         if prof is not None and label(prof) == plan.hardware:
             base = StepTimer(CostModel(prof), plan.defaults)
             methods = {e.method for e in plan.tensors if e.method and e.name != name}  # the other tensors
-            resolved = {}
-
-            def timer(shape, cfg):
-                key = methods | {cfg.method}
-                run = resolved.get(frozenset(key)) or resolved.setdefault(frozenset(key), base.for_methods(key))
-                return run(shape, cfg)
-            return timer
+            return lambda shape, cfg: base.for_methods(methods | {cfg.method})(shape, cfg)
     return None
 
 

@@ -27,6 +27,7 @@ class StepTimer:
         self.opts = opts
         self.defaults = {k: getattr(opts, f) for k, f in VARIANT_OPTIONS.items()}
         self._cache: dict[tuple, tuple[float, dict[str, str]]] = {}
+        self._resolved: dict[bool, StepTimer] = {}  # for_methods' timers, one per resolved guard (caches kept)
 
     def for_methods(self, methods) -> "StepTimer":
         """This timer with the non-finite guard resolved for an optimizer over ``methods``
@@ -34,7 +35,11 @@ class StepTimer:
         compares candidates the guard of ``auto`` is counted (a plan with a matrix method runs it on every
         tensor); the chosen plan's entries, its all-Adam baseline and its what-ifs are timed resolved."""
         opts = self.opts.with_guard_for(methods)
-        return self if opts is self.opts else StepTimer(self.cost, opts)
+        if opts is self.opts:
+            return self
+        if opts.nonfinite_guard not in self._resolved:
+            self._resolved[opts.nonfinite_guard] = StepTimer(self.cost, opts)
+        return self._resolved[opts.nonfinite_guard]
 
     def __call__(self, shape: tuple[int, ...], cfg: MethodConfig) -> tuple[float, dict[str, str]]:
         if any(d == 0 for d in shape):
